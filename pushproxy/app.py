@@ -1,0 +1,101 @@
+"""Build everything from the config; own start and stop.
+
+``serve`` runs :func:`run`: one asyncio loop with Twisted's reactor on it.  On
+SIGTERM/SIGINT the proxy stops accepting, lets sessions end (bounded by
+``session.drain_timeout``), stops the watchers and senders, closes the store
+and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from pushproxy.config import Config
+
+log = logging.getLogger("pushproxy.app")
+
+
+class App:
+    """The running proxy: listeners, store, push services, watchers, admin HTTP."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.components: list[Any] = []  # started in order, stopped in reverse
+        self.service: Any = None
+        self.admin: Any = None
+        self.store: Any = None
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        from pushproxy.wiring import build
+
+        await build(self)
+
+    async def stop(self) -> None:
+        cfg = self.config
+        if self.service is not None:
+            log.info("draining %d session(s), up to %.0f s", len(self.service.sessions), cfg.session.drain_timeout)
+            await self.service.drain(cfg.session.drain_timeout)
+        for component in reversed(self.components):
+            try:
+                await component.close()
+            except Exception:
+                log.exception("error while stopping %s", type(component).__name__)
+        log.info("stopped")
+
+
+async def serve(config: Config) -> int:
+    app = App(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.stopping.set)
+    try:
+        await app.start()
+    except Exception:
+        await app.stop()
+        raise
+    log.info("pushproxy ready")
+    await app.stopping.wait()
+    log.info("shutdown requested")
+    await app.stop()
+    return 0
+
+
+def run(config: Config) -> int:
+    """Run the proxy in the foreground until SIGTERM/SIGINT; return the exit code."""
+    from pushproxy.reactor import install_asyncio_reactor
+
+    install_asyncio_reactor()
+    from twisted.internet import defer, reactor
+
+    result: dict[str, Any] = {"code": 0}
+
+    def main() -> None:
+        future = asyncio.ensure_future(serve(config))
+
+        def done(f: asyncio.Future[int]) -> None:
+            if f.cancelled():
+                result["code"] = 1
+            elif f.exception() is not None:
+                exc = f.exception()
+                from pushproxy.config import ConfigError
+
+                if isinstance(exc, ConfigError):
+                    log.error("%s", exc)
+                    result["code"] = 2
+                else:
+                    log.error("fatal error", exc_info=exc)
+                    result["code"] = 1
+            else:
+                result["code"] = f.result()
+            reactor.stop()  # type: ignore[attr-defined]
+
+        future.add_done_callback(done)
+        defer.Deferred.fromFuture(future).addErrback(lambda _: None)
+
+    reactor.callWhenRunning(main)  # type: ignore[attr-defined]
+    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    return int(result["code"])

@@ -1,0 +1,312 @@
+"""Configuration: one pydantic model per section of the YAML file.
+
+Every key can be overridden by ``PUSHPROXY_<SECTION>__<KEY>`` environment
+variables (environment wins over the file).  Unknown keys are errors.
+Durations accept numbers (seconds) or strings such as ``30s``, ``25m``, ``2h``,
+``30d``.  Secrets are read from ``*_file`` paths so that they never have to sit
+in the YAML file itself.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``30`` -> 30.0, ``"25m"`` -> 1500.0, ``"1.5s"`` -> 1.5."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s', '25m'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"invalid duration {value!r}: use seconds or a string like '30s', '25m', '2h', '30d'")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``"127.0.0.1:1143"`` / ``"[::1]:993"`` / ``":143"`` -> (host, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_s = rest.lstrip(":")
+    else:
+        host, sep, port_s = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r}: expected host:port")
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"{value!r}: invalid port")
+    return (host or default_host), int(port_s)
+
+
+def _check_hostport(value: str) -> str:
+    if value:
+        parse_hostport(value)
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ListenConfig(_Section):
+    imap: str = "127.0.0.1:1143"
+    imaps: str = ""
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    _hp = field_validator("imap", "imaps")(classmethod(lambda cls, v: _check_hostport(v)))
+
+
+class SessionConfig(_Section):
+    """Limits of one client session (an addition to contracts.md)."""
+
+    max_line_length: int = Field(65536, ge=1024)
+    max_preauth_literal: int = Field(8192, ge=0)
+    # Plaintext LOGIN / AUTHENTICATE PLAIN on a connection without TLS: refused
+    # (LOGINDISABLED) unless the peer is on loopback or this is true.
+    allow_plaintext_auth: bool = False
+    autologout: Duration = 30 * 60.0  # RFC 9051 section 5.4: at least 30 minutes
+    preauth_timeout: Duration = 60.0
+    drain_timeout: Duration = 30.0
+
+
+class UpstreamConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(143, gt=0, lt=65536)
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    ca_file: Path | None = None
+    verify: bool = True
+    server_name: str | None = None  # TLS name to verify; default: host
+    connect_timeout: Duration = 10.0
+
+
+class StoreConfig(_Section):
+    url: str = "sqlite:///var/lib/pushproxy/pushproxy.db"
+    device_expiry: Duration = 30 * 86400.0
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not (v.startswith("sqlite://") or v.startswith(("postgresql://", "postgres://"))):
+            raise ValueError("store.url must start with sqlite:/// or postgresql://")
+        return v
+
+    @property
+    def state_dir(self) -> Path:
+        """Directory for generated keys next to a SQLite database."""
+        if self.url.startswith("sqlite:///"):
+            # The path after "sqlite://" is absolute (sqlite:///var/lib/x.db -> /var/lib/x.db),
+            # matching pushproxy.store.factory.sqlite_path_from_url.
+            rest = self.url[len("sqlite://") :]
+            if rest.lstrip("/") == ":memory:":
+                return Path(".")
+            return Path("/" + rest.lstrip("/")).parent
+        return Path("/var/lib/pushproxy")
+
+
+class WatchConfig(_Section):
+    credentials: Literal["vault", "master", "memory"] = "vault"
+    vault_key_file: Path | None = None  # default: <state dir>/vault.key, generated 0600
+    master_user: str | None = None
+    master_password_file: Path | None = None
+    master_password: SecretStr | None = None
+    idle_refresh: Duration = 25 * 60.0
+    poll_interval: Duration = 60.0
+    connect_rate: float = Field(50.0, gt=0)  # new watcher connections per second at most
+    backoff_min: Duration = 1.0
+    backoff_max: Duration = 300.0
+    command_timeout: Duration = 30.0
+
+
+class ApnsConfig(_Section):
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    p12_password_file: Path | None = None
+    token_key_file: Path | None = None
+    key_id: str | None = None
+    team_id: str | None = None
+    topic: str | None = None
+    sandbox: bool = False
+    endpoint: str | None = None  # test hook: "host:port" instead of Apple's host
+    ca_file: Path | None = None  # test hook: CA for the endpoint override
+    debounce: Duration = 1.0
+    timeout: Duration = 10.0
+    retry_budget: int = Field(5, ge=0)
+    allow_untrusted_topic: bool = False  # start even if iOS Mail would ignore the topic
+    allow_expired: bool = False
+
+    _ep = field_validator("endpoint")(classmethod(lambda cls, v: _check_hostport(v) if v else v))
+
+
+class WebPushConfig(_Section):
+    enabled: bool = False
+    vapid_private_key_file: Path | None = None  # default: <state dir>/vapid.pem, generated 0600
+    subject: str = "mailto:postmaster@localhost"
+    allow_private_endpoints: bool = False  # test hook: accept loopback/private push endpoints
+    max_subscriptions_per_account: int = Field(16, ge=1)
+    ttl: int = Field(86400, ge=0)
+    ack_ttl: int = Field(300, ge=0)
+    timeout: Duration = 10.0
+    retry_budget: int = Field(5, ge=0)
+    mailboxes: list[str] = Field(default_factory=lambda: ["INBOX"])
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        if not (v.startswith("mailto:") or v.startswith("https://")):
+            raise ValueError("webpush.subject must be a mailto: or https: URI (RFC 8292)")
+        return v
+
+
+class AdminConfig(_Section):
+    listen: str = "127.0.0.1:9143"  # "" disables
+    ox_secret_file: Path | None = None  # enables POST /events/dovecot-ox with this shared secret
+
+    _hp = field_validator("listen")(classmethod(lambda cls, v: _check_hostport(v)))
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PUSHPROXY_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    session: SessionConfig = Field(default_factory=SessionConfig)
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    apns: ApnsConfig = Field(default_factory=ApnsConfig)
+    webpush: WebPushConfig = Field(default_factory=WebPushConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    _yaml_data: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls, cls._yaml_data))
+
+    @property
+    def push_enabled(self) -> bool:
+        return self.apns.enabled or self.webpush.enabled
+
+    def vault_key_path(self) -> Path:
+        return self.watch.vault_key_file or self.store.state_dir / "vault.key"
+
+    def vapid_key_path(self) -> Path:
+        return self.webpush.vapid_private_key_file or self.store.state_dir / "vapid.pem"
+
+    def master_password(self) -> str | None:
+        if self.watch.master_password is not None:
+            return self.watch.master_password.get_secret_value()
+        if self.watch.master_password_file is not None:
+            return read_secret_file(self.watch.master_password_file)
+        return None
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message meant for the admin."""
+
+
+def read_secret_file(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from exc
+
+
+def load_config(path: Path | str | None, **overrides: Any) -> Config:
+    """Read the YAML file (if any), apply env overrides, validate."""
+    from pydantic import ValidationError
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = raw
+    Config._yaml_data = data
+    try:
+        return Config(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {loc}: {msg}")
+        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}:\n" + "\n".join(lines)) from None
+    finally:
+        Config._yaml_data = {}
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]+)(@)")
+
+
+def masked_dict(config: Config) -> dict[str, Any]:
+    """The effective configuration with secrets masked, for printing."""
+    data = config.model_dump(mode="json")
+    for section in data.values():
+        if not isinstance(section, dict):
+            continue
+        for key, value in section.items():
+            if isinstance(value, str) and ("password" in key or "secret" in key) and not key.endswith("_file"):
+                section[key] = "********"
+    data["store"]["url"] = _URL_PASSWORD.sub(r"\1********\3", data["store"]["url"])
+    return data

@@ -1,0 +1,59 @@
+"""Mailbox events: what the watchers (or Dovecot's ox driver) report and the dispatcher pushes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One new message as seen upstream.
+
+    ``envelope`` is the raw IMAP ENVELOPE s-expression exactly as upstream sent
+    it (``(date subject from sender reply-to to cc bcc in-reply-to message-id)``),
+    or None when unknown.  It is forwarded into WebPush payloads without being
+    re-encoded.
+    """
+
+    uid: int
+    flags: tuple[str, ...] = ()
+    envelope: bytes | None = None
+
+    @property
+    def seen(self) -> bool:
+        return any(f.lower() == "\\seen" for f in self.flags)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMail:
+    account: str  # normalised login (see pushproxy.accounts.normalise_account)
+    mailbox: str  # decoded (UTF-8) mailbox name, "INBOX" canonical
+    messages: tuple[MessageInfo, ...] = ()
+    detected_at: float = field(default_factory=time.monotonic)
+    source: str = "watcher"  # watcher | dovecot-ox | debug
+
+    @property
+    def uids(self) -> tuple[int, ...]:
+        return tuple(m.uid for m in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class Expunge:
+    account: str
+    mailbox: str
+    uids: tuple[int, ...]
+    detected_at: float = field(default_factory=time.monotonic)
+    source: str = "watcher"
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChange:
+    account: str
+    mailbox: str
+    changes: tuple[tuple[int, tuple[str, ...]], ...]  # (uid, flags)
+    detected_at: float = field(default_factory=time.monotonic)
+    source: str = "watcher"
+
+
+MailEvent = NewMail | Expunge | FlagChange

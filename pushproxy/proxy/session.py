@@ -1,0 +1,813 @@
+"""One client connection and its upstream connection: the session state machine.
+
+Bytes come in through :meth:`Session.client_data` and :meth:`Session.upstream_data`;
+bytes go out through the :class:`SessionIO` the adapter gave us.  The session
+never touches a socket, so the Twisted protocols in ``server.py`` stay thin and
+the tests can drive it directly.
+
+Invariants:
+- every byte the proxy does not deliberately change is forwarded unchanged and
+  in order (literal bodies as slices, never scanned);
+- commands answered by the proxy (extensions, STARTTLS, refusals) are answered
+  only when every earlier command has its tagged response, and the client's
+  later commands wait behind them, so the stream stays in tag order;
+- a malformed or overlong command gets ``BAD`` and the framer stays in sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pushproxy.accounts import normalise_account
+from pushproxy.extensions.base import (
+    CredentialSink,
+    ExtensionRegistry,
+    Reply,
+    UpstreamCommandError,
+)
+from pushproxy.imap import response as r
+from pushproxy.imap.capabilities import (
+    CapabilityPolicy,
+    ConnectionFacts,
+    is_capability_data,
+    rewrite_capability_code,
+    rewrite_capability_data,
+)
+from pushproxy.imap.framing import Framer, Line, LineTooLong, LiteralChunk
+from pushproxy.imap.parse import (
+    ParseError,
+    StatusResponse,
+    as_text,
+    parse_command,
+    parse_status_response,
+    split_tag_command,
+)
+
+log = logging.getLogger("pushproxy.session")
+
+_MAX_CAPTURE = 16384  # LOGIN / AUTHENTICATE bytes kept for credential capture
+_MAX_INTERCEPTED = 65536  # an intercepted command, literals included
+_UPSTREAM_MAX_LINE = 1 << 20  # longer upstream lines are streamed, not buffered
+
+
+class SessionIO(Protocol):
+    def to_client(self, data: bytes) -> None: ...
+    def to_upstream(self, data: bytes) -> None: ...
+    def start_client_tls(self) -> None: ...
+    def start_upstream_tls(self) -> None: ...
+    def pause_client(self) -> None: ...
+    def resume_client(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class SessionSettings:
+    upstream_security: str = "none"  # none | starttls | tls
+    max_line: int = 65536
+    max_preauth_literal: int = 8192
+    plaintext_auth_allowed: bool = True  # on a connection without TLS
+    starttls_offered: bool = False
+    command_timeout: float = 30.0
+
+
+class _Inflight:
+    __slots__ = ("name", "tag")
+
+    def __init__(self, tag: bytes, name: bytes) -> None:
+        self.tag = tag
+        self.name = name
+
+
+class _OwnCommand:
+    __slots__ = ("current", "future", "tag", "untagged")
+
+    def __init__(self, tag: bytes, future: asyncio.Future[tuple[list[bytes], StatusResponse]]) -> None:
+        self.tag = tag
+        self.future = future
+        self.untagged: list[bytes] = []
+        self.current: list[bytes] | None = None  # an untagged response being assembled
+
+
+class Session:
+    """The state machine of one proxied connection."""
+
+    def __init__(
+        self,
+        io: SessionIO,
+        *,
+        session_id: str,
+        peer: str,
+        client_tls: bool,
+        settings: SessionSettings,
+        extensions: ExtensionRegistry,
+        credentials: CredentialSink,
+        on_intercepted: Callable[[str], None] | None = None,
+    ) -> None:
+        self.io = io
+        self.session_id = session_id
+        self.peer = peer
+        self.settings = settings
+        self.extensions = extensions
+        self.credentials = credentials
+        self._on_intercepted = on_intercepted
+        self.facts = ConnectionFacts(
+            client_tls=client_tls,
+            starttls_offered=settings.starttls_offered,
+            plaintext_auth_allowed=settings.plaintext_auth_allowed,
+        )
+        self.policy = CapabilityPolicy(
+            add_pre_auth=extensions.pre_auth_capabilities,
+            add_post_auth=extensions.post_auth_capabilities,
+            restrict_sasl=bool(extensions),
+        )
+        self.client_framer = Framer(server=False, max_line=settings.max_line)
+        self.upstream_framer = Framer(server=True, max_line=_UPSTREAM_MAX_LINE)
+
+        self.started = time.monotonic()
+        self.last_client_activity = self.started
+        self.bytes_from_client = 0
+        self.bytes_from_upstream = 0
+        self.closed = False
+        self.login: str | None = None
+        self.account: str | None = None
+        self.upstream_capabilities: frozenset[str] = frozenset()
+
+        # Upstream handshake: greeting -> [STARTTLS -> CAPABILITY] -> ready.
+        self._up_state = "greeting"
+        self._greeting_text = b""
+        self._handshake_caps: list[bytes] = []
+
+        self._inflight: deque[_Inflight] = deque()
+        self._held = True  # client events wait until the upstream is ready
+        self._queue: deque[object] = deque()
+        self._continuation_credits = 0  # "+" from upstream for IDLE / AUTHENTICATE
+        self._awaiting_literal: bytes | None = None  # tag whose sync literal awaits "+"
+        self._idle_tag: bytes | None = None
+        # The command being read from the client, when it is not simply forwarded.
+        self._cmd_mode = "none"  # none | forward | capture | intercept | discard
+        self._cmd_tag = b""
+        self._cmd_name = b""
+        self._cmd_buf: list[bytes] = []
+        self._cmd_size = 0
+        self._captures: dict[bytes, tuple[str, bytes]] = {}  # tag -> (kind, bytes)
+        self._sasl_tag: bytes | None = None
+        self._auth_tags: set[bytes] = set()  # LOGIN / AUTHENTICATE in flight
+        self._own: _OwnCommand | None = None
+        self._own_counter = 0
+        self._out_client: list[bytes] = []
+        self._local_task: asyncio.Task[None] | None = None
+        self._drain_waiter: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def authenticated(self) -> bool:
+        return self.facts.authenticated
+
+    @property
+    def in_idle(self) -> bool:
+        return self._idle_tag is not None
+
+    # --------------------------------------------------------------- upstream
+    def upstream_connected(self) -> None:
+        if self.settings.upstream_security == "tls":
+            self.io.start_upstream_tls()
+
+    def upstream_data(self, data: bytes) -> None:
+        self.bytes_from_upstream += len(data)
+        try:
+            events = self.upstream_framer.receive_data(data)
+        except Exception:
+            log.warning("session %s: unframeable data from upstream, closing", self.session_id)
+            self._fatal("Proxy lost track of the upstream stream", "UNAVAILABLE")
+            return
+        out = self._out_client
+        for ev in events:
+            if self._own is not None:
+                self._own_event(ev)
+            elif type(ev) is Line:
+                if ev.continued:
+                    out.append(ev.data)
+                elif self._up_state != "ready":
+                    self._handshake_line(ev.data)
+                else:
+                    self._upstream_line(ev.data)
+            else:
+                out.append(ev.data)  # type: ignore[union-attr]
+        self._flush_client()
+        if not self._held and self._queue:
+            self._pump()
+
+    def upstream_closed(self) -> None:
+        if self.closed:
+            return
+        if self._up_state != "ready":
+            self._fatal("Upstream server unavailable", "UNAVAILABLE")
+            return
+        if self._own is not None and not self._own.future.done():
+            self._own.future.set_exception(UpstreamCommandError("upstream connection closed"))
+        self.close()
+
+    def upstream_failed(self, reason: str) -> None:
+        """The upstream connection could not be made (or its TLS failed)."""
+        log.warning("session %s: upstream unavailable: %s", self.session_id, reason)
+        self._fatal("Upstream server unavailable, try again later", "UNAVAILABLE")
+
+    def _handshake_line(self, line: bytes) -> None:
+        status = parse_status_response(line)
+        if self._up_state == "greeting":
+            if status is None or status.tag != b"*" or status.status not in (b"OK", b"PREAUTH", b"BYE"):
+                self._fatal("Upstream server sent an invalid greeting", "UNAVAILABLE")
+                return
+            if status.status == b"BYE":
+                self.io.to_client(line)
+                self.close()
+                return
+            if self.settings.upstream_security == "starttls":
+                if status.status == b"PREAUTH":
+                    self._fatal("Upstream greeted with PREAUTH; STARTTLS impossible", "UNAVAILABLE")
+                    return
+                self._greeting_text = line[status.code_end + 1 if status.code_end > 0 else 5 :].rstrip(
+                    b"\r\n"
+                )
+                self._up_state = "starttls"
+                self.io.to_upstream(b"PP0 STARTTLS\r\n")
+                return
+            if status.status == b"PREAUTH":
+                self.facts.authenticated = True
+            self._up_state = "ready"
+            self._send_greeting(line, status)
+            return
+        if self._up_state == "starttls":
+            if status is None or status.tag != b"PP0":
+                return  # untagged chatter before the answer
+            if status.status != b"OK":
+                self._fatal("Upstream refused STARTTLS", "UNAVAILABLE")
+                return
+            self.io.start_upstream_tls()
+            self._up_state = "capability"
+            self.io.to_upstream(b"PP1 CAPABILITY\r\n")
+            return
+        if self._up_state == "capability":
+            if is_capability_data(line):
+                self._handshake_caps = line.rstrip(b"\r\n").split()[2:]
+                return
+            if status is not None and status.tag == b"PP1":
+                if status.status != b"OK":
+                    self._fatal("Upstream refused CAPABILITY", "UNAVAILABLE")
+                    return
+                self._up_state = "ready"
+                greeting = (
+                    b"* OK [CAPABILITY "
+                    + b" ".join(self._handshake_caps)
+                    + b"] "
+                    + (self._greeting_text or b"ready")
+                    + b"\r\n"
+                )
+                self._send_greeting(greeting, parse_status_response(greeting))
+
+    def _send_greeting(self, line: bytes, status: StatusResponse | None) -> None:
+        if status is not None and status.code is not None and status.code[:11].upper() == b"CAPABILITY ":
+            line = rewrite_capability_code(line, status.code_start, status.code_end, self.policy, self.facts)
+        self.io.to_client(line)
+        self._held = False
+        self._pump()
+
+    def _upstream_line(self, line: bytes) -> None:
+        out = self._out_client
+        first = line[:1]
+        if first == b"+":
+            if self._awaiting_literal is not None:
+                self._awaiting_literal = None
+            else:
+                self._continuation_credits += 1
+            out.append(line)
+            return
+        if first == b"*":
+            if is_capability_data(line):
+                line = rewrite_capability_data(line, self.policy, self.facts)
+            elif line[2:5] in (b"OK ", b"NO ", b"BYE") and b"[CAPABILITY " in line[:20].upper():
+                st = parse_status_response(line)
+                if st is not None and st.code is not None:
+                    line = rewrite_capability_code(line, st.code_start, st.code_end, self.policy, self.facts)
+            out.append(line)
+            return
+        status = parse_status_response(line)
+        if status is None:
+            out.append(line)
+            return
+        self._tagged_from_upstream(status, line)
+
+    def _tagged_from_upstream(self, status: StatusResponse, line: bytes) -> None:
+        tag = status.tag
+        # Remove the command from the in-flight list (usually the oldest).
+        for i, cmd in enumerate(self._inflight):
+            if cmd.tag == tag:
+                del self._inflight[i]
+                break
+        if self._awaiting_literal == tag:
+            # Upstream refused the command before asking for its literal.
+            self._awaiting_literal = None
+            self.client_framer.cancel_literal()
+            if self._cmd_tag == tag:
+                self._cmd_mode = "discard"
+        if self._idle_tag == tag:
+            self._idle_tag = None
+        if self._sasl_tag == tag:
+            self._sasl_tag = None
+        self._continuation_credits = 0
+        capture = self._captures.pop(tag, None)
+        auth_ok = False
+        if tag in self._auth_tags:
+            self._auth_tags.discard(tag)
+            if status.status == b"OK" and not self.facts.authenticated:
+                auth_ok = True
+                self.facts.authenticated = True
+                if capture is not None:
+                    self._authenticated_by(capture)
+        if status.code is not None and status.code[:11].upper() == b"CAPABILITY ":
+            if auth_ok:
+                self.upstream_capabilities = frozenset(
+                    a.decode("ascii", "replace").upper() for a in status.code.split()[1:]
+                )
+            line = rewrite_capability_code(line, status.code_start, status.code_end, self.policy, self.facts)
+        self._out_client.append(line)
+        if not self._inflight and self._drain_waiter is not None:
+            waiter, self._drain_waiter = self._drain_waiter, None
+            self._flush_client()
+            waiter()
+
+    # ----------------------------------------------------------------- client
+    def client_data(self, data: bytes) -> None:
+        self.bytes_from_client += len(data)
+        self.last_client_activity = time.monotonic()
+        events = self.client_framer.receive_data(data)
+        if self._held or self._queue:
+            self._queue.extend(events)
+            if self._held:
+                self.io.pause_client()
+            self._pump()
+            return
+        for i, ev in enumerate(events):
+            self._client_event(ev)
+            if self._held:
+                self._queue.extend(events[i + 1 :])
+                if self._queue:
+                    self.io.pause_client()
+                break
+        self._flush_client()
+
+    def _pump(self) -> None:
+        while self._queue and not self._held and not self.closed:
+            self._client_event(self._queue.popleft())
+        if not self._held and not self._queue:
+            self.io.resume_client()
+        self._flush_client()
+
+    def _client_event(self, ev: object) -> None:
+        if type(ev) is LiteralChunk:
+            self._client_literal(ev)
+        elif type(ev) is Line:
+            if ev.continued:
+                self._client_continued_line(ev)
+            else:
+                self._client_first_line(ev)
+        elif type(ev) is LineTooLong:
+            self._client_overlong(ev)
+
+    def _client_literal(self, ev: LiteralChunk) -> None:
+        mode = self._cmd_mode
+        if mode == "forward":
+            self.io.to_upstream(ev.data)
+        elif mode == "capture":
+            self.io.to_upstream(ev.data)
+            self._collect(ev.data)
+        elif mode == "intercept":
+            self._collect(ev.data)
+        # discard: drop
+
+    def _client_continued_line(self, ev: Line) -> None:
+        mode = self._cmd_mode
+        if mode in ("forward", "capture"):
+            if ev.literal is not None and not self._literal_allowed(ev):
+                return
+            self.io.to_upstream(ev.data)
+            if mode == "capture":
+                self._collect(ev.data)
+            if ev.literal is not None and ev.literal.sync:
+                self._awaiting_literal = self._cmd_tag
+        elif mode == "intercept":
+            self._collect(ev.data)
+            if ev.literal is not None:
+                self._intercept_literal(ev)
+                return
+        elif mode == "discard" and ev.literal is not None and ev.literal.sync:
+            self.client_framer.cancel_literal()  # we never send "+" for it
+            self._cmd_mode = "none"
+            return
+        if ev.literal is None:
+            self._command_complete()
+
+    def _client_first_line(self, ev: Line) -> None:
+        line = ev.data
+        if self._continuation_credits > 0:
+            # The answer to a "+" (DONE after IDLE, a SASL response).
+            self._continuation_credits -= 1
+            if self._sasl_tag is not None and self._sasl_tag in self._captures:
+                self._captures[self._sasl_tag] = ("sasl", line.strip())
+                self._sasl_tag = None
+            self.io.to_upstream(line)
+            return
+        head = split_tag_command(line)
+        if head is None:
+            if line.strip() == b"":
+                return  # stray empty line: ignore like Dovecot does
+            self._begin_discard(ev)
+            self._local_reply(_guess_tag(line), Reply("BAD", "Expected a tag and a command name"))
+            return
+        tag, name = head
+        self._cmd_tag, self._cmd_name = tag, name
+        handler = self.extensions.handlers.get(name.decode("ascii"))
+        if handler is not None:
+            if not self.authenticated:
+                self._begin_discard(ev)
+                self._local_reply(tag, Reply("BAD", f"{name.decode()} is only valid after login"))
+                return
+            self._cmd_mode = "intercept"
+            self._cmd_buf = [line]
+            self._cmd_size = len(line)
+            if ev.literal is not None:
+                self._intercept_literal(ev)
+            else:
+                self._command_complete()
+            return
+        if name == b"STARTTLS":
+            self._begin_discard(ev)
+            self._starttls(tag)
+            return
+        if name == b"COMPRESS":
+            self._begin_discard(ev)
+            self._local_reply(tag, Reply("NO", "Compression is not available through this proxy"))
+            return
+        if name in (b"LOGIN", b"AUTHENTICATE"):
+            self._auth_tags.add(tag)
+            if self.authenticated:
+                pass  # upstream answers with its own BAD
+            elif not self.facts.client_tls and not self.facts.plaintext_auth_allowed:
+                self._begin_discard(ev)
+                self._local_reply(
+                    tag,
+                    Reply("NO", "Plaintext authentication disallowed on non-secure connections", "PRIVACYREQUIRED"),
+                )
+                return
+            else:
+                self._cmd_mode = "capture"
+                self._cmd_buf = [line]
+                self._cmd_size = len(line)
+        else:
+            self._cmd_mode = "forward"
+        if ev.literal is not None and not self._literal_allowed(ev):
+            return
+        self._inflight.append(_Inflight(tag, name))
+        self.io.to_upstream(line)
+        if name == b"IDLE":
+            self._idle_tag = tag
+        if ev.literal is not None:
+            if ev.literal.sync:
+                self._awaiting_literal = tag
+            return
+        self._command_complete()
+
+    def _literal_allowed(self, ev: Line) -> bool:
+        """Enforce the pre-authentication literal cap; False when the command was refused."""
+        assert ev.literal is not None
+        if self.authenticated or ev.literal.size <= self.settings.max_preauth_literal:
+            return True
+        if ev.literal.nonsync:
+            # The client is already sending it: no way to stay in sync cheaply.
+            self._fatal("Literal too large before authentication", "TOOBIG")
+            return False
+        self.client_framer.cancel_literal()
+        if ev.continued:
+            # Part of this command already went upstream: end it there, so
+            # upstream answers the tag (BAD) and both sides stay in sync.
+            self.io.to_upstream(b"\r\n")
+            self._cmd_mode = "none"
+            return False
+        self._cmd_mode = "none"
+        self._local_reply(self._cmd_tag, Reply("BAD", "Literal too large before authentication", "TOOBIG"))
+        return False
+
+    def _intercept_literal(self, ev: Line) -> None:
+        assert ev.literal is not None
+        size = ev.literal.size
+        if self._cmd_size + size > _MAX_INTERCEPTED:
+            if ev.literal.nonsync:
+                self._fatal("Command too long", "TOOBIG")
+                return
+            self.client_framer.cancel_literal()
+            self._cmd_mode = "none"
+            self._local_reply(self._cmd_tag, Reply("BAD", "Command too long", "TOOBIG"))
+            return
+        if ev.literal.sync:
+            self.io.to_client(r.continuation())
+        if size == 0:
+            return
+
+    def _collect(self, data: bytes) -> None:
+        self._cmd_size += len(data)
+        if self._cmd_mode == "capture" and self._cmd_size > _MAX_CAPTURE:
+            self._cmd_mode = "forward"  # too big to be a password: stop copying
+            self._cmd_buf = []
+            return
+        self._cmd_buf.append(data)
+
+    def _command_complete(self) -> None:
+        mode = self._cmd_mode
+        self._cmd_mode = "none"
+        if mode == "capture":
+            data = b"".join(self._cmd_buf)
+            self._cmd_buf = []
+            self._begin_capture(self._cmd_tag, data)
+        elif mode == "intercept":
+            data = b"".join(self._cmd_buf)
+            self._cmd_buf = []
+            self._intercept(self._cmd_tag, data)
+
+    def _begin_discard(self, ev: Line) -> None:
+        """Drop the rest of a refused command (its literal and continuation lines)."""
+        if ev.literal is None:
+            self._cmd_mode = "none"
+        elif ev.literal.sync:
+            self.client_framer.cancel_literal()  # we never send "+"
+            self._cmd_mode = "none"
+        else:
+            self._cmd_mode = "discard"
+
+    def _client_overlong(self, ev: LineTooLong) -> None:
+        if ev.continued and self._cmd_mode in ("forward", "capture"):
+            # Part of this command already went upstream: end it there.
+            self.io.to_upstream(b"\r\n")
+            self._cmd_mode = "discard" if ev.skipped_literal else "none"
+            return
+        head = split_tag_command(ev.head)
+        tag = head[0] if head is not None else b"*"
+        self._cmd_mode = "discard" if ev.skipped_literal else "none"
+        self._local_reply(tag, Reply("BAD", f"Line too long (limit {self.settings.max_line} bytes)", "TOOBIG"))
+
+    # ------------------------------------------------------- credential capture
+    def _begin_capture(self, tag: bytes, data: bytes) -> None:
+        name = self._cmd_name
+        if name == b"LOGIN":
+            self._captures[tag] = ("login", data)
+        elif name == b"AUTHENTICATE":
+            try:
+                cmd = parse_command(data)
+            except ParseError:
+                return
+            if not cmd.args or as_text(cmd.args[0], "mechanism").upper() != "PLAIN":
+                return  # not capturable: passed through, no push credentials
+            if len(cmd.args) > 1:
+                self._captures[tag] = ("sasl", as_text(cmd.args[1], "response").encode())
+            else:
+                self._captures[tag] = ("sasl", b"")
+                self._sasl_tag = tag
+
+    def _authenticated_by(self, capture: tuple[str, bytes]) -> None:
+        kind, data = capture
+        login = secret = None
+        try:
+            if kind == "login":
+                cmd = parse_command(data)
+                if len(cmd.args) == 2:
+                    login = as_text(cmd.args[0], "user")
+                    secret = as_text(cmd.args[1], "password")
+            elif data and data != b"=":
+                authzid, authcid, password = base64.b64decode(data, validate=True).split(b"\0")
+                if authzid in (b"", authcid):
+                    login, secret = authcid.decode("utf-8"), password.decode("utf-8")
+        except (ParseError, ValueError, binascii.Error, UnicodeDecodeError):
+            login = secret = None
+        if login is None or secret is None:
+            return
+        self.login = login
+        self.account = normalise_account(login)
+        log.info("session %s: authenticated as %s", self.session_id, self.account)
+        self._spawn(self.credentials.logged_in(self.account, login, secret, self.session_id))
+
+    # ---------------------------------------------------------- local answers
+    def _local_reply(self, tag: bytes, reply: Reply) -> None:
+        async def answer() -> Reply:
+            return reply
+
+        self._run_local(tag, answer, name=None)
+
+    def _starttls(self, tag: bytes) -> None:
+        if self.facts.client_tls:
+            self._local_reply(tag, Reply("BAD", "TLS is already active"))
+            return
+        if not self.settings.starttls_offered or self.authenticated:
+            self._local_reply(tag, Reply("BAD", "STARTTLS is not available"))
+            return
+
+        def start() -> None:
+            # Anything the client pipelined after STARTTLS was sent in clear
+            # text and must not be trusted (CVE-2011-0411 style injection).
+            self._queue.clear()
+            self.client_framer = Framer(server=False, max_line=self.settings.max_line)
+            self.io.to_client(r.tagged(tag, "OK", "Begin TLS negotiation now"))
+            self.io.start_client_tls()
+            self.facts.client_tls = True
+            self._held = False
+            self._pump()
+
+        self._held = True
+        self._after_drain(start)
+
+    def _intercept(self, tag: bytes, data: bytes) -> None:
+        try:
+            cmd = parse_command(data)
+        except ParseError as exc:
+            self._local_reply(tag, Reply("BAD", f"Invalid arguments: {exc}"))
+            return
+        handler = self.extensions.handlers[cmd.name]
+        if self._on_intercepted is not None:
+            self._on_intercepted(cmd.name)
+
+        async def run() -> Reply:
+            return await handler(cmd, _Context(self))
+
+        self._run_local(tag, run, name=cmd.name)
+
+    def _run_local(self, tag: bytes, fn: Callable[[], Awaitable[Reply]], name: str | None) -> None:
+        """Answer a command in the proxy, in tag order."""
+        self._held = True
+
+        def go() -> None:
+            self._local_task = asyncio.ensure_future(self._local(tag, fn, name))
+
+        self._after_drain(go)
+
+    def _after_drain(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once every forwarded command has its tagged response."""
+        if not self._inflight:
+            fn()
+        else:
+            self._drain_waiter = fn  # called from _tagged_from_upstream
+
+    async def _local(self, tag: bytes, fn: Callable[[], Awaitable[Reply]], name: str | None) -> None:
+        try:
+            reply = await fn()
+        except Exception:
+            log.exception("session %s: handler for %s failed", self.session_id, name)
+            # Transient faults must not become NO (iOS then waits a day): say BAD only
+            # for what the handler itself judged malformed; this is an internal error.
+            reply = Reply("NO", "Internal error in the proxy, please retry", "UNAVAILABLE")
+        if self.closed:
+            return
+        self._flush_client()
+        self.io.to_client(r.tagged(tag, reply.status, reply.text, reply.code))
+        self._local_task = None
+        self._held = False
+        self._pump()
+
+    # ------------------------------------------- the proxy's own upstream commands
+    def reply_untagged(self, payload: bytes) -> None:
+        self.io.to_client(b"* " + payload + b"\r\n")
+
+    async def upstream_command(self, command: bytes, timeout: float) -> tuple[list[bytes], StatusResponse]:
+        if self._inflight or self._own is not None:
+            raise UpstreamCommandError("a command is already in flight")
+        if self.closed:
+            raise UpstreamCommandError("session closed")
+        self._own_counter += 1
+        tag = b"PPX%d" % self._own_counter
+        future: asyncio.Future[tuple[list[bytes], StatusResponse]] = asyncio.get_running_loop().create_future()
+        self._own = _OwnCommand(tag, future)
+        self.io.to_upstream(tag + b" " + command + b"\r\n")
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            # The connection's state is unknown now: closing is the only safe move.
+            self._fatal("Upstream server did not answer", "UNAVAILABLE")
+            raise UpstreamCommandError("timeout") from None
+        finally:
+            self._own = None
+
+    def _own_event(self, ev: object) -> None:
+        own = self._own
+        assert own is not None
+        if type(ev) is Line:
+            if ev.continued and own.current is not None:
+                own.current.append(ev.data)
+            else:
+                status = parse_status_response(ev.data) if ev.data[:1] != b"*" else None
+                if status is not None and status.tag == own.tag:
+                    if not own.future.done():
+                        own.future.set_result((own.untagged, status))
+                    return
+                if ev.data[:1] == b"*":
+                    own.current = [ev.data]
+                else:
+                    return
+            if ev.literal is None and own.current is not None:
+                own.untagged.append(b"".join(own.current))
+                own.current = None
+        elif own.current is not None:
+            own.current.append(ev.data)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------- plumbing
+    def _flush_client(self) -> None:
+        if self._out_client:
+            out = self._out_client
+            self.io.to_client(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(_log_task_error)
+
+    def _fatal(self, text: str, code: str | None = None) -> None:
+        if self.closed:
+            return
+        self._flush_client()
+        self.io.to_client(r.bye(text, code))
+        self.close()
+
+    def timeout(self, text: str) -> None:
+        self._fatal(text)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._flush_client()
+        if self._local_task is not None and not self._local_task.done():
+            self._local_task.cancel()
+        if self._own is not None and not self._own.future.done():
+            self._own.future.set_exception(UpstreamCommandError("session closed"))
+        self.io.close()
+
+    async def finish(self) -> None:
+        """After both connections are gone: tell the extensions and the credential sink."""
+        ctx = _Context(self)
+        for ext in self.extensions.extensions:
+            try:
+                await ext.session_closed(ctx)
+            except Exception:
+                log.exception("session %s: %s.session_closed failed", self.session_id, ext.name)
+        try:
+            await self.credentials.session_closed(self.session_id)
+        except Exception:
+            log.exception("session %s: credential sink failed", self.session_id)
+
+
+def _guess_tag(line: bytes) -> bytes:
+    """The tag of a malformed command when it has a plausible one, else ``*``."""
+    word = line.split(b" ", 1)[0].strip()
+    if word and len(word) <= 64 and all(0x21 <= c <= 0x7E and c not in b'(){%*"\\+' for c in word):
+        return word
+    return b"*"
+
+
+def _log_task_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
+
+
+class _Context:
+    """The SessionContext handed to extension handlers."""
+
+    __slots__ = ("_s",)
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+
+    @property
+    def session_id(self) -> str:
+        return self._s.session_id
+
+    @property
+    def account(self) -> str | None:
+        return self._s.account if self._s.authenticated else None
+
+    @property
+    def login(self) -> str | None:
+        return self._s.login
+
+    @property
+    def upstream_capabilities(self) -> frozenset[str]:
+        return self._s.upstream_capabilities
+
+    def reply_untagged(self, payload: bytes) -> None:
+        self._s.reply_untagged(payload)
+
+    async def upstream_command(self, command: bytes, timeout: float = 30.0) -> tuple[list[bytes], StatusResponse]:
+        return await self._s.upstream_command(command, timeout)
