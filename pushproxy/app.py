@@ -69,7 +69,10 @@ def run(config: Config) -> int:
     from pushproxy.reactor import install_asyncio_reactor
 
     install_asyncio_reactor()
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
 
     result: dict[str, Any] = {"code": 0}
 
@@ -91,11 +94,11 @@ def run(config: Config) -> int:
                     result["code"] = 1
             else:
                 result["code"] = f.result()
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
 
         future.add_done_callback(done)
         defer.Deferred.fromFuture(future).addErrback(lambda _: None)
 
-    reactor.callWhenRunning(main)  # type: ignore[attr-defined]
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(main)
+    reactor.run(installSignalHandlers=False)
     return int(result["code"])

@@ -53,7 +53,7 @@ def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, in
         host, sep, port_s = value.rpartition(":")
         if not sep:
             raise ValueError(f"{value!r}: expected host:port")
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    if not port_s.isdigit() or not 0 <= int(port_s) < 65536:
         raise ValueError(f"{value!r}: invalid port")
     return (host or default_host), int(port_s)
 

@@ -117,7 +117,7 @@ class ClientProtocol(protocol.Protocol):
         assert upstream.transport is not None and self.transport is not None
         upstream.transport.setTcpKeepAlive(True)  # type: ignore[attr-defined]
         # Back-pressure both ways: a slow reader pauses the other side's reads.
-        self.transport.registerProducer(upstream.transport, True)
+        self.transport.registerProducer(upstream.transport, True)  # type: ignore[attr-defined]
         upstream.transport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
         if self.session.closed:
             upstream.transport.loseConnection()

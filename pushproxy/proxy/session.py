@@ -348,7 +348,8 @@ class Session:
     def client_data(self, data: bytes) -> None:
         self.bytes_from_client += len(data)
         self.last_client_activity = time.monotonic()
-        events = self.client_framer.receive_data(data)
+        framer = self.client_framer
+        events = framer.receive_data(data)
         if self._held or self._queue:
             self._queue.extend(events)
             if self._held:
@@ -357,6 +358,8 @@ class Session:
             return
         for i, ev in enumerate(events):
             self._client_event(ev)
+            if self.client_framer is not framer:
+                break  # STARTTLS: whatever followed it in clear text is dropped
             if self._held:
                 self._queue.extend(events[i + 1 :])
                 if self._queue:
@@ -365,8 +368,12 @@ class Session:
         self._flush_client()
 
     def _pump(self) -> None:
+        framer = self.client_framer
         while self._queue and not self._held and not self.closed:
             self._client_event(self._queue.popleft())
+            if self.client_framer is not framer:
+                self._queue.clear()  # STARTTLS: pipelined clear text is dropped
+                framer = self.client_framer
         if not self._held and not self._queue:
             self.io.resume_client()
         self._flush_client()

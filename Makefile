@@ -1,0 +1,55 @@
+# The two commands a newcomer runs on a fresh Debian machine:
+#   make demo   - install everything, run pushproxy in front of a local Dovecot, show pushes arriving
+#   make test   - install everything, run the whole test suite (what CI runs)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := dovecot-imapd dovecot-lmtpd isync openssl ca-certificates
+PYTEST_ARGS ?=
+
+.PHONY: all deps system-deps python-deps test lint typecheck unit demo bench clean
+
+all: test
+
+deps: system-deps python-deps
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+python-deps: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+lint: python-deps
+	$(BIN)/ruff check pushproxy tests bench
+
+typecheck: python-deps
+	$(BIN)/mypy pushproxy
+
+unit: python-deps
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+test: deps lint typecheck
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
+
+demo: deps
+	$(BIN)/python deploy/demo/demo.py
+
+bench: deps
+	$(BIN)/python bench/passthrough.py
+	$(BIN)/python bench/webpush.py
+	$(BIN)/python bench/watchers.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-state

@@ -1,0 +1,243 @@
+"""Every Prometheus metric of pushproxy, in one place.
+
+The metrics live on a dedicated :data:`REGISTRY` rather than prometheus_client's
+global one, so that tests can build as many applications as they like in one
+process without "duplicated timeseries" errors.  ``/metrics`` on the admin
+listener (:mod:`pushproxy.admin`) exposes exactly this registry.
+
+The names below are an outside surface (dashboards and alerts depend on them):
+add metrics freely, never rename one.
+
+==========================================  =========  ======================================
+name                                        type       labels
+==========================================  =========  ======================================
+pushproxy_sessions_active                   gauge
+pushproxy_sessions_total                    counter
+pushproxy_session_bytes_total               counter    direction=client_to_upstream|
+                                                       upstream_to_client
+pushproxy_commands_intercepted_total        counter    command
+pushproxy_registrations                     gauge      kind=apns|webpush, state
+pushproxy_watchers                          gauge      state=connecting|idle|polling|backoff|
+                                                       auth_failed|stopped
+pushproxy_watcher_reconnects_total          counter
+pushproxy_event_dispatch_latency_seconds    histogram
+pushproxy_pushes_total                      counter    service=apns|webpush, status
+pushproxy_push_failures_total               counter    service=apns|webpush, reason
+pushproxy_push_latency_seconds              histogram  service=apns|webpush
+pushproxy_apns_certificate_days_left        gauge
+pushproxy_webpush_subscriptions             gauge      state=inactive|active|silenced
+pushproxy_webpush_verifications_total       counter    result=sent|acknowledged|expired
+pushproxy_webpush_payload_fallbacks_total   counter    level=flags|sync
+pushproxy_store_up                          gauge
+process_*                                   various    (Linux: memory, CPU, open fds)
+==========================================  =========  ======================================
+
+What they mean:
+
+- sessions_active / sessions_total: client sessions open now / accepted since start.
+- session_bytes_total: bytes relayed through client sessions, per direction.
+- commands_intercepted_total: commands answered by an extension instead of the
+  upstream server (XAPPLEPUSHSERVICE, WEBPUSH, ...), by command name.
+- registrations: push registrations in the store by kind and state (``active``,
+  ``expired``, ...).
+- watchers: upstream watcher connections by state; watcher_reconnects_total:
+  reconnects after a lost or failed upstream connection.
+- event_dispatch_latency_seconds: upstream change notification -> its pushes
+  dispatched (includes the debounce delay).
+- pushes_total: push requests by service and outcome (``status`` is the HTTP
+  status code, or ``error`` when there was no response); push_failures_total:
+  failed pushes by reason (APNs ``reason``, ``timeout``, ``gone``, ...);
+  push_latency_seconds: one push request, send -> response.
+- apns_certificate_days_left: days until the APNs client certificate expires
+  (negative once expired).
+- webpush_subscriptions: Web Push subscriptions by state;
+  webpush_verifications_total: verification pushes by result;
+  webpush_payload_fallbacks_total: payloads too large for the push service that
+  fell back to a smaller notification level.
+- store_up: 1 if the last store operation succeeded, else 0.
+
+prometheus_client appends ``_created`` series to counters and histograms; they
+are left on (the default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+
+__all__ = [
+    "APNS_CERTIFICATE_DAYS_LEFT",
+    "COMMANDS_INTERCEPTED",
+    "EVENT_DISPATCH_LATENCY",
+    "PUSHES",
+    "PUSH_FAILURES",
+    "PUSH_LATENCY",
+    "PUSH_SERVICES",
+    "REGISTRATIONS",
+    "REGISTRATION_KINDS",
+    "REGISTRY",
+    "SESSIONS_ACTIVE",
+    "SESSIONS_TOTAL",
+    "SESSION_BYTES",
+    "SESSION_DIRECTIONS",
+    "STORE_UP",
+    "WATCHERS",
+    "WATCHER_RECONNECTS",
+    "WATCHER_STATES",
+    "WEBPUSH_PAYLOAD_FALLBACKS",
+    "WEBPUSH_PAYLOAD_LEVELS",
+    "WEBPUSH_SUBSCRIPTIONS",
+    "WEBPUSH_SUBSCRIPTION_STATES",
+    "WEBPUSH_VERIFICATIONS",
+    "WEBPUSH_VERIFICATION_RESULTS",
+    "exposition",
+    "set_state_gauge",
+]
+
+REGISTRY = CollectorRegistry()
+
+# Label values known in advance.  Their series are created at import so that
+# they read 0 instead of being absent (absent series break rate() and alerts).
+SESSION_DIRECTIONS = ("client_to_upstream", "upstream_to_client")
+REGISTRATION_KINDS = ("apns", "webpush")
+PUSH_SERVICES = ("apns", "webpush")
+WATCHER_STATES = ("connecting", "idle", "polling", "backoff", "auth_failed", "stopped")
+WEBPUSH_SUBSCRIPTION_STATES = ("inactive", "active", "silenced")
+WEBPUSH_VERIFICATION_RESULTS = ("sent", "acknowledged", "expired")
+WEBPUSH_PAYLOAD_LEVELS = ("flags", "sync")
+
+# Dispatch latency includes the debounce (1 s by default), hence the long tail.
+_DISPATCH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+_PUSH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# --- client sessions -------------------------------------------------------
+SESSIONS_ACTIVE = Gauge("pushproxy_sessions_active", "Client sessions open now.", registry=REGISTRY)
+SESSIONS_TOTAL = Counter("pushproxy_sessions", "Client sessions accepted.", registry=REGISTRY)
+SESSION_BYTES = Counter(
+    "pushproxy_session_bytes",
+    "Bytes relayed through client sessions.",
+    ["direction"],
+    registry=REGISTRY,
+)
+COMMANDS_INTERCEPTED = Counter(
+    "pushproxy_commands_intercepted",
+    "IMAP commands answered by a proxy extension instead of the upstream server.",
+    ["command"],
+    registry=REGISTRY,
+)
+
+# --- registrations and watchers ---------------------------------------------
+REGISTRATIONS = Gauge(
+    "pushproxy_registrations",
+    "Push registrations in the store, by kind and state.",
+    ["kind", "state"],
+    registry=REGISTRY,
+)
+WATCHERS = Gauge(
+    "pushproxy_watchers",
+    "Upstream watcher connections, by state.",
+    ["state"],
+    registry=REGISTRY,
+)
+WATCHER_RECONNECTS = Counter(
+    "pushproxy_watcher_reconnects",
+    "Watcher reconnects after a lost or failed upstream connection.",
+    registry=REGISTRY,
+)
+EVENT_DISPATCH_LATENCY = Histogram(
+    "pushproxy_event_dispatch_latency_seconds",
+    "Time from an upstream change notification to the dispatch of its pushes.",
+    buckets=_DISPATCH_BUCKETS,
+    registry=REGISTRY,
+)
+
+# --- push delivery -----------------------------------------------------------
+PUSHES = Counter(
+    "pushproxy_pushes",
+    "Push requests sent, by service and outcome (HTTP status, or 'error' without a response).",
+    ["service", "status"],
+    registry=REGISTRY,
+)
+PUSH_FAILURES = Counter(
+    "pushproxy_push_failures",
+    "Failed push requests, by service and reason.",
+    ["service", "reason"],
+    registry=REGISTRY,
+)
+PUSH_LATENCY = Histogram(
+    "pushproxy_push_latency_seconds",
+    "Duration of one push request, from send to response.",
+    ["service"],
+    buckets=_PUSH_BUCKETS,
+    registry=REGISTRY,
+)
+APNS_CERTIFICATE_DAYS_LEFT = Gauge(
+    "pushproxy_apns_certificate_days_left",
+    "Days until the APNs client certificate expires (negative once expired).",
+    registry=REGISTRY,
+)
+
+# --- Web Push ----------------------------------------------------------------
+WEBPUSH_SUBSCRIPTIONS = Gauge(
+    "pushproxy_webpush_subscriptions",
+    "Web Push subscriptions, by state.",
+    ["state"],
+    registry=REGISTRY,
+)
+WEBPUSH_VERIFICATIONS = Counter(
+    "pushproxy_webpush_verifications",
+    "Web Push subscription verification pushes, by result.",
+    ["result"],
+    registry=REGISTRY,
+)
+WEBPUSH_PAYLOAD_FALLBACKS = Counter(
+    "pushproxy_webpush_payload_fallbacks",
+    "Web Push payloads that were too large and fell back to a smaller notification level.",
+    ["level"],
+    registry=REGISTRY,
+)
+
+# --- store -------------------------------------------------------------------
+STORE_UP = Gauge("pushproxy_store_up", "1 if the last store operation succeeded, else 0.", registry=REGISTRY)
+
+# Process metrics (memory, CPU, fds) read from /proc; a no-op elsewhere.
+ProcessCollector(registry=REGISTRY)
+
+
+def _init_known_labels() -> None:
+    for direction in SESSION_DIRECTIONS:
+        SESSION_BYTES.labels(direction=direction)
+    for service in PUSH_SERVICES:
+        PUSH_LATENCY.labels(service=service)
+    for state in WATCHER_STATES:
+        WATCHERS.labels(state=state)
+    for state in WEBPUSH_SUBSCRIPTION_STATES:
+        WEBPUSH_SUBSCRIPTIONS.labels(state=state)
+    for result in WEBPUSH_VERIFICATION_RESULTS:
+        WEBPUSH_VERIFICATIONS.labels(result=result)
+    for level in WEBPUSH_PAYLOAD_LEVELS:
+        WEBPUSH_PAYLOAD_FALLBACKS.labels(level=level)
+
+
+_init_known_labels()
+
+
+def set_state_gauge(gauge: Gauge, counts: Mapping[str, int], states: Iterable[str] = ()) -> None:
+    """Set a one-label gauge from a full census ``{state: count}``.
+
+    States named in ``states`` but missing from ``counts`` are set to 0, so a
+    state that emptied does not keep its last value.
+    """
+    for state in states:
+        if state not in counts:
+            gauge.labels(state).set(0)
+    for state, count in counts.items():
+        gauge.labels(state).set(count)
+
+
+def exposition(accept_header: str = "") -> tuple[bytes, str]:
+    """The registry in the exposition format the scraper asked for: (body, content type)."""
+    encoder, content_type = choose_encoder(accept_header)
+    return encoder(REGISTRY), content_type

@@ -1,0 +1,44 @@
+"""Shared fixtures: real Dovecot instances and real pushproxy processes."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.dovecot import Dovecot
+from tests.support.proxy import ProxyProcess, upstream_config
+
+pytest_plugins = ["tests.support.dovecot_fixtures"]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def proxy_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., ProxyProcess]]:
+    """``factory(dovecot, security="starttls", start=True, **config_sections) -> ProxyProcess``."""
+    made: list[ProxyProcess] = []
+
+    def factory(dc: Dovecot, security: str = "starttls", start: bool = True, **config: Any) -> ProxyProcess:
+        base = Path(tempfile.mkdtemp(prefix="pp-", dir=tempfile.gettempdir()))
+        cfg = {"upstream": upstream_config(dc, security), **config}
+        proxy = ProxyProcess(base, cfg)
+        made.append(proxy)
+        if start:
+            proxy.start()
+        return proxy
+
+    yield factory
+    failed = getattr(request.node, "rep_call", None)
+    for proxy in made:
+        proxy.stop()
+        if failed is not None and failed.failed:
+            print(f"--- pushproxy log ({proxy.log_file}) ---\n{proxy.log_tail(80)}")
