@@ -27,6 +27,8 @@ class App:
         self.service: Any = None
         self.admin: Any = None
         self.store: Any = None
+        self.dispatcher: Any = None
+        self.supervisor: Any = None
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:

@@ -32,6 +32,8 @@ def setup_logging(cfg: LogConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())
+    for noisy in ("aiosqlite", "asyncio", "hpack", "h2"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
     # Twisted's own logs go through the standard library too.
     from twisted.logger import STDLibLogObserver, globalLogBeginner
 

@@ -38,7 +38,13 @@ def proxy_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Prox
 
     yield factory
     failed = getattr(request.node, "rep_call", None)
+    problems = []
     for proxy in made:
         proxy.stop()
         if failed is not None and failed.failed:
             print(f"--- pushproxy log ({proxy.log_file}) ---\n{proxy.log_tail(80)}")
+        text = proxy.log_text()
+        if "Unhandled Error" in text or "Traceback" in text:
+            problems.append(f"{proxy.log_file}:\n{proxy.log_tail(80)}")
+    # A proxy that logged an unhandled error failed, whatever the client saw.
+    assert not problems, "pushproxy logged errors:\n" + "\n".join(problems)

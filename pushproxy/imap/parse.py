@@ -131,6 +131,8 @@ class _Reader:
         start = self.pos
         data = self.data
         i = start
+        if i < len(data) and data[i] == 0x5C:  # a flag: "\" atom (\Seen, \HasNoChildren)
+            i += 1
         while i < len(data) and data[i] not in _ATOM_SPECIALS:
             i += 1
         # Resp-specials "]" is allowed inside atoms such as BODY[...]; accept it too.

@@ -1,0 +1,272 @@
+"""XAPPLEPUSHSERVICE end to end: iOS-like client -> proxy -> real Dovecot; pushes to the APNs stand-in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import sqlite3
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.apns_standin import ApnsStandin
+from tests.support.certs import ApnsTestCerts, make_apns_certs
+from tests.support.dovecot import Dovecot, make_message
+
+ACCOUNT_ID = "0715A26B-CA09-4730-A419-793000CA982E"
+TOKEN_A = "2918390218931890821908309283098109381029309829018310983092892829"
+TOKEN_B = "aaaa390218931890821908309283098109381029309829018310983092890000"
+
+
+@pytest.fixture(scope="module")
+def certs() -> ApnsTestCerts:
+    return make_apns_certs(Path(tempfile.mkdtemp(prefix="apns-certs-")))
+
+
+@pytest.fixture
+def apns(certs: ApnsTestCerts) -> Iterator[ApnsStandin]:
+    standin = ApnsStandin(certs.server_cert, certs.server_key, client_ca=certs.ca_cert)
+    standin.start()
+    yield standin
+    standin.stop()
+
+
+def apns_config(certs: ApnsTestCerts, standin: ApnsStandin, **extra: object) -> dict[str, object]:
+    return {
+        "enabled": True,
+        "cert_file": str(certs.client_cert),
+        "key_file": str(certs.client_key),
+        "endpoint": standin.endpoint,
+        "ca_file": str(certs.ca_cert),
+        "debounce": 0.3,
+        **extra,
+    }
+
+
+class RawClient:
+    """A minimal IMAP client that shows exactly what the proxy sends."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.greeting = self.read_until(b"\r\n")
+
+    def read_until(self, needle: bytes) -> bytes:
+        while needle not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"closed; have {self.buf!r}")
+            self.buf += chunk
+        end = self.buf.index(needle) + len(needle)
+        out, self.buf = self.buf[:end], self.buf[end:]
+        return out
+
+    def command(self, tag: bytes, text: bytes) -> bytes:
+        self.sock.sendall(tag + b" " + text + b"\r\n")
+        return self._tagged(tag)
+
+    def _tagged(self, tag: bytes) -> bytes:
+        out = b""
+        while True:
+            line = self.read_until(b"\r\n")
+            out += line
+            if line.startswith(tag + b" "):
+                return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+IOS_COMMAND = (
+    b'XAPPLEPUSHSERVICE "aps-version" "2" "aps-account-id" "' + ACCOUNT_ID.encode() + b'" '
+    b'"aps-device-token" "' + TOKEN_A.encode() + b'" '
+    b'"aps-subtopic" "com.apple.mobilemail" "sender" "somebody@example.org" '
+    b'"mailboxes" ("INBOX" {13}\r\nSent Messages "Does Not Exist" "Notes")'
+)
+
+
+def register(client: RawClient, tag: bytes, token: str = TOKEN_A, mailboxes: bytes = b'("INBOX")') -> bytes:
+    cmd = (
+        b'XAPPLEPUSHSERVICE "aps-version" "2" "aps-account-id" "' + ACCOUNT_ID.encode() + b'" '
+        b'"aps-device-token" "' + token.encode() + b'" "aps-subtopic" "com.apple.mobilemail" '
+        b'"mailboxes" ' + mailboxes
+    )
+    return client.command(tag, cmd)
+
+
+def devices_in_store(db: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(db) as conn:
+        return [tuple(r) for r in conn.execute("SELECT account, aps_account_id, device_token FROM apns_devices")]
+
+
+def test_ios_registration_exact_answer_and_push(
+    dovecot: Dovecot, proxy_factory, apns: ApnsStandin, certs: ApnsTestCerts
+) -> None:
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns))
+    c = RawClient(proxy.port)
+    assert b"XAPPLEPUSHSERVICE" in c.greeting
+    login = c.command(b"a1", b"LOGIN alice alicepw")
+    assert b"XAPPLEPUSHSERVICE" in login and b"a1 OK" in login
+    c.command(b"a2", b'LIST "" "*"')
+    # The literal mailbox name needs the continuation request first.
+    first, rest = IOS_COMMAND.split(b"{13}\r\n")
+    c.sock.sendall(b"a3 " + first + b"{13}\r\n")
+    assert c.read_until(b"\r\n").startswith(b"+ ")
+    c.sock.sendall(rest + b"\r\n")
+    answer = c._tagged(b"a3")
+    assert answer == (
+        b'* XAPPLEPUSHSERVICE "mailbox" "INBOX"\r\n'
+        b'* XAPPLEPUSHSERVICE "mailbox" "Sent Messages"\r\n'
+        b'* XAPPLEPUSHSERVICE "mailbox" "Notes"\r\n'
+        b'* XAPPLEPUSHSERVICE "aps-version" "2" "aps-topic" "' + certs.topic.encode() + b'"\r\n'
+        b"a3 OK XAPPLEPUSHSERVICE completed.\r\n"
+    )
+    # Durable before the OK.
+    assert devices_in_store(proxy.base_dir / "pushproxy.db") == [("alice", ACCOUNT_ID, TOKEN_A)]
+    # The stream goes on normally.
+    assert b"a4 OK" in c.command(b"a4", b"NOOP")
+
+    # New mail in INBOX -> one push with the exact path, headers and body.
+    dovecot.deliver("alice", make_message("hello iphone"))
+    req = apns.wait_for(1, timeout=10)[0]
+    assert req.path == f"/3/device/{TOKEN_A}"
+    assert req.headers["apns-topic"] == certs.topic
+    assert req.headers["apns-push-type"] == "background"
+    assert req.headers["apns-priority"] == "5"
+    assert int(req.headers["apns-expiration"]) > time.time() + 23 * 3600
+    assert req.json == {"aps": {"account-id": ACCOUNT_ID}}
+
+    # New mail in "Sent Messages" -> the m hash of that mailbox.
+    dovecot.deliver("alice", make_message("sent copy"), mailbox="Sent Messages")
+    req = apns.wait_for(2, timeout=10)[1]
+    expected = hashlib.md5(b"Sent Messages").hexdigest().upper()  # noqa: S324 - Apple's format
+    assert req.json["aps"]["account-id"] == ACCOUNT_ID
+    assert expected in req.json["aps"]["m"]
+
+    # A burst is debounced into one push.
+    before = len(apns.requests)
+    for i in range(20):
+        dovecot.deliver("alice", make_message(f"burst {i}"))
+    time.sleep(2.5)
+    assert 1 <= len(apns.requests) - before <= 2
+    c.close()
+    assert "2918390218931890821908309283098109381029309829018310983092892829" not in proxy.log_text()
+    assert "alicepw" not in proxy.log_text()
+
+
+def test_malformed_registration_gets_bad_and_stream_stays(dovecot: Dovecot, proxy_factory, apns, certs) -> None:
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns))
+    c = RawClient(proxy.port)
+    pre = c.command(b"a0", b'XAPPLEPUSHSERVICE "aps-version" "2"')
+    assert b"a0 BAD" in pre
+    c.command(b"a1", b"LOGIN alice alicepw")
+    assert b"a2 BAD" in c.command(b"a2", b'XAPPLEPUSHSERVICE "aps-version" "2" "aps-account-id" "x"')
+    assert b"a3 BAD" in c.command(b"a3", b'XAPPLEPUSHSERVICE "aps-account-id" "x" "aps-device-token" "zz"')
+    assert b"a4 BAD" in c.command(b"a4", b"XAPPLEPUSHSERVICE (((")
+    assert b"a5 OK" in c.command(b"a5", b"NOOP")
+    c.close()
+
+
+def test_version1_and_missing_mailboxes(dovecot: Dovecot, proxy_factory, apns, certs) -> None:
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns))
+    c = RawClient(proxy.port)
+    c.command(b"a1", b"LOGIN alice alicepw")
+    out = c.command(
+        b"a2",
+        b'XAPPLEPUSHSERVICE "aps-version" "1" "aps-account-id" "' + ACCOUNT_ID.encode()
+        + b'" "aps-device-token" "' + TOKEN_A.encode() + b'" "aps-subtopic" "com.apple.mobilemail"',
+    )
+    assert out == (
+        b'* XAPPLEPUSHSERVICE "aps-version" "1" "aps-topic" "' + certs.topic.encode() + b'"\r\n'
+        b"a2 OK XAPPLEPUSHSERVICE completed.\r\n"
+    )
+    c.close()
+
+
+def test_cloned_devices_both_get_pushes_and_restart_keeps_them(
+    dovecot: Dovecot, proxy_factory, apns: ApnsStandin, certs: ApnsTestCerts
+) -> None:
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns))
+    c = RawClient(proxy.port)
+    c.command(b"a1", b"LOGIN alice alicepw")
+    assert b"a2 OK" in register(c, b"a2", TOKEN_A)
+    assert b"a3 OK" in register(c, b"a3", TOKEN_B)
+    c.close()
+    proxy.stop()
+    proxy.start()
+    assert len(devices_in_store(proxy.base_dir / "pushproxy.db")) == 2
+    # After the restart the watcher resumes from the vault without any client login.
+    time.sleep(1.0)
+    dovecot.deliver("alice", make_message("to both"))
+    apns.wait_for(1, timeout=10, token=TOKEN_A)
+    apns.wait_for(1, timeout=10, token=TOKEN_B)
+
+
+def test_apns_errors_prune_and_retry(dovecot: Dovecot, proxy_factory, apns: ApnsStandin, certs) -> None:
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns))
+    c = RawClient(proxy.port)
+    c.command(b"a1", b"LOGIN alice alicepw")
+    register(c, b"a2", TOKEN_A)
+    register(c, b"a3", TOKEN_B)
+    c.close()
+    db = proxy.base_dir / "pushproxy.db"
+    apns.script(TOKEN_A, [429, 500, 200])
+    apns.script(TOKEN_B, [410])
+    time.sleep(0.5)
+    dovecot.deliver("alice", make_message("errors"))
+    assert len(apns.wait_for(3, timeout=20, token=TOKEN_A)) == 3  # retried until 200
+    apns.wait_for(1, timeout=10, token=TOKEN_B)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(devices_in_store(db)) != 1:
+        time.sleep(0.1)
+    assert devices_in_store(db) == [("alice", ACCOUNT_ID, TOKEN_A)]
+
+
+def test_bad_device_token_removed_and_hang_does_not_stall(dovecot: Dovecot, proxy_factory, apns, certs) -> None:
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns, timeout=2, retry_budget=1))
+    dovecot.add_user("carol", "carolpw")
+    for user, token in (("alice", TOKEN_A), ("carol", TOKEN_B)):
+        c = RawClient(proxy.port)
+        c.command(b"a1", f"LOGIN {user} {user}pw".encode())
+        register(c, b"a2", token)
+        c.close()
+    apns.always(TOKEN_A, "hang")
+    apns.script(TOKEN_B, [400])
+    time.sleep(0.5)
+    dovecot.deliver("alice", make_message("to a hanging device"))
+    dovecot.deliver("carol", make_message("to carol"))
+    # carol's push goes out while alice's device hangs.
+    apns.wait_for(1, timeout=5, token=TOKEN_B)
+    db = proxy.base_dir / "pushproxy.db"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(t == TOKEN_B for _, _, t in devices_in_store(db)):
+        time.sleep(0.1)
+    assert all(t != TOKEN_B for _, _, t in devices_in_store(db))
+
+
+def test_ox_endpoint_injects_events(dovecot: Dovecot, proxy_factory, apns, certs) -> None:
+    secret_file = Path(tempfile.mkdtemp()) / "ox.secret"
+    secret_file.write_text("s3cret\n")
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns), admin={"ox_secret_file": str(secret_file)})
+    c = RawClient(proxy.port)
+    c.command(b"a1", b"LOGIN alice alicepw")
+    register(c, b"a2", TOKEN_A, b'("INBOX" "Notes")')
+    c.close()
+    body = json.dumps(
+        {"user": "alice", "event": "MessageNew", "folder": "Notes", "imap-uidvalidity": 1, "imap-uid": 77,
+         "from": "x@example.org", "subject": "via ox", "unseen": 1}
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{proxy.admin_port}/events/dovecot-ox",
+        data=body,
+        headers={"Authorization": "Bearer s3cret", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status in (200, 202, 204)
+    got = apns.wait_for(1, timeout=10)[0]
+    assert hashlib.md5(b"Notes").hexdigest().upper() in got.json["aps"]["m"]  # noqa: S324
