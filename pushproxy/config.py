@@ -167,6 +167,7 @@ class WebPushConfig(_Section):
     max_subscriptions_per_account: int = Field(16, ge=1)
     ttl: int = Field(86400, ge=0)
     ack_ttl: int = Field(300, ge=0)
+    ack_expiry: Duration = Field(600.0, gt=0)  # unacknowledged subscriptions are deleted after this
     timeout: Duration = 10.0
     retry_budget: int = Field(5, ge=0)
     mailboxes: list[str] = Field(default_factory=lambda: ["INBOX"])

@@ -68,7 +68,7 @@ class _Closing:
 
 
 class Housekeeping:
-    """Expiry and gauges, once a minute."""
+    """Device expiry and registration gauges, once a minute."""
 
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
@@ -91,19 +91,9 @@ class Housekeeping:
         expired = await self.store.expire_devices(now - self.config.store.device_expiry)
         if expired:
             log.info("expired %d device registration(s) not renewed in time", expired)
-        gone = await self.store.expire_inactive_subscriptions(now)
-        if gone:
-            metrics.WEBPUSH_VERIFICATIONS.labels(result="expired").inc(gone)
         devices = await self.store.list_devices()
         metrics.REGISTRATIONS.labels(kind="apns", state="active").set(len(devices))
-        subs = await self.store.list_subscriptions()
-        counts = {"inactive": 0, "active": 0, "silenced": 0}
-        for sub in subs:
-            silenced = sub.silenced_session is not None or (sub.silenced_until or 0) > now
-            counts["silenced" if sub.active and silenced else "active" if sub.active else "inactive"] += 1
-        metrics.set_state_gauge(metrics.WEBPUSH_SUBSCRIPTIONS, counts)
-        metrics.REGISTRATIONS.labels(kind="webpush", state="active").set(counts["active"] + counts["silenced"])
-        metrics.REGISTRATIONS.labels(kind="webpush", state="inactive").set(counts["inactive"])
+        # WebPush expiry and gauges are the WEBPUSH extension's own sweep.
 
     async def close(self) -> None:
         if self._task is not None:
@@ -169,7 +159,9 @@ async def build(app: App) -> None:
         if sender is not None:
             from pushproxy.extensions.webpush import WebPushExtension
 
-            extensions.append(WebPushExtension(cfg, store, keyring, sender, supervisor.registration_changed))
+            webpush_ext = WebPushExtension(cfg, store, keyring, sender, supervisor.registration_changed)
+            extensions.append(webpush_ext)
+            app.components.append(webpush_ext)
 
         housekeeping = Housekeeping(cfg, store)
         housekeeping.start()

@@ -49,7 +49,8 @@ NIL = _Nil()
 # str for atoms, bytes for quoted strings and literals, list for parenthesised lists.
 Token = Atom | bytes | _Nil | list["Token"]
 
-_ATOM_SPECIALS = frozenset(b'(){ %*"\\]\r\n') | frozenset(range(0, 32)) | {127}
+# List wildcards (% *) are accepted inside atoms: LIST patterns, sequence sets, "LWEBPUSH *".
+_ATOM_SPECIALS = frozenset(b'(){ "\\]\r\n') | frozenset(range(0, 32)) | {127}
 _TAG_RE = re.compile(rb"^([^\x00-\x20(){%*\"\\+\x7f]+) ([A-Za-z][A-Za-z0-9_.-]*)")
 
 

@@ -74,6 +74,7 @@ class ClientProtocol(protocol.Protocol):
         self.upstream: UpstreamProtocol | None = None
         self._pending_upstream: list[bytes] = []
         self._timer: IDelayedCall | None = None
+        self._abort_timer: IDelayedCall | None = None
         self._upstream_lost = False
         self._finished = False
 
@@ -108,6 +109,7 @@ class ClientProtocol(protocol.Protocol):
             self._timer.cancel()
         self.session.closed = True
         if self.upstream is not None and self.upstream.transport is not None:
+            _unhook(self.upstream.transport)
             self.upstream.transport.loseConnection()
         self._finish()
 
@@ -129,6 +131,8 @@ class ClientProtocol(protocol.Protocol):
 
     def upstream_lost(self, reason: Failure) -> None:
         self._upstream_lost = True
+        if self.transport is not None:
+            _unhook(self.transport)
         if not self.session.closed:
             if self.session._up_state != "ready":
                 self.session.upstream_failed(reason.getErrorMessage())
@@ -163,10 +167,21 @@ class ClientProtocol(protocol.Protocol):
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def close(self) -> None:
+        # A registered producer makes loseConnection wait for it: unhook first.
+        up = self.upstream.transport if self.upstream is not None else None
         if self.transport is not None:
+            _unhook(self.transport)
             self.transport.loseConnection()
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.loseConnection()
+        if up is not None:
+            _unhook(up)
+            up.loseConnection()
+        # A peer that stops reading must not keep the session alive forever.
+        self._abort_timer = _reactor().callLater(10, self._abort)
+
+    def _abort(self) -> None:
+        for t in (self.transport, self.upstream.transport if self.upstream is not None else None):
+            if t is not None and getattr(t, "connected", False):
+                t.abortConnection()  # type: ignore[attr-defined]
 
     # -- timers and end --------------------------------------------------------------
     def _arm_timer(self, delay: float | None = None) -> None:
@@ -196,6 +211,8 @@ class ClientProtocol(protocol.Protocol):
         if not (upstream_gone and client_gone):
             return
         self._finished = True
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
         s = self.session
         self.service.sessions.discard(self)
         self.service.stats.closed(s.bytes_from_client, s.bytes_from_upstream)
@@ -305,6 +322,14 @@ async def _deferred(d: Any) -> Any:
     if d is None:
         return None
     return await d.asFuture(asyncio.get_running_loop())
+
+
+def _unhook(transport: Any) -> None:
+    """Unregister the peer transport as producer (Twisted's TLS transport raises once closed)."""
+    try:
+        transport.unregisterProducer()
+    except AttributeError:
+        pass
 
 
 def _is_loopback(host: str) -> bool:

@@ -23,6 +23,7 @@ from pushproxy.extensions.xapplepush.command import (
 from pushproxy.imap.parse import Command, ParseError
 from pushproxy.push.apns import short_token
 from pushproxy.store.base import ApnsDevice, Store
+from pushproxy.watch.baseline import record_baseline
 
 log = logging.getLogger("pushproxy.xapplepush")
 
@@ -75,6 +76,8 @@ class XApplePushExtension(Extension):
             first_registered=now,
             last_registered=now,
         )
+        # Before the OK, so that mail arriving from now on is pushed (see watch/baseline.py).
+        await record_baseline(ctx, self.store, account, device.mailboxes)
         stored = await self._store_device(device)
         for line in answer_lines(reg, existing, self.topic):
             ctx.reply_untagged(line)

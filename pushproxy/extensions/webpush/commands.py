@@ -1,0 +1,419 @@
+"""The WEBPUSH commands, answered by the proxy: GETVAPID, WEBPUSH, ACKWEBPUSH, LWEBPUSH, SILWEBPUSH.
+
+Wire form: ``/work/shared/specs/webpush-imap.md`` (draft-gougeon-imap-webpush).
+Every change is durable in the store before the tagged OK.  The verification
+push (``* ACKWEBPUSH <token>``) of a new or changed subscription is sent by a
+background task started after that write, so a slow push service never holds
+the client's OK.  Only sha256 of a token is stored; tokens, endpoints and
+auth secrets are never logged (an endpoint tag stands in).
+
+Also here: the maintenance loop that deletes unacknowledged subscriptions
+once ``webpush.ack_expiry`` has passed (telling the watcher supervisor) and
+keeps the subscription gauge; commands also delete the account's expired ones
+before counting against the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from pushproxy import metrics
+from pushproxy.config import Config
+from pushproxy.extensions.base import Reply, SessionContext
+from pushproxy.extensions.webpush.grammar import (
+    Subscribe,
+    Unsubscribe,
+    WebPushSyntaxError,
+    parse_ackwebpush,
+    parse_lwebpush,
+    parse_no_arguments,
+    parse_silwebpush,
+    parse_webpush,
+    vapid_response,
+    webpush_response,
+)
+from pushproxy.imap.parse import Command
+from pushproxy.push.ssrf import EndpointRefused
+from pushproxy.push.vapid import VapidKeyring
+from pushproxy.push.webpush import WebPushSender, endpoint_tag
+from pushproxy.push.webpush_delivery import (
+    account_lock,
+    session_silence_key,
+    silence_remaining,
+    state_of,
+)
+from pushproxy.store.base import Store, WebPushSubscription
+from pushproxy.watch.baseline import record_baseline
+
+log = logging.getLogger("pushproxy.webpush")
+
+RegistrationChanged = Callable[[str, str | None], Awaitable[None]]
+
+TOKEN_BYTES = 24  # 192 bits of randomness; 32 base64url characters
+_REGISTRATION_WAIT = 10.0  # the OK waits this long at most for the watcher update (it goes on after)
+_ENDPOINT_CHECK_SLACK = 5.0  # on top of webpush.timeout (the resolver's own limit)
+_MAX_SWEEP_INTERVAL = 60.0
+_MIN_SWEEP_INTERVAL = 0.5
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii")).digest()
+
+
+def _is_expired(sub: WebPushSubscription, now: float) -> bool:
+    return not sub.active and sub.ack_expires is not None and sub.ack_expires <= now
+
+
+class WebPushCommands:
+    """The five command handlers, plus the subscription maintenance of this proxy process."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        keyring: VapidKeyring,
+        sender: WebPushSender,
+        registration_changed: RegistrationChanged,
+        *,
+        clock: Callable[[], float] = time.time,
+        sweep_interval: float | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.keyring = keyring
+        self.sender = sender
+        self.registration_changed = registration_changed
+        self.clock = clock
+        expiry = config.webpush.ack_expiry
+        self._sweep_interval = sweep_interval or min(_MAX_SWEEP_INTERVAL, max(_MIN_SWEEP_INTERVAL, expiry / 4))
+        self._silencing_sessions: set[str] = set()  # sessions that hold a silence "until this connection ends"
+        self._background: set[asyncio.Task[Any]] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._closed = False
+        with contextlib.suppress(RuntimeError):  # no running loop: started by the first command
+            asyncio.get_running_loop()
+            self.start()
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the maintenance loop (idempotent; needs a running loop)."""
+        if self._maintenance is None and not self._closed:
+            self._maintenance = asyncio.ensure_future(self._maintain())
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t for t in (self._maintenance, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._maintenance = None
+
+    # --- GETVAPID -----------------------------------------------------------------------
+    async def getvapid(self, cmd: Command, ctx: SessionContext) -> Reply:
+        self.start()
+        try:
+            parse_no_arguments("GETVAPID", cmd.args)
+        except WebPushSyntaxError as exc:
+            return Reply("BAD", str(exc))
+        ctx.reply_untagged(vapid_response(self.keyring.current.public_key_b64))
+        return Reply("OK", "GETVAPID completed")
+
+    # --- WEBPUSH ------------------------------------------------------------------------
+    async def webpush(self, cmd: Command, ctx: SessionContext) -> Reply:
+        self.start()
+        account = ctx.account
+        if account is None:
+            return Reply("BAD", "WEBPUSH is only valid after login")
+        try:
+            request = parse_webpush(cmd.args)
+        except WebPushSyntaxError as exc:
+            return Reply("BAD", f"Invalid WEBPUSH arguments: {exc}")
+        if isinstance(request, Unsubscribe):
+            return await self._unsubscribe(account, request.sub_id, ctx)
+        return await self._subscribe(account, request, ctx)
+
+    async def _subscribe(self, account: str, request: Subscribe, ctx: SessionContext) -> Reply:
+        cfg = self.config.webpush
+        refusal = await self._check_endpoint(request.endpoint)
+        if refusal is not None:
+            log.info("webpush %s/%s: endpoint refused (%s)", account, request.sub_id, refusal)
+            return Reply("NO", f"Endpoint refused: {refusal}")
+        current_key = self.keyring.current
+        async with account_lock(account):
+            now = self.clock()
+            existing = await self._expire_account(account, now)
+            old = existing.get(request.sub_id)
+            if old is None and len(existing) >= cfg.max_subscriptions_per_account:
+                return Reply(
+                    "NO",
+                    f"Too many WEBPUSH subscriptions for this account (at most {cfg.max_subscriptions_per_account})",
+                    "LIMIT",
+                )
+            if (
+                old is not None
+                and old.active
+                and (old.endpoint, old.p256dh, old.auth) == (request.endpoint, request.p256dh, request.auth)
+                and old.vapid_key_id == current_key.key_id
+            ):
+                # Pinned interpretation: an active subscription sent again unchanged stays active,
+                # without a new verification push; the answer still shows the key and the state.
+                ctx.reply_untagged(vapid_response(current_key.public_key_b64))
+                ctx.reply_untagged(webpush_response(old.sub_id, old.endpoint, state_of(old, now)))
+                return Reply("OK", "WEBPUSH completed")
+            # New, changed, still waiting for its ACK (a new token replaces the old one), or
+            # acknowledged under an older VAPID key: a new version that must be acknowledged.
+            token = secrets.token_urlsafe(TOKEN_BYTES)
+            sub = WebPushSubscription(
+                account=account,
+                sub_id=request.sub_id,
+                endpoint=request.endpoint,
+                p256dh=request.p256dh,
+                auth=request.auth,
+                vapid_key_id=current_key.key_id,  # the key that signs the verification push
+                active=False,
+                ack_token_hash=token_hash(token),
+                ack_expires=now + cfg.ack_expiry,
+                silenced_until=old.silenced_until if old else None,
+                silenced_session=old.silenced_session if old else None,
+                want_changes=old.want_changes if old else False,
+                created=old.created if old else now,
+                updated=now,
+                last_success=old.last_success if old else None,
+                failures=0,
+            )
+            await self.store.put_subscription(sub)  # durable before the OK and before the push
+        # Mail from now on must reach the subscription once acknowledged (see watch/baseline.py).
+        await record_baseline(ctx, self.store, account, cfg.mailboxes)
+        log.info(
+            "webpush %s/%s %s: %s, waiting for ACKWEBPUSH",
+            account,
+            sub.sub_id,
+            endpoint_tag(sub.endpoint),
+            "created" if old is None else "updated",
+        )
+        ctx.reply_untagged(vapid_response(current_key.public_key_b64))
+        ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, None))
+        self._spawn(self._send_verification(sub, token))
+        await self._registration_changed(account, ctx.session_id)
+        return Reply("OK", "WEBPUSH completed")
+
+    async def _check_endpoint(self, endpoint: str) -> str | None:
+        """None when the endpoint may be used, else a reason safe to show to the client."""
+        if not endpoint.isascii() or not endpoint.isprintable():
+            return "malformed endpoint URL"
+        try:
+            async with asyncio.timeout(self.config.webpush.timeout + _ENDPOINT_CHECK_SLACK):
+                await self.sender.check_endpoint(endpoint)
+        except EndpointRefused as exc:
+            return exc.reason
+        except TimeoutError:
+            return "endpoint host lookup timed out"
+        return None
+
+    async def _unsubscribe(self, account: str, sub_id: str, ctx: SessionContext) -> Reply:
+        async with account_lock(account):
+            deleted = await self.store.delete_subscription(account, sub_id)
+        if deleted:
+            log.info("webpush %s/%s: deleted by the client", account, sub_id)
+            await self._registration_changed(account, ctx.session_id)
+        return Reply("OK", "WEBPUSH completed")
+
+    async def _send_verification(self, sub: WebPushSubscription, token: str) -> None:
+        """The ``* ACKWEBPUSH <token>`` push; the only push an inactive subscription ever gets."""
+        result = await self.sender.send_ack(sub, token)
+        who = f"{sub.account}/{sub.sub_id} {endpoint_tag(sub.endpoint)}"
+        if result.ok:
+            metrics.WEBPUSH_VERIFICATIONS.labels(result="sent").inc()
+            return
+        log.info("webpush %s: verification push not delivered (%s: %s)", who, result.outcome, result.detail)
+        if result.outcome != "delete":
+            return  # the client can send WEBPUSH again; unacknowledged, it expires
+        async with account_lock(sub.account):
+            current = await self.store.get_subscription(sub.account, sub.sub_id)
+            if current is None or current.ack_token_hash != sub.ack_token_hash:
+                return  # replaced meanwhile: the push service's answer is about an older version
+            await self.store.delete_subscription(sub.account, sub.sub_id)
+        log.info("webpush %s: the push service does not know the endpoint; deleted", who)
+        await self._registration_changed(sub.account, None)
+
+    # --- ACKWEBPUSH ---------------------------------------------------------------------
+    async def ackwebpush(self, cmd: Command, ctx: SessionContext) -> Reply:
+        self.start()
+        account = ctx.account
+        if account is None:
+            return Reply("BAD", "ACKWEBPUSH is only valid after login")
+        try:
+            request = parse_ackwebpush(cmd.args)
+        except WebPushSyntaxError as exc:
+            return Reply("BAD", f"Invalid ACKWEBPUSH arguments: {exc}")
+        digest = token_hash(request.token)
+        async with account_lock(account):
+            now = self.clock()
+            sub = await self.store.find_subscription_by_ack(account, digest)
+            if sub is None or sub.active or (request.sub_id is not None and request.sub_id != sub.sub_id):
+                return Reply("NO", "Unknown or already used ACKWEBPUSH token")
+            if sub.ack_expires is not None and sub.ack_expires <= now:
+                return Reply("NO", "ACKWEBPUSH token expired; send WEBPUSH again")
+            # Pinned interpretation: the subscription is active under the key that signed
+            # the verification push it just proved to have received (the current key,
+            # unless a rotation happened in between; then the next WEBPUSH re-keys it).
+            sub.active = True
+            sub.ack_token_hash = None  # single use
+            sub.ack_expires = None
+            sub.failures = 0
+            sub.updated = now
+            await self.store.put_subscription(sub)
+        metrics.WEBPUSH_VERIFICATIONS.labels(result="acknowledged").inc()
+        log.info("webpush %s/%s %s: acknowledged, active", account, sub.sub_id, endpoint_tag(sub.endpoint))
+        ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, state_of(sub, now)))
+        await self._registration_changed(account, ctx.session_id)
+        return Reply("OK", "ACKWEBPUSH completed")
+
+    # --- LWEBPUSH -----------------------------------------------------------------------
+    async def lwebpush(self, cmd: Command, ctx: SessionContext) -> Reply:
+        self.start()
+        account = ctx.account
+        if account is None:
+            return Reply("BAD", "LWEBPUSH is only valid after login")
+        try:
+            which = parse_lwebpush(cmd.args)
+        except WebPushSyntaxError as exc:
+            return Reply("BAD", f"Invalid LWEBPUSH arguments: {exc}")
+        if which is None:
+            subs = await self.store.subscriptions_for_account(account)
+        else:
+            one = await self.store.get_subscription(account, which)
+            subs = [one] if one is not None else []
+        now = self.clock()
+        for sub in subs:
+            if not _is_expired(sub, now):  # expired but not yet swept: gone for the client
+                ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, state_of(sub, now)))
+        return Reply("OK", "LWEBPUSH completed")
+
+    # --- SILWEBPUSH ---------------------------------------------------------------------
+    async def silwebpush(self, cmd: Command, ctx: SessionContext) -> Reply:
+        self.start()
+        account = ctx.account
+        if account is None:
+            return Reply("BAD", "SILWEBPUSH is only valid after login")
+        try:
+            request = parse_silwebpush(cmd.args)
+        except WebPushSyntaxError as exc:
+            return Reply("BAD", f"Invalid SILWEBPUSH arguments: {exc}")
+        async with account_lock(account):
+            now = self.clock()
+            sub = await self.store.get_subscription(account, request.sub_id)
+            if sub is None or _is_expired(sub, now):
+                return Reply("NO", "No such WEBPUSH subscription")
+            if request.seconds is None:
+                sub.silenced_session = session_silence_key(ctx.session_id)
+                sub.silenced_until = None
+                self._silencing_sessions.add(ctx.session_id)
+            elif request.seconds == 0:
+                sub.silenced_session = None
+                sub.silenced_until = None
+            else:
+                sub.silenced_session = None
+                sub.silenced_until = now + request.seconds
+            sub.updated = now
+            await self.store.put_subscription(sub)
+        ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, state_of(sub, now)))
+        return Reply("OK", "SILWEBPUSH completed")
+
+    async def session_closed(self, session_id: str) -> None:
+        """A connection ended: lift the silences it held ("until this connection ends")."""
+        if session_id not in self._silencing_sessions:
+            return  # nothing to lift: no store write for the many sessions that never silenced
+        self._silencing_sessions.discard(session_id)
+        lifted = await self.store.clear_session_silences(session_silence_key(session_id))
+        if lifted:
+            log.debug("session %s ended: %d WEBPUSH silence(s) lifted", session_id, lifted)
+
+    # --- maintenance --------------------------------------------------------------------
+    async def _expire_account(self, account: str, now: float) -> dict[str, WebPushSubscription]:
+        """Delete this account's expired unacknowledged subscriptions; the others by id.
+
+        The caller holds the account lock.  An expired subscription sent again
+        is thus created afresh (and must fit the limit).
+        """
+        remaining: dict[str, WebPushSubscription] = {}
+        for sub in await self.store.subscriptions_for_account(account):
+            if _is_expired(sub, now):
+                await self.store.delete_subscription(account, sub.sub_id)
+                metrics.WEBPUSH_VERIFICATIONS.labels(result="expired").inc()
+                log.info("webpush %s/%s: not acknowledged in time; deleted", account, sub.sub_id)
+            else:
+                remaining[sub.sub_id] = sub
+        return remaining
+
+    async def sweep(self) -> int:
+        """Delete every expired unacknowledged subscription and refresh the gauge; how many were deleted.
+
+        The gauge is refreshed here only (at most a minute old): a census after
+        every command would read every subscription of every account each time.
+        """
+        now = self.clock()
+        subs = await self.store.list_subscriptions()
+        expired_accounts = sorted({sub.account for sub in subs if _is_expired(sub, now)})
+        count = 0
+        for account in expired_accounts:
+            async with account_lock(account):
+                before = len(await self.store.subscriptions_for_account(account))
+                after = len(await self._expire_account(account, now))
+            count += before - after
+            await self._registration_changed(account, None)
+        self._census([sub for sub in subs if not _is_expired(sub, now)], now)
+        return count
+
+    async def _maintain(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store may be down for a while; try again next round
+                log.warning("webpush maintenance failed: %s", type(exc).__name__)
+            await asyncio.sleep(self._sweep_interval)
+
+    @staticmethod
+    def _census(subs: list[WebPushSubscription], now: float) -> None:
+        counts: Counter[str] = Counter()
+        for sub in subs:
+            if not sub.active:
+                counts["inactive"] += 1
+            elif silence_remaining(sub, now):
+                counts["silenced"] += 1
+            else:
+                counts["active"] += 1
+        metrics.set_state_gauge(metrics.WEBPUSH_SUBSCRIPTIONS, counts, metrics.WEBPUSH_SUBSCRIPTION_STATES)
+
+    async def _registration_changed(self, account: str, session_id: str | None) -> None:
+        """Tell the watcher supervisor; the OK waits a bounded time, the update goes on regardless."""
+        task = self._spawn(self._call_registration_changed(account, session_id))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), _REGISTRATION_WAIT)
+
+    async def _call_registration_changed(self, account: str, session_id: str | None) -> None:
+        try:
+            await self.registration_changed(account, session_id)
+        except Exception:
+            log.exception("webpush %s: updating the watcher failed", account)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webpush background task failed", exc_info=task.exception())

@@ -1,0 +1,211 @@
+"""Plaintext of Web Push messages: IMAP responses (pure functions, no IO).
+
+What goes inside the aes128gcm envelope (webpush-imap.md, "What is pushed"):
+CRLF-terminated, UID-based IMAP responses grouped by mailbox, at most 3993
+bytes (RFC 8291: one 4096-byte record).  When new-mail envelopes do not fit,
+the envelopes are dropped; when even the flags do not fit, the push says
+``* SYNC`` for the mailbox.  A response is never split across pushes.
+
+Pinned interpretation: mailbox names are sent in modified UTF-7 (RFC 3501
+5.1.3), since a push cannot know whether the client enabled UTF8=ACCEPT; names
+always end up as quoted strings.  Header values in
+:func:`envelope_from_fields` that are not printable ASCII become UTF-8
+literals (pinned interpretation: the values arrive decoded, e.g. from
+Dovecot's ox driver, and are not re-encoded as RFC 2047 words).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from email.utils import getaddresses
+from typing import Literal
+
+from pushproxy.events import MessageInfo
+from pushproxy.imap.response import nstring, quote
+from pushproxy.imap.utf7 import encode_mailbox
+
+MAX_PLAINTEXT = 3993  # RFC 8291 section 4: 4096 - 86 (header) - 16 (tag) - 1 (delimiter)
+
+PayloadLevel = Literal["full", "flags", "sync"]
+
+# A flag is "\" atom or a keyword atom (RFC 9051): no atom-specials, no "]".
+_FLAG_RE = re.compile(rb"^\\?[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+$")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
+
+
+class PayloadTooLarge(ValueError):
+    """Not even the smallest form of the payload fits the limit (an absurdly long mailbox name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadResult:
+    data: bytes
+    level: PayloadLevel
+
+
+def mailbox_string(mailbox: str) -> bytes:
+    """A mailbox name as an IMAP string: modified UTF-7, quoted (or a literal if it must)."""
+    return quote(encode_mailbox(mailbox).encode("ascii"))
+
+
+def select_line(mailbox: str) -> bytes:
+    return b"* SELECT " + mailbox_string(mailbox) + b"\r\n"
+
+
+def sync_payload(mailbox: str) -> bytes:
+    """``* SELECT "<mailbox>"`` + ``* SYNC``: "resynchronise this mailbox"."""
+    return select_line(mailbox) + b"* SYNC\r\n"
+
+
+def ack_payload(token: str) -> bytes:
+    """The verification push of a new or changed subscription."""
+    if not _TOKEN_RE.match(token):
+        raise ValueError("an ACKWEBPUSH token must be 1-256 characters of [A-Za-z0-9_-]")
+    return b"* ACKWEBPUSH " + token.encode("ascii") + b"\r\n"
+
+
+def flag_list(flags: Iterable[str]) -> bytes:
+    """``(\\Seen $Junk)``; anything that is not a valid flag atom is left out rather than break the syntax."""
+    good: list[bytes] = []
+    for flag in flags:
+        raw = flag.encode("utf-8", "replace")
+        # \Recent is session state (and gone in IMAP4rev2): meaningless in a push.
+        if raw.lower() == b"\\recent":
+            continue
+        if _FLAG_RE.match(raw) and raw not in good:
+            good.append(raw)
+    return b"(" + b" ".join(good) + b")"
+
+
+def _uidfetch(uid: int, items: bytes) -> bytes:
+    if not 0 < uid < 2**32:
+        raise ValueError(f"invalid UID {uid}")
+    return b"* %d UIDFETCH (" % uid + items + b")\r\n"
+
+
+def _fits(parts: Sequence[bytes], limit: int) -> bytes | None:
+    data = b"".join(parts)
+    return data if len(data) <= limit else None
+
+
+def _sync_or_raise(mailbox: str, limit: int) -> PayloadResult:
+    data = sync_payload(mailbox)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"even a SYNC push for this mailbox needs {len(data)} bytes (limit {limit})")
+    return PayloadResult(data, "sync")
+
+
+def new_mail_payload(
+    mailbox: str, messages: Sequence[MessageInfo], limit: int = MAX_PLAINTEXT
+) -> PayloadResult:
+    """New messages: FLAGS + ENVELOPE per message, else FLAGS only, else SYNC; never over ``limit``."""
+    if not messages:
+        return _sync_or_raise(mailbox, limit)
+    head = select_line(mailbox)
+    flags_only = [_uidfetch(m.uid, b"FLAGS " + flag_list(m.flags)) for m in messages]
+    if any(m.envelope is not None for m in messages):
+        full = [
+            _uidfetch(m.uid, b"FLAGS " + flag_list(m.flags) + b" ENVELOPE " + m.envelope)
+            if m.envelope is not None
+            else line
+            for m, line in zip(messages, flags_only, strict=True)
+        ]
+        data = _fits([head, *full], limit)
+        if data is not None:
+            return PayloadResult(data, "full")
+        data = _fits([head, *flags_only], limit)
+        if data is not None:
+            return PayloadResult(data, "flags")
+    else:
+        data = _fits([head, *flags_only], limit)
+        if data is not None:
+            # Nothing was dropped: this is the full form for messages without envelopes.
+            return PayloadResult(data, "full")
+    return _sync_or_raise(mailbox, limit)
+
+
+def uid_set(uids: Iterable[int]) -> bytes:
+    """Sorted, de-duplicated, ranges compressed: ``[1, 2, 3, 7]`` -> ``1:3,7``."""
+    ordered = sorted(set(uids))
+    if not ordered:
+        raise ValueError("an empty UID set")
+    if ordered[0] <= 0 or ordered[-1] >= 2**32:
+        raise ValueError("UIDs are 1 .. 2^32-1")
+    parts: list[bytes] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+        start = prev = uid
+    parts.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+    return b",".join(parts)
+
+
+def vanished_payload(mailbox: str, uids: Iterable[int], limit: int = MAX_PLAINTEXT) -> PayloadResult:
+    """Expunged messages: ``* VANISHED <uid-set>``, or SYNC if the set is too long."""
+    data = _fits([select_line(mailbox), b"* VANISHED " + uid_set(uids) + b"\r\n"], limit)
+    if data is not None:
+        return PayloadResult(data, "full")
+    return _sync_or_raise(mailbox, limit)
+
+
+def flags_payload(
+    mailbox: str, changes: Sequence[tuple[int, Sequence[str]]], limit: int = MAX_PLAINTEXT
+) -> PayloadResult:
+    """Flag changes: ``* <uid> UIDFETCH (FLAGS (...))`` per message, or SYNC if too long."""
+    lines = [_uidfetch(uid, b"FLAGS " + flag_list(flags)) for uid, flags in changes]
+    data = _fits([select_line(mailbox), *lines], limit) if lines else None
+    if data is not None:
+        return PayloadResult(data, "full")
+    return _sync_or_raise(mailbox, limit)
+
+
+# --- ENVELOPE from plain header values ---------------------------------------------
+
+
+def _address_list(header: str | None) -> bytes:
+    """An ENVELOPE address list ``((name adl mailbox host) ...)``, or NIL."""
+    if not header:
+        return b"NIL"
+    addresses: list[bytes] = []
+    for name, addr in getaddresses([header]):
+        if not addr and not name:
+            continue
+        local, at, domain = addr.rpartition("@")
+        if not at:
+            local, domain = addr, ""
+        addresses.append(
+            b"(" + nstring(name or None) + b" NIL " + nstring(local) + b" " + nstring(domain) + b")"
+        )
+    if not addresses:
+        return b"NIL"
+    return b"(" + b"".join(addresses) + b")"
+
+
+def envelope_from_fields(
+    date: str | None, subject: str | None, from_: str | None, message_id: str | None
+) -> bytes:
+    """An IMAP ENVELOPE built from plain header values (e.g. Dovecot's ox driver events).
+
+    Strings: NIL for None, a quoted string when printable ASCII, else a UTF-8
+    literal.  Sender and Reply-To repeat From (RFC 3501 7.4.2: the server fills
+    them from From when absent); To, Cc, Bcc and In-Reply-To are NIL.
+    """
+    from_list = _address_list(from_)
+    fields = [
+        nstring(date),
+        nstring(subject),
+        from_list,  # from
+        from_list,  # sender
+        from_list,  # reply-to
+        b"NIL",  # to
+        b"NIL",  # cc
+        b"NIL",  # bcc
+        b"NIL",  # in-reply-to
+        nstring(message_id),
+    ]
+    return b"(" + b" ".join(fields) + b")"

@@ -1,0 +1,344 @@
+"""Web Push delivery: RFC 8291 encryption, RFC 8292 VAPID, RFC 8030 POST over aiohttp.
+
+One shared :class:`aiohttp.ClientSession` (keep-alive, bounded pool) whose
+resolver is the SSRF guard's :class:`~pushproxy.push.ssrf.PinnedResolver`.
+:meth:`WebPushSender.send` encrypts once, then posts with a freshly signed
+VAPID header per attempt, never follows redirects, bounds every request with
+``webpush.timeout`` and retries 429/5xx/transport errors with exponential
+backoff and jitter (honouring Retry-After) up to ``webpush.retry_budget``.
+
+Endpoints and keys are never logged: a short hash of the endpoint stands in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import random
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Literal, Protocol
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from pushproxy.config import WebPushConfig
+from pushproxy.push.payload import MAX_PLAINTEXT, ack_payload
+from pushproxy.push.ssrf import ConnectRefused, EndpointRefused, PinnedResolver, ResolvedEndpoint
+from pushproxy.push.vapid import VapidKeyring, b64url_decode
+from pushproxy.store.base import WebPushSubscription
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["ok", "delete", "deactivate", "too_large", "dropped", "failed", "refused"]
+Urgency = Literal["very-low", "low", "normal", "high"]
+
+RECORD_SIZE = 4096  # RFC 8291: one record; MAX_PLAINTEXT is what fits in it
+_KEY_INFO = b"WebPush: info\x00"
+_CEK_INFO = b"Content-Encoding: aes128gcm\x00\x01"
+_NONCE_INFO = b"Content-Encoding: nonce\x00\x01"
+_CURVE = ec.SECP256R1()
+
+
+class InvalidSubscriptionKeys(ValueError):
+    """p256dh is not a P-256 point, or auth is not 16 bytes."""
+
+
+def _hkdf_sha256(salt: bytes, ikm: bytes, info_and_counter: bytes, length: int) -> bytes:
+    """HKDF for outputs of at most one hash block (``info`` already ends with 0x01)."""
+    prk = hmac.digest(salt, ikm, "sha256")
+    return hmac.digest(prk, info_and_counter, "sha256")[:length]
+
+
+@functools.lru_cache(maxsize=4096)  # parsing + point validation per push is measurable in the bench
+def decode_subscription_keys(p256dh: str, auth: str) -> tuple[ec.EllipticCurvePublicKey, bytes, bytes]:
+    """(user agent public key, its 65-byte encoding, 16-byte auth secret); raises InvalidSubscriptionKeys."""
+    try:
+        ua_raw = b64url_decode(p256dh)
+        auth_secret = b64url_decode(auth)
+        ua_key = ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, ua_raw)
+    except (ValueError, binascii.Error) as exc:
+        raise InvalidSubscriptionKeys("invalid p256dh key") from exc
+    if len(ua_raw) != 65 or ua_raw[0] != 4:
+        raise InvalidSubscriptionKeys("p256dh must be an uncompressed P-256 point")
+    if len(auth_secret) != 16:
+        raise InvalidSubscriptionKeys("auth must be 16 bytes")
+    return ua_key, ua_raw, auth_secret
+
+
+def encrypt_payload(
+    plaintext: bytes,
+    ua_key: ec.EllipticCurvePublicKey,
+    ua_raw: bytes,
+    auth_secret: bytes,
+    *,
+    salt: bytes | None = None,
+    as_private: ec.EllipticCurvePrivateKey | None = None,
+) -> bytes:
+    """RFC 8291 ``aes128gcm`` body with one record: header (salt, rs, keyid=sender key) + ciphertext.
+
+    A new sender (application server) key pair and salt for every message.
+    """
+    if len(plaintext) > MAX_PLAINTEXT:
+        raise ValueError(f"plaintext of {len(plaintext)} bytes exceeds {MAX_PLAINTEXT}")
+    as_private = as_private or ec.generate_private_key(_CURVE)
+    as_raw = as_private.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    salt = salt or os.urandom(16)
+    ecdh_secret = as_private.exchange(ec.ECDH(), ua_key)
+    ikm = _hkdf_sha256(auth_secret, ecdh_secret, _KEY_INFO + ua_raw + as_raw + b"\x01", 32)
+    cek = _hkdf_sha256(salt, ikm, _CEK_INFO, 16)
+    nonce = _hkdf_sha256(salt, ikm, _NONCE_INFO, 12)
+    # 0x02: padding delimiter of the last (only) record, no further padding.
+    ciphertext = AESGCM(cek).encrypt(nonce, plaintext + b"\x02", None)
+    header = salt + struct.pack("!IB", RECORD_SIZE, len(as_raw)) + as_raw
+    return header + ciphertext
+
+
+def endpoint_tag(endpoint: str) -> str:
+    """What logs say instead of the endpoint: the host is not logged either (it may be private)."""
+    return "ep:" + hashlib.sha256(endpoint.encode("utf-8", "replace")).hexdigest()[:12]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None when absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.now(UTC).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+@dataclass(frozen=True, slots=True)
+class WebPushResult:
+    outcome: Outcome
+    status: int | None = None  # the last HTTP status, None if no response
+    attempts: int = 0  # HTTP requests made
+    detail: str = ""  # short, safe to log (never the endpoint)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+class WebPushMetrics(Protocol):
+    """What the sender reports; the metrics module provides an implementation."""
+
+    def webpush_request(self, status: int | None, seconds: float) -> None:
+        """One HTTP attempt: status (None for a transport error or timeout) and duration."""
+
+    def webpush_result(self, outcome: str) -> None:
+        """The final outcome of one ``send``."""
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class WebPushSender:
+    def __init__(
+        self,
+        cfg: WebPushConfig,
+        keyring: VapidKeyring,
+        metrics: WebPushMetrics | None = None,
+        *,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        retry_after_cap: float = 120.0,
+        connection_limit: int = 256,
+        per_host_limit: int = 64,
+        pin_ttl: float = 60.0,
+        resolver: PinnedResolver | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._cfg = cfg
+        self._keyring = keyring
+        self._metrics = metrics
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._retry_after_cap = retry_after_cap
+        self._connection_limit = connection_limit
+        self._per_host_limit = per_host_limit
+        self._sleep = sleep
+        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+        self.resolver = resolver or PinnedResolver(
+            allow_private=cfg.allow_private_endpoints, timeout=cfg.timeout, pin_ttl=pin_ttl
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            resolver=self.resolver,
+            use_dns_cache=False,  # the resolver is the only authority on addresses
+            limit=self._connection_limit,
+            limit_per_host=self._per_host_limit,
+            keepalive_timeout=60.0,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            trust_env=False,  # never send pushes through an environment-configured proxy
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": "pushproxy"},
+            auto_decompress=False,
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> WebPushSender:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def check_endpoint(self, endpoint: str) -> ResolvedEndpoint:
+        """The SSRF guard for a new subscription (raises EndpointRefused); pins the host's addresses."""
+        return await self.resolver.resolve_endpoint(endpoint)
+
+    async def send_ack(self, sub: WebPushSubscription, token: str) -> WebPushResult:
+        """The verification push ``* ACKWEBPUSH <token>``."""
+        return await self.send(sub, ack_payload(token), urgency="high", ttl=self._cfg.ack_ttl)
+
+    async def send(
+        self, sub: WebPushSubscription, plaintext: bytes, *, urgency: Urgency, ttl: int
+    ) -> WebPushResult:
+        result = await self._send(sub, plaintext, urgency=urgency, ttl=ttl)
+        if self._metrics is not None:
+            self._metrics.webpush_result(result.outcome)
+        return result
+
+    async def _send(
+        self, sub: WebPushSubscription, plaintext: bytes, *, urgency: Urgency, ttl: int
+    ) -> WebPushResult:
+        session = self._session
+        if session is None:
+            raise RuntimeError("WebPushSender.start() was not called")
+        who = f"{sub.account}/{sub.sub_id} {endpoint_tag(sub.endpoint)}"
+        if len(plaintext) > MAX_PLAINTEXT:
+            log.warning("webpush %s: plaintext of %d bytes is too large", who, len(plaintext))
+            return WebPushResult("too_large", detail=f"plaintext exceeds {MAX_PLAINTEXT} bytes")
+        try:
+            ua_key, ua_raw, auth_secret = decode_subscription_keys(sub.p256dh, sub.auth)
+        except InvalidSubscriptionKeys as exc:
+            log.error("webpush %s: %s; message dropped", who, exc)
+            return WebPushResult("dropped", detail=str(exc))
+        try:
+            target = await self.resolver.resolve_endpoint(sub.endpoint)
+        except EndpointRefused as exc:
+            log.warning("webpush %s: endpoint refused: %s", who, exc.reason)
+            return WebPushResult("refused", detail=exc.reason)
+
+        body = encrypt_payload(plaintext, ua_key, ua_raw, auth_secret)
+        key = self._keyring.for_subscription(sub.vapid_key_id)
+        started = time.monotonic()
+        status: int | None = None
+        attempts = 0
+        detail = ""
+        for retry in range(self._cfg.retry_budget + 1):
+            attempts += 1
+            headers = {
+                "Content-Encoding": "aes128gcm",
+                "Content-Type": "application/octet-stream",
+                "TTL": str(max(0, int(ttl))),
+                "Urgency": urgency,
+                # Fresh claims (exp) on every attempt.
+                "Authorization": key.sign_header(target.url, self._cfg.subject),
+            }
+            retry_after: float | None = None
+            t0 = time.monotonic()
+            try:
+                async with session.post(
+                    target.url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
+                ) as resp:
+                    status = resp.status
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                    reason = resp.reason or ""
+                    # Read (a bounded amount of) the body so the connection can be reused.
+                    await resp.content.read(8192)
+            except aiohttp.ClientConnectorError as exc:
+                self._observe(None, t0)
+                if isinstance(exc.os_error, ConnectRefused):
+                    log.warning("webpush %s: refused at connect time: %s", who, exc.os_error)
+                    return WebPushResult("refused", attempts=attempts, detail=str(exc.os_error))
+                status, detail = None, f"connect error: {type(exc.os_error).__name__}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self._observe(None, t0)
+                status, detail = None, "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+            else:
+                self._observe(status, t0)
+                detail = f"HTTP {status} {reason}".strip()
+                outcome = _classify(status)
+                if outcome is not None:
+                    self._log_outcome(who, outcome, status, reason, attempts)
+                    return WebPushResult(outcome, status=status, attempts=attempts, detail=detail)
+
+            # Retryable: 429, 5xx, transport error or timeout.
+            if retry >= self._cfg.retry_budget:
+                break
+            delay = self._backoff(retry, retry_after)
+            if ttl > 0 and time.monotonic() - started + delay > ttl:
+                detail += "; the message would expire before the next attempt"
+                break
+            log.info("webpush %s: %s, retry %d in %.1fs", who, detail, retry + 1, delay)
+            await self._sleep(delay)
+        log.warning("webpush %s: giving up after %d attempts (%s)", who, attempts, detail)
+        return WebPushResult("failed", status=status, attempts=attempts, detail=detail)
+
+    def _backoff(self, retry: int, retry_after: float | None) -> float:
+        delay = min(self._backoff_max, self._backoff_base * (2**retry))
+        delay *= random.uniform(0.5, 1.0)  # jitter: spread retries of many subscriptions
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._retry_after_cap))
+        return delay
+
+    def _observe(self, status: int | None, t0: float) -> None:
+        if self._metrics is not None:
+            self._metrics.webpush_request(status, time.monotonic() - t0)
+
+    @staticmethod
+    def _log_outcome(who: str, outcome: Outcome, status: int, reason: str, attempts: int) -> None:
+        if outcome == "ok":
+            log.debug("webpush %s: delivered (HTTP %d, %d attempts)", who, status, attempts)
+        elif outcome == "dropped":
+            what = "redirect not followed" if 300 <= status < 400 else "rejected by the push service"
+            log.warning("webpush %s: HTTP %d %s: %s; message dropped", who, status, reason, what)
+        else:
+            log.info("webpush %s: HTTP %d %s -> %s", who, status, reason, outcome)
+
+
+def _classify(status: int) -> Outcome | None:
+    """Final outcome for an HTTP status, or None when the request is worth retrying."""
+    if 200 <= status < 300:
+        return "ok"
+    if status in (404, 410):
+        return "delete"
+    if status in (401, 403):
+        return "deactivate"
+    if status == 413:
+        return "too_large"
+    if status == 429 or status >= 500:
+        return None
+    return "dropped"  # 400, other 4xx, 3xx (redirects are never followed), 1xx

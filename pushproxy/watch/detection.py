@@ -1,0 +1,127 @@
+"""What to watch, and which fetched messages are news (sans-IO).
+
+:class:`WatchSpec` says which mailboxes of an account are watched and for
+which of them expunges and flag changes are wanted too; it is derived from
+the account's registrations (:func:`spec_for_account`).
+
+:func:`new_messages` is the correctness core of new-mail detection: given the
+FETCH responses of ``UID FETCH <last uidnext>:*`` it keeps exactly the
+messages whose UID is at least the last UIDNEXT (``n:*`` also returns the last
+message when its UID is below ``n``), merges several FETCH responses for one
+UID, drops messages already ``\\Seen`` and says what the new UIDNEXT is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pushproxy.accounts import canonical_mailbox, is_inbox
+from pushproxy.events import MessageInfo
+from pushproxy.store.base import Store
+from pushproxy.watch.imapwire import FetchItems
+
+__all__ = [
+    "MAX_MESSAGES_PER_EVENT",
+    "NewMessages",
+    "WatchSpec",
+    "new_messages",
+    "normalise_mailboxes",
+    "spec_for_account",
+]
+
+# A NewMail carries at most this many (the newest) messages: after a long
+# outage thousands may have arrived, and no push can show more than a few.
+MAX_MESSAGES_PER_EVENT = 100
+
+
+def normalise_mailboxes(names: Iterable[str]) -> tuple[str, ...]:
+    """Unique canonical names, INBOX (any case) first, the others sorted."""
+    seen: set[str] = set()
+    inbox = False
+    for name in names:
+        if not name:
+            continue
+        if is_inbox(name):
+            inbox = True
+            continue
+        seen.add(canonical_mailbox(name))
+    return (("INBOX",) if inbox else ()) + tuple(sorted(seen))
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSpec:
+    mailboxes: tuple[str, ...]  # normalised (see normalise_mailboxes), never empty
+    changes: frozenset[str] = field(default_factory=frozenset)  # subset wanting Expunge / FlagChange
+
+    @classmethod
+    def of(cls, mailboxes: Iterable[str], changes: Iterable[str] = ()) -> WatchSpec:
+        boxes = normalise_mailboxes(mailboxes) or ("INBOX",)
+        wanted = frozenset(normalise_mailboxes(changes)) & frozenset(boxes)
+        return cls(boxes, wanted)
+
+    @property
+    def primary(self) -> str:
+        """The mailbox kept selected (IDLE): INBOX when watched, else the first."""
+        return self.mailboxes[0]
+
+    @property
+    def others(self) -> tuple[str, ...]:
+        return self.mailboxes[1:]
+
+    def __contains__(self, mailbox: object) -> bool:
+        return mailbox in self.mailboxes
+
+
+async def spec_for_account(store: Store, account: str, webpush_mailboxes: Sequence[str]) -> WatchSpec | None:
+    """The mailboxes the account's registrations ask for; None when it has none.
+
+    APNs devices name their mailboxes; WebPush subscriptions (active or still
+    being verified) watch ``webpush.mailboxes``, and those with want_changes
+    also want expunges and flag changes there.
+    """
+    devices = await store.devices_for_account(account)
+    subs = await store.subscriptions_for_account(account)
+    if not devices and not subs:
+        return None
+    boxes: list[str] = []
+    for device in devices:
+        boxes.extend(device.mailboxes or ["INBOX"])
+    changes: list[str] = []
+    if subs:
+        boxes.extend(webpush_mailboxes)
+        if any(sub.want_changes for sub in subs):
+            changes.extend(webpush_mailboxes)
+    return WatchSpec.of(boxes, changes)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessages:
+    messages: tuple[MessageInfo, ...]  # unseen new messages, ascending UID, at most MAX_MESSAGES_PER_EVENT
+    uidnext: int  # the UIDNEXT to remember after these
+    seen_skipped: int = 0
+    count: int = 0  # new messages in all (seen or not, before the cap)
+
+
+def new_messages(fetched: Iterable[FetchItems], from_uid: int, uidnext_hint: int | None = None) -> NewMessages:
+    """Which of the fetched messages are new since ``from_uid`` (the stored UIDNEXT)."""
+    by_uid: dict[int, tuple[tuple[str, ...] | None, bytes | None]] = {}
+    for item in fetched:
+        if item.uid is None or item.uid < from_uid:
+            continue
+        flags, envelope = by_uid.get(item.uid, (None, None))
+        by_uid[item.uid] = (
+            item.flags if item.flags is not None else flags,
+            item.envelope if item.envelope is not None else envelope,
+        )
+    uidnext = max(from_uid, uidnext_hint or 0, max(by_uid, default=0) + 1)
+    fresh: list[MessageInfo] = []
+    skipped = 0
+    for uid in sorted(by_uid):
+        flags, envelope = by_uid[uid]
+        info = MessageInfo(uid=uid, flags=flags or (), envelope=envelope)
+        if info.seen:
+            skipped += 1
+            continue
+        fresh.append(info)
+    return NewMessages(tuple(fresh[-MAX_MESSAGES_PER_EVENT:]), uidnext, skipped, len(by_uid))

@@ -1,0 +1,244 @@
+"""The watcher supervisor: one upstream watcher per account with push registrations.
+
+It owns the watchers (:mod:`pushproxy.watch.watcher`) and is the proxy's
+:class:`~pushproxy.extensions.base.CredentialSink`: every successful client
+LOGIN / AUTHENTICATE PLAIN is reported to :meth:`Supervisor.logged_in`, and
+the push extensions call :meth:`Supervisor.registration_changed` after a
+registration was added, changed or removed.
+
+- ``start()`` starts a watcher for every account with registrations whose
+  credentials are available (vault: stored and not stale; master: always;
+  memory: none until the user logs in).  New connections are paced by
+  ``watch.connect_rate`` (also after an upstream restart, when every watcher
+  reconnects), reconnects back off exponentially with jitter from
+  ``watch.backoff_min`` to ``watch.backoff_max``.
+- A watcher whose login upstream refuses stops in state ``auth_failed`` (the
+  vault credential is marked stale) until the user's next successful login,
+  which stores the new password and restarts it.
+- ``close()`` logs every watcher out (bounded) and cancels what is left.
+
+Each watcher is one IMAP connection of the user from the proxy's address:
+Dovecot's ``mail_max_userip_connections`` (default 10 per user and IP)
+counts it together with the user's own sessions through the proxy, so raise
+that limit on the upstream server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pushproxy import metrics
+from pushproxy.accounts import normalise_account
+from pushproxy.config import Config
+from pushproxy.events import MailEvent
+from pushproxy.store.base import Store
+from pushproxy.watch.connection import make_tls_context
+from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
+from pushproxy.watch.detection import WatchSpec, spec_for_account
+from pushproxy.watch.pacing import ConnectLimiter
+from pushproxy.watch.watcher import STATES, Watcher, WatcherState
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger(__name__)
+
+_STOP_TIMEOUT = 10.0  # per watcher at close(): LOGOUT, then cancel
+
+
+@dataclass(frozen=True, slots=True)
+class _Captured:
+    """Credentials of a live client session (kept only while the session lasts)."""
+
+    account: str
+    login: str
+    secret: str
+
+    def __repr__(self) -> str:
+        return f"_Captured(account={self.account!r}, login={self.login!r})"
+
+
+class Supervisor:
+    """Starts, reconfigures and stops the upstream watchers; a CredentialSink."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        emit: Callable[[MailEvent], None],
+        *,
+        credentials: CredentialProvider | None = None,
+        master_style: MasterLoginStyle = "separator",
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._emit = emit
+        self._credentials = credentials or make_provider(config, store, master_style=master_style)
+        self._limiter = ConnectLimiter(config.watch.connect_rate)
+        self._tls = make_tls_context(config.upstream) if config.upstream.security != "none" else None
+        self._watchers: dict[str, Watcher] = {}
+        self._sessions: dict[str, _Captured] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start a watcher for every account with registrations and usable credentials."""
+        started = waiting = 0
+        for account in await self._store.accounts_with_registrations():
+            async with self._lock(account):
+                if self._closed or account in self._watchers:
+                    continue
+                spec = await self._spec(account)
+                if spec is None:
+                    continue
+                status = await self._credentials.status(account)
+                if status == "missing":
+                    continue
+                self._launch(account, spec, dormant=status == "failed")
+                if status == "failed":
+                    waiting += 1
+                else:
+                    started += 1
+        log.info(
+            "watchers: %d starting (at most %.0f connections/s), %d waiting for a new login after an auth failure",
+            started,
+            self._config.watch.connect_rate,
+            waiting,
+        )
+
+    async def close(self) -> None:
+        """Stop every watcher (LOGOUT, bounded), cancel what is left."""
+        self._closed = True
+        watchers = list(self._watchers.values())
+        if watchers:
+            await asyncio.gather(*(w.stop(_STOP_TIMEOUT) for w in watchers), return_exceptions=True)
+        self._sessions.clear()
+
+    def status(self) -> dict[str, int]:
+        """Watchers by state (every state present, zeros included)."""
+        return dict(self._counts)
+
+    def watcher(self, account: str) -> Watcher | None:
+        """The watcher of an account (for tests and diagnostics)."""
+        return self._watchers.get(normalise_account(account))
+
+    # ------------------------------------------------------------------ CredentialSink
+
+    async def logged_in(self, account: str, login: str, secret: str, session_id: str) -> None:
+        account = normalise_account(account)
+        # Kept before any await: a registration in this session may follow at once.
+        self._sessions[session_id] = _Captured(account, login, secret)
+        if self._closed:
+            return
+        async with self._lock(account):
+            spec = await self._spec(account)
+            if spec is None:
+                return  # no registrations: nothing is stored for this account
+            changed = await self._credentials.remember(account, login, secret)
+            await self._ensure(account, spec, changed)
+
+    async def session_closed(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    async def registration_changed(self, account: str, session_id: str | None = None) -> None:
+        """A registration of ``account`` was added, changed or removed: follow it."""
+        account = normalise_account(account)
+        if self._closed:
+            return
+        async with self._lock(account):
+            spec = await self._spec(account)
+            if spec is None:
+                await self._remove(account)
+                await self._credentials.forget(account)
+                # A later registration starts afresh instead of pushing what arrived meanwhile.
+                await self._store.delete_mailbox_states(account)
+                log.info("watcher %s: no registrations left; stopped", account)
+                return
+            captured = self._captured(account, session_id)
+            changed = False
+            if captured is not None:
+                changed = await self._credentials.remember(account, captured.login, captured.secret)
+            elif self._credentials.needs_user_login and await self._credentials.status(account) == "missing":
+                log.info(
+                    "watcher %s: no credentials captured (login was not LOGIN / AUTHENTICATE PLAIN); "
+                    "push starts after such a login",
+                    account,
+                )
+                return
+            await self._ensure(account, spec, changed)
+
+    # ------------------------------------------------------------------ internals
+
+    def _lock(self, account: str) -> asyncio.Lock:
+        lock = self._locks.get(account)
+        if lock is None:
+            lock = self._locks[account] = asyncio.Lock()
+        return lock
+
+    def _captured(self, account: str, session_id: str | None) -> _Captured | None:
+        if session_id is not None:
+            captured = self._sessions.get(session_id)
+            if captured is not None and captured.account == account:
+                return captured
+        for captured in reversed(self._sessions.values()):  # the most recent login first
+            if captured.account == account:
+                return captured
+        return None
+
+    async def _spec(self, account: str) -> WatchSpec | None:
+        return await spec_for_account(self._store, account, self._config.webpush.mailboxes)
+
+    async def _ensure(self, account: str, spec: WatchSpec, credentials_changed: bool) -> None:
+        current = self._watchers.get(account)
+        if current is not None and current.spec == spec and current.running:
+            if credentials_changed:
+                current.poke()  # if it waits in backoff, try the new credentials now
+            return
+        if current is not None:
+            if current.spec != spec:
+                log.info("watcher %s: mailboxes now %s; restarting", account, ", ".join(spec.mailboxes))
+            await self._remove(account)
+        if self._closed:
+            return
+        self._launch(account, spec)
+
+    def _launch(self, account: str, spec: WatchSpec, *, dormant: bool = False) -> None:
+        watcher = Watcher(
+            account,
+            spec,
+            config=self._config,
+            store=self._store,
+            credentials=self._credentials,
+            emit=self._emit,
+            limiter=self._limiter,
+            tls_context=self._tls,
+            on_state=self._state_changed,
+        )
+        self._watchers[account] = watcher
+        self._count(watcher.state, +1)
+        if dormant:
+            watcher.mark_auth_failed()
+        else:
+            watcher.start()
+
+    async def _remove(self, account: str) -> None:
+        watcher = self._watchers.pop(account, None)
+        if watcher is None:
+            return
+        self._count(watcher.state, -1)
+        await watcher.stop(_STOP_TIMEOUT)
+
+    def _state_changed(self, watcher: Watcher, old: WatcherState, new: WatcherState) -> None:
+        if self._watchers.get(watcher.account) is not watcher:
+            return  # already removed: no longer counted
+        self._counts[old] -= 1
+        self._count(new, +1)
+
+    def _count(self, state: str, delta: int) -> None:
+        self._counts[state] = self._counts.get(state, 0) + delta
+        metrics.set_state_gauge(metrics.WATCHERS, self._counts, STATES)

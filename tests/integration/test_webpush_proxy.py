@@ -1,0 +1,455 @@
+"""WEBPUSH end to end: a real pushproxy process in front of a real Dovecot, pushing to the stand-in.
+
+The client speaks raw IMAP to the proxy; mail arrives by LMTP; the proxy's
+watcher notices it, and the stand-in push service decrypts what the proxy
+sent and checks its VAPID signature.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.dovecot import Dovecot, make_message
+from tests.support.proxy import ProxyProcess
+from tests.support.push_standin import Answer, PushStandin, ReceivedPush, StandinSubscription
+
+pytestmark = pytest.mark.timeout(120)
+
+ProxyFactory = Callable[..., ProxyProcess]
+WATCH = {"poll_interval": 0.5, "backoff_min": 0.1, "backoff_max": 1.0, "command_timeout": 5.0}
+
+
+class RawImap:
+    """A minimal IMAP client over a socket: tagged commands, whole untagged responses (literals inline)."""
+
+    def __init__(self, port: int, timeout: float = 15.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+        self.n = 0
+        self.greeting = self._response()
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed; pending {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line + b"\r\n"
+
+    def _response(self) -> bytes:
+        """One response, with literals inline."""
+        data = self._line()
+        while (m := re.search(rb"\{(\d+)\}\r\n$", data)) is not None:
+            size = int(m.group(1))
+            while len(self.buf) < size:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("connection closed inside a literal")
+                self.buf += chunk
+            data += self.buf[:size]
+            self.buf = self.buf[size:]
+            data += self._line()
+        return data
+
+    def command(self, text: str | bytes) -> tuple[list[bytes], bytes]:
+        """(untagged responses without '* ' and CRLF, the tagged line without tag and CRLF)."""
+        self.n += 1
+        tag = b"c%d" % self.n
+        raw = text.encode() if isinstance(text, str) else text
+        self.sock.sendall(tag + b" " + raw + b"\r\n")
+        untagged: list[bytes] = []
+        while True:
+            resp = self._response()
+            if resp.startswith(tag + b" "):
+                return untagged, resp[len(tag) + 1 : -2]
+            assert resp.startswith(b"* "), resp
+            untagged.append(resp[2:-2])
+
+    def ok(self, text: str | bytes) -> list[bytes]:
+        untagged, status = self.command(text)
+        assert status.startswith(b"OK"), (text, status)
+        return untagged
+
+    def login(self, user: str = "alice", password: str = "alicepw") -> None:
+        self.ok(f"LOGIN {user} {password}")
+
+    def close(self) -> None:
+        try:
+            self.command("LOGOUT")
+        except (OSError, ConnectionError, AssertionError):
+            pass
+        self.sock.close()
+
+
+@pytest.fixture
+def standin() -> Iterator[PushStandin]:
+    with PushStandin() as s:
+        yield s
+
+
+def start_proxy(proxy_factory: ProxyFactory, dovecot: Dovecot, **webpush: Any) -> ProxyProcess:
+    settings: dict[str, Any] = {
+        "enabled": True,
+        "allow_private_endpoints": True,
+        "subject": "mailto:ops@example.org",
+        "timeout": 5.0,
+        "retry_budget": 3,
+    }
+    settings.update(webpush)
+    return proxy_factory(dovecot, webpush=settings, watch=WATCH)
+
+
+def webpush_cmd(sub_id: str, ss: StandinSubscription) -> str:
+    return f'WEBPUSH {sub_id} "{ss.endpoint}" {ss.p256dh} {ss.auth}'
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_pushes(standin: PushStandin, ss: StandinSubscription, n: int, timeout: float = 15.0) -> list[ReceivedPush]:
+    wait_until(lambda: len(standin.records_for(ss)) >= n, timeout, f"{n} push(es)")
+    return standin.records_for(ss)
+
+
+def ack_token(push: ReceivedPush) -> str:
+    assert push.problems == [], push.problems
+    assert push.plaintext is not None
+    m = re.fullmatch(rb"\* ACKWEBPUSH ([A-Za-z0-9_-]+)\r\n", push.plaintext)
+    assert m is not None, push.plaintext
+    return m.group(1).decode()
+
+
+def subscribe_and_ack(client: RawImap, standin: PushStandin, sub_id: str) -> StandinSubscription:
+    ss = standin.new_subscription()
+    client.ok(webpush_cmd(sub_id, ss))
+    token = ack_token(wait_pushes(standin, ss, 1)[0])
+    assert client.ok(f"ACKWEBPUSH {token}") == [f'WEBPUSH {sub_id} "{ss.endpoint}" 0'.encode()]
+    return ss
+
+
+def wait_watching(proxy: ProxyProcess) -> None:
+    """Until the account's watcher waits for changes upstream (mail delivered from now on is new)."""
+    wait_until(
+        lambda: (
+            proxy.metric("pushproxy_watchers", {"state": "idle"})
+            + proxy.metric("pushproxy_watchers", {"state": "polling"})
+            >= 1
+        ),
+        what="the watcher to be ready",
+    )
+
+
+def dispatched(proxy: ProxyProcess) -> float:
+    return proxy.metric("pushproxy_event_dispatch_latency_seconds_count")
+
+
+def deliver_and_wait_dispatch(proxy: ProxyProcess, dovecot: Dovecot, subject: str) -> None:
+    """Deliver a message and wait until the proxy has dispatched the event (pushes sent or not)."""
+    before = dispatched(proxy)
+    dovecot.deliver("alice", make_message(subject))
+    wait_until(lambda: dispatched(proxy) > before, what=f"the event for {subject!r} to be dispatched")
+
+
+def uid_of(dovecot: Dovecot, subject: str) -> int:
+    m = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=10)
+    try:
+        m.login("alice", "alicepw")
+        m.select("INBOX", readonly=True)
+        typ, data = m.uid("SEARCH", "SUBJECT", f'"{subject}"')
+        assert typ == "OK" and data[0], data
+        return int(data[0].split()[-1])
+    finally:
+        m.logout()
+
+
+# --- the whole flow --------------------------------------------------------------------------
+
+
+def test_getvapid_subscribe_ack_and_new_mail_push(dovecot: Dovecot, proxy_factory: ProxyFactory, standin) -> None:
+    proxy = start_proxy(proxy_factory, dovecot)
+    client = RawImap(proxy.port)
+    # Before login: no capability, and the commands are BAD.
+    caps = b" ".join(client.ok("CAPABILITY"))
+    assert b"WEBPUSH" not in caps.split()
+    _, status = client.command("GETVAPID")
+    assert status.startswith(b"BAD")
+    client.login()
+    caps = b" ".join(client.ok("CAPABILITY"))
+    assert b"WEBPUSH" in caps.split()
+
+    (vapid,) = client.ok("GETVAPID")
+    m = re.fullmatch(rb"VAPID (B[A-Za-z0-9_-]{86})", vapid)
+    assert m is not None, vapid
+    key = m.group(1).decode()
+
+    ss = standin.new_subscription()
+    untagged, status = client.command(webpush_cmd("a8282bf9-6102-4e1b-bb61-d26d0e532e65", ss))
+    assert status == b"OK WEBPUSH completed"
+    assert untagged == [
+        f"VAPID {key}".encode(),
+        f'WEBPUSH a8282bf9-6102-4e1b-bb61-d26d0e532e65 "{ss.endpoint}" NIL'.encode(),
+    ]
+    pushes = wait_pushes(standin, ss, 1)
+    time.sleep(0.5)
+    pushes = standin.records_for(ss)
+    assert len(pushes) == 1, "exactly one verification push"
+    token = ack_token(pushes[0])
+    assert pushes[0].vapid_key == key and pushes[0].headers["Urgency"] == "high"
+
+    untagged, status = client.command(f"ACKWEBPUSH {token}")
+    assert status == b"OK ACKWEBPUSH completed"
+    assert untagged == [f'WEBPUSH a8282bf9-6102-4e1b-bb61-d26d0e532e65 "{ss.endpoint}" 0'.encode()]
+    _, status = client.command(f"ACKWEBPUSH {token}")
+    assert status.startswith(b"NO")  # single use
+
+    wait_watching(proxy)
+    dovecot.deliver("alice", make_message("afternoon meeting", sender="Fred Foobar <foobar@blurdybloop.example>"))
+    pushes = wait_pushes(standin, ss, 2)
+    push = pushes[1]
+    assert push.problems == []
+    uid = uid_of(dovecot, "afternoon meeting")
+    assert push.plaintext is not None
+    lines = push.plaintext.split(b"\r\n")
+    assert lines[0] == b'* SELECT "INBOX"'
+    m = re.match(rb"\* (\d+) UIDFETCH \(FLAGS \(([^)]*)\) ENVELOPE \((.*)\)\)$", lines[1])
+    assert m is not None, push.plaintext
+    assert int(m.group(1)) == uid
+    assert b'"afternoon meeting"' in m.group(3)
+    assert b'(("Fred Foobar" NIL "foobar" "blurdybloop.example"))' in m.group(3)
+    assert lines[2:] == [b""]
+    assert push.headers["Urgency"] == "high"
+    assert push.headers["TTL"] == "86400"
+    assert proxy.metric("pushproxy_pushes_total", {"service": "webpush", "status": "201"}) >= 2
+
+    # LWEBPUSH never shows keys.
+    for form in ("LWEBPUSH", 'LWEBPUSH "*"', "LWEBPUSH a8282bf9-6102-4e1b-bb61-d26d0e532e65"):
+        listed = client.ok(form)
+        assert listed == [f'WEBPUSH a8282bf9-6102-4e1b-bb61-d26d0e532e65 "{ss.endpoint}" 0'.encode()], form
+        assert ss.p256dh.encode() not in b"".join(listed) and ss.auth.encode() not in b"".join(listed)
+    # The endpoint, a capability URL, is not in the proxy's log.
+    assert ss.endpoint not in proxy.log_text() and ss.id not in proxy.log_text()
+
+    # Delete; further mail is not pushed.
+    assert client.ok("WEBPUSH a8282bf9-6102-4e1b-bb61-d26d0e532e65 NIL") == []
+    assert client.ok("LWEBPUSH") == []
+    assert client.ok("WEBPUSH never-was NIL") == []
+    client.close()
+    count = len(standin.records_for(ss))
+    dovecot.deliver("alice", make_message("after delete"))
+    time.sleep(2.0)  # the watcher is stopped or finds nobody to push to
+    assert len(standin.records_for(ss)) == count
+
+
+def test_lwebpush_star_unquoted(dovecot: Dovecot, proxy_factory: ProxyFactory, standin) -> None:
+    proxy = start_proxy(proxy_factory, dovecot)
+    client = RawImap(proxy.port)
+    try:
+        client.login()
+        ss = standin.new_subscription()
+        client.ok(webpush_cmd("s1", ss))
+        assert client.ok("LWEBPUSH *") == [f'WEBPUSH s1 "{ss.endpoint}" NIL'.encode()]
+    finally:
+        client.close()
+
+
+def test_huge_subject_falls_back_within_the_limit(dovecot: Dovecot, proxy_factory: ProxyFactory, standin) -> None:
+    proxy = start_proxy(proxy_factory, dovecot)
+    client = RawImap(proxy.port)
+    client.login()
+    ss = subscribe_and_ack(client, standin, "s1")
+    wait_watching(proxy)
+    before = proxy.metric("pushproxy_webpush_payload_fallbacks_total", {"level": "flags"})
+    subject = "huge " + "x" * 6000
+    dovecot.deliver("alice", make_message(subject))
+    push = wait_pushes(standin, ss, 2)[1]
+    assert push.problems == []
+    assert push.plaintext is not None and len(push.plaintext) <= 3993
+    uid = uid_of(dovecot, "huge")
+    # Envelopes dropped, flags kept (Dovecot may report \Recent to the watcher's session).
+    assert re.fullmatch(rb'\* SELECT "INBOX"\r\n\* %d UIDFETCH \(FLAGS \([^()]*\)\)\r\n' % uid, push.plaintext), (
+        push.plaintext
+    )
+    assert proxy.metric("pushproxy_webpush_payload_fallbacks_total", {"level": "flags"}) == before + 1
+    client.close()
+
+
+# --- silence ----------------------------------------------------------------------------------
+
+
+def test_silence_until_disconnect_and_for_seconds(dovecot: Dovecot, proxy_factory: ProxyFactory, standin) -> None:
+    proxy = start_proxy(proxy_factory, dovecot)
+    client = RawImap(proxy.port)
+    client.login()
+    ss = subscribe_and_ack(client, standin, "s1")
+    wait_watching(proxy)
+
+    assert client.ok("SILWEBPUSH s1") == [f'WEBPUSH s1 "{ss.endpoint}" 4294967295'.encode()]
+    other = RawImap(proxy.port)
+    other.login()
+    assert other.ok("LWEBPUSH s1") == [f'WEBPUSH s1 "{ss.endpoint}" 4294967295'.encode()]
+    count = len(standin.records_for(ss))
+    deliver_and_wait_dispatch(proxy, dovecot, "while silenced")
+    assert len(standin.records_for(ss)) == count
+
+    client.close()  # the silence ends with the connection that asked for it
+    wait_until(lambda: other.ok("LWEBPUSH s1")[0].endswith(b" 0"), what="the silence to be lifted")
+    dovecot.deliver("alice", make_message("after disconnect"))
+    push = wait_pushes(standin, ss, count + 1)[count]
+    assert push.plaintext is not None and b"after disconnect" in push.plaintext
+    assert b"while silenced" not in push.plaintext  # events during silence are not queued
+
+    (line,) = other.ok("SILWEBPUSH s1 3")
+    assert re.fullmatch(rb'WEBPUSH s1 "[^"]+" [123]', line), line
+    count = len(standin.records_for(ss))
+    deliver_and_wait_dispatch(proxy, dovecot, "timed silence")
+    assert len(standin.records_for(ss)) == count
+    wait_until(lambda: other.ok("LWEBPUSH s1")[0].endswith(b" 0"), timeout=10, what="the timed silence to end")
+    dovecot.deliver("alice", make_message("after the timed silence"))
+    push = wait_pushes(standin, ss, count + 1)[count]
+    assert push.plaintext is not None and b"after the timed silence" in push.plaintext
+
+    assert other.ok("SILWEBPUSH s1 600")[0].endswith(b" 600")
+    assert other.ok("SILWEBPUSH s1 0")[0].endswith(b" 0")
+    other.close()
+
+
+# --- push service answers ------------------------------------------------------------------------
+
+
+def test_410_prunes_429_is_retried_redirect_not_followed(
+    dovecot: Dovecot, proxy_factory: ProxyFactory, standin
+) -> None:
+    proxy = start_proxy(proxy_factory, dovecot)
+    client = RawImap(proxy.port)
+    client.login()
+    gone = subscribe_and_ack(client, standin, "gone")
+    busy = subscribe_and_ack(client, standin, "busy")
+    moved = subscribe_and_ack(client, standin, "moved")
+    wait_watching(proxy)
+    standin.program(gone, Answer.status(410))
+    standin.program(busy, Answer.status(429, retry_after="1"))
+    standin.program(moved, Answer.redirecting())
+    dovecot.deliver("alice", make_message("first"))
+
+    busy_pushes = wait_pushes(standin, busy, 3)
+    assert [p.answered for p in busy_pushes[1:]] == [429, 201]
+    assert busy_pushes[2].plaintext is not None and b"first" in busy_pushes[2].plaintext
+    assert [p.answered for p in wait_pushes(standin, gone, 2)[1:]] == [410]
+    assert [p.answered for p in wait_pushes(standin, moved, 2)[1:]] == [307]
+    wait_until(lambda: b"gone" not in b" ".join(client.ok("LWEBPUSH")), what="the 410 subscription to be deleted")
+    listed = client.ok("LWEBPUSH")
+    assert sorted(line.split()[1] for line in listed) == [b"busy", b"moved"]
+
+    dovecot.deliver("alice", make_message("second"))
+    wait_pushes(standin, busy, 4)
+    wait_pushes(standin, moved, 3)
+    time.sleep(0.5)
+    assert len(standin.records_for(gone)) == 2  # pruned: nothing more
+    assert standin.redirect_hits == []  # never followed
+    client.close()
+
+
+# --- refusals and limits ------------------------------------------------------------------------------
+
+
+def test_private_endpoints_refused(dovecot: Dovecot, proxy_factory: ProxyFactory, standin) -> None:
+    proxy = start_proxy(proxy_factory, dovecot, allow_private_endpoints=False)
+    client = RawImap(proxy.port)
+    client.login()
+    ss = standin.new_subscription()
+    for endpoint in (
+        "https://127.0.0.1/push/x",
+        "https://10.0.0.1/push/x",
+        "https://[::ffff:127.0.0.1]/push/x",
+        ss.endpoint,  # the stand-in itself: http on loopback
+    ):
+        untagged, status = client.command(f'WEBPUSH s1 "{endpoint}" {ss.p256dh} {ss.auth}')
+        assert status.startswith(b"NO Endpoint refused"), (endpoint, status)
+        assert untagged == []
+    assert client.ok("LWEBPUSH") == []
+    time.sleep(0.3)
+    assert standin.records == []
+    client.close()
+
+
+def test_missing_auth_is_bad(dovecot: Dovecot, proxy_factory: ProxyFactory, standin) -> None:
+    proxy = start_proxy(proxy_factory, dovecot)
+    client = RawImap(proxy.port)
+    client.login()
+    ss = standin.new_subscription()
+    untagged, status = client.command(f'WEBPUSH s1 "{ss.endpoint}" {ss.p256dh}')
+    assert status.startswith(b"BAD") and b"auth" in status and untagged == []
+    # A literal endpoint works like a quoted one.
+    cmd = b"WEBPUSH s1 {%d+}\r\n%s %s %s" % (
+        len(ss.endpoint),
+        ss.endpoint.encode(),
+        ss.p256dh.encode(),
+        ss.auth.encode(),
+    )
+    untagged, status = client.command(cmd)
+    assert status == b"OK WEBPUSH completed" and untagged[1].endswith(b" NIL")
+    client.close()
+
+
+def test_the_17th_subscription_gets_no_limit(dovecot: Dovecot, proxy_factory: ProxyFactory, standin) -> None:
+    proxy = start_proxy(proxy_factory, dovecot)
+    client = RawImap(proxy.port)
+    client.login()
+    for i in range(16):
+        client.ok(webpush_cmd(f"s{i}", standin.new_subscription()))
+    untagged, status = client.command(webpush_cmd("s16", standin.new_subscription()))
+    assert status.startswith(b"NO [LIMIT]") and untagged == []
+    assert len(client.ok("LWEBPUSH")) == 16
+    client.close()
+
+
+# --- unacknowledged subscriptions ----------------------------------------------------------------------
+
+
+def test_unacknowledged_subscription_never_gets_mail_and_expires(
+    dovecot: Dovecot, proxy_factory: ProxyFactory, standin
+) -> None:
+    proxy = start_proxy(proxy_factory, dovecot, ack_expiry="4s")
+    client = RawImap(proxy.port)
+    client.login()
+    waiting = standin.new_subscription()
+    client.ok(webpush_cmd("waiting", waiting))
+    token = ack_token(wait_pushes(standin, waiting, 1)[0])
+    active = subscribe_and_ack(client, standin, "active")  # to know when mail was pushed
+    wait_watching(proxy)
+
+    dovecot.deliver("alice", make_message("secret content"))
+    wait_pushes(standin, active, 2)
+    time.sleep(0.5)
+    pushes = standin.records_for(waiting)
+    assert len(pushes) == 1 and pushes[0].plaintext is not None
+    assert pushes[0].plaintext.startswith(b"* ACKWEBPUSH ")
+
+    wait_until(lambda: len(client.ok("LWEBPUSH")) == 1, timeout=10, what="the unacknowledged subscription to expire")
+    _, status = client.command(f"ACKWEBPUSH {token}")
+    assert status.startswith(b"NO")
+    wait_until(
+        lambda: proxy.metric("pushproxy_webpush_verifications_total", {"result": "expired"}) >= 1,
+        what="the expiry to be counted",
+    )
+    wait_until(
+        lambda: (
+            proxy.metric("pushproxy_webpush_subscriptions", {"state": "inactive"}) == 0
+            and proxy.metric("pushproxy_webpush_subscriptions", {"state": "active"}) == 1
+        ),
+        what="the gauge",
+    )
+    client.close()

@@ -1,0 +1,355 @@
+"""Web Push plaintext: IMAP responses, size fallbacks, quoting (read back with a tiny IMAP parser)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pushproxy.events import MessageInfo
+from pushproxy.imap.utf7 import decode_mailbox
+from pushproxy.push.payload import (
+    MAX_PLAINTEXT,
+    PayloadTooLarge,
+    ack_payload,
+    envelope_from_fields,
+    flag_list,
+    flags_payload,
+    mailbox_string,
+    new_mail_payload,
+    sync_payload,
+    uid_set,
+    vanished_payload,
+)
+
+# --- a tiny IMAP response reader ---------------------------------------------------------
+
+NIL = object()
+
+
+class ParseError(Exception):
+    pass
+
+
+def read_string(data: bytes, pos: int) -> tuple[bytes, int]:
+    """A quoted string or a literal starting at ``pos``."""
+    if data[pos : pos + 1] == b'"':
+        out = bytearray()
+        i = pos + 1
+        while True:
+            if i >= len(data):
+                raise ParseError("unterminated quoted string")
+            c = data[i]
+            if c == 0x5C:  # backslash
+                nxt = data[i + 1 : i + 2]
+                if nxt not in (b"\\", b'"'):
+                    raise ParseError(f"bad escape {nxt!r}")
+                out += nxt
+                i += 2
+            elif c == 0x22:
+                return bytes(out), i + 1
+            elif c in (0x0D, 0x0A) or c >= 0x80 or c == 0:
+                raise ParseError(f"byte {c:#x} inside a quoted string")
+            else:
+                out.append(c)
+                i += 1
+    m = re.compile(rb"\{(\d+)\}\r\n").match(data, pos)
+    if not m:
+        raise ParseError(f"no string at {pos}: {data[pos:pos + 20]!r}")
+    start = m.end()
+    end = start + int(m.group(1))
+    if end > len(data):
+        raise ParseError("literal runs past the end")
+    return data[start:end], end
+
+
+_ATOM = re.compile(rb"[^\s()\"{}\]]+|\]")
+
+
+def read_value(data: bytes, pos: int):
+    """NIL, a string, an atom (bytes wrapped in a tuple ('atom', b)), or a list."""
+    c = data[pos : pos + 1]
+    if c == b"(":
+        items = []
+        pos += 1
+        while data[pos : pos + 1] != b")":
+            if data[pos : pos + 1] == b" ":
+                pos += 1
+                continue
+            item, pos = read_value(data, pos)
+            items.append(item)
+        return items, pos + 1
+    if c in (b'"', b"{"):
+        return read_string(data, pos)
+    m = _ATOM.match(data, pos)
+    if not m:
+        raise ParseError(f"unexpected {data[pos:pos + 10]!r}")
+    if m.group() == b"NIL":
+        return NIL, m.end()
+    return ("atom", m.group()), m.end()
+
+
+def read_responses(data: bytes) -> list[list]:
+    """Split a payload into responses (each a list of values), checking CRLF framing."""
+    responses = []
+    pos = 0
+    while pos < len(data):
+        if data[pos : pos + 2] != b"* ":
+            raise ParseError(f"response does not start with '* ' at {pos}")
+        pos += 2
+        values = []
+        while data[pos : pos + 2] != b"\r\n":
+            if data[pos : pos + 1] == b" ":
+                pos += 1
+                continue
+            value, pos = read_value(data, pos)
+            values.append(value)
+        responses.append(values)
+        pos += 2
+    return responses
+
+
+def atom(b: bytes):
+    return ("atom", b)
+
+
+# --- strategies ------------------------------------------------------------------------
+
+mailbox_names = st.text(min_size=1, max_size=40).filter(lambda s: s.strip() != "")
+header_text = st.one_of(st.none(), st.text(max_size=200))
+flags = st.lists(
+    st.sampled_from(["\\Seen", "\\Flagged", "\\Answered", "$Junk", "$Forwarded", "Custom_1"]),
+    max_size=4,
+    unique=True,
+)
+
+
+@st.composite
+def messages(draw):
+    n = draw(st.integers(min_value=1, max_value=40))
+    uids = draw(st.lists(st.integers(1, 2**32 - 1), min_size=n, max_size=n, unique=True))
+    out = []
+    for uid in uids:
+        envelope = None
+        if draw(st.booleans()):
+            envelope = envelope_from_fields(
+                draw(header_text), draw(header_text), draw(st.one_of(st.none(), st.emails())), draw(header_text)
+            )
+        out.append(MessageInfo(uid=uid, flags=tuple(draw(flags)), envelope=envelope))
+    return out
+
+
+# --- mailbox names and strings ------------------------------------------------------------
+
+
+@settings(deadline=None)
+@given(mailbox_names)
+def test_mailbox_name_round_trips_through_quoting_and_modified_utf7(name: str) -> None:
+    encoded = mailbox_string(name)
+    value, end = read_string(encoded, 0)
+    assert end == len(encoded)
+    assert decode_mailbox(value.decode("ascii")) == name
+
+
+def test_mailbox_quoting_examples() -> None:
+    assert mailbox_string("INBOX") == b'"INBOX"'
+    assert mailbox_string('a"b\\c') == b'"a\\"b\\\\c"'
+    assert mailbox_string("Entwürfe") == b'"Entw&APw-rfe"'
+    assert mailbox_string("a&b") == b'"a&-b"'
+    assert b"\r" not in mailbox_string("bad\r\nname")
+
+
+def test_sync_and_ack() -> None:
+    assert sync_payload("New Messages") == b'* SELECT "New Messages"\r\n* SYNC\r\n'
+    assert ack_payload("abc_DEF-123") == b"* ACKWEBPUSH abc_DEF-123\r\n"
+    with pytest.raises(ValueError):
+        ack_payload("bad token\r\n")
+
+
+def test_uid_set_compresses_ranges() -> None:
+    assert uid_set([7, 1, 2, 3]) == b"1:3,7"
+    assert uid_set([5]) == b"5"
+    assert uid_set([1, 3, 5, 6, 7, 9, 10]) == b"1,3,5:7,9:10"
+    assert uid_set([2, 2, 3]) == b"2:3"
+    with pytest.raises(ValueError):
+        uid_set([])
+    with pytest.raises(ValueError):
+        uid_set([0])
+
+
+@given(st.lists(st.integers(1, 10_000), min_size=1, max_size=200))
+def test_uid_set_expands_back(uids: list[int]) -> None:
+    expanded: set[int] = set()
+    for part in uid_set(uids).split(b","):
+        lo, _, hi = part.partition(b":")
+        expanded.update(range(int(lo), int(hi or lo) + 1))
+    assert expanded == set(uids)
+
+
+def test_flag_list_drops_invalid_flags() -> None:
+    assert flag_list(["\\Seen", "$Junk"]) == b"(\\Seen $Junk)"
+    assert flag_list(["bad flag", "a)b", "x]", '"q"', "\\Seen", "\\Seen"]) == b"(\\Seen)"
+    assert flag_list([]) == b"()"
+
+
+# --- new mail ----------------------------------------------------------------------------------
+
+
+def test_new_mail_full_form_matches_the_spec_example() -> None:
+    env = envelope_from_fields(
+        "Mon, 7 Feb 1994 21:52:25 -0800 (PST)",
+        "afternoon meeting",
+        '"Fred Foobar" <foobar@Blurdybloop.example>',
+        "<B27397-0100000@Blurdybloop.example>",
+    )
+    result = new_mail_payload("New Messages", [MessageInfo(uid=4392, envelope=env)])
+    assert result.level == "full"
+    assert result.data == (
+        b'* SELECT "New Messages"\r\n'
+        b'* 4392 UIDFETCH (FLAGS () ENVELOPE ("Mon, 7 Feb 1994 21:52:25 -0800 (PST)" "afternoon meeting" '
+        b'(("Fred Foobar" NIL "foobar" "Blurdybloop.example")) '
+        b'(("Fred Foobar" NIL "foobar" "Blurdybloop.example")) '
+        b'(("Fred Foobar" NIL "foobar" "Blurdybloop.example")) '
+        b'NIL NIL NIL NIL "<B27397-0100000@Blurdybloop.example>"))\r\n'
+    )
+
+
+def test_new_mail_inserts_upstream_envelope_verbatim_and_omits_missing_ones() -> None:
+    raw = b'("d" {3}\r\nx\r\ny NIL NIL NIL NIL NIL NIL NIL NIL)'
+    result = new_mail_payload("INBOX", [MessageInfo(uid=1, envelope=raw), MessageInfo(uid=2, flags=("\\Seen",))])
+    assert result.level == "full"
+    assert raw in result.data
+    assert result.data.endswith(b"* 2 UIDFETCH (FLAGS (\\Seen))\r\n")
+
+
+def test_new_mail_falls_back_to_flags_then_sync() -> None:
+    big_env = envelope_from_fields(None, "x" * 1500, None, None)
+    msgs = [MessageInfo(uid=i, envelope=big_env) for i in (1, 2, 3)]
+    flags_only = new_mail_payload("INBOX", msgs)
+    assert flags_only.level == "flags"
+    assert flags_only.data == (
+        b'* SELECT "INBOX"\r\n* 1 UIDFETCH (FLAGS ())\r\n* 2 UIDFETCH (FLAGS ())\r\n* 3 UIDFETCH (FLAGS ())\r\n'
+    )
+    many = [MessageInfo(uid=i, flags=("\\Flagged",)) for i in range(1, 400)]
+    sync = new_mail_payload("INBOX", many)
+    assert sync.level == "sync"
+    assert sync.data == b'* SELECT "INBOX"\r\n* SYNC\r\n'
+    assert new_mail_payload("INBOX", []).level == "sync"
+
+
+def test_nothing_fits_raises() -> None:
+    with pytest.raises(PayloadTooLarge):
+        new_mail_payload("x" * 5000, [MessageInfo(uid=1)])
+
+
+@settings(max_examples=150, deadline=None)
+@given(mailbox_names, messages(), st.integers(min_value=40, max_value=MAX_PLAINTEXT))
+def test_new_mail_never_exceeds_the_limit_and_never_splits_a_response(name, msgs, limit) -> None:
+    try:
+        result = new_mail_payload(name, msgs, limit=limit)
+    except PayloadTooLarge:
+        assert len(sync_payload(name)) > limit
+        return
+    assert len(result.data) <= limit
+    responses = read_responses(result.data)
+    assert responses[0][0] == atom(b"SELECT")
+    assert decode_mailbox(responses[0][1].decode("ascii")) == name
+    if result.level == "sync":
+        assert responses[1:] == [[atom(b"SYNC")]]
+        # SYNC only when the flags-only form really does not fit
+        flags_form = new_mail_payload(name, [MessageInfo(m.uid, m.flags) for m in msgs], limit=10**6)
+        assert len(flags_form.data) > limit
+        return
+    fetches = responses[1:]
+    assert [int(r[0][1]) for r in fetches] == [m.uid for m in msgs]  # every message, in order
+    for resp, msg in zip(fetches, msgs, strict=True):
+        assert resp[1] == atom(b"UIDFETCH")
+        items = resp[2]
+        assert items[0] == atom(b"FLAGS")
+        assert [f[1].decode() for f in items[1]] == list(msg.flags)
+        if result.level == "full" and msg.envelope is not None:
+            assert items[2] == atom(b"ENVELOPE")
+            assert len(items[3]) == 10
+        else:
+            assert len(items) == 2
+    if result.level == "flags":
+        full_form = new_mail_payload(name, msgs, limit=10**6)
+        assert len(full_form.data) > limit
+
+
+# --- expunges and flag changes -------------------------------------------------------------------
+
+
+def test_vanished_payload() -> None:
+    result = vanished_payload("INBOX", [3, 1, 2, 7])
+    assert result.data == b'* SELECT "INBOX"\r\n* VANISHED 1:3,7\r\n'
+    assert result.level == "full"
+    huge = vanished_payload("INBOX", range(1, 4000, 2))
+    assert huge.level == "sync"
+    assert len(huge.data) <= MAX_PLAINTEXT
+
+
+def test_flags_payload() -> None:
+    result = flags_payload("Archive", [(5, ("\\Seen",)), (6, ())])
+    assert result.data == b'* SELECT "Archive"\r\n* 5 UIDFETCH (FLAGS (\\Seen))\r\n* 6 UIDFETCH (FLAGS ())\r\n'
+    big = flags_payload("INBOX", [(i, ("\\Seen", "\\Flagged")) for i in range(1, 500)])
+    assert big.level == "sync"
+
+
+@settings(deadline=None)
+@given(st.lists(st.integers(1, 2**32 - 1), min_size=1, max_size=2000), st.integers(60, MAX_PLAINTEXT))
+def test_vanished_never_exceeds_limit(uids, limit) -> None:
+    result = vanished_payload("INBOX", uids, limit=limit)
+    assert len(result.data) <= limit
+    read_responses(result.data)
+
+
+# --- envelopes from header fields -------------------------------------------------------------------
+
+
+@settings(deadline=None)
+@given(header_text, header_text, header_text)
+def test_envelope_strings_round_trip(date, subject, message_id) -> None:
+    env = envelope_from_fields(date, subject, None, message_id)
+    values, end = read_value(env, 0)
+    assert end == len(env)
+    assert len(values) == 10
+
+    def expect(v):
+        return NIL if v is None else v.encode("utf-8")
+
+    assert values[0] == expect(date)
+    assert values[1] == expect(subject)
+    assert values[9] == expect(message_id)
+    assert values[2:9] == [NIL] * 7
+
+
+@settings(deadline=None)
+@given(st.text(max_size=60), st.emails())
+def test_envelope_from_round_trips(name, address) -> None:
+    from email.utils import formataddr, getaddresses
+
+    header = formataddr((name, address))
+    env = envelope_from_fields(None, None, header, None)
+    values, _ = read_value(env, 0)
+    from_list = values[2]
+    assert values[3] == from_list and values[4] == from_list  # sender, reply-to
+    # compare with what the standard library makes of the same header
+    expected = [(n, a) for n, a in getaddresses([header]) if n or a]
+    assert len(from_list) == len(expected)
+    for (n, a), parsed in zip(expected, from_list, strict=True):
+        pname, adl, mbox, host = parsed
+        assert pname == (n.encode() if n else NIL)
+        assert adl is NIL
+        local, _, domain = a.rpartition("@")
+        assert mbox == local.encode() and host == domain.encode()
+
+
+def test_envelope_literal_for_8bit_and_crlf() -> None:
+    env = envelope_from_fields(None, "Grüße\r\nzweite", "Jörg <j@example.org>", None)
+    assert b"{15}\r\nGr\xc3\xbc\xc3\x9fe\r\nzweite" in env
+    assert b"{5}\r\nJ\xc3\xb6rg" in env
+    values, _ = read_value(env, 0)
+    assert values[1] == "Grüße\r\nzweite".encode()

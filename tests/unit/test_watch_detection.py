@@ -1,0 +1,221 @@
+"""New-mail detection (sans-IO), watch specs, pacing and credential providers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pushproxy.config import Config, ConfigError, WatchConfig
+from pushproxy.store import ApnsDevice, SqliteStore, StoredCredential, Vault, WebPushSubscription
+from pushproxy.watch.connection import LoginCredentials
+from pushproxy.watch.credentials import MasterCredentials, MemoryCredentials, VaultCredentials, make_provider
+from pushproxy.watch.detection import (
+    MAX_MESSAGES_PER_EVENT,
+    WatchSpec,
+    new_messages,
+    normalise_mailboxes,
+    spec_for_account,
+)
+from pushproxy.watch.imapwire import FetchItems
+from pushproxy.watch.pacing import Backoff, ConnectLimiter
+
+# --------------------------------------------------------------------------- new_messages
+
+
+def fi(uid: int | None, flags: tuple[str, ...] | None = (), envelope: bytes | None = b"(env)") -> FetchItems:
+    return FetchItems(seq=1, uid=uid, flags=flags, envelope=envelope)
+
+
+def test_n_star_returns_last_message_below_n() -> None:
+    # "UID FETCH 8:*" on a mailbox whose highest UID is 7 returns UID 7: not new
+    found = new_messages([fi(7)], from_uid=8)
+    assert found.messages == () and found.uidnext == 8 and found.count == 0
+
+
+def test_new_unseen_messages_in_order() -> None:
+    found = new_messages([fi(9), fi(8), fi(7)], from_uid=8)
+    assert [m.uid for m in found.messages] == [8, 9]
+    assert found.uidnext == 10
+    assert found.messages[0].envelope == b"(env)"
+
+
+def test_seen_at_detection_is_skipped_but_passed() -> None:
+    found = new_messages([fi(5, ("\\Seen",)), fi(6, ("\\Flagged",)), fi(7, ("\\SEEN", "$x"))], from_uid=5)
+    assert [m.uid for m in found.messages] == [6]
+    assert found.seen_skipped == 2
+    assert found.uidnext == 8  # seen ones are not fetched again
+
+
+def test_uidnext_hint_and_merging() -> None:
+    # the server's UIDNEXT can be ahead of the highest UID (expunged meanwhile)
+    assert new_messages([fi(3)], from_uid=3, uidnext_hint=10).uidnext == 10
+    assert new_messages([], from_uid=3, uidnext_hint=None).uidnext == 3
+    # two FETCH responses for one UID (flags first, envelope later) merge
+    found = new_messages([fi(4, ("\\Recent",), None), fi(4, None, b"(e)"), fi(None)], from_uid=4)
+    assert len(found.messages) == 1
+    assert found.messages[0].flags == ("\\Recent",) and found.messages[0].envelope == b"(e)"
+
+
+def test_cap_keeps_newest() -> None:
+    many = [fi(uid) for uid in range(1, 1001)]
+    found = new_messages(many, from_uid=1)
+    assert len(found.messages) == MAX_MESSAGES_PER_EVENT
+    assert found.messages[-1].uid == 1000 and found.uidnext == 1001 and found.count == 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    uids=st.lists(st.integers(min_value=1, max_value=500), max_size=40),
+    seen=st.sets(st.integers(min_value=1, max_value=500)),
+    from_uid=st.integers(min_value=1, max_value=500),
+)
+def test_new_messages_properties(uids: list[int], seen: set[int], from_uid: int) -> None:
+    items = [fi(u, ("\\Seen",) if u in seen else ()) for u in uids]
+    found = new_messages(items, from_uid)
+    got = [m.uid for m in found.messages]
+    expected = sorted({u for u in uids if u >= from_uid and u not in seen})[-MAX_MESSAGES_PER_EVENT:]
+    assert got == expected
+    assert found.uidnext >= from_uid
+    assert all(u < found.uidnext for u in uids if u >= from_uid)
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def test_normalise_mailboxes() -> None:
+    assert normalise_mailboxes(["Sent", "inbox", "INBOX", "Archive", "Sent", ""]) == ("INBOX", "Archive", "Sent")
+    assert normalise_mailboxes(["b", "a"]) == ("a", "b")
+    spec = WatchSpec.of(["Notes", "Inbox"], changes=["INBOX", "Elsewhere"])
+    assert spec.primary == "INBOX" and spec.others == ("Notes",) and spec.changes == {"INBOX"}
+    assert WatchSpec.of([]).mailboxes == ("INBOX",)
+    assert WatchSpec.of(["Notes"]).primary == "Notes"
+    assert WatchSpec.of(["INBOX", "x"]) == WatchSpec.of(["x", "inbox"])
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "pp.db", Vault.generate())
+    await s.open()
+    yield s
+    await s.close()
+
+
+def subscription(sub_id: str, *, active: bool = True, want_changes: bool = False) -> WebPushSubscription:
+    return WebPushSubscription(
+        account="alice",
+        sub_id=sub_id,
+        endpoint="https://push.example.net/x",
+        p256dh="BP" + "A" * 85,
+        auth="c2VjcmV0LWF1dGgtMTZi",
+        vapid_key_id="k1",
+        active=active,
+        want_changes=want_changes,
+    )
+
+
+async def test_spec_for_account(store: SqliteStore) -> None:
+    assert await spec_for_account(store, "alice", ["INBOX"]) is None
+    await store.upsert_device(ApnsDevice("alice", "a1", "aa" * 32, mailboxes=["Inbox", "Sent Messages"]))
+    await store.upsert_device(ApnsDevice("alice", "a2", "bb" * 32, mailboxes=["Notes"]))
+    spec = await spec_for_account(store, "alice", ["INBOX", "Junk"])
+    assert spec == WatchSpec(("INBOX", "Notes", "Sent Messages"), frozenset())
+    await store.put_subscription(subscription("s1", active=False))  # still being verified: watched too
+    spec = await spec_for_account(store, "alice", ["INBOX", "Junk"])
+    assert spec is not None and spec.mailboxes == ("INBOX", "Junk", "Notes", "Sent Messages") and not spec.changes
+    await store.put_subscription(subscription("s2", want_changes=True))
+    spec = await spec_for_account(store, "alice", ["INBOX", "Junk"])
+    assert spec is not None and spec.changes == {"INBOX", "Junk"}
+
+
+# --------------------------------------------------------------------------- pacing
+
+
+def test_backoff_grows_with_jitter_and_caps() -> None:
+    b = Backoff(1.0, 8.0)
+    delays = [b.next() for _ in range(8)]
+    ceilings = [1, 2, 4, 8, 8, 8, 8, 8]
+    for d, c in zip(delays, ceilings, strict=True):
+        assert c / 2 <= d <= c
+    b.reset()
+    assert b.next() <= 1.0
+    assert Backoff(0.0, 5.0).next() == 0.0
+
+
+async def test_connect_limiter_spaces_acquisitions() -> None:
+    limiter = ConnectLimiter(rate=100.0, burst=1.0)
+    start = time.monotonic()
+    await asyncio.gather(*(limiter.acquire() for _ in range(6)))
+    # 1 from the burst, then 5 more at 100/s: at least ~50 ms (a lower bound, never a speed claim)
+    assert time.monotonic() - start >= 0.045
+    with pytest.raises(ValueError):
+        ConnectLimiter(0)
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+async def test_memory_credentials() -> None:
+    p = MemoryCredentials()
+    assert await p.get("alice") is None and await p.status("alice") == "missing"
+    assert await p.remember("alice", "Alice", "pw") is True
+    assert await p.remember("alice", "Alice", "pw") is False
+    creds = await p.get("alice")
+    assert creds == LoginCredentials("Alice", "pw") and "pw" not in repr(creds)
+    await p.mark_failed("alice")
+    assert await p.get("alice") is None and await p.status("alice") == "failed"
+    assert await p.remember("alice", "Alice", "pw") is True  # a new good login un-fails it
+    await p.forget("alice")
+    assert await p.status("alice") == "missing"
+
+
+async def test_vault_credentials(store: SqliteStore) -> None:
+    p = VaultCredentials(store)
+    assert await p.remember("alice", "Alice", "pw1") is True
+    assert await p.remember("alice", "Alice", "pw1") is False
+    assert (await store.get_credential("alice")).secret == "pw1"  # type: ignore[union-attr]
+    assert await p.remember("alice", "Alice", "pw2") is True  # password changed
+    assert (await p.get("alice")) == LoginCredentials("Alice", "pw2")
+    await p.mark_failed("alice")
+    assert (await store.get_credential("alice")).stale  # type: ignore[union-attr]
+    assert await p.get("alice") is None and await p.status("alice") == "failed"
+    assert await p.remember("alice", "Alice", "pw2") is True  # same password, but stale: store again
+    assert not (await store.get_credential("alice")).stale  # type: ignore[union-attr]
+    # a record written by someone else (another process) is honoured
+    await store.put_credential(StoredCredential("alice", "Alice", "pw3"))
+    fresh = VaultCredentials(store)
+    assert await fresh.remember("alice", "Alice", "pw3") is False
+    await p.forget("alice")
+    assert await store.get_credential("alice") is None
+
+
+async def test_master_credentials() -> None:
+    sep = MasterCredentials("admin", "adminpw")
+    assert not sep.needs_user_login
+    assert await sep.get("alice") == LoginCredentials("alice*admin", "adminpw")
+    await sep.remember("alice", "Alice", "userpw")  # the user's own password is not used
+    assert await sep.get("alice") == LoginCredentials("Alice*admin", "adminpw")
+    await sep.mark_failed("alice")
+    assert await sep.get("alice") is None and await sep.status("alice") == "failed"
+    assert await sep.remember("alice", "Alice", "x") is True
+    sasl = MasterCredentials("admin", "adminpw", style="sasl")
+    assert await sasl.get("bob") == LoginCredentials("admin", "adminpw", mechanism="plain", authzid="bob")
+    with pytest.raises(ConfigError):
+        MasterCredentials("admin", "")
+
+
+async def test_make_provider(store: SqliteStore, tmp_path: Path) -> None:
+    assert make_provider(Config(watch=WatchConfig(credentials="vault")), store).mode == "vault"
+    assert make_provider(Config(watch=WatchConfig(credentials="memory")), store).mode == "memory"
+    with pytest.raises(ConfigError):
+        make_provider(Config(watch=WatchConfig(credentials="master")), store)
+    pw = tmp_path / "master.pw"
+    pw.write_text("s3cret\n")
+    cfg = Config(watch=WatchConfig(credentials="master", master_user="admin", master_password_file=pw))
+    provider = make_provider(cfg, store)
+    assert await provider.get("alice") == LoginCredentials("alice*admin", "s3cret")

@@ -1,0 +1,241 @@
+"""WebPushDelivery: mail events to subscriptions, against the stand-in push service and a real store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from pushproxy.events import Expunge, FlagChange, MessageInfo, NewMail
+from pushproxy.push.payload import MAX_PLAINTEXT, envelope_from_fields
+from pushproxy.store import WebPushSubscription
+from tests.support.push_standin import Answer, PushStandin, StandinSubscription
+from tests.support.webpush_env import FakeContext, WebPushEnv, close_env, make_env, metric_value
+
+pytestmark = pytest.mark.timeout(60)
+
+ENVELOPE = envelope_from_fields(
+    "Mon, 7 Feb 1994 21:52:25 -0800", "afternoon meeting", "Fred <fred@example.org>", "<x@y>"
+)
+
+
+@pytest.fixture
+def standin() -> Iterator[PushStandin]:
+    with PushStandin() as s:
+        yield s
+
+
+@pytest.fixture
+async def env(tmp_path: Path, standin: PushStandin) -> AsyncIterator[WebPushEnv]:
+    e = await make_env(tmp_path, standin, retry_budget=1)
+    yield e
+    await close_env(e)
+
+
+async def active(env: WebPushEnv, sub_id: str, account: str = "alice") -> tuple[StandinSubscription, int]:
+    """An acknowledged subscription; (stand-in subscription, pushes it has received so far)."""
+    ss = env.standin.new_subscription()
+    await env.activate(FakeContext(account, f"sess-{account}"), sub_id, ss)
+    await env.settle()
+    return ss, len(env.standin.records_for(ss))
+
+
+def new_mail(*uids: int, mailbox: str = "INBOX", account: str = "alice", envelope: bytes | None = ENVELOPE) -> NewMail:
+    return NewMail(account, mailbox, tuple(MessageInfo(uid, (), envelope) for uid in uids))
+
+
+async def test_new_mail_goes_to_active_subscriptions(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    await env.delivery.deliver(new_mail(4392))
+    records = env.standin.records_for(ss)
+    assert len(records) == n + 1
+    push = records[-1]
+    assert push.problems == []
+    assert push.plaintext == b'* SELECT "INBOX"\r\n* 4392 UIDFETCH (FLAGS () ENVELOPE ' + ENVELOPE + b")\r\n"
+    assert push.headers["Urgency"] == "high"
+    assert push.headers["TTL"] == str(env.config.webpush.ttl)
+    sub = await env.store.get_subscription("alice", "s")
+    assert sub is not None and sub.last_success is not None and sub.failures == 0
+
+
+async def test_inbox_matches_case_insensitively_other_mailboxes_are_not_watched(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    await env.delivery.deliver(new_mail(1, mailbox="Archive"))
+    assert len(env.standin.records_for(ss)) == n
+    await env.delivery.deliver(new_mail(2, mailbox="inbox"))
+    assert len(env.standin.records_for(ss)) == n + 1
+
+
+async def test_an_unacknowledged_subscription_never_gets_mail(env: WebPushEnv) -> None:
+    ss = env.standin.new_subscription()
+    await env.subscribe(FakeContext(), "waiting", ss)
+    await env.settle()
+    assert len(env.standin.records_for(ss)) == 1  # the verification push only
+    await env.delivery.deliver(new_mail(7))
+    sub = await env.store.get_subscription("alice", "waiting")
+    assert sub is not None
+    sub.want_changes = True
+    await env.store.put_subscription(sub)
+    await env.delivery.deliver(Expunge("alice", "INBOX", (7,)))
+    await env.delivery.deliver(FlagChange("alice", "INBOX", ((7, ("\\Seen",)),)))
+    records = env.standin.records_for(ss)
+    assert len(records) == 1 and records[0].plaintext is not None
+    assert records[0].plaintext.startswith(b"* ACKWEBPUSH ")
+
+
+async def test_other_accounts_subscriptions_get_nothing(env: WebPushEnv) -> None:
+    bobs, n = await active(env, "s", account="bob")
+    await env.delivery.deliver(new_mail(1))
+    assert len(env.standin.records_for(bobs)) == n
+
+
+async def test_silenced_subscriptions_get_nothing_and_nothing_is_queued(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    ctx = FakeContext("alice", "sess-alice")
+    await env.run("SILWEBPUSH s 60", ctx)
+    await env.delivery.deliver(new_mail(1))
+    assert len(env.standin.records_for(ss)) == n
+    env.clock.advance(61)
+    await env.delivery.deliver(new_mail(2))
+    records = env.standin.records_for(ss)
+    assert len(records) == n + 1 and records[-1].plaintext is not None
+    assert b"* 2 UIDFETCH" in records[-1].plaintext and b"* 1 UIDFETCH" not in records[-1].plaintext
+    await env.run("SILWEBPUSH s", ctx)  # until this connection ends
+    await env.delivery.deliver(new_mail(3))
+    assert len(env.standin.records_for(ss)) == n + 1
+    await env.ext.session_closed(ctx)
+    await env.delivery.deliver(new_mail(4))
+    assert len(env.standin.records_for(ss)) == n + 2
+
+
+async def test_changes_only_for_subscriptions_that_want_them(env: WebPushEnv) -> None:
+    plain, n_plain = await active(env, "plain")
+    keen, n_keen = await active(env, "keen")
+    sub = await env.store.get_subscription("alice", "keen")
+    assert sub is not None
+    sub.want_changes = True
+    await env.store.put_subscription(sub)
+    await env.delivery.deliver(Expunge("alice", "INBOX", (3, 4, 5, 9)))
+    await env.delivery.deliver(FlagChange("alice", "INBOX", ((3, ("\\Seen", "$Junk")),)))
+    assert len(env.standin.records_for(plain)) == n_plain
+    records = env.standin.records_for(keen)[n_keen:]
+    assert [r.plaintext for r in records] == [
+        b'* SELECT "INBOX"\r\n* VANISHED 3:5,9\r\n',
+        b'* SELECT "INBOX"\r\n* 3 UIDFETCH (FLAGS (\\Seen $Junk))\r\n',
+    ]
+    assert all(r.headers["Urgency"] == "normal" for r in records)
+
+
+async def test_huge_envelope_falls_back_within_the_limit(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    before = metric_value("pushproxy_webpush_payload_fallbacks_total", {"level": "flags"})
+    huge = envelope_from_fields(None, "x" * 5000, None, None)
+    await env.delivery.deliver(new_mail(12, envelope=huge))
+    push = env.standin.records_for(ss)[n]
+    assert push.plaintext == b'* SELECT "INBOX"\r\n* 12 UIDFETCH (FLAGS ())\r\n'
+    assert len(push.plaintext) <= MAX_PLAINTEXT
+    assert metric_value("pushproxy_webpush_payload_fallbacks_total", {"level": "flags"}) == before + 1
+
+
+async def test_413_resends_as_sync(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    env.standin.program(ss, Answer.status(413))
+    before = metric_value("pushproxy_webpush_payload_fallbacks_total", {"level": "sync"})
+    await env.delivery.deliver(new_mail(5))
+    records = env.standin.records_for(ss)[n:]
+    assert [r.answered for r in records] == [413, 201]
+    assert records[1].plaintext == b'* SELECT "INBOX"\r\n* SYNC\r\n'
+    assert metric_value("pushproxy_webpush_payload_fallbacks_total", {"level": "sync"}) == before + 1
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_gone_deletes_the_subscription(env: WebPushEnv, status: int) -> None:
+    ss, _ = await active(env, "s")
+    env.standin.program(ss, Answer.status(status))
+    await env.delivery.deliver(new_mail(1))
+    assert await env.store.get_subscription("alice", "s") is None
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_vapid_rejected_deactivates(env: WebPushEnv, status: int) -> None:
+    ss, n = await active(env, "s")
+    env.standin.program(ss, Answer.status(status))
+    await env.delivery.deliver(new_mail(1))
+    sub = await env.store.get_subscription("alice", "s")
+    assert sub is not None and not sub.active and sub.ack_token_hash is None
+    assert sub.ack_expires == pytest.approx(env.clock.now + env.config.webpush.ack_expiry)
+    await env.delivery.deliver(new_mail(2))
+    assert len(env.standin.records_for(ss)) == n + 1  # nothing more goes to it
+    _, lines = await env.run("LWEBPUSH s", FakeContext())
+    assert lines[0].endswith(b" NIL")
+
+
+async def test_429_is_retried(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    env.standin.program(ss, Answer.status(429, retry_after="0"))
+    await env.delivery.deliver(new_mail(1))
+    records = env.standin.records_for(ss)[n:]
+    assert [r.answered for r in records] == [429, 201]
+    sub = await env.store.get_subscription("alice", "s")
+    assert sub is not None and sub.failures == 0
+
+
+async def test_failures_are_counted_and_reset(env: WebPushEnv) -> None:
+    ss, _ = await active(env, "s")
+    env.standin.program(ss, Answer.status(500), Answer.status(500), Answer.status(400))
+    await env.delivery.deliver(new_mail(1))  # 500, 500: retry budget (1) spent
+    await env.delivery.deliver(new_mail(2))  # 400: dropped
+    sub = await env.store.get_subscription("alice", "s")
+    assert sub is not None and sub.failures == 2 and sub.active
+    await env.delivery.deliver(new_mail(3))
+    sub = await env.store.get_subscription("alice", "s")
+    assert sub is not None and sub.failures == 0
+
+
+async def test_a_redirect_is_not_followed(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    env.standin.program(ss, Answer.redirecting())
+    await env.delivery.deliver(new_mail(1))
+    assert env.standin.redirect_hits == []
+    assert [r.answered for r in env.standin.records_for(ss)[n:]] == [307]
+
+
+async def test_a_slow_endpoint_does_not_delay_the_others(env: WebPushEnv) -> None:
+    slow, n_slow = await active(env, "slow")
+    fast, n_fast = await active(env, "fast")
+    env.standin.program(slow, Answer.hanging(30))
+    task = asyncio.ensure_future(env.delivery.deliver(new_mail(1)))
+    await env.standin.wait_for(fast, n_fast + 1)
+    # The fast one is served while the slow one's request is still held open.
+    slow_records = env.standin.records_for(slow)[n_slow:]
+    assert len(slow_records) == 1 and slow_records[0].answered is None
+    assert not task.done()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_answer_about_a_replaced_subscription_is_ignored(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    # Held for a second (then 503), then 410 on the retry: "delete" -- but about the old endpoint.
+    env.standin.program(ss, Answer.hanging(1.0), Answer.status(410))
+    task = asyncio.ensure_future(env.delivery.deliver(new_mail(1)))
+    await env.standin.wait_for(ss, n + 1, accepted_only=False)
+    replacement = env.standin.new_subscription()
+    await env.subscribe(FakeContext(), "s", replacement)  # replaced while the push hangs
+    await task
+    assert [r.answered for r in env.standin.records_for(ss)[n:]] == [None, 410]  # None: held, then 503
+    sub = await env.store.get_subscription("alice", "s")
+    assert sub is not None and sub.endpoint == replacement.endpoint and sub.failures == 0
+
+
+async def test_empty_events_push_nothing(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    sub = await env.store.get_subscription("alice", "s")
+    assert isinstance(sub, WebPushSubscription)
+    sub.want_changes = True
+    await env.store.put_subscription(sub)
+    await env.delivery.deliver(Expunge("alice", "INBOX", ()))
+    await env.delivery.deliver(FlagChange("alice", "INBOX", ()))
+    assert len(env.standin.records_for(ss)) == n
