@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pushproxy.accounts import canonical_mailbox, is_inbox
 from pushproxy.events import MessageInfo
-from pushproxy.store.base import Store
+from pushproxy.store.base import ApnsDevice, Store, WebPushSubscription
 from pushproxy.watch.imapwire import FetchItems
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "new_messages",
     "normalise_mailboxes",
     "spec_for_account",
+    "specs_for_all_accounts",
 ]
 
 # A NewMail carries at most this many (the newest) messages: after a long
@@ -82,6 +83,28 @@ async def spec_for_account(store: Store, account: str, webpush_mailboxes: Sequen
     """
     devices = await store.devices_for_account(account)
     subs = await store.subscriptions_for_account(account)
+    return _spec(devices, subs, webpush_mailboxes)
+
+
+async def specs_for_all_accounts(store: Store, webpush_mailboxes: Sequence[str]) -> dict[str, WatchSpec]:
+    """:func:`spec_for_account` for every account, in two queries (the start-up path)."""
+    devices: dict[str, list[ApnsDevice]] = {}
+    subs: dict[str, list[WebPushSubscription]] = {}
+    for device in await store.list_devices():
+        devices.setdefault(device.account, []).append(device)
+    for sub in await store.list_subscriptions():
+        subs.setdefault(sub.account, []).append(sub)
+    specs: dict[str, WatchSpec] = {}
+    for account in sorted(devices.keys() | subs.keys()):
+        spec = _spec(devices.get(account, []), subs.get(account, []), webpush_mailboxes)
+        if spec is not None:
+            specs[account] = spec
+    return specs
+
+
+def _spec(
+    devices: Sequence[ApnsDevice], subs: Sequence[WebPushSubscription], webpush_mailboxes: Sequence[str]
+) -> WatchSpec | None:
     if not devices and not subs:
         return None
     boxes: list[str] = []

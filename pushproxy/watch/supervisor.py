@@ -26,8 +26,9 @@ that limit on the upstream server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pushproxy import metrics
@@ -37,7 +38,7 @@ from pushproxy.events import MailEvent
 from pushproxy.store.base import Store
 from pushproxy.watch.connection import make_tls_context
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
-from pushproxy.watch.detection import WatchSpec, spec_for_account
+from pushproxy.watch.detection import WatchSpec, spec_for_account, specs_for_all_accounts
 from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.watcher import STATES, Watcher, WatcherState
 
@@ -60,6 +61,14 @@ class _Captured:
         return f"_Captured(account={self.account!r}, login={self.login!r})"
 
 
+class _AccountLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class Supervisor:
     """Starts, reconfigures and stops the upstream watchers; a CredentialSink."""
 
@@ -80,33 +89,36 @@ class Supervisor:
         self._tls = make_tls_context(config.upstream) if config.upstream.security != "none" else None
         self._watchers: dict[str, Watcher] = {}
         self._sessions: dict[str, _Captured] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _AccountLock] = {}
         self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Start a watcher for every account with registrations and usable credentials."""
-        started = waiting = 0
-        for account in await self._store.accounts_with_registrations():
-            async with self._lock(account):
-                if self._closed or account in self._watchers:
-                    continue
-                spec = await self._spec(account)
-                if spec is None:
-                    continue
-                status = await self._credentials.status(account)
-                if status == "missing":
-                    continue
-                self._launch(account, spec, dormant=status == "failed")
-                if status == "failed":
-                    waiting += 1
-                else:
-                    started += 1
+        """Start a watcher for every account with registrations and usable credentials.
+
+        Everything is read before the first watcher starts, so that the
+        start-up reads do not queue behind the watchers' own store writes.
+        """
+        specs = await specs_for_all_accounts(self._store, self._config.webpush.mailboxes)
+        wanted = set(await self._store.accounts_with_registrations())
+        plan: list[tuple[str, WatchSpec, bool]] = []
+        for account, spec in specs.items():
+            if account not in wanted:
+                continue  # only unverified WebPush subscriptions: the user's next login starts it
+            status = await self._credentials.status(account)
+            if status != "missing":
+                plan.append((account, spec, status == "failed"))
+        for account, spec, failed in plan:
+            if self._closed:
+                return
+            if account not in self._watchers:
+                self._launch(account, spec, dormant=failed)
+        waiting = sum(1 for _, _, failed in plan if failed)
         log.info(
             "watchers: %d starting (at most %.0f connections/s), %d waiting for a new login after an auth failure",
-            started,
+            len(plan) - waiting,
             self._config.watch.connect_rate,
             waiting,
         )
@@ -174,11 +186,20 @@ class Supervisor:
 
     # ------------------------------------------------------------------ internals
 
-    def _lock(self, account: str) -> asyncio.Lock:
-        lock = self._locks.get(account)
-        if lock is None:
-            lock = self._locks[account] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _lock(self, account: str) -> AsyncIterator[None]:
+        """Serialise the changes of one account (a login and a registration may race)."""
+        entry = self._locks.get(account)
+        if entry is None:
+            entry = self._locks[account] = _AccountLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[account]  # every user of the proxy logs in: do not keep one per account
 
     def _captured(self, account: str, session_id: str | None) -> _Captured | None:
         if session_id is not None:

@@ -136,6 +136,8 @@ class Watcher:
         self._notify = False
         self._qresync = False
         self._polling = False
+        self._missing: set[str] = set()  # watched mailboxes that do not exist (yet)
+        self._renotify = False
         self._live_vanished: list[int] = []
         self._live_flags: dict[int, tuple[str, ...]] = {}
         self._live_modseq: int | None = None
@@ -168,6 +170,10 @@ class Watcher:
         self._stopping = True
         self._wake.set()
         task = self._task
+        if task is not None and not task.done() and (self._conn is None or self.state == "connecting"):
+            # Nothing to log out of (waiting in backoff or for a connect slot, or still
+            # logging in): end at once rather than wait for the wait to end.
+            task.cancel()
         if task is not None and not task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout)
@@ -259,7 +265,7 @@ class Watcher:
         if "NOTIFY" in caps:
             self._notify = await self._notify_set(conn)
         can_idle = "IDLE" in caps
-        self._polling = not self._notify and (bool(self.spec.others) or not can_idle)
+        self._polling = not can_idle or (not self._notify and bool(self.spec.others))
 
         for box in self.spec.mailboxes:
             self._states[box] = await self._store.get_mailbox_state(self.account, box)
@@ -268,9 +274,13 @@ class Watcher:
         self._set_state("polling" if self._polling else "idle")
 
         poll_interval = max(_MIN_POLL_INTERVAL, self._watch.poll_interval)
-        next_poll = time.monotonic() + poll_interval if self._polling else float("inf")
+        next_poll = time.monotonic() + poll_interval
         while not self._stopping:
-            deadline = min(time.monotonic() + max(_MIN_POLL_INTERVAL, self._watch.idle_refresh), next_poll)
+            deadline = time.monotonic() + max(_MIN_POLL_INTERVAL, self._watch.idle_refresh)
+            if self._polling or self._missing:
+                deadline = min(deadline, next_poll)
+            else:
+                next_poll = time.monotonic() + poll_interval
             self._first_hit = None
             if can_idle:
                 responses = await conn.idle(deadline, self._wake, self._interesting)
@@ -284,11 +294,16 @@ class Watcher:
             when = self._first_hit if self._first_hit is not None else time.monotonic()
             for resp in responses:
                 self._note(resp, when)
-            if self._polling and time.monotonic() >= next_poll:
-                for box in self.spec.others:
+            if time.monotonic() >= next_poll:
+                # Polled: the other mailboxes without NOTIFY; with NOTIFY, those that did
+                # not exist when it was set (they are added to NOTIFY once they do).
+                for box in self.spec.others if self._polling else sorted(self._missing):
                     self._dirty.setdefault(box, None)
                 next_poll = time.monotonic() + poll_interval
             await self._settle(conn)
+            if self._renotify:
+                self._renotify = False
+                await self._notify_set(conn)
         await conn.logout(min(self._watch.command_timeout, _LOGOUT_TIMEOUT))
 
     def _reset_session(self) -> None:
@@ -297,7 +312,8 @@ class Watcher:
         self._select_info = None
         self._dirty.clear()
         self._hints.clear()
-        self._notify = self._qresync = self._polling = False
+        self._notify = self._qresync = self._polling = self._renotify = False
+        self._missing.clear()
         self._live_vanished.clear()
         self._live_flags.clear()
         self._live_modseq = None
@@ -446,8 +462,13 @@ class Watcher:
                     continue
             self._note(resp)
         if result.status.status != b"OK":
-            log.debug("watcher %s: STATUS %s refused: %r", self.account, box, result.line[:120])
+            if box not in self._missing:
+                log.info("watcher %s: cannot watch %s (yet): %s", self.account, box, _text(result.line))
+            self._missing.add(box)
             return None
+        if box in self._missing:
+            self._missing.discard(box)
+            self._renotify = self._notify
         return found
 
     async def _needs_examine(self, box: str, hint: StatusInfo) -> bool:
@@ -478,8 +499,11 @@ class Watcher:
             # A failed SELECT/EXAMINE leaves no mailbox selected (RFC 9051 6.3.2).
             self._selected = None
             self._select_info = None
-            log.info("watcher %s: cannot EXAMINE %s: %s", self.account, box, _text(result.line))
+            if box not in self._missing:
+                log.info("watcher %s: cannot EXAMINE %s: %s", self.account, box, _text(result.line))
+            self._missing.add(box)
             return False
+        self._missing.discard(box)
         select_data: list[bytes] = []
         for resp in result.untagged:
             if classify(resp) == "STATUS":
