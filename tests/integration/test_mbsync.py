@@ -53,7 +53,8 @@ def contents(maildir: Path) -> dict[str, list[bytes]]:
     for f in maildir.rglob("*"):
         if f.is_file() and f.parent.name in ("cur", "new"):
             # mbsync stamps each copy with its own random X-TUID header: not part of the message.
-            data = b"".join(line for line in f.read_bytes().splitlines(keepends=True) if not line.startswith(b"X-TUID:"))
+            lines = f.read_bytes().splitlines(keepends=True)
+            data = b"".join(line for line in lines if not line.startswith(b"X-TUID:"))
             out.setdefault(str(f.parent.parent.relative_to(maildir)), []).append(data)
     return {k: sorted(v) for k, v in out.items()}
 

@@ -99,7 +99,7 @@ def test_client_stream_frames() -> None:
         b"a8 NOOP\r\n",
         b"a9 APPEND x {0}\r\n",
     ]
-    binary = [e for e in evs if e[0] == "line" and e[1] == b"a4 APPEND INBOX ~{4+}\r\n"][0]
+    binary = next(e for e in evs if e[0] == "line" and e[1] == b"a4 APPEND INBOX ~{4+}\r\n")
     assert binary[2] == LiteralSpec(4, True, True)
 
 
