@@ -83,7 +83,7 @@ class ProxyProcess:
             time.sleep(0.05)
         raise RuntimeError(f"pushproxy did not start in {timeout}s:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 30) -> int:
+    def stop(self, timeout: float = 60) -> int:
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
