@@ -305,8 +305,15 @@ async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     config = Config(
         upstream=UpstreamConfig(host="127.0.0.1", port=child.port, security="none", connect_timeout=30),
         store=StoreConfig(url="sqlite:///:memory:"),
-        watch=WatchConfig(credentials="master", master_user="bench", master_password="pw",
-                          connect_rate=args.connect_rate, command_timeout=30, backoff_min=1, backoff_max=10),
+        watch=WatchConfig(
+            credentials="master",
+            master_user="bench",
+            master_password="pw",
+            connect_rate=args.connect_rate,
+            command_timeout=30,
+            backoff_min=1,
+            backoff_max=10,
+        ),
     )
     received: list[tuple[str, int, float]] = []
 

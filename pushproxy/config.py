@@ -130,6 +130,8 @@ class WatchConfig(_Section):
     master_user: str | None = None
     master_password_file: Path | None = None
     master_password: SecretStr | None = None
+    # separator: LOGIN "<user>*<master_user>" (Dovecot); sasl: AUTHENTICATE PLAIN with authzid=<user>
+    master_login: Literal["separator", "sasl"] = "separator"
     idle_refresh: Duration = 25 * 60.0
     poll_interval: Duration = 60.0
     connect_rate: float = Field(50.0, gt=0)  # new watcher connections per second at most

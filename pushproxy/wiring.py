@@ -148,7 +148,7 @@ async def build(app: App) -> None:
         dispatcher = Dispatcher(store, apns, delivery)
         app.components.append(dispatcher)
         app.dispatcher = dispatcher
-        supervisor = Supervisor(cfg, store, dispatcher.submit)
+        supervisor = Supervisor(cfg, store, dispatcher.submit, master_style=cfg.watch.master_login)
         app.supervisor = supervisor
         credentials = supervisor
 

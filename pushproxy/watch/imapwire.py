@@ -441,4 +441,3 @@ def classify(resp: bytes) -> str:
     if m is None:
         return "+" if resp.startswith(b"+") else "TAGGED"
     return m.group(2).decode("ascii").upper()
-

@@ -28,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pushproxy import metrics
 from pushproxy.accounts import normalise_account
-from pushproxy.config import Config
+from pushproxy.config import Config, ConfigError
 from pushproxy.events import MailEvent
 from pushproxy.store.base import Store
 from pushproxy.watch.connection import make_tls_context
@@ -86,7 +87,10 @@ class Supervisor:
         self._emit = emit
         self._credentials = credentials or make_provider(config, store, master_style=master_style)
         self._limiter = ConnectLimiter(config.watch.connect_rate)
-        self._tls = make_tls_context(config.upstream) if config.upstream.security != "none" else None
+        try:
+            self._tls = make_tls_context(config.upstream) if config.upstream.security != "none" else None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"upstream.ca_file {config.upstream.ca_file}: {exc}") from exc
         self._watchers: dict[str, Watcher] = {}
         self._sessions: dict[str, _Captured] = {}
         self._locks: dict[str, _AccountLock] = {}

@@ -137,7 +137,9 @@ class Watcher:
         self._qresync = False
         self._polling = False
         self._missing: set[str] = set()  # watched mailboxes that do not exist (yet)
-        self._renotify = False
+        # A watched mailbox appeared after NOTIFY was set: Dovecot does not reliably report
+        # mailboxes created after NOTIFY SET (even when it is sent again), so start afresh.
+        self._reconnect_now = False
         self._live_vanished: list[int] = []
         self._live_flags: dict[int, tuple[str, ...]] = {}
         self._live_modseq: int | None = None
@@ -241,6 +243,9 @@ class Watcher:
                         self._conn = None
                 if self._stopping:
                     break
+                if self._reconnect_now:
+                    self._reconnect_now = False
+                    continue
                 if connected_at is not None and time.monotonic() - connected_at >= _STABLE_AFTER:
                     self._backoff.reset()
                 delay = self._backoff.next()
@@ -301,9 +306,8 @@ class Watcher:
                     self._dirty.setdefault(box, None)
                 next_poll = time.monotonic() + poll_interval
             await self._settle(conn)
-            if self._renotify:
-                self._renotify = False
-                await self._notify_set(conn)
+            if self._reconnect_now:
+                break
         await conn.logout(min(self._watch.command_timeout, _LOGOUT_TIMEOUT))
 
     def _reset_session(self) -> None:
@@ -312,7 +316,7 @@ class Watcher:
         self._select_info = None
         self._dirty.clear()
         self._hints.clear()
-        self._notify = self._qresync = self._polling = self._renotify = False
+        self._notify = self._qresync = self._polling = self._reconnect_now = False
         self._missing.clear()
         self._live_vanished.clear()
         self._live_flags.clear()
@@ -441,7 +445,8 @@ class Watcher:
 
     async def _check_other(self, conn: ImapConnection, box: str, trigger: float | None) -> None:
         hint = self._hints.pop(box, None)
-        if hint is None:
+        if hint is None or hint.uidvalidity is None or hint.uidnext is None:
+            # Dovecot's NOTIFY reports omit UIDVALIDITY: one STATUS is cheaper than switching mailboxes.
             hint = await self._status(conn, box)
             if hint is None:
                 return
@@ -468,7 +473,9 @@ class Watcher:
             return None
         if box in self._missing:
             self._missing.discard(box)
-            self._renotify = self._notify
+            if self._notify:
+                log.info("watcher %s: %s exists now; reconnecting to include it in NOTIFY", self.account, box)
+                self._reconnect_now = True
         return found
 
     async def _needs_examine(self, box: str, hint: StatusInfo) -> bool:
@@ -577,9 +584,9 @@ class Watcher:
         found = new_messages(fetched, state.uidnext, uidnext_hint)
         if found.messages:
             detected = trigger if trigger is not None else time.monotonic()
+            # detected_at carries the notification time; the dispatcher observes
+            # EVENT_DISPATCH_LATENCY once, for watcher and ox events alike.
             self._emit(NewMail(self.account, box, found.messages, detected_at=detected))
-            if trigger is not None:
-                metrics.EVENT_DISPATCH_LATENCY.observe(time.monotonic() - trigger)
         if found.uidnext != state.uidnext or self._modseq_changed(box):
             await self._put_state(box, state.uidvalidity, found.uidnext)
 
@@ -623,9 +630,7 @@ class Watcher:
 
     # ------------------------------------------------------------------ state
 
-    async def _save_fresh(
-        self, box: str, uidvalidity: int, uidnext: int, modseq: int | None, *, reset: bool
-    ) -> None:
+    async def _save_fresh(self, box: str, uidvalidity: int, uidnext: int, modseq: int | None, *, reset: bool) -> None:
         if reset:
             log.info("watcher %s: UIDVALIDITY of %s changed; state reset without pushes", self.account, box)
         state = MailboxState(self.account, box, uidvalidity, uidnext, modseq, time.time())

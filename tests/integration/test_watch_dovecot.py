@@ -148,7 +148,6 @@ async def test_new_mail_in_inbox_via_notify(dovecot: Dovecot, tmp_path: Path, st
     assert sup.status()["idle"] == 1
 
 
-
 async def test_other_mailbox_via_notify(dovecot: Dovecot, tmp_path: Path, store: SqliteStore, supervisors) -> None:
     events = Events()
     sup = new_supervisor(supervisors, make_config(dovecot, tmp_path), store, events)
@@ -516,3 +515,60 @@ async def test_vault_record_is_encrypted_and_bound(dovecot: Dovecot, tmp_path: P
         assert sup2.status()["idle"] == 0 and sup2.status()["connecting"] == 0
     finally:
         await other.close()
+
+
+@pytest.mark.parametrize("notify", [True, False])
+async def test_mailbox_created_later(
+    dovecot_factory: DovecotFactory, tmp_path: Path, store, supervisors, notify: bool
+) -> None:
+    """A registered mailbox that does not exist yet is picked up once it does (no reconnect loop)."""
+    dc = dovecot_factory(notify=notify)
+    events = Events()
+    sup = new_supervisor(supervisors, make_config(dc, tmp_path, poll_interval=0.3), store, events)
+    await register(store, mailboxes=["INBOX", "Projects"])
+    await sup.logged_in("alice", "alice", "alicepw", "s1")
+    await wait_state(sup, "idle" if notify else "polling")
+    await deliver(dc, "inbox works")
+    await events.wait(lambda: events.uids() == [1])
+
+    await asyncio.to_thread(dc.create_mailbox, "alice", "Projects")
+    # a poll round notices it (first sight: state recorded, nothing emitted)
+    deadline = time.monotonic() + 10
+    while await store.get_mailbox_state("alice", "Projects") is None:
+        assert time.monotonic() < deadline, "the new mailbox was not picked up"
+        await asyncio.sleep(0.05)
+    await deliver(dc, "project mail", mailbox="Projects")
+    await events.wait(lambda: events.uids("Projects") == [1], timeout=5)
+    watcher = sup.watcher("alice")
+    # with NOTIFY the watcher reconnects once to include the new mailbox; no loop either way
+    assert watcher is not None and watcher.connections == (2 if notify else 1)
+
+
+async def test_uidvalidity_change_on_dovecot(dovecot: Dovecot, tmp_path: Path, store, supervisors) -> None:
+    await asyncio.to_thread(dovecot.create_mailbox, "alice", "Projects")
+    config = make_config(dovecot, tmp_path)
+    events1 = Events()
+    sup1 = new_supervisor(supervisors, config, store, events1)
+    await register(store, mailboxes=["INBOX", "Projects"])
+    await sup1.logged_in("alice", "alice", "alicepw", "s1")
+    await wait_state(sup1, "idle")
+    await deliver(dovecot, "before", mailbox="Projects")
+    await events1.wait(lambda: events1.uids("Projects") == [1])
+    await sup1.close()
+    old = await store.get_mailbox_state("alice", "Projects")
+
+    await asyncio.to_thread(dovecot.doveadm, "mailbox", "delete", "-u", "alice", "Projects")
+    await asyncio.to_thread(dovecot.create_mailbox, "alice", "Projects")
+    for i in range(3):
+        await deliver(dovecot, f"rebuilt {i}", mailbox="Projects")
+
+    events2 = Events()
+    sup2 = new_supervisor(supervisors, config, store, events2)
+    await sup2.start()
+    await wait_state(sup2, "idle")
+    await asyncio.sleep(0.5)
+    assert events2.items == []  # no flood for the rebuilt mailbox
+    new = await store.get_mailbox_state("alice", "Projects")
+    assert old is not None and new is not None and new.uidvalidity != old.uidvalidity and new.uidnext == 4
+    await deliver(dovecot, "after", mailbox="Projects")
+    await events2.wait(lambda: events2.uids("Projects") == [4])

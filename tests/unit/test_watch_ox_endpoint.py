@@ -108,9 +108,10 @@ async def test_too_large(endpoint: tuple[str, list[MailEvent]]) -> None:
         for _ in range(10):
             yield b" " * 10_000
 
-    async with aiohttp.ClientSession() as http, http.post(
-        url, data=chunks(), headers={"Authorization": basic(SECRET)}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=chunks(), headers={"Authorization": basic(SECRET)}) as resp,
+    ):
         assert resp.status == 413
     assert events == []
 

@@ -106,7 +106,8 @@ class FakeConn(asyncio.Protocol):
         elif cmd == b"EXAMINE":
             self.announced = len(f.uids)
             w(
-                b"* %d EXISTS\r\n* OK [UIDVALIDITY %d] v\r\n* OK [UIDNEXT %d] n\r\n" % (len(f.uids), f.uidvalidity, f.next_uid)
+                b"* %d EXISTS\r\n* OK [UIDVALIDITY %d] v\r\n* OK [UIDNEXT %d] n\r\n"
+                % (len(f.uids), f.uidvalidity, f.next_uid)
                 + tag
                 + b" OK [READ-ONLY] done\r\n"
             )
@@ -158,7 +159,12 @@ async def env(tmp_path: Path) -> AsyncIterator[Callable[..., asyncio.Future[tupl
     async def make(fake: Fake, **watch: object) -> tuple[Fake, Supervisor, Events]:
         server = await asyncio.get_running_loop().create_server(lambda: FakeConn(fake), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        settings: dict[str, object] = {"backoff_min": 0.05, "backoff_max": 0.2, "poll_interval": 0.3, "command_timeout": 3}
+        settings: dict[str, object] = {
+            "backoff_min": 0.05,
+            "backoff_max": 0.2,
+            "poll_interval": 0.3,
+            "command_timeout": 3,
+        }
         settings.update(watch)
         config = Config(
             upstream=UpstreamConfig(host="127.0.0.1", port=port, security="none"),
@@ -224,7 +230,7 @@ async def test_dropped_connection_reconnects_and_catches_up(env) -> None:
 
 async def test_emit_comes_before_the_state_is_stored(env) -> None:
     order: list[str] = []
-    fake, sup, events = await env(Fake())
+    fake, sup, _ = await env(Fake())
     await until(lambda: sup.status()["idle"] == 1)
     watcher = sup.watcher("alice")
     assert watcher is not None
@@ -245,8 +251,8 @@ async def test_emit_comes_before_the_state_is_stored(env) -> None:
     assert order == ["emit (1,)", "put 2"]
 
 
-async def test_close_is_bounded_while_in_backoff(env, tmp_path: Path) -> None:
-    fake, sup, events = await env(Fake(), backoff_min=30, backoff_max=60)
+async def test_close_is_bounded_while_in_backoff(env) -> None:
+    fake, sup, _ = await env(Fake(), backoff_min=30, backoff_max=60)
     await until(lambda: sup.status()["idle"] == 1)
     fake.drop_all()
     await until(lambda: sup.status()["backoff"] == 1)
