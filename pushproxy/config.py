@@ -153,6 +153,9 @@ class ApnsConfig(_Section):
     endpoint: str | None = None  # test hook: "host:port" instead of Apple's host
     ca_file: Path | None = None  # test hook: CA for the endpoint override
     debounce: Duration = 1.0
+    # More registrations than this for one account evict the least recently renewed
+    # (iOS must never get NO, so the cap cannot refuse the newest).
+    max_devices_per_account: int = Field(20, ge=1)
     timeout: Duration = 10.0
     retry_budget: int = Field(5, ge=0)
     allow_untrusted_topic: bool = False  # start even if iOS Mail would ignore the topic

@@ -271,3 +271,16 @@ def test_ox_endpoint_injects_events(dovecot: Dovecot, proxy_factory, apns, certs
         assert resp.status in (200, 202, 204)
     got = apns.wait_for(1, timeout=10)[0]
     assert hashlib.md5(b"Notes").hexdigest().upper() in got.json["m"]
+
+
+def test_registrations_per_account_are_capped(dovecot: Dovecot, proxy_factory, apns, certs) -> None:
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns, max_devices_per_account=2))
+    c = RawClient(proxy.port)
+    c.command(b"a1", b"LOGIN alice alicepw")
+    tokens = [f"{i:02d}" * 32 for i in range(1, 4)]
+    for i, token in enumerate(tokens):
+        assert b"OK" in register(c, b"r%d" % i, token)  # never NO, even over the cap
+        time.sleep(0.05)
+    c.close()
+    kept = {t for _, _, t in devices_in_store(proxy.base_dir / "pushproxy.db")}
+    assert kept == set(tokens[1:])  # the least recently renewed one was evicted

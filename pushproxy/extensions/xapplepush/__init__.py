@@ -112,11 +112,29 @@ class XApplePushExtension(Extension):
     async def _store_device(self, device: ApnsDevice) -> bool:
         try:
             await asyncio.wait_for(self.store.upsert_device(device), _STORE_TIMEOUT)
+            await self._enforce_cap(device)
             return True
         except Exception as exc:
             log.warning("storing a registration failed (%s); retrying in the background", type(exc).__name__)
             self._spawn(self._retry_store(device))
             return False
+
+    async def _enforce_cap(self, newest: ApnsDevice) -> None:
+        cap = self.config.apns.max_devices_per_account
+        devices = await self.store.devices_for_account(newest.account)
+        if len(devices) <= cap:
+            return
+        key = (newest.aps_account_id, newest.device_token)
+        others = [d for d in devices if (d.aps_account_id, d.device_token) != key]
+        others.sort(key=lambda d: d.last_registered)
+        for old in others[: len(devices) - cap]:
+            await self.store.remove_device(old.account, old.aps_account_id, old.device_token)
+            log.warning(
+                "account %s has more than %d device registrations: evicted %s (least recently renewed)",
+                newest.account,
+                cap,
+                short_token(old.device_token),
+            )
 
     async def _retry_store(self, device: ApnsDevice) -> None:
         for delay in _STORE_RETRIES:
