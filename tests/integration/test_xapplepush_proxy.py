@@ -284,3 +284,17 @@ def test_registrations_per_account_are_capped(dovecot: Dovecot, proxy_factory, a
     c.close()
     kept = {t for _, _, t in devices_in_store(proxy.base_dir / "pushproxy.db")}
     assert kept == set(tokens[1:])  # the least recently renewed one was evicted
+
+
+def test_serve_refuses_expired_certificate_and_untrusted_topic(dovecot: Dovecot, proxy_factory, apns, certs) -> None:
+    for cert, key, needle in (
+        (certs.expired_cert, certs.expired_key, "expired"),
+        (certs.untrusted_cert, certs.untrusted_key, "com.example.not.mail"),
+    ):
+        proxy = proxy_factory(
+            dovecot, start=False, apns={**apns_config(certs, apns), "cert_file": str(cert), "key_file": str(key)}
+        )
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            proxy.start()
+        assert needle in proxy.log_text()
+        proxy.log_file.write_text("")  # the refusal is the expected outcome, not an unhandled error
