@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := dovecot-imapd dovecot-lmtpd isync openssl ca-certificates
+APT_PACKAGES := dovecot-imapd dovecot-lmtpd isync openssl ca-certificates postgresql
 PYTEST_ARGS ?=
 
 .PHONY: all deps system-deps python-deps test lint typecheck unit demo bench clean

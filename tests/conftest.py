@@ -12,7 +12,7 @@ import pytest
 from tests.support.dovecot import Dovecot
 from tests.support.proxy import ProxyProcess, upstream_config
 
-pytest_plugins = ["tests.support.dovecot_fixtures"]
+pytest_plugins = ["tests.support.dovecot_fixtures", "tests.support.postgres"]
 
 
 @pytest.hookimpl(wrapper=True)

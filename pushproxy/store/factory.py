@@ -47,10 +47,7 @@ async def open_store(config: Config) -> Store:
     """
     url = config.store.url
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            "store.url: the PostgreSQL back end is not available in this version of pushproxy "
-            "(it is planned and the store interface is ready for it); use sqlite:///path/to/pushproxy.db"
-        )
+        return await _open_postgres(config, url)
     path = sqlite_path_from_url(url)
     try:
         if path == Path(MEMORY) and config.watch.vault_key_file is None:
@@ -68,4 +65,41 @@ async def open_store(config: Config) -> Store:
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open the SQLite store {path}: {exc}") from exc
     log.info("store open: SQLite %s", path)
+    return store
+
+
+async def _open_postgres(config: Config, url: str) -> Store:
+    """The shared PostgreSQL store.
+
+    Every node of a multi-node deployment must load the same vault key file
+    (``watch.vault_key_file``, default ``/var/lib/pushproxy/vault.key``), or it
+    cannot decrypt credentials and subscriptions other nodes stored.
+    """
+    try:
+        import asyncpg
+
+        from pushproxy.store.postgres import PostgresStore, probe_server, redact_dsn
+    except ImportError as exc:
+        raise ConfigError(
+            f"store.url is a PostgreSQL URL but asyncpg is not installed ({exc}): pip install 'pushproxy[postgres]'"
+        ) from exc
+    # unreachable, refused, bad credentials, missing database, malformed URL, ...
+    unusable = (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError)
+    try:
+        # First, so that a node that cannot reach the database does not create a vault key on its way out.
+        await probe_server(url)
+    except unusable as exc:
+        raise ConfigError(f"cannot open the PostgreSQL store {redact_dsn(url)}: {type(exc).__name__}: {exc}") from exc
+    try:
+        vault = await asyncio.to_thread(Vault.load_or_create, config.vault_key_path())
+    except VaultError as exc:
+        raise ConfigError(str(exc)) from exc
+    store = PostgresStore(url, vault)
+    try:
+        await store.open()
+    except StoreSchemaError as exc:
+        raise ConfigError(str(exc)) from exc
+    except unusable as exc:
+        raise ConfigError(f"cannot open the PostgreSQL store {redact_dsn(url)}: {type(exc).__name__}: {exc}") from exc
+    log.info("store open: PostgreSQL %s", redact_dsn(url))
     return store

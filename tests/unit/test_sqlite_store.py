@@ -613,9 +613,18 @@ async def test_open_store_bad_key_file_is_config_error(tmp_path: Path) -> None:
         await open_store(config)
 
 
-async def test_open_store_postgres_not_available() -> None:
-    with pytest.raises(ConfigError, match="PostgreSQL back end is not available"):
-        await open_store(Config(store=StoreConfig(url="postgresql://u:p@localhost/db")))
+async def test_open_store_postgres_unreachable_is_config_error(tmp_path: Path) -> None:
+    """PostgreSQL is a real back end now (tests/integration/test_postgres_store.py); an unreachable
+    server is a clear start-up error that neither leaks the password nor creates a vault key."""
+    key = tmp_path / "vault.key"
+    cfg = Config(
+        store=StoreConfig(url="postgresql://u:secretpw@127.0.0.1:1/db"),
+        watch=WatchConfig(vault_key_file=key),
+    )
+    with pytest.raises(ConfigError, match="cannot open the PostgreSQL store") as info:
+        await open_store(cfg)
+    assert "secretpw" not in str(info.value)
+    assert not key.exists()
 
 
 async def test_open_store_newer_schema_is_config_error(tmp_path: Path) -> None:
