@@ -44,7 +44,17 @@ from pushproxy.store.base import (
     VapidKey,
     WebPushSubscription,
 )
-from pushproxy.store.sqlite import StoreSchemaError, _auth_aad, _credential_aad, _endpoint_aad, _opt_float
+from pushproxy.store.records import (
+    auth_aad,
+    credential_aad,
+    credential_from_row,
+    device_from_row,
+    endpoint_aad,
+    mailbox_state_from_row,
+    subscription_from_row,
+    vapid_key_from_row,
+)
+from pushproxy.store.sqlite import StoreSchemaError
 from pushproxy.store.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -403,8 +413,8 @@ class PostgresStore(Store):
     # --- WebPush subscriptions ----------------------------------------------
     async def put_subscription(self, sub: WebPushSubscription) -> None:
         now = time.time()
-        endpoint = self._vault.encrypt(sub.endpoint.encode(), _endpoint_aad(sub.account, sub.sub_id))
-        auth = self._vault.encrypt(sub.auth.encode(), _auth_aad(sub.account, sub.sub_id))
+        endpoint = self._vault.encrypt(sub.endpoint.encode(), endpoint_aad(sub.account, sub.sub_id))
+        auth = self._vault.encrypt(sub.auth.encode(), auth_aad(sub.account, sub.sub_id))
         async with self._in_call_order(("subscription", sub.account, sub.sub_id)):
             await self._modify(
                 """INSERT INTO webpush_subscriptions (account, sub_id, endpoint, p256dh, auth, vapid_key_id,
@@ -490,29 +500,11 @@ class PostgresStore(Store):
         )
 
     def _subscription_from_row(self, row: asyncpg.Record) -> WebPushSubscription:
-        account, sub_id = row["account"], row["sub_id"]
-        return WebPushSubscription(
-            account=account,
-            sub_id=sub_id,
-            endpoint=self._vault.decrypt(row["endpoint"], _endpoint_aad(account, sub_id)).decode(),
-            p256dh=row["p256dh"],
-            auth=self._vault.decrypt(row["auth"], _auth_aad(account, sub_id)).decode(),
-            vapid_key_id=row["vapid_key_id"],
-            active=bool(row["active"]),
-            ack_token_hash=None if row["ack_token_hash"] is None else bytes(row["ack_token_hash"]),
-            ack_expires=_opt_float(row["ack_expires"]),
-            silenced_until=_opt_float(row["silenced_until"]),
-            silenced_session=row["silenced_session"],
-            want_changes=bool(row["want_changes"]),
-            created=float(row["created"]),
-            updated=float(row["updated"]),
-            last_success=_opt_float(row["last_success"]),
-            failures=int(row["failures"]),
-        )
+        return subscription_from_row(row, self._vault)  # type: ignore[arg-type]
 
     # --- credentials ----------------------------------------------------------
     async def put_credential(self, cred: StoredCredential) -> None:
-        secret = self._vault.encrypt(cred.secret.encode(), _credential_aad(cred.account))
+        secret = self._vault.encrypt(cred.secret.encode(), credential_aad(cred.account))
         async with self._in_call_order(("credential", cred.account)):
             await self._modify(
                 """INSERT INTO credentials (account, login, secret, stale, updated) VALUES ($1, $2, $3, $4, $5)
@@ -529,14 +521,7 @@ class PostgresStore(Store):
         row = await self._fetchrow("SELECT * FROM credentials WHERE account = $1", account)
         if row is None:
             return None
-        secret = self._vault.decrypt(row["secret"], _credential_aad(row["account"]))  # VaultError propagates
-        return StoredCredential(
-            account=row["account"],
-            login=row["login"],
-            secret=secret.decode(),
-            stale=bool(row["stale"]),
-            updated=float(row["updated"]),
-        )
+        return credential_from_row(row, self._vault)  # type: ignore[arg-type]  # VaultError propagates
 
     async def mark_credential_stale(self, account: str) -> None:
         await self._modify("UPDATE credentials SET stale = true, updated = $1 WHERE account = $2", time.time(), account)
@@ -549,14 +534,7 @@ class PostgresStore(Store):
         row = await self._fetchrow("SELECT * FROM mailbox_state WHERE account = $1 AND mailbox = $2", account, mailbox)
         if row is None:
             return None
-        return MailboxState(
-            account=row["account"],
-            mailbox=row["mailbox"],
-            uidvalidity=int(row["uidvalidity"]),
-            uidnext=int(row["uidnext"]),
-            highestmodseq=None if row["highestmodseq"] is None else int(row["highestmodseq"]),
-            updated=float(row["updated"]),
-        )
+        return mailbox_state_from_row(row)  # type: ignore[arg-type]
 
     async def put_mailbox_state(self, state: MailboxState) -> None:
         async with self._in_call_order(("mailbox_state", state.account, state.mailbox)):
@@ -589,16 +567,7 @@ class PostgresStore(Store):
     # --- VAPID key metadata -----------------------------------------------------
     async def vapid_keys(self) -> list[VapidKey]:
         rows = await self._fetch("SELECT * FROM vapid_keys ORDER BY created, key_id")
-        return [
-            VapidKey(
-                key_id=r["key_id"],
-                public_key=r["public_key"],
-                private_key_path=r["private_key_path"],
-                created=float(r["created"]),
-                current=bool(r["current"]),
-            )
-            for r in rows
-        ]
+        return [vapid_key_from_row(r) for r in rows]  # type: ignore[arg-type]
 
     async def add_vapid_key(self, key: VapidKey, make_current: bool = True) -> None:
         """Insert (or update by key_id).  ``key.current`` is ignored: ``make_current`` decides.
@@ -631,16 +600,4 @@ class PostgresStore(Store):
 
 
 def _device_from_row(row: asyncpg.Record) -> ApnsDevice:
-    mailboxes = row["mailboxes"]
-    if isinstance(mailboxes, str):  # asyncpg hands jsonb over as text by default
-        mailboxes = json.loads(mailboxes)
-    return ApnsDevice(
-        account=row["account"],
-        aps_account_id=row["aps_account_id"],
-        device_token=row["device_token"],
-        subtopic=row["subtopic"],
-        version=int(row["version"]),
-        mailboxes=list(mailboxes),
-        first_registered=float(row["first_registered"]),
-        last_registered=float(row["last_registered"]),
-    )
+    return device_from_row(row)  # type: ignore[arg-type]

@@ -36,6 +36,16 @@ from pushproxy.store.base import (
     VapidKey,
     WebPushSubscription,
 )
+from pushproxy.store.records import (
+    auth_aad,
+    credential_aad,
+    credential_from_row,
+    device_from_row,
+    endpoint_aad,
+    mailbox_state_from_row,
+    subscription_from_row,
+    vapid_key_from_row,
+)
 from pushproxy.store.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -118,22 +128,6 @@ MIGRATIONS: list[list[str]] = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _credential_aad(account: str) -> bytes:
-    return b"credential\0" + account.encode()
-
-
-def _auth_aad(account: str, sub_id: str) -> bytes:
-    return b"webpush-auth\0" + account.encode() + b"\0" + sub_id.encode()
-
-
-def _endpoint_aad(account: str, sub_id: str) -> bytes:
-    return b"webpush-endpoint\0" + account.encode() + b"\0" + sub_id.encode()
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 class SqliteStore(Store):
@@ -337,8 +331,8 @@ class SqliteStore(Store):
     # --- WebPush subscriptions ----------------------------------------------
     async def put_subscription(self, sub: WebPushSubscription) -> None:
         now = time.time()
-        endpoint = self._vault.encrypt(sub.endpoint.encode(), _endpoint_aad(sub.account, sub.sub_id))
-        auth = self._vault.encrypt(sub.auth.encode(), _auth_aad(sub.account, sub.sub_id))
+        endpoint = self._vault.encrypt(sub.endpoint.encode(), endpoint_aad(sub.account, sub.sub_id))
+        auth = self._vault.encrypt(sub.auth.encode(), auth_aad(sub.account, sub.sub_id))
         async with self._write() as conn:
             await conn.execute(
                 """INSERT INTO webpush_subscriptions (account, sub_id, endpoint, p256dh, auth, vapid_key_id,
@@ -424,29 +418,11 @@ class SqliteStore(Store):
         )
 
     def _subscription_from_row(self, row: sqlite3.Row) -> WebPushSubscription:
-        account, sub_id = row["account"], row["sub_id"]
-        return WebPushSubscription(
-            account=account,
-            sub_id=sub_id,
-            endpoint=self._vault.decrypt(row["endpoint"], _endpoint_aad(account, sub_id)).decode(),
-            p256dh=row["p256dh"],
-            auth=self._vault.decrypt(row["auth"], _auth_aad(account, sub_id)).decode(),
-            vapid_key_id=row["vapid_key_id"],
-            active=bool(row["active"]),
-            ack_token_hash=row["ack_token_hash"],
-            ack_expires=_opt_float(row["ack_expires"]),
-            silenced_until=_opt_float(row["silenced_until"]),
-            silenced_session=row["silenced_session"],
-            want_changes=bool(row["want_changes"]),
-            created=float(row["created"]),
-            updated=float(row["updated"]),
-            last_success=_opt_float(row["last_success"]),
-            failures=int(row["failures"]),
-        )
+        return subscription_from_row(row, self._vault)  # type: ignore[arg-type]
 
     # --- credentials ----------------------------------------------------------
     async def put_credential(self, cred: StoredCredential) -> None:
-        secret = self._vault.encrypt(cred.secret.encode(), _credential_aad(cred.account))
+        secret = self._vault.encrypt(cred.secret.encode(), credential_aad(cred.account))
         await self._modify(
             """INSERT INTO credentials (account, login, secret, stale, updated) VALUES (?, ?, ?, ?, ?)
                ON CONFLICT (account) DO UPDATE SET login = excluded.login, secret = excluded.secret,
@@ -458,14 +434,7 @@ class SqliteStore(Store):
         row = await self._fetchone("SELECT * FROM credentials WHERE account = ?", (account,))
         if row is None:
             return None
-        secret = self._vault.decrypt(row["secret"], _credential_aad(row["account"]))  # VaultError propagates
-        return StoredCredential(
-            account=row["account"],
-            login=row["login"],
-            secret=secret.decode(),
-            stale=bool(row["stale"]),
-            updated=float(row["updated"]),
-        )
+        return credential_from_row(row, self._vault)  # type: ignore[arg-type]  # VaultError propagates
 
     async def mark_credential_stale(self, account: str) -> None:
         await self._modify("UPDATE credentials SET stale = 1, updated = ? WHERE account = ?", (time.time(), account))
@@ -478,14 +447,7 @@ class SqliteStore(Store):
         row = await self._fetchone("SELECT * FROM mailbox_state WHERE account = ? AND mailbox = ?", (account, mailbox))
         if row is None:
             return None
-        return MailboxState(
-            account=row["account"],
-            mailbox=row["mailbox"],
-            uidvalidity=int(row["uidvalidity"]),
-            uidnext=int(row["uidnext"]),
-            highestmodseq=None if row["highestmodseq"] is None else int(row["highestmodseq"]),
-            updated=float(row["updated"]),
-        )
+        return mailbox_state_from_row(row)  # type: ignore[arg-type]
 
     async def put_mailbox_state(self, state: MailboxState) -> None:
         await self._modify(
@@ -519,16 +481,7 @@ class SqliteStore(Store):
     # --- VAPID key metadata -----------------------------------------------------
     async def vapid_keys(self) -> list[VapidKey]:
         rows = await self._fetchall("SELECT * FROM vapid_keys ORDER BY created, key_id")
-        return [
-            VapidKey(
-                key_id=r["key_id"],
-                public_key=r["public_key"],
-                private_key_path=r["private_key_path"],
-                created=float(r["created"]),
-                current=bool(r["current"]),
-            )
-            for r in rows
-        ]
+        return [vapid_key_from_row(r) for r in rows]  # type: ignore[arg-type]
 
     async def add_vapid_key(self, key: VapidKey, make_current: bool = True) -> None:
         """Insert (or update by key_id).  ``key.current`` is ignored: ``make_current`` decides.
@@ -556,16 +509,7 @@ class SqliteStore(Store):
 
 
 def _device_from_row(row: sqlite3.Row) -> ApnsDevice:
-    return ApnsDevice(
-        account=row["account"],
-        aps_account_id=row["aps_account_id"],
-        device_token=row["device_token"],
-        subtopic=row["subtopic"],
-        version=int(row["version"]),
-        mailboxes=list(json.loads(row["mailboxes"])),
-        first_registered=float(row["first_registered"]),
-        last_registered=float(row["last_registered"]),
-    )
+    return device_from_row(row)  # type: ignore[arg-type]
 
 
 def _prepare_db_file(path: Path) -> tuple[int, int]:
