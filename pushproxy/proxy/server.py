@@ -276,7 +276,6 @@ class ProxyService:
             max_preauth_literal=cfg.session.max_preauth_literal,
             plaintext_auth_allowed=cfg.session.allow_plaintext_auth or _is_loopback(peer_host),
             starttls_offered=self.server_tls is not None and not implicit_tls,
-            command_timeout=cfg.watch.command_timeout,
         )
 
     def start(self) -> None:

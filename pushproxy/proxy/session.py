@@ -75,15 +75,6 @@ class SessionSettings:
     max_preauth_literal: int = 8192
     plaintext_auth_allowed: bool = True  # on a connection without TLS
     starttls_offered: bool = False
-    command_timeout: float = 30.0
-
-
-class _Inflight:
-    __slots__ = ("name", "tag")
-
-    def __init__(self, tag: bytes, name: bytes) -> None:
-        self.tag = tag
-        self.name = name
 
 
 class _OwnCommand:
@@ -145,7 +136,7 @@ class Session:
         self._greeting_text = b""
         self._handshake_caps: list[bytes] = []
 
-        self._inflight: deque[_Inflight] = deque()
+        self._inflight: deque[bytes] = deque()  # tags forwarded upstream, awaiting their tagged response
         self._held = True  # client events wait until the upstream is ready
         self._queue: deque[object] = deque()
         self._continuation_credits = 0  # "+" from upstream for IDLE / AUTHENTICATE
@@ -308,10 +299,9 @@ class Session:
     def _tagged_from_upstream(self, status: StatusResponse, line: bytes) -> None:
         tag = status.tag
         # Remove the command from the in-flight list (usually the oldest).
-        for i, cmd in enumerate(self._inflight):
-            if cmd.tag == tag:
-                del self._inflight[i]
-                break
+        # Usually the oldest; a tag upstream answered out of order is found further in.
+        if tag in self._inflight:
+            self._inflight.remove(tag)
         if self._awaiting_literal == tag:
             # Upstream refused the command before asking for its literal.
             self._awaiting_literal = None
@@ -482,7 +472,7 @@ class Session:
             self._cmd_mode = "forward"
         if ev.literal is not None and not self._literal_allowed(ev):
             return
-        self._inflight.append(_Inflight(tag, name))
+        self._inflight.append(tag)
         self.io.to_upstream(line)
         if name == b"IDLE":
             self._idle_tag = tag
@@ -687,7 +677,7 @@ class Session:
 
     # ------------------------------------------- the proxy's own upstream commands
     def reply_untagged(self, payload: bytes) -> None:
-        self.io.to_client(b"* " + payload + b"\r\n")
+        self.io.to_client(r.untagged(payload))
 
     async def upstream_command(self, command: bytes, timeout: float) -> tuple[list[bytes], StatusResponse]:
         if self._inflight or self._own is not None:
