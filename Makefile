@@ -33,6 +33,7 @@ $(VENV)/.installed: pyproject.toml
 
 lint: python-deps
 	$(BIN)/ruff check pushproxy tests bench
+	$(BIN)/ruff format --check pushproxy tests bench
 
 typecheck: python-deps
 	$(BIN)/mypy pushproxy

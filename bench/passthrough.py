@@ -169,14 +169,20 @@ def main() -> None:
         print(f"  {name:9} {t * 1000:8.1f} ms  {t / args.commands * 1e6:8.1f} us/command")
     b, s = results["bulk"], results["small"]
     print("\nratios:")
-    print(f"  bulk   proxy/direct = {b['proxy'] / b['direct']:.2f}   proxy/relay = {b['proxy'] / b['relay']:.2f}"
-          "   (target proxy/relay <= 1.10)")
-    print(f"  small  proxy/direct = {s['proxy'] / s['direct']:.2f}   proxy/relay = {s['proxy'] / s['relay']:.2f}"
-          "   (target proxy/relay <= 1.25)")
+    print(
+        f"  bulk   proxy/direct = {b['proxy'] / b['direct']:.2f}   proxy/relay = {b['proxy'] / b['relay']:.2f}"
+        "   (target proxy/relay <= 1.10)"
+    )
+    print(
+        f"  small  proxy/direct = {s['proxy'] / s['direct']:.2f}   proxy/relay = {s['proxy'] / s['relay']:.2f}"
+        "   (target proxy/relay <= 1.25)"
+    )
     print("  (relay = Twisted portforward on its default epoll reactor; relay-aio = the same relay on the")
     print("   asyncio reactor pushproxy runs on, which isolates the proxy's own work from the reactor's)")
-    print(f"  bulk   proxy/relay-aio = {b['proxy'] / b['relay-aio']:.2f}   "
-          f"small  proxy/relay-aio = {s['proxy'] / s['relay-aio']:.2f}")
+    print(
+        f"  bulk   proxy/relay-aio = {b['proxy'] / b['relay-aio']:.2f}   "
+        f"small  proxy/relay-aio = {s['proxy'] / s['relay-aio']:.2f}"
+    )
 
 
 if __name__ == "__main__":

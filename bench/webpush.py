@@ -71,8 +71,15 @@ class Timer:
 
 def start_standin(verify_every: int, subscriptions: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.push_standin", "--verify-every", str(verify_every),
-         "--subscriptions", str(subscriptions)],
+        [
+            sys.executable,
+            "-m",
+            "tests.support.push_standin",
+            "--verify-every",
+            str(verify_every),
+            "--subscriptions",
+            str(subscriptions),
+        ],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -128,9 +135,7 @@ async def run(args: argparse.Namespace, info: dict[str, Any]) -> None:
         before = await stats(info["base_url"])
 
         cpu0, t0 = time.process_time(), time.perf_counter()
-        counts = await asyncio.gather(
-            *(worker(i, t0 + args.seconds) for i in range(args.concurrency))
-        )
+        counts = await asyncio.gather(*(worker(i, t0 + args.seconds) for i in range(args.concurrency)))
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         after = await stats(info["base_url"])
 
@@ -147,16 +152,19 @@ async def run(args: argparse.Namespace, info: dict[str, Any]) -> None:
     print(f"sends:            {total} in {wall:.2f}s with {args.concurrency} concurrent senders")
     print(f"throughput:       {total / wall:,.0f} encrypted+signed sends/s (one process, connection reuse)")
     print(f"outcomes:         {outcomes}")
-    print(f"sender CPU:       {cpu / wall * 100:.0f}% of one core; the rest of the wall time is waiting "
-          "for the stand-in")
+    print(
+        f"sender CPU:       {cpu / wall * 100:.0f}% of one core; the rest of the wall time is waiting for the stand-in"
+    )
     print(f"per send:         {wall_us:7.1f} us wall, {cpu_us:.1f} us sender CPU, of which")
     print(f"  encryption:     {share(enc_us)}  RFC 8291 aes128gcm, new ECDH key pair per message")
     print(f"  VAPID signing:  {share(sign_us)}  ES256 JWT, fresh claims per request")
     print(f"  HTTP + rest:    {share(http_us)}  aiohttp POST, event loop, bookkeeping")
     received = after["requests"] - before["requests"]
     problems = after["with_problems"] - before["with_problems"]
-    print(f"stand-in:         {received} received, {problems} verified requests with problems "
-          f"(every {args.verify_every}th decrypted and checked)")
+    print(
+        f"stand-in:         {received} received, {problems} verified requests with problems "
+        f"(every {args.verify_every}th decrypted and checked)"
+    )
 
 
 def main() -> None:

@@ -60,9 +60,10 @@ class LiteralSpec:
         return f"LiteralSpec({self.size}, nonsync={self.nonsync}, binary={self.binary})"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, LiteralSpec)
-            and (self.size, self.nonsync, self.binary) == (other.size, other.nonsync, other.binary)
+        return isinstance(other, LiteralSpec) and (self.size, self.nonsync, self.binary) == (
+            other.size,
+            other.nonsync,
+            other.binary,
         )
 
     def __hash__(self) -> int:

@@ -225,9 +225,7 @@ class Session:
                 if status.status == b"PREAUTH":
                     self._fatal("Upstream greeted with PREAUTH; STARTTLS impossible", "UNAVAILABLE")
                     return
-                self._greeting_text = line[status.code_end + 1 if status.code_end > 0 else 5 :].rstrip(
-                    b"\r\n"
-                )
+                self._greeting_text = line[status.code_end + 1 if status.code_end > 0 else 5 :].rstrip(b"\r\n")
                 self._up_state = "starttls"
                 self.io.to_upstream(b"PP0 STARTTLS\r\n")
                 return

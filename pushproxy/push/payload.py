@@ -97,9 +97,7 @@ def _sync_or_raise(mailbox: str, limit: int) -> PayloadResult:
     return PayloadResult(data, "sync")
 
 
-def new_mail_payload(
-    mailbox: str, messages: Sequence[MessageInfo], limit: int = MAX_PLAINTEXT
-) -> PayloadResult:
+def new_mail_payload(mailbox: str, messages: Sequence[MessageInfo], limit: int = MAX_PLAINTEXT) -> PayloadResult:
     """New messages: FLAGS + ENVELOPE per message, else FLAGS only, else SYNC; never over ``limit``."""
     if not messages:
         return _sync_or_raise(mailbox, limit)
@@ -178,17 +176,13 @@ def _address_list(header: str | None) -> bytes:
         local, at, domain = addr.rpartition("@")
         if not at:
             local, domain = addr, ""
-        addresses.append(
-            b"(" + nstring(name or None) + b" NIL " + nstring(local) + b" " + nstring(domain) + b")"
-        )
+        addresses.append(b"(" + nstring(name or None) + b" NIL " + nstring(local) + b" " + nstring(domain) + b")")
     if not addresses:
         return b"NIL"
     return b"(" + b"".join(addresses) + b")"
 
 
-def envelope_from_fields(
-    date: str | None, subject: str | None, from_: str | None, message_id: str | None
-) -> bytes:
+def envelope_from_fields(date: str | None, subject: str | None, from_: str | None, message_id: str | None) -> bytes:
     """An IMAP ENVELOPE built from plain header values (e.g. Dovecot's ox driver events).
 
     Strings: NIL for None, a quoted string when printable ASCII, else a UTF-8

@@ -84,9 +84,7 @@ class VapidKeyPair:
         signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
         return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode("ascii")
 
-    def sign_header(
-        self, endpoint: str | yarl.URL, subject: str, exp_seconds: int = DEFAULT_EXP_SECONDS
-    ) -> str:
+    def sign_header(self, endpoint: str | yarl.URL, subject: str, exp_seconds: int = DEFAULT_EXP_SECONDS) -> str:
         """The ``Authorization`` value for one request: ``vapid t=<jwt>,k=<key>``.
 
         Claims are built afresh on every call (``exp`` moves with the clock).
@@ -192,9 +190,7 @@ def _load_old_keys(path: Path, current_id: str, known: dict[str, VapidKey]) -> d
 class VapidKeyring:
     """The current VAPID key plus older keys still in use by some subscriptions."""
 
-    def __init__(
-        self, path: Path, store: Store, current: VapidKeyPair, keys: dict[str, VapidKeyPair]
-    ) -> None:
+    def __init__(self, path: Path, store: Store, current: VapidKeyPair, keys: dict[str, VapidKeyPair]) -> None:
         self._path = path
         self._store = store
         self._current = current

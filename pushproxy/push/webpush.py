@@ -222,17 +222,13 @@ class WebPushSender:
         """The verification push ``* ACKWEBPUSH <token>``."""
         return await self.send(sub, ack_payload(token), urgency="high", ttl=self._cfg.ack_ttl)
 
-    async def send(
-        self, sub: WebPushSubscription, plaintext: bytes, *, urgency: Urgency, ttl: int
-    ) -> WebPushResult:
+    async def send(self, sub: WebPushSubscription, plaintext: bytes, *, urgency: Urgency, ttl: int) -> WebPushResult:
         result = await self._send(sub, plaintext, urgency=urgency, ttl=ttl)
         if self._metrics is not None:
             self._metrics.webpush_result(result.outcome)
         return result
 
-    async def _send(
-        self, sub: WebPushSubscription, plaintext: bytes, *, urgency: Urgency, ttl: int
-    ) -> WebPushResult:
+    async def _send(self, sub: WebPushSubscription, plaintext: bytes, *, urgency: Urgency, ttl: int) -> WebPushResult:
         session = self._session
         if session is None:
             raise RuntimeError("WebPushSender.start() was not called")

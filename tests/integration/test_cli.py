@@ -79,8 +79,11 @@ def test_check_config_masks_secrets_and_env_overrides(tmp_path: Path) -> None:
         "check-config",
         "--config",
         str(path),
-        env={"PUSHPROXY_WATCH__MASTER_PASSWORD": "hunter2", "PUSHPROXY_UPSTREAM__PORT": "1993",
-             "PUSHPROXY_STORE__URL": "postgresql://u:pw@db/pp"},
+        env={
+            "PUSHPROXY_WATCH__MASTER_PASSWORD": "hunter2",
+            "PUSHPROXY_UPSTREAM__PORT": "1993",
+            "PUSHPROXY_STORE__URL": "postgresql://u:pw@db/pp",
+        },
     )
     assert out.returncode == 0, out.stderr
     assert "hunter2" not in out.stdout and '"port": 1993' in out.stdout

@@ -126,7 +126,7 @@ def _tag_order(port: int, script: bytes) -> list[bytes]:
 
 def test_pipelined_commands_right_behind_login(dovecot: Dovecot, proxy_factory) -> None:
     proxy = proxy_factory(dovecot, security="none")
-    script = b"a1 LOGIN alice alicepw\r\na2 SELECT INBOX\r\na3 NOOP\r\na4 LIST \"\" *\r\na5 LOGOUT\r\n"
+    script = b'a1 LOGIN alice alicepw\r\na2 SELECT INBOX\r\na3 NOOP\r\na4 LIST "" *\r\na5 LOGOUT\r\n'
     via_proxy = _tag_order(proxy.port, script)
     direct = _tag_order(dovecot.imap_port, script)
     # Dovecot may answer pipelined commands out of order (NOOP waits for a sync);

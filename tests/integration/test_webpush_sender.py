@@ -131,8 +131,17 @@ async def test_ack_push(standin, sender, keyring) -> None:
 
 @pytest.mark.parametrize(
     "code, outcome",
-    [(404, "delete"), (410, "delete"), (401, "deactivate"), (403, "deactivate"), (413, "too_large"),
-     (400, "dropped"), (422, "dropped"), (202, "ok"), (200, "ok")],
+    [
+        (404, "delete"),
+        (410, "delete"),
+        (401, "deactivate"),
+        (403, "deactivate"),
+        (413, "too_large"),
+        (400, "dropped"),
+        (422, "dropped"),
+        (202, "ok"),
+        (200, "ok"),
+    ],
 )
 async def test_status_outcomes(standin, sender, keyring, code, outcome) -> None:
     ss = standin.new_subscription()
@@ -210,9 +219,7 @@ async def test_hang_times_out_without_blocking_other_sends(standin, keyring) -> 
     async with WebPushSender(cfg, keyring, backoff_base=0.01, backoff_max=0.02) as sender:
         slow = asyncio.create_task(sender.send(subscription(hanging, keyring), b"h", urgency="high", ttl=60))
         await standin.wait_for(hanging, 1, accepted_only=False)
-        fast = [
-            await sender.send(subscription(normal, keyring), b"n%d" % i, urgency="high", ttl=60) for i in range(5)
-        ]
+        fast = [await sender.send(subscription(normal, keyring), b"n%d" % i, urgency="high", ttl=60) for i in range(5)]
         assert all(r.ok for r in fast)
         assert not slow.done()  # the hanging request did not hold the others up
         result = await slow
@@ -294,9 +301,7 @@ async def test_dns_rebinding_refused_at_connect_time(keyring) -> None:
     answers = iter([["93.184.216.34"], ["127.0.0.1"], ["127.0.0.1"]])
 
     async def rebinding_gai(host, port, **kwargs):
-        return [
-            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, port)) for addr in next(answers)
-        ]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, port)) for addr in next(answers)]
 
     resolver = PinnedResolver(getaddrinfo=rebinding_gai, pin_ttl=0.0)  # pin expires at once
     async with WebPushSender(make_cfg(allow_private_endpoints=False), keyring, resolver=resolver) as sender:
@@ -333,8 +338,8 @@ def _valid_keys() -> tuple[str, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    raw = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        Encoding.X962, PublicFormat.UncompressedPoint
+    raw = (
+        ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     )
     return (
         base64.urlsafe_b64encode(raw).rstrip(b"=").decode(),

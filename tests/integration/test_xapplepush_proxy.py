@@ -179,8 +179,11 @@ def test_version1_and_missing_mailboxes(dovecot: Dovecot, proxy_factory, apns, c
     c.command(b"a1", b"LOGIN alice alicepw")
     out = c.command(
         b"a2",
-        b'XAPPLEPUSHSERVICE "aps-version" "1" "aps-account-id" "' + ACCOUNT_ID.encode()
-        + b'" "aps-device-token" "' + TOKEN_A.encode() + b'" "aps-subtopic" "com.apple.mobilemail"',
+        b'XAPPLEPUSHSERVICE "aps-version" "1" "aps-account-id" "'
+        + ACCOUNT_ID.encode()
+        + b'" "aps-device-token" "'
+        + TOKEN_A.encode()
+        + b'" "aps-subtopic" "com.apple.mobilemail"',
     )
     assert out == (
         b'* XAPPLEPUSHSERVICE "aps-version" "1" "aps-topic" "' + certs.topic.encode() + b'"\r\n'
@@ -259,8 +262,16 @@ def test_ox_endpoint_injects_events(dovecot: Dovecot, proxy_factory, apns, certs
     register(c, b"a2", TOKEN_A, b'("INBOX" "Notes")')
     c.close()
     body = json.dumps(
-        {"user": "alice", "event": "MessageNew", "folder": "Notes", "imap-uidvalidity": 1, "imap-uid": 77,
-         "from": "x@example.org", "subject": "via ox", "unseen": 1}
+        {
+            "user": "alice",
+            "event": "MessageNew",
+            "folder": "Notes",
+            "imap-uidvalidity": 1,
+            "imap-uid": 77,
+            "from": "x@example.org",
+            "subject": "via ox",
+            "unseen": 1,
+        }
     ).encode()
     req = urllib.request.Request(
         f"http://127.0.0.1:{proxy.admin_port}/events/dovecot-ox",

@@ -73,7 +73,7 @@ SERVER_STREAM = (
     b"+ idling\r\n"
     b"* 2 FETCH (BINARY[] ~{3}\r\n\x00\r\n)\r\n"
     b"a1 OK done {2}\r\n"
-    b"* LIST () \"/\" {4}\r\nab\r\n\r\n"
+    b'* LIST () "/" {4}\r\nab\r\n\r\n'
 )
 
 

@@ -57,7 +57,7 @@ def read_string(data: bytes, pos: int) -> tuple[bytes, int]:
                 i += 1
     m = re.compile(rb"\{(\d+)\}\r\n").match(data, pos)
     if not m:
-        raise ParseError(f"no string at {pos}: {data[pos:pos + 20]!r}")
+        raise ParseError(f"no string at {pos}: {data[pos : pos + 20]!r}")
     start = m.end()
     end = start + int(m.group(1))
     if end > len(data):
@@ -85,7 +85,7 @@ def read_value(data: bytes, pos: int):
         return read_string(data, pos)
     m = _ATOM.match(data, pos)
     if not m:
-        raise ParseError(f"unexpected {data[pos:pos + 10]!r}")
+        raise ParseError(f"unexpected {data[pos : pos + 10]!r}")
     if m.group() == b"NIL":
         return NIL, m.end()
     return ("atom", m.group()), m.end()

@@ -95,9 +95,7 @@ def test_ipv4_mapped_form_is_judged_like_the_address(v4: ipaddress.IPv4Address) 
 
 @given(st.ip_addresses())
 def test_anything_python_calls_non_global_is_forbidden(addr) -> None:
-    if not addr.is_global and not (
-        isinstance(addr, ipaddress.IPv6Address) and (addr.ipv4_mapped or addr.sixtofour)
-    ):
+    if not addr.is_global and not (isinstance(addr, ipaddress.IPv6Address) and (addr.ipv4_mapped or addr.sixtofour)):
         assert is_forbidden_address(addr)
 
 
