@@ -6,8 +6,9 @@ the old one as ``<stem>-<key_id>.pem`` next to it: subscriptions acknowledged
 under the old key (``WebPushSubscription.vapid_key_id``) are still signed with it
 until they are re-acknowledged.  Key metadata (never the key) is in the Store.
 
-Signing is done here with ``cryptography`` rather than py_vapid: one ECDSA
-signature and a few bytes of JSON per request, with fresh claims every time.
+Signing is py_vapid's (``Vapid02.sign``, RFC 8292 ``vapid t=...,k=...``),
+with claims built afresh for every request (py_vapid copies them; pywebpush's
+own helper would mutate a shared dict).
 """
 
 from __future__ import annotations
@@ -16,38 +17,29 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yarl
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from py_vapid import Vapid02
 
 from pushproxy.store.base import Store, VapidKey
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXP_SECONDS = 12 * 3600  # RFC 8292: at most 24 h; push services reject more
-_JWT_HEADER_B64 = base64.urlsafe_b64encode(b'{"typ":"JWT","alg":"ES256"}').rstrip(b"=")
 _ARCHIVE_RE = re.compile(r"^(?P<stem>.+)-(?P<key_id>[0-9a-f]{16})$")
-_SIGN_ALGORITHM = ec.ECDSA(hashes.SHA256())
 
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: str) -> bytes:
-    """Decode base64url with or without padding (clients send both)."""
-    text = text.strip()
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def endpoint_origin(endpoint: str | yarl.URL) -> str:
@@ -63,6 +55,7 @@ class VapidKeyPair:
     public_key_raw: bytes  # 65-byte uncompressed P-256 point
     public_key_b64: str  # base64url without padding: 87 chars, starts with "B"
     path: Path
+    signer: Vapid02 = field(repr=False)  # py_vapid, holding the same private key
 
     @classmethod
     def from_private_key(cls, private_key: ec.EllipticCurvePrivateKey, path: Path) -> VapidKeyPair:
@@ -71,30 +64,31 @@ class VapidKeyPair:
         raw = private_key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
-        return cls(private_key, key_id_of(raw), raw, b64url(raw), path)
+        return cls(private_key, key_id_of(raw), raw, b64url(raw), path, _signer(private_key))
 
-    def sign_jwt(self, claims: dict[str, object]) -> str:
-        payload = base64.urlsafe_b64encode(
-            json.dumps(claims, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        ).rstrip(b"=")
-        signing_input = _JWT_HEADER_B64 + b"." + payload
-        der = self.private_key.sign(signing_input, _SIGN_ALGORITHM)
-        r, s = decode_dss_signature(der)
-        # JWS ES256 wants raw r || s (RFC 7518 section 3.4), not DER.
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode("ascii")
+    def moved_to(self, path: Path) -> VapidKeyPair:
+        """The same key, kept at another path (an archived key after a rotation)."""
+        return VapidKeyPair(self.private_key, self.key_id, self.public_key_raw, self.public_key_b64, path, self.signer)
 
     def sign_header(self, endpoint: str | yarl.URL, subject: str, exp_seconds: int = DEFAULT_EXP_SECONDS) -> str:
         """The ``Authorization`` value for one request: ``vapid t=<jwt>,k=<key>``.
 
         Claims are built afresh on every call (``exp`` moves with the clock).
+        Raises ``py_vapid.VapidException`` for claims py_vapid refuses (a
+        ``sub`` that is not a mailto:/https: URI, an IPv6-literal ``aud``).
         """
         claims: dict[str, object] = {
             "aud": endpoint_origin(endpoint),
             "exp": int(time.time()) + int(exp_seconds),
             "sub": subject,
         }
-        return f"vapid t={self.sign_jwt(claims)},k={self.public_key_b64}"
+        return str(self.signer.sign(claims)["Authorization"])
+
+
+def _signer(private_key: ec.EllipticCurvePrivateKey) -> Vapid02:
+    # "no-strict": py_vapid's own check of ``sub`` refuses https: URIs with a path,
+    # which RFC 8292 allows; webpush.subject is validated by the config instead.
+    return Vapid02(private_key=private_key, conf={"no-strict": True})
 
 
 def key_id_of(public_point: bytes) -> str:
@@ -254,8 +248,7 @@ class VapidKeyring:
     def _rotate_files(self, old: VapidKeyPair, old_path: Path) -> tuple[VapidKeyPair, VapidKeyPair]:
         # Archive first: a crash between the two writes leaves both keys on disk.
         write_private_file(old_path, _private_pem(old.private_key))
-        archived = VapidKeyPair(old.private_key, old.key_id, old.public_key_raw, old.public_key_b64, old_path)
-        return archived, generate_key_file(self._path)
+        return old.moved_to(old_path), generate_key_file(self._path)
 
 
 def _meta(pair: VapidKeyPair, current: bool, created: float | None = None) -> VapidKey:

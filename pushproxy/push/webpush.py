@@ -1,11 +1,17 @@
-"""Web Push delivery: RFC 8291 encryption, RFC 8292 VAPID, RFC 8030 POST over aiohttp.
+"""Web Push delivery: RFC 8030 POSTs through pywebpush, over the project's own aiohttp session.
+
+pywebpush's ``WebPusher`` encrypts every message (RFC 8291 aes128gcm, via
+http_ece) and posts it; py_vapid signs the VAPID header (RFC 8292, see
+:mod:`pushproxy.push.vapid`).  What pywebpush cannot be told (no redirects,
+a bounded answer) is in :mod:`pushproxy.push.webpush_adapter`.
 
 One shared :class:`aiohttp.ClientSession` (keep-alive, bounded pool) whose
 resolver is the SSRF guard's :class:`~pushproxy.push.ssrf.PinnedResolver`.
-:meth:`WebPushSender.send` encrypts once, then posts with a freshly signed
-VAPID header per attempt, never follows redirects, bounds every request with
-``webpush.timeout`` and retries 429/5xx/transport errors with exponential
-backoff and jitter (honouring Retry-After) up to ``webpush.retry_budget``.
+:meth:`WebPushSender.send` posts with a freshly signed VAPID header (and a
+fresh encryption) per attempt, never follows redirects, bounds every request
+with ``webpush.timeout`` and retries 429/5xx/transport errors with
+exponential backoff and jitter (honouring Retry-After) up to
+``webpush.retry_budget``.
 
 Endpoints and keys are never logged: a short hash of the endpoint stands in.
 """
@@ -14,13 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import functools
 import hashlib
-import hmac
 import logging
-import os
 import random
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,80 +31,20 @@ from email.utils import parsedate_to_datetime
 from typing import Literal, Protocol
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from py_vapid import VapidException
+from pywebpush import WebPushException
 
 from pushproxy.config import WebPushConfig
 from pushproxy.push.payload import MAX_PLAINTEXT, ack_payload
 from pushproxy.push.ssrf import ConnectRefused, EndpointRefused, PinnedResolver, ResolvedEndpoint
-from pushproxy.push.vapid import VapidKeyring, b64url_decode
+from pushproxy.push.vapid import VapidKeyring
+from pushproxy.push.webpush_adapter import NoRedirectSession, post_encrypted
 from pushproxy.store.base import WebPushSubscription
 
 log = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "delete", "deactivate", "too_large", "dropped", "failed", "refused"]
 Urgency = Literal["very-low", "low", "normal", "high"]
-
-RECORD_SIZE = 4096  # RFC 8291: one record; MAX_PLAINTEXT is what fits in it
-_KEY_INFO = b"WebPush: info\x00"
-_CEK_INFO = b"Content-Encoding: aes128gcm\x00\x01"
-_NONCE_INFO = b"Content-Encoding: nonce\x00\x01"
-_CURVE = ec.SECP256R1()
-
-
-class InvalidSubscriptionKeys(ValueError):
-    """p256dh is not a P-256 point, or auth is not 16 bytes."""
-
-
-def _hkdf_sha256(salt: bytes, ikm: bytes, info_and_counter: bytes, length: int) -> bytes:
-    """HKDF for outputs of at most one hash block (``info`` already ends with 0x01)."""
-    prk = hmac.digest(salt, ikm, "sha256")
-    return hmac.digest(prk, info_and_counter, "sha256")[:length]
-
-
-@functools.lru_cache(maxsize=4096)  # parsing + point validation per push is measurable in the bench
-def decode_subscription_keys(p256dh: str, auth: str) -> tuple[ec.EllipticCurvePublicKey, bytes, bytes]:
-    """(user agent public key, its 65-byte encoding, 16-byte auth secret); raises InvalidSubscriptionKeys."""
-    try:
-        ua_raw = b64url_decode(p256dh)
-        auth_secret = b64url_decode(auth)
-        ua_key = ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, ua_raw)
-    except (ValueError, binascii.Error) as exc:
-        raise InvalidSubscriptionKeys("invalid p256dh key") from exc
-    if len(ua_raw) != 65 or ua_raw[0] != 4:
-        raise InvalidSubscriptionKeys("p256dh must be an uncompressed P-256 point")
-    if len(auth_secret) != 16:
-        raise InvalidSubscriptionKeys("auth must be 16 bytes")
-    return ua_key, ua_raw, auth_secret
-
-
-def encrypt_payload(
-    plaintext: bytes,
-    ua_key: ec.EllipticCurvePublicKey,
-    ua_raw: bytes,
-    auth_secret: bytes,
-    *,
-    salt: bytes | None = None,
-    as_private: ec.EllipticCurvePrivateKey | None = None,
-) -> bytes:
-    """RFC 8291 ``aes128gcm`` body with one record: header (salt, rs, keyid=sender key) + ciphertext.
-
-    A new sender (application server) key pair and salt for every message.
-    """
-    if len(plaintext) > MAX_PLAINTEXT:
-        raise ValueError(f"plaintext of {len(plaintext)} bytes exceeds {MAX_PLAINTEXT}")
-    as_private = as_private or ec.generate_private_key(_CURVE)
-    as_raw = as_private.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    salt = salt or os.urandom(16)
-    ecdh_secret = as_private.exchange(ec.ECDH(), ua_key)
-    ikm = _hkdf_sha256(auth_secret, ecdh_secret, _KEY_INFO + ua_raw + as_raw + b"\x01", 32)
-    cek = _hkdf_sha256(salt, ikm, _CEK_INFO, 16)
-    nonce = _hkdf_sha256(salt, ikm, _NONCE_INFO, 12)
-    # 0x02: padding delimiter of the last (only) record, no further padding.
-    ciphertext = AESGCM(cek).encrypt(nonce, plaintext + b"\x02", None)
-    header = salt + struct.pack("!IB", RECORD_SIZE, len(as_raw)) + as_raw
-    return header + ciphertext
 
 
 def endpoint_tag(endpoint: str) -> str:
@@ -229,51 +171,54 @@ class WebPushSender:
         return result
 
     async def _send(self, sub: WebPushSubscription, plaintext: bytes, *, urgency: Urgency, ttl: int) -> WebPushResult:
-        session = self._session
-        if session is None:
+        if self._session is None:
             raise RuntimeError("WebPushSender.start() was not called")
+        session = NoRedirectSession(self._session)
         who = f"{sub.account}/{sub.sub_id} {endpoint_tag(sub.endpoint)}"
         if len(plaintext) > MAX_PLAINTEXT:
             log.warning("webpush %s: plaintext of %d bytes is too large", who, len(plaintext))
             return WebPushResult("too_large", detail=f"plaintext exceeds {MAX_PLAINTEXT} bytes")
-        try:
-            ua_key, ua_raw, auth_secret = decode_subscription_keys(sub.p256dh, sub.auth)
-        except InvalidSubscriptionKeys as exc:
-            log.error("webpush %s: %s; message dropped", who, exc)
-            return WebPushResult("dropped", detail=str(exc))
         try:
             target = await self.resolver.resolve_endpoint(sub.endpoint)
         except EndpointRefused as exc:
             log.warning("webpush %s: endpoint refused: %s", who, exc.reason)
             return WebPushResult("refused", detail=exc.reason)
 
-        body = encrypt_payload(plaintext, ua_key, ua_raw, auth_secret)
         key = self._keyring.for_subscription(sub.vapid_key_id)
         started = time.monotonic()
         status: int | None = None
         attempts = 0
         detail = ""
         for retry in range(self._cfg.retry_budget + 1):
+            try:
+                headers = {
+                    "Content-Type": "application/octet-stream",
+                    "Urgency": urgency,
+                    # Fresh claims (exp) on every attempt.
+                    "Authorization": key.sign_header(target.url, self._cfg.subject),
+                }
+            except VapidException as exc:
+                log.error("webpush %s: VAPID signing refused the claims (%s); message dropped", who, exc)
+                return WebPushResult("dropped", attempts=attempts, detail="VAPID claims refused")
             attempts += 1
-            headers = {
-                "Content-Encoding": "aes128gcm",
-                "Content-Type": "application/octet-stream",
-                "TTL": str(max(0, int(ttl))),
-                "Urgency": urgency,
-                # Fresh claims (exp) on every attempt.
-                "Authorization": key.sign_header(target.url, self._cfg.subject),
-            }
             retry_after: float | None = None
             t0 = time.monotonic()
             try:
-                async with session.post(
-                    target.url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
-                ) as resp:
-                    status = resp.status
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                    reason = resp.reason or ""
-                    # Read (a bounded amount of) the body so the connection can be reused.
-                    await resp.content.read(8192)
+                answer = await post_encrypted(
+                    session,
+                    target.url,
+                    sub.p256dh,
+                    sub.auth,
+                    plaintext,
+                    headers=headers,
+                    ttl=max(0, int(ttl)),
+                    timeout=self._timeout,
+                )
+            except (WebPushException, ValueError, binascii.Error) as exc:
+                # Keys that cannot encrypt (the WEBPUSH grammar refuses them, so only
+                # a damaged store row gets here); nothing was sent.
+                log.error("webpush %s: invalid subscription keys (%s); message dropped", who, type(exc).__name__)
+                return WebPushResult("dropped", attempts=attempts - 1, detail="invalid subscription keys")
             except aiohttp.ClientConnectorError as exc:
                 self._observe(None, t0)
                 if isinstance(exc.os_error, ConnectRefused):
@@ -284,11 +229,13 @@ class WebPushSender:
                 self._observe(None, t0)
                 status, detail = None, "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             else:
+                status = answer.status
+                retry_after = parse_retry_after(answer.headers.get("Retry-After"))
                 self._observe(status, t0)
-                detail = f"HTTP {status} {reason}".strip()
+                detail = f"HTTP {status} {answer.reason}".strip()
                 outcome = _classify(status)
                 if outcome is not None:
-                    self._log_outcome(who, outcome, status, reason, attempts)
+                    self._log_outcome(who, outcome, status, answer.reason, attempts)
                     return WebPushResult(outcome, status=status, attempts=attempts, detail=detail)
 
             # Retryable: 429, 5xx, transport error or timeout.

@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from multidict import CIMultiDict
 
 MAX_PLAINTEXT = 3993
 _URGENCIES = {"very-low", "low", "normal", "high"}
@@ -113,7 +114,7 @@ class ReceivedPush:
     sub_id: str
     path: str
     received_at: float  # time.monotonic()
-    headers: dict[str, str]
+    headers: CIMultiDict[str]  # HTTP header names are case-insensitive (pywebpush sends lower case)
     body_length: int
     peer: tuple[str, int] | None = None  # client address: shows connection reuse
     plaintext: bytes | None = None
@@ -288,7 +289,7 @@ class PushStandin:
             sub_id=sub_id,
             path=request.path,
             received_at=time.monotonic(),
-            headers=dict(request.headers),
+            headers=CIMultiDict(request.headers),
             body_length=len(body),
             peer=request.transport.get_extra_info("peername")[:2] if request.transport else None,
         )

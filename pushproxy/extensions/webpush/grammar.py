@@ -13,14 +13,15 @@ address, malformed URL) is NO, decided by the SSRF guard, not here.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import re
 from dataclasses import dataclass
 
 from pushproxy.imap.parse import NIL, Atom, ParseError, Token, as_text
 from pushproxy.imap.response import quote
-from pushproxy.push.vapid import b64url, b64url_decode
-from pushproxy.push.webpush import InvalidSubscriptionKeys, decode_subscription_keys
+from pushproxy.push.vapid import b64url
+from pushproxy.push.webpush_adapter import InvalidSubscriptionKeys, check_subscription_keys
 
 # Pinned interpretation: ids are 1-64 characters of [A-Za-z0-9_-] (the
 # presentation uses UUIDs); they are sent back as atoms.
@@ -105,7 +106,7 @@ def _b64url_bytes(token: Token, what: str) -> bytes:
     if not _B64URL_RE.match(text):
         raise WebPushSyntaxError(f"{what} must be base64url")
     try:
-        return b64url_decode(text)
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, binascii.Error):
         raise WebPushSyntaxError(f"{what} must be base64url") from None
 
@@ -120,7 +121,7 @@ def parse_keys(p256dh_token: Token, auth_token: Token) -> tuple[str, str]:
         raise WebPushSyntaxError("auth must be a 16-byte secret")
     p256dh, auth = b64url(p256dh_raw), b64url(auth_raw)
     try:
-        decode_subscription_keys(p256dh, auth)  # the point must be on the curve
+        check_subscription_keys(p256dh, auth)  # the point must be on the curve
     except InvalidSubscriptionKeys:
         raise WebPushSyntaxError("p256dh is not a valid P-256 public key") from None
     return p256dh, auth
