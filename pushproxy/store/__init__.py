@@ -10,12 +10,15 @@ from pushproxy.store.base import (
     WebPushSubscription,
 )
 from pushproxy.store.factory import open_store
-from pushproxy.store.sqlite import SqliteStore, StoreSchemaError
+from pushproxy.store.schema import StoreSchemaError
+from pushproxy.store.sql import SqlStore
+from pushproxy.store.sqlite import SqliteStore
 from pushproxy.store.vault import Vault, VaultError
 
 __all__ = [
     "ApnsDevice",
     "MailboxState",
+    "SqlStore",
     "SqliteStore",
     "Store",
     "StoreSchemaError",

@@ -8,8 +8,9 @@ import sqlite3
 from pathlib import Path
 
 from pushproxy.config import Config, ConfigError
-from pushproxy.store.base import Store
-from pushproxy.store.sqlite import MEMORY, SqliteStore, StoreSchemaError
+from pushproxy.store.schema import StoreSchemaError
+from pushproxy.store.sql import SqlStore
+from pushproxy.store.sqlite import MEMORY, SqliteStore
 from pushproxy.store.vault import Vault, VaultError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,32 @@ def sqlite_path_from_url(url: str) -> Path:
     return Path("/" + rest.lstrip("/"))
 
 
-async def open_store(config: Config) -> Store:
+async def check_vault_key(store: SqlStore, vault: Vault) -> None:
+    """Refuse a vault key other than the one the database's records were written with.
+
+    The first node to open a database records the key's fingerprint; a node
+    (or a restart) with another key would write records nobody else can
+    read, and fail on every record the others wrote.
+    """
+    recorded = await store.claim_key_fingerprint("vault", vault.fingerprint())
+    if recorded != vault.fingerprint():
+        raise ConfigError(
+            f"the vault key (watch.vault_key_file) is not the key {store.describe()} was written with "
+            f"(key fingerprint {vault.fingerprint()}, database expects {recorded}): every node sharing a "
+            "database must use the same vault key file"
+        )
+
+
+async def _checked(store: SqlStore, vault: Vault) -> SqlStore:
+    try:
+        await check_vault_key(store, vault)
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def open_store(config: Config) -> SqlStore:
     """Open (creating and migrating as needed) the store named by ``store.url``.
 
     Raises :class:`ConfigError` for anything the admin has to fix before the
@@ -65,10 +91,10 @@ async def open_store(config: Config) -> Store:
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open the SQLite store {path}: {exc}") from exc
     log.info("store open: SQLite %s", path)
-    return store
+    return await _checked(store, vault)
 
 
-async def _open_postgres(config: Config, url: str) -> Store:
+async def _open_postgres(config: Config, url: str) -> SqlStore:
     """The shared PostgreSQL store.
 
     Every node of a multi-node deployment must load the same vault key file
@@ -102,4 +128,4 @@ async def _open_postgres(config: Config, url: str) -> Store:
     except unusable as exc:
         raise ConfigError(f"cannot open the PostgreSQL store {redact_dsn(url)}: {type(exc).__name__}: {exc}") from exc
     log.info("store open: PostgreSQL %s", redact_dsn(url))
-    return store
+    return await _checked(store, vault)

@@ -8,13 +8,16 @@ as they are: changing them makes every stored secret unreadable.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pushproxy.store.base import ApnsDevice, MailboxState, StoredCredential, VapidKey, WebPushSubscription
 from pushproxy.store.vault import Vault
 
-Row = Mapping[str, Any]
+
+class Row(Protocol):
+    """A result row (sqlite3.Row, asyncpg.Record): indexable by column name."""
+
+    def __getitem__(self, key: Any, /) -> Any: ...
 
 
 def credential_aad(account: str) -> bytes:
@@ -29,18 +32,30 @@ def endpoint_aad(account: str, sub_id: str) -> bytes:
     return b"webpush-endpoint\0" + account.encode() + b"\0" + sub_id.encode()
 
 
+def token_aad(account: str, aps_account_id: str) -> bytes:
+    return b"apns-token\0" + account.encode() + b"\0" + aps_account_id.encode()
+
+
+def token_hash(vault: Vault, device_token: str) -> bytes:
+    """The keyed hash that identifies a device token in the database (lower-case hex in, 32 bytes out)."""
+    return vault.keyed_hash(b"apns-token", device_token.lower().encode())
+
+
 def opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def device_from_row(row: Row) -> ApnsDevice:
+def device_from_row(row: Row, vault: Vault) -> ApnsDevice:
+    """Raises VaultError when the token cannot be decrypted."""
+    account, aps_account_id = row["account"], row["aps_account_id"]
+    token = vault.decrypt(bytes(row["device_token"]), token_aad(account, aps_account_id)).decode()
     mailboxes = row["mailboxes"]
     if isinstance(mailboxes, str | bytes):  # JSON text (SQLite, asyncpg's default jsonb codec)
         mailboxes = json.loads(mailboxes)
     return ApnsDevice(
-        account=row["account"],
-        aps_account_id=row["aps_account_id"],
-        device_token=row["device_token"],
+        account=account,
+        aps_account_id=aps_account_id,
+        device_token=token,
         subtopic=row["subtopic"],
         version=int(row["version"]),
         mailboxes=list(mailboxes),

@@ -12,13 +12,17 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +37,21 @@ class VaultError(Exception):
 
 
 class Vault:
-    """Encrypts and decrypts small secrets with one AES-256-GCM key."""
+    """Encrypts and decrypts small secrets with one AES-256-GCM key.
 
-    __slots__ = ("_aead",)
+    It also computes keyed hashes (HMAC-SHA256 under a key derived from the
+    vault key with HKDF), for secrets that must stay searchable and unique
+    without being stored in clear (APNs device tokens), and a fingerprint of
+    the key, so that nodes sharing a database can tell they hold the same key.
+    """
+
+    __slots__ = ("_aead", "_mac_key")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_SIZE:
             raise VaultError(f"a vault key is {KEY_SIZE} bytes, got {len(key)}")
         self._aead = AESGCM(key)
+        self._mac_key = HKDF(hashes.SHA256(), 32, salt=None, info=b"pushproxy vault keyed hash v1").derive(key)
 
     def __repr__(self) -> str:  # never show the key
         return "<Vault>"
@@ -61,6 +72,14 @@ class Vault:
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         return bytes([_FORMAT_V1]) + nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def keyed_hash(self, purpose: bytes, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data``; ``purpose`` separates the uses (same data, other purpose: other hash)."""
+        return hmac.new(self._mac_key, purpose + b"\0" + data, hashlib.sha256).digest()
+
+    def fingerprint(self) -> str:
+        """A short public identifier of the key (it reveals nothing about the key)."""
+        return self.keyed_hash(b"fingerprint", b"").hex()[:32]
 
     def decrypt(self, blob: bytes, aad: bytes) -> bytes:
         if len(blob) < 1 + NONCE_SIZE + TAG_SIZE:

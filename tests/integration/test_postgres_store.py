@@ -1,11 +1,10 @@
 """The PostgreSQL store against a real PostgreSQL server.
 
-The behaviour tests of the SQLite store that need nothing but a ``store`` are
-imported from tests/unit/test_sqlite_store.py and run here unchanged against
-:class:`PostgresStore` (pytest resolves their ``store`` fixture in this
-module).  The rest re-implements the back-end specific checks: secrets at
-rest, migrations under concurrency, several nodes on one database,
-timeouts, the factory, and one end-to-end run of the real proxy.
+The behaviour tests shared with SQLite are the store contract
+(tests/integration/test_store_contract.py, run over both back ends).  Here
+are the back-end specific checks: secrets at rest, migrations under
+concurrency, several nodes on one database, timeouts, the factory, and one
+end-to-end run of the real proxy.
 """
 
 from __future__ import annotations
@@ -33,46 +32,19 @@ from pushproxy.store import (  # noqa: E402
     VaultError,
     open_store,
 )
-from pushproxy.store import postgres as pg_mod  # noqa: E402
+from pushproxy.store.dialect import POSTGRES  # noqa: E402
 from pushproxy.store.postgres import SCHEMA_VERSION, PostgresStore, redact_dsn  # noqa: E402
+from pushproxy.store.schema import SchemaPart  # noqa: E402
+from pushproxy.store.tables import DEFAULT_PARTS  # noqa: E402
 from tests.support.dovecot import Dovecot, make_message  # noqa: E402
 from tests.support.postgres import PASSWORD as PG_PASSWORD  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 from tests.support.proxy import ProxyProcess, free_port  # noqa: E402
 from tests.support.push_standin import PushStandin  # noqa: E402
-
-# The SQLite behaviour tests, run against PostgreSQL by the ``store`` fixture below.
-from tests.unit.test_sqlite_store import (  # noqa: E402, F401
-    AUTH,
-    ENDPOINT,
-    PASSWORD,
-    TOKEN,
-    device,
-    subscription,
-    test_accounts_with_registrations,
-    test_clear_session_silences,
-    test_closed_store_raises_unavailable,
-    test_concurrent_upserts_same_key,
-    test_concurrent_writes,
-    test_credentials,
-    test_expire_devices,
-    test_expire_inactive_subscriptions,
-    test_find_subscription_by_ack,
-    test_list_count_delete_subscriptions,
-    test_list_devices,
-    test_mailbox_state,
-    test_put_subscription_replaces_and_keeps_created,
-    test_remove_device,
-    test_remove_device_token_410_timestamp,
-    test_remove_device_token_everywhere,
-    test_subscription_round_trip,
-    test_upsert_device_fills_times_and_lowercases_token,
-    test_upsert_device_insert_and_refresh,
-    test_vapid_keys_exactly_one_current,
-    vapid,
-)
+from tests.support.store_records import AUTH, ENDPOINT, PASSWORD, TOKEN, device, subscription, vapid  # noqa: E402
 
 TABLES = {"apns_devices", "webpush_subscriptions", "credentials", "mailbox_state", "vapid_keys", "schema_version"}
+TABLES |= {"schema_migrations", "key_fingerprints"}
 
 
 @pytest.fixture
@@ -103,7 +75,7 @@ async def test_migrates_empty_database(store: PostgresStore, raw: Any) -> None:
     tables = {r[0] for r in await raw.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert tables >= TABLES
     assert await raw.fetchval("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
-    settings = await store._require().fetchval("SHOW statement_timeout")
+    settings = await store.pg.pool.fetchval("SHOW statement_timeout")
     assert settings == "10s"
 
 
@@ -149,10 +121,8 @@ async def test_newer_schema_is_refused(postgres_dsn: str, vault: Vault, raw: Any
 async def test_failed_migration_is_rolled_back(
     postgres_dsn: str, vault: Vault, raw: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broken = [*pg_mod.MIGRATIONS, ["CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"]]
-    monkeypatch.setattr(pg_mod, "MIGRATIONS", broken)
-    monkeypatch.setattr(pg_mod, "SCHEMA_VERSION", len(broken))
-    s = PostgresStore(postgres_dsn, vault)
+    broken = SchemaPart("broken", (("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"),))
+    s = PostgresStore(postgres_dsn, vault, parts=(*DEFAULT_PARTS, broken))
     with pytest.raises(asyncpg.PostgresSyntaxError):
         await s.open()
     tables = await raw.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
@@ -388,7 +358,8 @@ async def test_other_vault_key_cannot_decrypt(postgres_dsn: str, vault: Vault) -
             await other.get_credential("alice")
         with pytest.raises(VaultError):
             await other.get_subscription("alice", "s1")
-        assert len(await other.list_devices()) == 1  # nothing secret there: still readable
+        # Device tokens are secrets too (issue 9 item 9): unreadable rows are skipped, not pushed to.
+        assert await other.list_devices() == []
     finally:
         await other.close()
 
@@ -535,3 +506,33 @@ def test_two_proxy_nodes_share_postgres(
 
     (sub,) = asyncio.run(stored())
     assert sub.sub_id == "sub-on-a" and sub.active and sub.endpoint == ss.endpoint
+
+
+async def test_legacy_single_version_database_is_adopted_and_converted(
+    postgres_dsn: str, vault: Vault, raw: Any
+) -> None:
+    """A database of the previous release (schema_version 1, clear device tokens) opens and is converted."""
+    await raw.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
+    await raw.execute("INSERT INTO schema_version VALUES (1, 0)")
+    for part in DEFAULT_PARTS:
+        for statement in part.migrations[0]:
+            assert isinstance(statement, str)
+            await raw.execute(POSTGRES.ddl(statement))
+    await raw.execute(
+        "INSERT INTO apns_devices VALUES ('alice', 'a1', $1, 'com.apple.mobilemail', 2, '[\"INBOX\"]', 1.0, 2.0)",
+        TOKEN,
+    )
+    s = PostgresStore(postgres_dsn, vault)
+    await s.open()
+    try:
+        assert [(d.account, d.device_token, d.mailboxes) for d in await s.list_devices()] == [
+            ("alice", TOKEN, ["INBOX"])
+        ]
+    finally:
+        await s.close()
+    assert await raw.fetchval("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
+    rows = await raw.fetch("SELECT part, max(version) AS v FROM schema_migrations GROUP BY part")
+    assert {r["part"]: r["v"] for r in rows} == {part.name: part.version for part in DEFAULT_PARTS}
+    rows = await raw.fetch("SELECT * FROM apns_devices")
+    dump = b"".join(bytes(v) if isinstance(v, bytes) else str(v).encode() for r in rows for v in r.values())
+    assert TOKEN.encode() not in dump

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pushproxy.store import Vault
+from pushproxy.store.records import token_aad
 from tests.support.apns_standin import ApnsStandin
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 from tests.support.dovecot import Dovecot, make_message
@@ -100,8 +102,15 @@ def register(client: RawClient, tag: bytes, token: str = TOKEN_A, mailboxes: byt
 
 
 def devices_in_store(db: Path) -> list[tuple[str, str, str]]:
+    """(account, aps_account_id, device token) as stored; tokens are encrypted at rest with the vault key."""
+    vault = Vault.load_or_create(db.parent / "vault.key")
     with sqlite3.connect(db) as conn:
-        return [tuple(r) for r in conn.execute("SELECT account, aps_account_id, device_token FROM apns_devices")]
+        rows = conn.execute("SELECT account, aps_account_id, device_token FROM apns_devices").fetchall()
+    out = []
+    for account, aps, blob in rows:
+        assert isinstance(blob, bytes)  # never the token in clear
+        out.append((account, aps, vault.decrypt(blob, token_aad(account, aps)).decode()))
+    return out
 
 
 def test_ios_registration_exact_answer_and_push(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import sqlite3
 import stat
 from collections.abc import AsyncIterator
@@ -14,7 +13,6 @@ import pytest
 
 from pushproxy.config import Config, ConfigError, StoreConfig, WatchConfig
 from pushproxy.store import (
-    ApnsDevice,
     MailboxState,
     SqliteStore,
     Store,
@@ -24,16 +22,14 @@ from pushproxy.store import (
     VapidKey,
     Vault,
     VaultError,
-    WebPushSubscription,
     open_store,
 )
+from pushproxy.store.dialect import SQLITE
 from pushproxy.store.factory import sqlite_path_from_url
-from pushproxy.store.sqlite import SCHEMA_VERSION
-
-TOKEN = "ab" * 32
-ENDPOINT = "https://push.example.net/wpush/v2/gAAAAABsecretcapabilitypath"
-AUTH = "c2VjcmV0LWF1dGgtMTZi"  # base64url, 16 bytes
-PASSWORD = "correct horse battery staple"
+from pushproxy.store.schema import SchemaPart
+from pushproxy.store.sqlite import SCHEMA_VERSION, SqliteBackend
+from pushproxy.store.tables import DEFAULT_PARTS
+from tests.support.store_records import AUTH, ENDPOINT, PASSWORD, TOKEN, device, subscription, vapid
 
 
 @pytest.fixture
@@ -54,23 +50,16 @@ async def store(db_path: Path, vault: Vault) -> AsyncIterator[SqliteStore]:
     await s.close()
 
 
-def device(account: str = "alice", aps: str = "acct-1", token: str = TOKEN, **kw: object) -> ApnsDevice:
-    return ApnsDevice(account=account, aps_account_id=aps, device_token=token, **kw)  # type: ignore[arg-type]
-
-
-def subscription(account: str = "alice", sub_id: str = "s1", **kw: object) -> WebPushSubscription:
-    fields: dict[str, object] = {
-        "endpoint": ENDPOINT,
-        "p256dh": "B" + "A" * 86,
-        "auth": AUTH,
-        "vapid_key_id": "k1",
-    }
-    fields.update(kw)
-    return WebPushSubscription(account=account, sub_id=sub_id, **fields)  # type: ignore[arg-type]
-
-
 def raw(db_path: Path) -> sqlite3.Connection:
     return sqlite3.connect(db_path, isolation_level=None)
+
+
+async def in_transaction(store: SqliteStore) -> bool:
+    backend = store.backend
+    assert isinstance(backend, SqliteBackend) and backend._writer is not None
+    conn = backend._writer.conn
+    assert conn is not None
+    return await backend._writer.run(lambda: conn.in_transaction)
 
 
 # --- lifecycle and migrations ------------------------------------------------
@@ -96,11 +85,11 @@ async def test_migrates_empty_db_and_sets_pragmas(store: SqliteStore, db_path: P
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"apns_devices", "webpush_subscriptions", "credentials", "mailbox_state", "vapid_keys"} <= tables
-    aconn = store._require()
+    backend = store.backend
+    assert isinstance(backend, SqliteBackend)
     pragmas = {}
     for pragma in ("synchronous", "foreign_keys", "busy_timeout"):
-        (row,) = await aconn.execute_fetchall(f"PRAGMA {pragma}")
-        pragmas[pragma] = row[0]
+        pragmas[pragma] = await backend.pragma(pragma)
     assert pragmas["synchronous"] == 2  # FULL
     assert pragmas["foreign_keys"] == 1
     assert pragmas["busy_timeout"] > 0
@@ -149,7 +138,7 @@ async def test_writes_are_visible_to_another_connection_at_once(store: SqliteSto
     await store.upsert_device(device())
     with raw(db_path) as conn:
         assert conn.execute("SELECT count(*) FROM apns_devices").fetchone()[0] == 1
-        assert not store._require().in_transaction
+        assert not await in_transaction(store)
 
 
 async def test_newer_schema_is_refused(db_path: Path, vault: Vault) -> None:
@@ -167,12 +156,8 @@ async def test_newer_schema_is_refused(db_path: Path, vault: Vault) -> None:
 
 
 async def test_failed_migration_is_rolled_back(db_path: Path, vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pushproxy.store import sqlite as sqlite_mod
-
-    broken = [*sqlite_mod.MIGRATIONS, ["CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"]]
-    monkeypatch.setattr(sqlite_mod, "MIGRATIONS", broken)
-    monkeypatch.setattr(sqlite_mod, "SCHEMA_VERSION", len(broken))
-    s = SqliteStore(db_path, vault)
+    broken = SchemaPart("broken", (("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"),))
+    s = SqliteStore(db_path, vault, (*DEFAULT_PARTS, broken))
     with pytest.raises(sqlite3.Error):
         await s.open()
     with raw(db_path) as conn:
@@ -190,14 +175,6 @@ async def test_memory_store(vault: Vault) -> None:
     assert not await s.ping()
 
 
-async def test_closed_store_raises_unavailable(store: SqliteStore) -> None:
-    await store.close()
-    with pytest.raises(StoreUnavailable):
-        await store.upsert_device(device())
-    with pytest.raises(StoreUnavailable):
-        await store.get_credential("alice")
-
-
 async def test_ping(store: SqliteStore, db_path: Path) -> None:
     assert await store.ping()
     await store.close()
@@ -212,160 +189,16 @@ async def test_ping_false_when_file_deleted(store: SqliteStore, db_path: Path) -
 
 
 async def test_ping_false_when_connection_broken(store: SqliteStore) -> None:
-    await store._require().close()  # closed underneath the store
+    backend = store.backend
+    assert isinstance(backend, SqliteBackend) and backend._reader is not None and backend._reader.conn is not None
+    backend._reader.conn.close()  # closed underneath the store
     assert await store.ping() is False
 
 
 # --- APNs devices ---------------------------------------------------------------
 
 
-async def test_upsert_device_insert_and_refresh(store: SqliteStore) -> None:
-    first = await store.upsert_device(device(mailboxes=["INBOX"], last_registered=100.0))
-    assert first.first_registered == 100.0 and first.last_registered == 100.0
-    second = await store.upsert_device(
-        device(mailboxes=["INBOX", "Work"], subtopic="other", version=3, first_registered=150.0, last_registered=200.0)
-    )
-    assert second.first_registered == 100.0  # kept from the existing row
-    assert second.last_registered == 200.0
-    assert second.mailboxes == ["INBOX", "Work"]
-    assert second.subtopic == "other" and second.version == 3
-    assert await store.devices_for_account("alice") == [second]
-
-
-async def test_upsert_device_fills_times_and_lowercases_token(store: SqliteStore) -> None:
-    stored = await store.upsert_device(device(token=TOKEN.upper()))
-    assert stored.device_token == TOKEN
-    assert stored.last_registered > 0 and stored.first_registered == stored.last_registered
-
-
-async def test_list_devices(store: SqliteStore) -> None:
-    await store.upsert_device(device("alice", "a1", "01" * 32))
-    await store.upsert_device(device("alice", "a2", "01" * 32))
-    await store.upsert_device(device("bob", "b1", "02" * 32))
-    assert len(await store.list_devices()) == 3
-    assert {d.aps_account_id for d in await store.list_devices("alice")} == {"a1", "a2"}
-    assert [d.account for d in await store.devices_for_account("bob")] == ["bob"]
-    assert await store.devices_for_account("carol") == []
-
-
-async def test_remove_device(store: SqliteStore) -> None:
-    await store.upsert_device(device("alice", "a1", TOKEN))
-    await store.upsert_device(device("alice", "a2", TOKEN))
-    await store.upsert_device(device("bob", "b1", TOKEN))
-    assert await store.remove_device("alice", "a1", TOKEN) == 1
-    assert await store.remove_device("alice", "a1", TOKEN) == 0
-    await store.upsert_device(device("alice", "a1", TOKEN))
-    assert await store.remove_device("alice", None, TOKEN) == 2  # any aps_account_id
-    assert [d.account for d in await store.list_devices()] == ["bob"]
-
-
-async def test_remove_device_token_everywhere(store: SqliteStore) -> None:
-    await store.upsert_device(device("alice", "a1", TOKEN))
-    await store.upsert_device(device("bob", "b1", TOKEN))
-    await store.upsert_device(device("bob", "b1", "cd" * 32))
-    assert await store.remove_device_token(TOKEN.upper()) == 2
-    assert [d.device_token for d in await store.list_devices()] == ["cd" * 32]
-
-
-async def test_remove_device_token_410_timestamp(store: SqliteStore) -> None:
-    """Only registrations older than Apple's 410 timestamp go; a re-registered device stays."""
-    await store.upsert_device(device("alice", "a1", TOKEN, last_registered=1000.0))
-    await store.upsert_device(device("bob", "b1", TOKEN, last_registered=3000.0))
-    assert await store.remove_device_token(TOKEN, registered_before=2000.0) == 1
-    assert [d.account for d in await store.list_devices()] == ["bob"]
-    # re-registration after the timestamp makes it alive again
-    await store.upsert_device(device("bob", "b1", TOKEN, last_registered=5000.0))
-    assert await store.remove_device_token(TOKEN, registered_before=4000.0) == 0
-    assert len(await store.list_devices()) == 1
-
-
-async def test_expire_devices(store: SqliteStore) -> None:
-    await store.upsert_device(device("alice", "a1", "01" * 32, last_registered=100.0))
-    await store.upsert_device(device("alice", "a2", "02" * 32, last_registered=300.0))
-    assert await store.expire_devices(200.0) == 1
-    assert [d.aps_account_id for d in await store.list_devices()] == ["a2"]
-    assert await store.expire_devices(200.0) == 0
-
-
 # --- WebPush subscriptions ---------------------------------------------------------
-
-
-async def test_subscription_round_trip(store: SqliteStore) -> None:
-    sub = subscription(
-        active=False,
-        ack_token_hash=hashlib.sha256(b"token").digest(),
-        ack_expires=1234.5,
-        silenced_until=99.0,
-        silenced_session="sess-1",
-        want_changes=True,
-        created=10.0,
-        updated=20.0,
-        last_success=15.0,
-        failures=3,
-    )
-    await store.put_subscription(sub)
-    assert await store.get_subscription("alice", "s1") == sub
-    assert await store.get_subscription("alice", "nope") is None
-    assert await store.get_subscription("bob", "s1") is None
-
-
-async def test_put_subscription_replaces_and_keeps_created(store: SqliteStore) -> None:
-    await store.put_subscription(subscription(created=10.0, updated=10.0))
-    await store.put_subscription(subscription(endpoint=ENDPOINT + "2", active=True, created=0.0, updated=30.0))
-    got = await store.get_subscription("alice", "s1")
-    assert got is not None
-    assert got.endpoint == ENDPOINT + "2" and got.active and got.created == 10.0 and got.updated == 30.0
-    assert await store.count_subscriptions("alice") == 1
-    fresh = subscription(sub_id="s2")
-    await store.put_subscription(fresh)
-    got2 = await store.get_subscription("alice", "s2")
-    assert got2 is not None and got2.created > 0 and got2.updated > 0
-
-
-async def test_list_count_delete_subscriptions(store: SqliteStore) -> None:
-    await store.put_subscription(subscription("alice", "s1", created=1.0))
-    await store.put_subscription(subscription("alice", "s2", created=2.0))
-    await store.put_subscription(subscription("bob", "s1", created=3.0))
-    assert [s.sub_id for s in await store.subscriptions_for_account("alice")] == ["s1", "s2"]
-    assert len(await store.list_subscriptions()) == 3
-    assert [s.account for s in await store.list_subscriptions("bob")] == ["bob"]
-    assert await store.count_subscriptions("alice") == 2
-    assert await store.count_subscriptions("carol") == 0
-    assert await store.delete_subscription("alice", "s1") is True
-    assert await store.delete_subscription("alice", "s1") is False
-    assert await store.count_subscriptions("alice") == 1
-    assert await store.get_subscription("bob", "s1") is not None
-
-
-async def test_find_subscription_by_ack(store: SqliteStore) -> None:
-    h = hashlib.sha256(b"tok").digest()
-    await store.put_subscription(subscription("alice", "s1", ack_token_hash=h))
-    await store.put_subscription(subscription("alice", "s2", ack_token_hash=hashlib.sha256(b"other").digest()))
-    found = await store.find_subscription_by_ack("alice", h)
-    assert found is not None and found.sub_id == "s1"
-    assert await store.find_subscription_by_ack("bob", h) is None  # bound to the account
-    assert await store.find_subscription_by_ack("alice", hashlib.sha256(b"nope").digest()) is None
-
-
-async def test_expire_inactive_subscriptions(store: SqliteStore) -> None:
-    await store.put_subscription(subscription(sub_id="old-pending", active=False, ack_expires=100.0))
-    await store.put_subscription(subscription(sub_id="new-pending", active=False, ack_expires=300.0))
-    await store.put_subscription(subscription(sub_id="active", active=True, ack_expires=100.0))
-    await store.put_subscription(subscription(sub_id="no-expiry", active=False, ack_expires=None))
-    assert await store.expire_inactive_subscriptions(200.0) == 1
-    assert {s.sub_id for s in await store.list_subscriptions()} == {"new-pending", "active", "no-expiry"}
-
-
-async def test_clear_session_silences(store: SqliteStore) -> None:
-    await store.put_subscription(subscription(sub_id="s1", silenced_session="sess-A", silenced_until=50.0))
-    await store.put_subscription(subscription(sub_id="s2", silenced_session="sess-A"))
-    await store.put_subscription(subscription(sub_id="s3", silenced_session="sess-B"))
-    assert await store.clear_session_silences("sess-A") == 2
-    subs = {s.sub_id: s for s in await store.list_subscriptions()}
-    assert subs["s1"].silenced_session is None and subs["s1"].silenced_until == 50.0
-    assert subs["s2"].silenced_session is None
-    assert subs["s3"].silenced_session == "sess-B"
-    assert await store.clear_session_silences("sess-A") == 0
 
 
 async def test_subscription_auth_bound_to_row(store: SqliteStore, db_path: Path) -> None:
@@ -380,23 +213,6 @@ async def test_subscription_auth_bound_to_row(store: SqliteStore, db_path: Path)
 
 
 # --- credentials ---------------------------------------------------------------------
-
-
-async def test_credentials(store: SqliteStore) -> None:
-    assert await store.get_credential("alice") is None
-    await store.put_credential(StoredCredential("alice", "Alice@Example.org", PASSWORD, updated=5.0))
-    cred = await store.get_credential("alice")
-    assert cred == StoredCredential("alice", "Alice@Example.org", PASSWORD, stale=False, updated=5.0)
-    await store.mark_credential_stale("alice")
-    stale = await store.get_credential("alice")
-    assert stale is not None and stale.stale and stale.secret == PASSWORD
-    await store.put_credential(StoredCredential("alice", "alice", "new password"))  # a new login
-    fresh = await store.get_credential("alice")
-    assert fresh is not None and not fresh.stale and fresh.secret == "new password" and fresh.updated > 5.0
-    await store.mark_credential_stale("nobody")  # no row: no error
-    await store.delete_credential("alice")
-    assert await store.get_credential("alice") is None
-    await store.delete_credential("alice")
 
 
 async def test_credential_bound_to_account(store: SqliteStore, db_path: Path) -> None:
@@ -425,7 +241,8 @@ async def test_other_vault_key_cannot_decrypt(db_path: Path, vault: Vault) -> No
             await other.get_credential("alice")
         with pytest.raises(VaultError):
             await other.get_subscription("alice", "s1")
-        assert len(await other.list_devices()) == 1  # nothing secret there: still readable
+        # Device tokens are secrets too (issue 9 item 9): unreadable rows are skipped, not pushed to.
+        assert await other.list_devices() == []
     finally:
         await other.close()
 
@@ -450,58 +267,10 @@ async def test_secrets_not_in_clear_in_db_files(store: SqliteStore, db_path: Pat
 # --- watch state ---------------------------------------------------------------------
 
 
-async def test_mailbox_state(store: SqliteStore) -> None:
-    assert await store.get_mailbox_state("alice", "INBOX") is None
-    await store.put_mailbox_state(MailboxState("alice", "INBOX", 1, 10, None, updated=1.0))
-    await store.put_mailbox_state(MailboxState("alice", "Work", 2, 20, 2**40, updated=1.0))
-    await store.put_mailbox_state(MailboxState("bob", "INBOX", 3, 30, 5, updated=1.0))
-    assert await store.get_mailbox_state("alice", "INBOX") == MailboxState("alice", "INBOX", 1, 10, None, 1.0)
-    await store.put_mailbox_state(MailboxState("alice", "INBOX", 1, 11, 77, updated=2.0))
-    assert await store.get_mailbox_state("alice", "INBOX") == MailboxState("alice", "INBOX", 1, 11, 77, 2.0)
-    work = await store.get_mailbox_state("alice", "Work")
-    assert work is not None and work.highestmodseq == 2**40
-    await store.delete_mailbox_states("alice")
-    assert await store.get_mailbox_state("alice", "INBOX") is None
-    assert await store.get_mailbox_state("alice", "Work") is None
-    assert await store.get_mailbox_state("bob", "INBOX") is not None
-
-
 # --- accounts ------------------------------------------------------------------------
 
 
-async def test_accounts_with_registrations(store: SqliteStore) -> None:
-    assert await store.accounts_with_registrations() == []
-    await store.upsert_device(device("carol", "c1", "01" * 32))
-    await store.upsert_device(device("carol", "c2", "02" * 32))
-    await store.put_subscription(subscription("alice", "s1", active=True))
-    await store.put_subscription(subscription("alice", "s2", active=True))
-    await store.put_subscription(subscription("bob", "s1", active=False))  # pending: not counted
-    await store.put_subscription(subscription("carol", "s1", active=True))
-    await store.put_credential(StoredCredential("dave", "dave", "pw"))  # credentials alone: no
-    assert await store.accounts_with_registrations() == ["alice", "carol"]
-
-
 # --- VAPID keys ------------------------------------------------------------------------
-
-
-def vapid(key_id: str, created: float) -> VapidKey:
-    return VapidKey(key_id, "B" + key_id * 86, f"/keys/{key_id}.pem", created, current=False)
-
-
-async def test_vapid_keys_exactly_one_current(store: SqliteStore) -> None:
-    assert await store.vapid_keys() == []
-    await store.add_vapid_key(vapid("a", 1.0), make_current=False)  # the first key is current anyway
-    assert [(k.key_id, k.current) for k in await store.vapid_keys()] == [("a", True)]
-    await store.add_vapid_key(vapid("b", 2.0), make_current=False)
-    assert [(k.key_id, k.current) for k in await store.vapid_keys()] == [("a", True), ("b", False)]
-    await store.add_vapid_key(vapid("c", 3.0))
-    assert [(k.key_id, k.current) for k in await store.vapid_keys()] == [("a", False), ("b", False), ("c", True)]
-    await store.add_vapid_key(vapid("a", 1.0), make_current=True)  # back to an older key
-    keys = await store.vapid_keys()
-    assert [(k.key_id, k.current) for k in keys] == [("a", True), ("b", False), ("c", False)]
-    assert keys[0] == VapidKey("a", "B" + "a" * 86, "/keys/a.pem", 1.0, True)
-    await store.add_vapid_key(vapid("a", 1.0), make_current=False)  # re-adding the current key keeps it
-    assert sum(k.current for k in await store.vapid_keys()) == 1
 
 
 async def test_vapid_one_current_enforced_by_db(store: SqliteStore, db_path: Path) -> None:
@@ -514,31 +283,6 @@ async def test_vapid_one_current_enforced_by_db(store: SqliteStore, db_path: Pat
 # --- concurrency -----------------------------------------------------------------------
 
 
-async def test_concurrent_writes(store: SqliteStore) -> None:
-    n = 200
-    await asyncio.gather(
-        *(
-            store.upsert_device(device(f"user{i % 20}", f"a{i}", f"{i:064x}", last_registered=float(i)))
-            for i in range(n)
-        ),
-        *(store.put_subscription(subscription(f"user{i}", f"s{i}", active=True)) for i in range(50)),
-        *(store.put_credential(StoredCredential(f"user{i}", f"User{i}", f"pw{i}")) for i in range(50)),
-        *(store.put_mailbox_state(MailboxState(f"user{i % 5}", "INBOX", 1, i)) for i in range(50)),
-    )
-    assert len(await store.list_devices()) == n
-    assert len(await store.list_subscriptions()) == 50
-    creds = await asyncio.gather(*(store.get_credential(f"user{i}") for i in range(50)))
-    assert [c.secret for c in creds if c is not None] == [f"pw{i}" for i in range(50)]
-    assert len(await store.accounts_with_registrations()) == 50
-
-
-async def test_concurrent_upserts_same_key(store: SqliteStore) -> None:
-    results = await asyncio.gather(*(store.upsert_device(device(last_registered=float(i + 1))) for i in range(100)))
-    assert all(r.first_registered == 1.0 for r in results)
-    devices = await store.list_devices()
-    assert len(devices) == 1 and devices[0].last_registered == 100.0
-
-
 async def test_cancelled_write_leaves_store_usable(store: SqliteStore) -> None:
     tasks = [asyncio.create_task(store.upsert_device(device(aps=f"a{i}"))) for i in range(20)]
     await asyncio.sleep(0)
@@ -547,7 +291,7 @@ async def test_cancelled_write_leaves_store_usable(store: SqliteStore) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await store.upsert_device(device(aps="after"))
     assert "after" in {d.aps_account_id for d in await store.list_devices()}
-    assert not store._require().in_transaction
+    assert not await in_transaction(store)
 
 
 # --- factory ---------------------------------------------------------------------------
@@ -633,3 +377,97 @@ async def test_open_store_newer_schema_is_config_error(tmp_path: Path) -> None:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
     with pytest.raises(ConfigError, match="schema version"):
         await open_store(Config(store=StoreConfig(url=f"sqlite://{db}")))
+
+
+async def test_open_store_refuses_another_vault_key(tmp_path: Path) -> None:
+    """A node (or restart) with another key would write records nobody can read: refused at start."""
+    db = tmp_path / "state" / "pushproxy.db"
+    first = Config(store=StoreConfig(url=f"sqlite://{db}"))
+    s = await open_store(first)
+    await s.close()
+    other_key = tmp_path / "other.key"
+    other_key.write_text(base64.b64encode(b"k" * 32).decode() + "\n")
+    other_key.chmod(0o600)
+    other = Config(store=StoreConfig(url=f"sqlite://{db}"), watch=WatchConfig(vault_key_file=other_key))
+    with pytest.raises(ConfigError, match="same vault key file"):
+        await open_store(other)
+    s = await open_store(first)  # the right key still opens it
+    await s.close()
+
+
+# --- upgrades and concurrency of the two connections -----------------------------------------
+
+
+async def test_legacy_single_version_database_is_adopted_and_converted(db_path: Path, vault: Vault) -> None:
+    """A database of the previous release (user_version 1, clear device tokens) opens and is converted."""
+    db_path.parent.mkdir()
+    with raw(db_path) as conn:
+        for part in DEFAULT_PARTS:
+            for statement in part.migrations[0]:
+                assert isinstance(statement, str)
+                conn.execute(SQLITE.ddl(statement))
+        conn.execute(
+            "INSERT INTO apns_devices VALUES ('alice', 'a1', ?, 'com.apple.mobilemail', 2, '[\"INBOX\"]', 1.0, 2.0)",
+            (TOKEN,),
+        )
+        conn.execute("PRAGMA user_version = 1")
+    s = SqliteStore(db_path, vault)
+    await s.open()
+    try:
+        assert [(d.account, d.device_token, d.mailboxes) for d in await s.list_devices()] == [
+            ("alice", TOKEN, ["INBOX"])
+        ]
+    finally:
+        await s.close()
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # an older release refuses it
+        parts = dict(conn.execute("SELECT part, max(version) FROM schema_migrations GROUP BY part").fetchall())
+        assert parts == {part.name: part.version for part in DEFAULT_PARTS}
+        assert TOKEN.encode() not in b"".join(
+            p.read_bytes() for p in db_path.parent.iterdir() if p.name.startswith(db_path.name)
+        )
+
+
+async def test_reads_do_not_wait_for_a_write_transaction(store: SqliteStore) -> None:
+    """Issue 11: no lock serialises reads behind writes; WAL gives the reader the last committed state."""
+    await store.put_credential(StoredCredential("alice", "alice", PASSWORD))
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def long_write() -> None:
+        async with store.backend.write() as conn:
+            await conn.execute("UPDATE credentials SET login = 'changing' WHERE account = 'alice'")
+            entered.set()
+            await release.wait()
+
+    writer = asyncio.create_task(long_write())
+    await entered.wait()
+    try:
+        async with asyncio.timeout(5):  # would wait for ever behind a shared lock
+            cred = await store.get_credential("alice")
+        assert cred is not None and cred.login == "alice"  # the uncommitted change is not visible
+    finally:
+        release.set()
+        await writer
+    cred = await store.get_credential("alice")
+    assert cred is not None and cred.login == "changing"
+
+
+async def test_sqlite_calls_never_run_on_the_event_loop_thread(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from pushproxy.store import sqlite as sqlite_mod
+
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+    original = sqlite_mod._fetch
+
+    def spy(*args: object) -> object:
+        threads.add(threading.get_ident())
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_mod, "_fetch", spy)
+    await store.upsert_device(device())
+    await store.list_devices()
+    assert threads and loop_thread not in threads
