@@ -171,8 +171,13 @@ class WebPushConfig(_Section):
     allow_private_endpoints: bool = False  # test hook: accept loopback/private push endpoints
     max_subscriptions_per_account: int = Field(16, ge=1)
     ttl: int = Field(86400, ge=0)
-    ack_ttl: int = Field(300, ge=0)
-    ack_expiry: Duration = Field(600.0, gt=0)  # unacknowledged subscriptions are deleted after this
+    # The verification push's TTL; None: as long as the subscription waits for its ACK
+    # (ack_expiry), so a push distributor that is offline for a while can still deliver it.
+    ack_ttl: int | None = Field(None, ge=0)
+    ack_expiry: Duration = Field(86400.0, gt=0)  # unacknowledged subscriptions are deleted after this
+    # Verification pushes go to URLs nobody has proved to control yet: bounded (NO [LIMIT] beyond).
+    verification_per_endpoint_per_hour: int = Field(5, ge=1)
+    verification_per_account_per_hour: int = Field(20, ge=1)
     timeout: Duration = 10.0
     retry_budget: int = Field(5, ge=0)
     mailboxes: list[str] = Field(default_factory=lambda: ["INBOX"])

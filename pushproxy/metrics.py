@@ -105,7 +105,7 @@ REGISTRATION_KINDS = ("apns", "webpush")
 PUSH_SERVICES = ("apns", "webpush")
 WATCHER_STATES = ("connecting", "idle", "polling", "backoff", "auth_failed", "stopped")
 WEBPUSH_SUBSCRIPTION_STATES = ("inactive", "active", "silenced")
-WEBPUSH_VERIFICATION_RESULTS = ("sent", "acknowledged", "expired")
+WEBPUSH_VERIFICATION_RESULTS = ("sent", "acknowledged", "expired", "rate_limited")
 WEBPUSH_PAYLOAD_LEVELS = ("flags", "sync")
 
 # Dispatch latency includes the debounce (1 s by default), hence the long tail.

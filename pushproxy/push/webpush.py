@@ -162,7 +162,8 @@ class WebPushSender:
 
     async def send_ack(self, sub: WebPushSubscription, token: str) -> WebPushResult:
         """The verification push ``* ACKWEBPUSH <token>``."""
-        return await self.send(sub, ack_payload(token), urgency="high", ttl=self._cfg.ack_ttl)
+        ttl = self._cfg.ack_ttl if self._cfg.ack_ttl is not None else int(self._cfg.ack_expiry)
+        return await self.send(sub, ack_payload(token), urgency="high", ttl=ttl)
 
     async def send(self, sub: WebPushSubscription, plaintext: bytes, *, urgency: Urgency, ttl: int) -> WebPushResult:
         result = await self._send(sub, plaintext, urgency=urgency, ttl=ttl)

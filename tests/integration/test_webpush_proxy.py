@@ -416,6 +416,35 @@ def test_the_17th_subscription_gets_no_limit(dovecot: Dovecot, proxy_factory: Pr
     client.close()
 
 
+def test_verification_push_amplification_is_bounded(dovecot: Dovecot, proxy_factory: ProxyFactory, standin) -> None:
+    """Regression (issue 9 item 5): repeating WEBPUSH made the proxy POST to a URL it was handed, unbounded."""
+    proxy = start_proxy(proxy_factory, dovecot)  # defaults: 5 per endpoint, 20 per account, per hour
+    client = RawImap(proxy.port)
+    client.login()
+    victim = standin.new_subscription()
+    # An identical WEBPUSH repeated: one verification push, however often it is sent.
+    for _ in range(30):
+        client.ok(webpush_cmd("same", victim))
+    wait_pushes(standin, victim, 1)
+    # New versions for the same URL (other ids): at most 5 pushes per hour, then NO [LIMIT].
+    statuses = []
+    for i in range(10):
+        _, status = client.command(webpush_cmd(f"v{i}", victim))
+        statuses.append(status.split(b" ")[0:2])
+        client.ok(f"WEBPUSH v{i} NIL")
+    assert statuses == [[b"OK", b"WEBPUSH"]] * 4 + [[b"NO", b"[LIMIT]"]] * 6
+    time.sleep(0.5)
+    assert len(standin.records_for(victim)) == 5
+    # Other URLs: the account's own bound (20 per hour) applies; 5 were used above.
+    results = []
+    for i in range(16):
+        results.append(client.command(webpush_cmd(f"o{i}", standin.new_subscription()))[1])
+        client.ok(f"WEBPUSH o{i} NIL")  # stay far from the subscription limit
+    assert [r.startswith(b"OK") for r in results] == [True] * 15 + [False]
+    assert results[-1].startswith(b"NO [LIMIT]") and b"verification pushes for this account" in results[-1]
+    client.close()
+
+
 # --- unacknowledged subscriptions ----------------------------------------------------------------------
 
 

@@ -91,7 +91,10 @@ async def test_create_answers_vapid_and_webpush_nil_then_sends_exactly_one_ack_p
     push = records[0]
     assert push.problems == []
     assert push.headers["Urgency"] == "high"
-    assert push.headers["TTL"] == str(env.config.webpush.ack_ttl)
+    # Changed with issue 13: the verification push lives as long as the subscription
+    # waits for its ACK (webpush.ack_expiry, 24 h by default), not 300 s.
+    assert env.config.webpush.ack_ttl is None
+    assert push.headers["TTL"] == str(int(env.config.webpush.ack_expiry))
     assert push.vapid_key == env.keyring.current.public_key_b64
     token = env.last_token(ss)
     assert len(token) >= 22  # >= 128 bits of base64url
@@ -173,18 +176,98 @@ async def test_resending_an_active_subscription_unchanged_keeps_it_active_withou
     assert sub is not None and sub.active
 
 
-async def test_resending_an_unacknowledged_subscription_issues_a_new_token(env: WebPushEnv) -> None:
+async def test_resending_an_unacknowledged_subscription_unchanged_sends_no_new_push(env: WebPushEnv) -> None:
+    # Changed with issue 9 item 5 (this test used to assert that an identical WEBPUSH
+    # issues a new token and push): repeating an identical WEBPUSH no longer resends
+    # the verification push; the token already sent stays valid.
     ctx = FakeContext()
     ss = env.standin.new_subscription()
     await env.subscribe(ctx, "s", ss)
     first = env.last_token(ss)
+    for _ in range(3):
+        reply, lines = await env.subscribe(ctx, "s", ss, wait=False)
+        assert reply.status == "OK"
+        assert lines == [b"VAPID " + env.keyring.current.public_key_b64.encode(), webpush_line("s", ss.endpoint, "NIL")]
+    await env.settle()
+    assert len(env.standin.records_for(ss)) == 1
+    reply, _ = await env.run(f"ACKWEBPUSH {first}", ctx)
+    assert reply.status == "OK"
+
+
+async def test_a_changed_unacknowledged_subscription_gets_a_new_token(env: WebPushEnv) -> None:
+    ctx = FakeContext()
+    ss, other = env.standin.new_subscription(), env.standin.new_subscription()
     await env.subscribe(ctx, "s", ss)
-    second = env.last_token(ss)
+    first = env.last_token(ss)
+    await env.subscribe(ctx, "s", other)  # another endpoint and keys: a new version
+    second = env.last_token(other)
     assert first != second
     reply, _ = await env.run(f"ACKWEBPUSH {first}", ctx)
     assert reply.status == "NO"  # bound to the version it was sent for
     reply, _ = await env.run(f"ACKWEBPUSH {second}", ctx)
     assert reply.status == "OK"
+
+
+async def test_an_undelivered_verification_push_is_sent_again_on_an_identical_webpush(env: WebPushEnv) -> None:
+    ctx = FakeContext()
+    ss = env.standin.new_subscription()
+    env.standin.program(ss, Answer.status(400))
+    await env.subscribe(ctx, "s", ss, wait=False)
+    await env.settle()
+    assert len(env.standin.records_for(ss, accepted_only=False)) == 1
+    await env.subscribe(ctx, "s", ss)  # the first push was refused: this one is sent
+    reply, _ = await env.run(f"ACKWEBPUSH {env.last_token(ss)}", ctx)
+    assert reply.status == "OK"
+
+
+# --- verification-push amplification (issue 9 item 5) -------------------------------------------
+
+
+async def test_verification_pushes_per_endpoint_are_bounded(tmp_path: Path, standin: PushStandin) -> None:
+    """Regression: one session could make the proxy POST ~1,300 verification pushes a minute to one URL."""
+    env = await make_env(tmp_path, standin, verification_per_endpoint_per_hour=5)
+    try:
+        ctx = FakeContext()
+        target = standin.new_subscription()
+        limited_before = metric_value("pushproxy_webpush_verifications_total", {"result": "rate_limited"})
+        statuses = []
+        for i in range(12):
+            # Alternate ids so that every command is a new version (not an identical repeat).
+            reply, lines = await env.subscribe(ctx, f"s{i % 2}-{i}", target, wait=False)
+            statuses.append((reply.status, reply.code))
+            if reply.status == "NO":
+                assert lines == [] and "endpoint" in reply.text
+            else:
+                await env.run(f"WEBPUSH s{i % 2}-{i} NIL", ctx)  # stay under the subscription limit
+        await env.settle()
+        assert statuses == [("OK", None)] * 5 + [("NO", "LIMIT")] * 7
+        assert len(standin.records_for(target)) == 5
+        assert metric_value("pushproxy_webpush_verifications_total", {"result": "rate_limited"}) == limited_before + 7
+        # Another account is refused for that endpoint too (the bound is the endpoint's) ...
+        reply, _ = await env.subscribe(FakeContext("bob", "b"), "x", target, wait=False)
+        assert (reply.status, reply.code) == ("NO", "LIMIT")
+        # ... and other endpoints are still served.
+        reply, _ = await env.subscribe(ctx, "fresh", standin.new_subscription())
+        assert reply.status == "OK"
+    finally:
+        await close_env(env)
+
+
+async def test_verification_pushes_per_account_are_bounded(tmp_path: Path, standin: PushStandin) -> None:
+    env = await make_env(tmp_path, standin, verification_per_account_per_hour=3, max_subscriptions_per_account=50)
+    try:
+        ctx = FakeContext()
+        targets = [standin.new_subscription() for _ in range(5)]
+        replies = [(await env.subscribe(ctx, f"s{i}", t, wait=False))[0] for i, t in enumerate(targets)]
+        assert [(r.status, r.code) for r in replies] == [("OK", None)] * 3 + [("NO", "LIMIT")] * 2
+        assert "account" in replies[-1].text
+        assert await env.store.get_subscription("alice", "s4") is None  # nothing stored when refused
+        await env.settle()
+        assert sum(len(standin.records_for(t)) for t in targets) == 3
+        reply, _ = await env.subscribe(FakeContext("bob", "b"), "s", targets[4])  # bob has his own budget
+        assert reply.status == "OK"
+    finally:
+        await close_env(env)
 
 
 async def test_key_rotation_then_webpush_deactivates_and_reacks_under_the_new_key(env: WebPushEnv) -> None:
@@ -297,8 +380,8 @@ async def test_limit_counts_unacknowledged_but_not_expired(tmp_path: Path, stand
         reply, lines = await env.subscribe(ctx, "s3", subs[3], wait=False)
         assert (reply.status, reply.code) == ("NO", "LIMIT") and lines == []
         assert standin.records_for(subs[3]) == []
-        # Updating an existing one is not a new subscription.
-        reply, _ = await env.subscribe(ctx, "s2", subs[2])
+        # Updating an existing one is not a new subscription (sent unchanged: no new push).
+        reply, _ = await env.subscribe(ctx, "s2", subs[2], wait=False)
         assert reply.status == "OK"
         # Another account has its own limit.
         reply, _ = await env.subscribe(FakeContext("bob", "b"), "s3", subs[3])
@@ -503,3 +586,23 @@ async def test_store_row_is_a_plain_subscription(env: WebPushEnv) -> None:
     assert isinstance(sub, WebPushSubscription)
     assert (sub.endpoint, sub.p256dh, sub.auth) == (ss.endpoint, ss.p256dh, ss.auth)
     assert sub.want_changes is False and sub.failures == 0
+
+
+async def test_any_astring_id_works_end_to_end(env: WebPushEnv) -> None:
+    """Issue 13: ids are any astring up to 256 bytes; responses quote those that are not atoms."""
+    ctx = FakeContext()
+    ss = env.standin.new_subscription()
+    reply, lines = await env.run(f'WEBPUSH "my phone (2)" "{ss.endpoint}" {ss.p256dh} {ss.auth}', ctx)
+    assert reply.status == "OK"
+    assert lines[1] == f'WEBPUSH "my phone (2)" "{ss.endpoint}" NIL'.encode()
+    await env.standin.wait_for(ss, 1)
+    reply, lines = await env.run(f'ACKWEBPUSH "my phone (2)" {env.last_token(ss)}', ctx)
+    assert reply.status == "OK" and lines == [f'WEBPUSH "my phone (2)" "{ss.endpoint}" 0'.encode()]
+    reply, lines = await env.run('LWEBPUSH "my phone (2)"', ctx)
+    assert lines == [f'WEBPUSH "my phone (2)" "{ss.endpoint}" 0'.encode()]
+    reply, _ = await env.run(b'WEBPUSH "' + b"x" * 257 + b'" NIL', ctx)
+    assert reply.status == "BAD"
+    # Non-ASCII: accepted, sent back as a literal (no UTF8=ACCEPT needed to read it).
+    other = env.standin.new_subscription()
+    reply, lines = await env.run(f'WEBPUSH "téléphone" "{other.endpoint}" {other.p256dh} {other.auth}', ctx)
+    assert reply.status == "OK" and lines[1].startswith(b"WEBPUSH {11}\r\nt\xc3\xa9l\xc3\xa9phone ")

@@ -52,16 +52,31 @@ def args(line: bytes) -> list[Token]:
 # --- ids -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sub_id", ["a", "a8282bf9-6102-4e1b-bb61-d26d0e532e65", "A_b-9", "x" * 64])
+@pytest.mark.parametrize("sub_id", ["a", "a8282bf9-6102-4e1b-bb61-d26d0e532e65", "A_b-9", "x" * 64, "a.b", "a+b"])
 def test_valid_ids(sub_id: str) -> None:
     assert parse_sub_id(Atom(sub_id)) == sub_id
     assert parse_sub_id(sub_id.encode()) == sub_id  # quoted form
 
 
-@pytest.mark.parametrize("sub_id", ["", "x" * 65, "a.b", "a b", "a/b", "é", "a+b", "NIL", "nil"])
-def test_invalid_ids(sub_id: str) -> None:
+# Changed with issue 13 (lenient where the draft is silent): ids used to be 1-64
+# characters of [A-Za-z0-9_-]; now any astring of 1-256 bytes of UTF-8 without
+# control characters is an id, so "a b", "a/b", "é", quoted "NIL" and 256-byte ids are valid.
+@pytest.mark.parametrize("sub_id", ["x" * 65, "x" * 256, "a b", "a/b", "é", "NIL", "nil", 'a"b', "é" * 128])
+def test_lenient_ids_are_accepted(sub_id: str) -> None:
+    assert parse_sub_id(sub_id.encode()) == sub_id
+
+
+@pytest.mark.parametrize("sub_id", [b"", b"x" * 257, "é".encode() * 128 + b"x", b"a\x01b", b"a\x7fb", b"\xff"])
+def test_invalid_ids(sub_id: bytes) -> None:
     with pytest.raises(WebPushSyntaxError):
-        parse_sub_id(sub_id.encode())
+        parse_sub_id(sub_id)
+
+
+@pytest.mark.parametrize("sub_id", ["a b", "NIL", "é", 'a"b\\c', "x" * 256, "a]b"])
+def test_any_id_round_trips_through_a_response(sub_id: str) -> None:
+    line = webpush_response(sub_id, ENDPOINT, 0)
+    cmd = parse_command(b"tag " + line + b"\r\n")
+    assert parse_sub_id(cmd.args[0]) == sub_id
 
 
 def test_id_cannot_be_nil_or_list() -> None:
@@ -100,6 +115,18 @@ def test_endpoint_with_percent_must_be_quoted() -> None:
     assert parse_webpush(args(f'"s" "{url}" {P256DH} {AUTH}'.encode())) == Subscribe("s", url, P256DH, AUTH)
 
 
+def test_standard_base64_keys_are_accepted_and_normalised() -> None:
+    # Changed with issue 13: standard base64 (+ /) used to be BAD; it is now accepted.
+    p256dh_raw = base64.urlsafe_b64decode(P256DH + "=" * (-len(P256DH) % 4))
+    auth_raw = base64.urlsafe_b64decode(AUTH + "==")
+    for pad in (True, False):
+        std = [base64.b64encode(p256dh_raw), base64.b64encode(auth_raw)]
+        if not pad:
+            std = [k.rstrip(b"=") for k in std]
+        sub = parse_webpush([Atom("s"), ENDPOINT.encode(), *std])
+        assert isinstance(sub, Subscribe) and (sub.p256dh, sub.auth) == (P256DH, AUTH)
+
+
 def test_padded_keys_are_normalised() -> None:
     p256dh_raw = base64.urlsafe_b64decode(P256DH + "=" * (-len(P256DH) % 4))
     auth_raw = base64.urlsafe_b64decode(AUTH + "==")
@@ -131,7 +158,7 @@ def test_missing_auth_is_bad_with_that_reason() -> None:
         f"s {ENDPOINT} {P256DH} NIL".encode(),
         f's "" {P256DH} {AUTH}'.encode(),
         f"s ({ENDPOINT}) {P256DH} {AUTH}".encode(),
-        f"bad.id {ENDPOINT} {P256DH} {AUTH}".encode(),
+        f"{'x' * 257} {ENDPOINT} {P256DH} {AUTH}".encode(),  # was bad.id: now a valid id
     ],
 )
 def test_malformed_webpush(line: bytes) -> None:
@@ -143,14 +170,14 @@ def test_bad_keys() -> None:
     point = base64.urlsafe_b64decode(P256DH + "=" * (-len(P256DH) % 4))
     off_curve = point[:-1] + bytes([point[-1] ^ 1])
     compressed = bytes([2]) + point[1:33]
-    standard_b64 = base64.b64encode(os.urandom(16)).decode().replace("-", "+") + "+/"
     cases = [
         (b64u(off_curve), AUTH, "valid P-256"),
         (b64u(compressed), AUTH, "65-byte"),
-        ("not base64url!", AUTH, "base64url"),
+        ("not base64url!", AUTH, "base64"),
         (P256DH, b64u(os.urandom(15)), "16-byte"),
         (P256DH, b64u(os.urandom(32)), "16-byte"),
-        (P256DH, standard_b64, "base64url"),
+        (P256DH, AUTH + "=", "padding"),  # padding that does not complete a quantum
+        (P256DH, "A" * 21, "length"),  # 22 chars minus one: not a base64 length
     ]
     for p256dh, auth, reason in cases:
         with pytest.raises(WebPushSyntaxError, match=reason):
@@ -184,7 +211,7 @@ def test_ackwebpush_forms() -> None:
         args(b"a b c"),
         args(b"tok.en"),
         args(b"NIL"),
-        args(b"bad.id tok"),
+        [b"x" * 257, Atom("tok")],  # was bad.id: now any id up to 256 bytes is valid
         [b"x" * 257],
     ]
     for bad in bad_forms:
@@ -199,8 +226,9 @@ def test_lwebpush_forms() -> None:
     assert parse_lwebpush(args(b"sub-1")) == "sub-1"
     with pytest.raises(WebPushSyntaxError):
         parse_lwebpush(args(b"a b"))
+    assert parse_lwebpush(args(b"a.id")) == "a.id"  # changed with issue 13: any id up to 256 bytes
     with pytest.raises(WebPushSyntaxError):
-        parse_lwebpush(args(b"bad.id"))
+        parse_lwebpush([b"x" * 257])
 
 
 def test_silwebpush_forms() -> None:

@@ -7,6 +7,10 @@ background task started after that write, so a slow push service never holds
 the client's OK.  Only sha256 of a token is stored; tokens, endpoints and
 auth secrets are never logged (an endpoint tag stands in).
 
+Verification pushes are bounded per endpoint and per account
+(:mod:`.ratelimit`), and an identical WEBPUSH for a subscription still waiting
+for its ACK does not send another one (unless the first was not delivered).
+
 Also here: the maintenance loop that deletes unacknowledged subscriptions
 once ``webpush.ack_expiry`` has passed (telling the watcher supervisor) and
 keeps the subscription gauge; commands also delete the account's expired ones
@@ -25,6 +29,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import yarl
+
 from pushproxy import metrics
 from pushproxy.config import Config
 from pushproxy.extensions.base import Reply, SessionContext
@@ -40,6 +46,7 @@ from pushproxy.extensions.webpush.grammar import (
     vapid_response,
     webpush_response,
 )
+from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
 from pushproxy.imap.parse import Command
 from pushproxy.push.ssrf import EndpointRefused
 from pushproxy.push.vapid import VapidKeyring
@@ -68,6 +75,14 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii")).digest()
 
 
+def _endpoint_key(endpoint: str) -> str:
+    """The endpoint as the rate limit counts it: the normalised URL (host case, default port)."""
+    try:
+        return str(yarl.URL(endpoint))
+    except (ValueError, TypeError):
+        return endpoint
+
+
 def _is_expired(sub: WebPushSubscription, now: float) -> bool:
     return not sub.active and sub.ack_expires is not None and sub.ack_expires <= now
 
@@ -94,6 +109,12 @@ class WebPushCommands:
         self.clock = clock
         expiry = config.webpush.ack_expiry
         self._sweep_interval = sweep_interval or min(_MAX_SWEEP_INTERVAL, max(_MIN_SWEEP_INTERVAL, expiry / 4))
+        self.limiter = VerificationLimiter(
+            config.webpush.verification_per_endpoint_per_hour, config.webpush.verification_per_account_per_hour
+        )
+        # (account, id) -> token hash of a verification push that was not delivered: an
+        # identical WEBPUSH may then send a new one.  Bounded by the subscriptions.
+        self._undelivered: dict[tuple[str, str], bytes] = {}
         self._silencing_sessions: set[str] = set()  # sessions that hold a silence "until this connection ends"
         self._background: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
@@ -157,17 +178,30 @@ class WebPushCommands:
                     f"Too many WEBPUSH subscriptions for this account (at most {cfg.max_subscriptions_per_account})",
                     "LIMIT",
                 )
-            if (
+            unchanged = (
                 old is not None
-                and old.active
                 and (old.endpoint, old.p256dh, old.auth) == (request.endpoint, request.p256dh, request.auth)
                 and old.vapid_key_id == current_key.key_id
+            )
+            if (
+                old is not None
+                and unchanged
+                and (old.active or self._undelivered.get((account, old.sub_id)) != old.ack_token_hash)
             ):
-                # Pinned interpretation: an active subscription sent again unchanged stays active,
-                # without a new verification push; the answer still shows the key and the state.
+                # Pinned interpretation: a subscription sent again unchanged keeps its state
+                # and gets no new verification push (active: it stays active; waiting for its
+                # ACK: the push already sent still holds the valid token).  The answer still
+                # shows the key and the state.
                 ctx.reply_untagged(vapid_response(current_key.public_key_b64))
                 ctx.reply_untagged(webpush_response(old.sub_id, old.endpoint, state_of(old, now)))
                 return Reply("OK", "WEBPUSH completed")
+            refusal = self.limiter.refusal(account, _endpoint_key(request.endpoint))
+            if refusal is not None:
+                log.info("webpush %s: verification push refused by the rate limit", account)
+                metrics.WEBPUSH_VERIFICATIONS.labels(result="rate_limited").inc()
+                return Reply("NO", refusal, "LIMIT")
+            self.limiter.record(account, _endpoint_key(request.endpoint))
+            self._undelivered.pop((account, request.sub_id), None)
             # New, changed, still waiting for its ACK (a new token replaces the old one), or
             # acknowledged under an older VAPID key: a new version that must be acknowledged.
             token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -221,6 +255,7 @@ class WebPushCommands:
     async def _unsubscribe(self, account: str, sub_id: str, ctx: SessionContext) -> Reply:
         async with account_lock(account):
             deleted = await self.store.delete_subscription(account, sub_id)
+            self._undelivered.pop((account, sub_id), None)
         if deleted:
             log.info("webpush %s/%s: deleted by the client", account, sub_id)
             await self._registration_changed(account, ctx.session_id)
@@ -233,6 +268,8 @@ class WebPushCommands:
         if result.ok:
             metrics.WEBPUSH_VERIFICATIONS.labels(result="sent").inc()
             return
+        if sub.ack_token_hash is not None:
+            self._undelivered[(sub.account, sub.sub_id)] = sub.ack_token_hash
         log.info("webpush %s: verification push not delivered (%s: %s)", who, result.outcome, result.detail)
         if result.outcome != "delete":
             return  # the client can send WEBPUSH again; unacknowledged, it expires
@@ -266,6 +303,7 @@ class WebPushCommands:
             # the verification push it just proved to have received (the current key,
             # unless a rotation happened in between; then the next WEBPUSH re-keys it).
             sub.active = True
+            self._undelivered.pop((account, sub.sub_id), None)
             sub.ack_token_hash = None  # single use
             sub.ack_expires = None
             sub.failures = 0
@@ -360,8 +398,12 @@ class WebPushCommands:
         The gauge is refreshed here only (at most a minute old): a census after
         every command would read every subscription of every account each time.
         """
+        self.limiter.prune()
         now = self.clock()
         subs = await self.store.list_subscriptions()
+        live = {(s.account, s.sub_id) for s in subs if not _is_expired(s, now)}
+        for key in [k for k in self._undelivered if k not in live]:
+            del self._undelivered[key]
         expired_accounts = sorted({sub.account for sub in subs if _is_expired(sub, now)})
         count = 0
         for account in expired_accounts:

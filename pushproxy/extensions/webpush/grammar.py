@@ -23,13 +23,18 @@ from pushproxy.imap.response import quote
 from pushproxy.push.vapid import b64url
 from pushproxy.push.webpush_adapter import InvalidSubscriptionKeys, check_subscription_keys
 
-# Pinned interpretation: ids are 1-64 characters of [A-Za-z0-9_-] (the
-# presentation uses UUIDs); they are sent back as atoms.
-_SUB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Pinned interpretation (lenient where the draft is silent): an id is any
+# astring of 1-256 bytes of UTF-8 (the presentation's UUIDs are an example,
+# not a rule), without control characters (they would let a client forge
+# log lines).  Ids go back as atoms when they can, else as quoted strings.
+MAX_SUB_ID_BYTES = 256
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_ATOM_RE = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+$")  # ATOM-CHAR (RFC 9051), no "]"
 # Tokens the proxy issues are 32 characters of base64url (192 bits); accept
 # the alphabet of the verification push (pushproxy.push.payload.ack_payload).
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
+# Keys (pinned): base64url or standard base64, padded or not; decoded strictly after that.
+_B64_ANY_RE = re.compile(r"^[A-Za-z0-9_\-+/]+={0,2}$")
 _NUMBER_RE = re.compile(r"^[0-9]{1,10}$")
 
 MAX_NUMBER = 4294967295  # RFC 9051 number: 32-bit unsigned
@@ -85,12 +90,20 @@ def _astring(token: Token, what: str) -> str:
 
 
 def parse_sub_id(token: Token) -> str:
+    """Any astring of 1-256 bytes of UTF-8 without control characters (the NIL atom is not one)."""
     text = _astring(token, "subscription id")
-    # Pinned interpretation: "NIL" (any case) is not an id: the responses send
-    # ids as atoms, where it would read as NIL.
-    if not _SUB_ID_RE.match(text) or text.upper() == "NIL":
-        raise WebPushSyntaxError("subscription id must be 1-64 characters of A-Z a-z 0-9 _ -")
+    if not text or len(text.encode("utf-8")) > MAX_SUB_ID_BYTES:
+        raise WebPushSyntaxError(f"subscription id must be 1-{MAX_SUB_ID_BYTES} bytes")
+    if _CONTROL_RE.search(text):
+        raise WebPushSyntaxError("subscription id must not contain control characters")
     return text
+
+
+def sub_id_string(sub_id: str) -> bytes:
+    """An id as the responses send it: an atom when it can be one (and is not NIL), else a string."""
+    if _ATOM_RE.match(sub_id) and sub_id.upper() != "NIL":
+        return sub_id.encode("ascii")
+    return quote(sub_id)
 
 
 def parse_endpoint_string(token: Token) -> str:
@@ -101,22 +114,26 @@ def parse_endpoint_string(token: Token) -> str:
     return text
 
 
-def _b64url_bytes(token: Token, what: str) -> bytes:
+def _key_bytes(token: Token, what: str) -> bytes:
+    """base64url or standard base64, with or without padding; then a strict decode."""
     text = _astring(token, what)
-    if not _B64URL_RE.match(text):
-        raise WebPushSyntaxError(f"{what} must be base64url")
+    if not _B64_ANY_RE.match(text):
+        raise WebPushSyntaxError(f"{what} must be base64url or base64")
+    body = text.rstrip("=")
+    if (text != body and len(text) % 4) or len(body) % 4 == 1:
+        raise WebPushSyntaxError(f"{what}: invalid base64 length or padding")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(body.replace("-", "+").replace("_", "/") + "=" * (-len(body) % 4), validate=True)
     except (ValueError, binascii.Error):
-        raise WebPushSyntaxError(f"{what} must be base64url") from None
+        raise WebPushSyntaxError(f"{what} must be base64url or base64") from None
 
 
 def parse_keys(p256dh_token: Token, auth_token: Token) -> tuple[str, str]:
     """(p256dh, auth) as unpadded base64url, after checking they can encrypt (RFC 8291)."""
-    p256dh_raw = _b64url_bytes(p256dh_token, "p256dh")
+    p256dh_raw = _key_bytes(p256dh_token, "p256dh")
     if len(p256dh_raw) != 65 or p256dh_raw[0] != 4:
         raise WebPushSyntaxError("p256dh must be a 65-byte uncompressed P-256 public key")
-    auth_raw = _b64url_bytes(auth_token, "auth")
+    auth_raw = _key_bytes(auth_token, "auth")
     if len(auth_raw) != 16:
         raise WebPushSyntaxError("auth must be a 16-byte secret")
     p256dh, auth = b64url(p256dh_raw), b64url(auth_raw)
@@ -209,4 +226,4 @@ def webpush_response(sub_id: str, endpoint: str, state: int | None) -> bytes:
     seconds of silence remaining (0 = active and not silenced).
     """
     state_text = b"NIL" if state is None else b"%d" % min(max(state, 0), MAX_NUMBER)
-    return b"WEBPUSH " + sub_id.encode("ascii") + b" " + quote(endpoint) + b" " + state_text
+    return b"WEBPUSH " + sub_id_string(sub_id) + b" " + quote(endpoint) + b" " + state_text
