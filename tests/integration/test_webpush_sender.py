@@ -126,7 +126,13 @@ async def test_ack_push(standin, sender, keyring) -> None:
     assert result.ok
     (rec,) = await standin.wait_for(ss, 1)
     assert rec.plaintext == b"* ACKWEBPUSH Tok3n_-x\r\n"
-    assert rec.headers["TTL"] == "300" and rec.headers["Urgency"] == "high"
+    # Changed with issue 13: by default the ACK push lives as long as the ACK window
+    # (webpush.ack_expiry, 24 h), no longer 300 s; an explicit ack_ttl still wins.
+    assert rec.headers["TTL"] == "86400" and rec.headers["Urgency"] == "high"
+    explicit = WebPushSender(make_cfg(ack_ttl=300), keyring)
+    async with explicit:
+        assert (await explicit.send_ack(subscription(ss, keyring), "again")).ok
+    assert (await standin.wait_for(ss, 2))[1].headers["TTL"] == "300"
 
 
 @pytest.mark.parametrize(
