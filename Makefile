@@ -41,8 +41,14 @@ typecheck: python-deps
 unit: python-deps
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
+# The suite runs on the default loop (uvloop); the proxy-facing tests run once
+# more on the standard asyncio loop, the fallback, so that both stay tested.
+STDLOOP_TESTS := tests/integration/test_proxy_core.py tests/integration/test_xapplepush_proxy.py \
+                 tests/integration/test_webpush_proxy.py tests/integration/test_watch_dovecot.py
+
 test: deps lint typecheck
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
+	PUSHPROXY_RUNTIME__EVENT_LOOP=asyncio $(BIN)/pytest -q -ra $(STDLOOP_TESTS)
 
 demo: deps
 	$(BIN)/python deploy/demo/demo.py

@@ -68,9 +68,10 @@ async def serve(config: Config) -> int:
 
 def run(config: Config) -> int:
     """Run the proxy in the foreground until SIGTERM/SIGINT; return the exit code."""
-    from pushproxy.reactor import install_asyncio_reactor
+    from pushproxy.reactor import install_asyncio_reactor, loop_name
 
-    install_asyncio_reactor()
+    loop = install_asyncio_reactor(config.runtime.event_loop)
+    log.info("event loop: %s", loop_name(loop))
     from twisted.internet import defer
     from twisted.internet import reactor as _reactor
 

@@ -207,6 +207,13 @@ class LogConfig(_Section):
         return v.lower() if isinstance(v, str) else v
 
 
+class RuntimeConfig(_Section):
+    # The asyncio loop Twisted's reactor runs on. "auto" takes uvloop when it is
+    # installed (it is a default dependency: measured faster on the relay path,
+    # see bench/passthrough.py) and the standard loop otherwise.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
         super().__init__(settings_cls)
@@ -233,6 +240,7 @@ class Config(BaseSettings):
     webpush: WebPushConfig = Field(default_factory=WebPushConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     _yaml_data: ClassVar[dict[str, Any]] = {}
 

@@ -1,8 +1,11 @@
 """Install Twisted's asyncio reactor before anything imports ``twisted.internet.reactor``.
 
-aioimaplib, aioapns and aiohttp run on asyncio; the IMAP listeners run on
-Twisted.  With Twisted's AsyncioSelectorReactor both share one event loop, so a
-watcher event, an extension handler and a session's bytes never cross threads.
+The upstream watchers (aioimaplib), aioapns and aiohttp run on asyncio; the IMAP
+listeners run on Twisted.  With Twisted's AsyncioSelectorReactor both share one
+event loop, so a watcher event, an extension handler and a session's bytes never
+cross threads.  The loop itself is the standard one or uvloop
+(``runtime.event_loop``); uvloop implements the same ``add_reader`` /
+``add_writer`` interface the reactor drives, with its polling in C.
 """
 
 from __future__ import annotations
@@ -11,7 +14,20 @@ import asyncio
 import sys
 
 
-def install_asyncio_reactor() -> asyncio.AbstractEventLoop:
+def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+    """A fresh loop of the requested kind: ``asyncio``, ``uvloop`` or ``auto`` (uvloop if installed)."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise RuntimeError("runtime.event_loop is uvloop but uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def install_asyncio_reactor(kind: str = "auto") -> asyncio.AbstractEventLoop:
     """Install (once) and return the loop the reactor runs on."""
     if "twisted.internet.reactor" in sys.modules:
         from twisted.internet import reactor
@@ -24,7 +40,11 @@ def install_asyncio_reactor() -> asyncio.AbstractEventLoop:
         return loop  # type: ignore[no-any-return]
     from twisted.internet import asyncioreactor
 
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop(kind)
     asyncio.set_event_loop(loop)
     asyncioreactor.install(loop)
     return loop
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
