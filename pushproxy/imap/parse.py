@@ -20,6 +20,7 @@ __all__ = [
     "ParseError",
     "StatusResponse",
     "Token",
+    "is_valid_tag",
     "parse_arguments",
     "parse_command",
     "parse_status_response",
@@ -60,6 +61,14 @@ def split_tag_command(line: bytes) -> tuple[bytes, bytes] | None:
     if m is None:
         return None
     return m.group(1), m.group(2).upper()
+
+
+_TAG_FORBIDDEN = frozenset(b'(){%*"\\+')
+
+
+def is_valid_tag(tag: bytes) -> bool:
+    """RFC 9051 ``tag``: ASTRING-CHARs except ``+`` (printable ASCII, no atom-specials)."""
+    return bool(tag) and all(0x21 <= c <= 0x7E and c not in _TAG_FORBIDDEN for c in tag)
 
 
 class _Reader:

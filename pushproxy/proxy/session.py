@@ -41,11 +41,12 @@ from pushproxy.imap.capabilities import (
     rewrite_capability_code,
     rewrite_capability_data,
 )
-from pushproxy.imap.framing import Framer, Line, LineTooLong, LiteralChunk
+from pushproxy.imap.framing import Framer, FramingError, Line, LineTooLong, LiteralChunk
 from pushproxy.imap.parse import (
     ParseError,
     StatusResponse,
     as_text,
+    is_valid_tag,
     parse_command,
     parse_status_response,
     split_tag_command,
@@ -56,6 +57,7 @@ log = logging.getLogger("pushproxy.session")
 _MAX_CAPTURE = 16384  # LOGIN / AUTHENTICATE bytes kept for credential capture
 _MAX_INTERCEPTED = 65536  # an intercepted command, literals included
 _UPSTREAM_MAX_LINE = 1 << 20  # longer upstream lines are streamed, not buffered
+_MAX_HELD_UNTAGGED = 64  # untagged lines kept back during a login exchange
 
 
 class SessionIO(Protocol):
@@ -75,6 +77,25 @@ class SessionSettings:
     max_preauth_literal: int = 8192
     plaintext_auth_allowed: bool = True  # on a connection without TLS
     starttls_offered: bool = False
+
+
+class _Pending:
+    """A command forwarded upstream and awaiting its tagged response.
+
+    ``auth`` marks a LOGIN / AUTHENTICATE: it is only ever forwarded when no other
+    command is in flight, so its tagged response is the next tagged response.
+    ``own`` marks a command the proxy itself sent (its responses are swallowed).
+    """
+
+    __slots__ = ("auth", "capture", "held", "own", "sasl_waiting", "tag")
+
+    def __init__(self, tag: bytes, *, auth: bool = False, own: bool = False) -> None:
+        self.tag = tag
+        self.auth = auth
+        self.own = own
+        self.capture: tuple[str, bytes] | None = None  # ("login" | "sasl", bytes)
+        self.sasl_waiting = False  # AUTHENTICATE PLAIN without initial response
+        self.held: list[bytes] = []  # untagged responses of an auth exchange, rewritten at its end
 
 
 class _OwnCommand:
@@ -136,22 +157,23 @@ class Session:
         self._greeting_text = b""
         self._handshake_caps: list[bytes] = []
 
-        self._inflight: deque[bytes] = deque()  # tags forwarded upstream, awaiting their tagged response
+        self._inflight: deque[_Pending] = deque()  # forwarded upstream, awaiting their tagged response
         self._held = True  # client events wait until the upstream is ready
         self._queue: deque[object] = deque()
         self._continuation_credits = 0  # "+" from upstream for IDLE / AUTHENTICATE
-        self._awaiting_literal: bytes | None = None  # tag whose sync literal awaits "+"
-        self._idle_tag: bytes | None = None
+        self._awaiting_literal: _Pending | None = None  # its sync literal awaits "+"
+        self._idle: _Pending | None = None
         # The command being read from the client, when it is not simply forwarded.
         self._cmd_mode = "none"  # none | forward | capture | intercept | discard
         self._cmd_tag = b""
         self._cmd_name = b""
+        self._cmd_pending: _Pending | None = None  # the forwarded command being read
         self._cmd_buf: list[bytes] = []
         self._cmd_size = 0
-        self._captures: dict[bytes, tuple[str, bytes]] = {}  # tag -> (kind, bytes)
-        self._sasl_tag: bytes | None = None
-        self._auth_tags: set[bytes] = set()  # LOGIN / AUTHENTICATE in flight
+        self._auth: _Pending | None = None  # the LOGIN / AUTHENTICATE in flight
+        self._held_by_auth = False  # later commands wait for the login's outcome
         self._own: _OwnCommand | None = None
+        self._own_in_flight = 0  # the proxy's own commands among _inflight
         self._own_counter = 0
         self._out_client: list[bytes] = []
         self._local_task: asyncio.Task[None] | None = None
@@ -164,7 +186,7 @@ class Session:
 
     @property
     def in_idle(self) -> bool:
-        return self._idle_tag is not None
+        return self._idle is not None
 
     # --------------------------------------------------------------- upstream
     def upstream_connected(self) -> None:
@@ -185,12 +207,16 @@ class Session:
                 self._own_event(ev)
             elif type(ev) is Line:
                 if ev.continued:
+                    if self._auth is not None:
+                        self._release_auth_untagged(self._auth)
                     out.append(ev.data)
                 elif self._up_state != "ready":
                     self._handshake_line(ev.data)
                 else:
-                    self._upstream_line(ev.data)
+                    self._upstream_line(ev.data, ev.literal is None)
             else:
+                if self._auth is not None:
+                    self._release_auth_untagged(self._auth)
                 out.append(ev.data)  # type: ignore[union-attr]
         self._flush_client()
         if not self._held and self._queue:
@@ -269,24 +295,34 @@ class Session:
         self._held = False
         self._pump()
 
-    def _upstream_line(self, line: bytes) -> None:
+    def _upstream_line(self, line: bytes, complete: bool) -> None:
         out = self._out_client
         first = line[:1]
+        auth = self._auth
         if first == b"+":
+            if auth is not None:
+                self._release_auth_untagged(auth)
             if self._awaiting_literal is not None:
                 self._awaiting_literal = None
             else:
                 self._continuation_credits += 1
+                if self._held_by_auth:
+                    # The client's answer to this "+" waits in the queue.
+                    self._held_by_auth = False
+                    self._held = False
             out.append(line)
             return
         if first == b"*":
-            if is_capability_data(line):
-                line = rewrite_capability_data(line, self.policy, self.facts)
-            elif line[2:5] in (b"OK ", b"NO ", b"BYE") and b"[CAPABILITY " in line[:20].upper():
-                st = parse_status_response(line)
-                if st is not None and st.code is not None:
-                    line = rewrite_capability_code(line, st.code_start, st.code_end, self.policy, self.facts)
-            out.append(line)
+            if self._own_in_flight and self._inflight and self._inflight[0].own:
+                return  # a response to the proxy's own command (ID)
+            if auth is not None:
+                # Inside a login exchange a capability list must describe the state
+                # the exchange ends in: keep it until the tagged response.
+                if complete and len(auth.held) < _MAX_HELD_UNTAGGED:
+                    auth.held.append(line)
+                    return
+                self._release_auth_untagged(auth)
+            out.append(self._rewrite_untagged(line))
             return
         status = parse_status_response(line)
         if status is None:
@@ -294,32 +330,76 @@ class Session:
             return
         self._tagged_from_upstream(status, line)
 
+    def _rewrite_untagged(self, line: bytes) -> bytes:
+        if is_capability_data(line):
+            return rewrite_capability_data(line, self.policy, self.facts)
+        if line[2:5] in (b"OK ", b"NO ", b"BYE") and b"[CAPABILITY " in line[:20].upper():
+            st = parse_status_response(line)
+            if st is not None and st.code is not None:
+                return rewrite_capability_code(line, st.code_start, st.code_end, self.policy, self.facts)
+        return line
+
+    def _release_auth_untagged(self, auth: _Pending) -> None:
+        if auth.held:
+            out = self._out_client
+            for line in auth.held:
+                out.append(self._rewrite_untagged(line))
+            auth.held.clear()
+
+    def _match(self, tag: bytes) -> _Pending | None:
+        """The in-flight command a tagged response answers: the oldest one, in order.
+
+        Plain commands answered out of order are found by tag further in; a login
+        or the proxy's own command never is (it is only ever the oldest).
+        """
+        inflight = self._inflight
+        if not inflight:
+            return None
+        head = inflight[0]
+        if head.tag == tag:
+            return inflight.popleft()
+        for pending in inflight:
+            if pending.tag == tag and not (pending.auth or pending.own):
+                inflight.remove(pending)
+                return pending
+        return None
+
     def _tagged_from_upstream(self, status: StatusResponse, line: bytes) -> None:
-        tag = status.tag
-        # Remove the command from the in-flight list (usually the oldest).
-        # Usually the oldest; a tag upstream answered out of order is found further in.
-        if tag in self._inflight:
-            self._inflight.remove(tag)
-        if self._awaiting_literal == tag:
+        pending = self._match(status.tag)
+        if pending is None:
+            if self._auth is not None:
+                # Nothing but the login is in flight: upstream is not speaking IMAP to us.
+                log.warning("session %s: upstream answered a command it was not sent", self.session_id)
+                self._fatal("Proxy lost track of the upstream stream", "UNAVAILABLE")
+                return
+            self._out_client.append(line)  # answers nothing in flight: pass on, change nothing
+            return
+        if pending.own:
+            self._own_in_flight -= 1
+            return
+        if self._awaiting_literal is pending:
             # Upstream refused the command before asking for its literal.
             self._awaiting_literal = None
             self.client_framer.cancel_literal()
-            if self._cmd_tag == tag:
+            if self._cmd_pending is pending:
                 self._cmd_mode = "discard"
-        if self._idle_tag == tag:
-            self._idle_tag = None
-        if self._sasl_tag == tag:
-            self._sasl_tag = None
+        if self._idle is pending:
+            self._idle = None
         self._continuation_credits = 0
-        capture = self._captures.pop(tag, None)
         auth_ok = False
-        if tag in self._auth_tags:
-            self._auth_tags.discard(tag)
+        if pending.auth:
+            self._auth = None
+            # The one place identity changes: the tagged OK of the login command that
+            # was sent in the not-authenticated state, matched in order.
             if status.status == b"OK" and not self.facts.authenticated:
                 auth_ok = True
                 self.facts.authenticated = True
-                if capture is not None:
-                    self._authenticated_by(capture)
+                if pending.capture is not None:
+                    self._authenticated_by(pending.capture)
+            self._release_auth_untagged(pending)
+            if self._held_by_auth:
+                self._held_by_auth = False
+                self._held = False
         if status.code is not None and status.code[:11].upper() == b"CAPABILITY ":
             if auth_ok:
                 self.upstream_capabilities = frozenset(
@@ -337,7 +417,12 @@ class Session:
         self.bytes_from_client += len(data)
         self.last_client_activity = time.monotonic()
         framer = self.client_framer
-        events = framer.receive_data(data)
+        try:
+            events = framer.receive_data(data)
+        except FramingError as exc:
+            log.info("session %s: unframeable client data (%s), closing", self.session_id, exc)
+            self._fatal(f"Protocol error: {exc}", "TOOBIG")
+            return
         if self._held or self._queue:
             self._queue.extend(events)
             if self._held:
@@ -397,7 +482,7 @@ class Session:
             if mode == "capture":
                 self._collect(ev.data)
             if ev.literal is not None and ev.literal.sync:
-                self._awaiting_literal = self._cmd_tag
+                self._awaiting_literal = self._cmd_pending
         elif mode == "intercept":
             self._collect(ev.data)
             if ev.literal is not None:
@@ -415,17 +500,24 @@ class Session:
         if self._continuation_credits > 0:
             # The answer to a "+" (DONE after IDLE, a SASL response).
             self._continuation_credits -= 1
-            if self._sasl_tag is not None and self._sasl_tag in self._captures:
-                self._captures[self._sasl_tag] = ("sasl", line.strip())
-                self._sasl_tag = None
+            auth = self._auth
+            if auth is not None and auth.sasl_waiting:
+                auth.capture = ("sasl", line.strip())
+                auth.sasl_waiting = False
             self.io.to_upstream(line)
             return
+        if self._auth is not None:
+            # One login at a time, and what follows it runs in the state it ends in.
+            self._wait(ev)
+            self._held_by_auth = True
+            return
         head = split_tag_command(line)
-        if head is None:
+        if head is None or not is_valid_tag(head[0]):
             if line.strip() == b"":
                 return  # stray empty line: ignore like Dovecot does
             self._begin_discard(ev)
-            self._local_reply(_guess_tag(line), Reply("BAD", "Expected a tag and a command name"))
+            reason = "Expected a tag and a command name" if head is None else "Invalid tag"
+            self._local_reply(_guess_tag(line), Reply("BAD", reason))
             return
         tag, name = head
         self._cmd_tag, self._cmd_name = tag, name
@@ -451,34 +543,54 @@ class Session:
             self._begin_discard(ev)
             self._local_reply(tag, Reply("NO", "Compression is not available through this proxy"))
             return
-        if name in (b"LOGIN", b"AUTHENTICATE"):
-            self._auth_tags.add(tag)
+        is_auth = name in (b"LOGIN", b"AUTHENTICATE")
+        if is_auth:
             if self.authenticated:
-                pass  # upstream answers with its own BAD
-            elif not self.facts.client_tls and not self.facts.plaintext_auth_allowed:
+                self._begin_discard(ev)
+                self._local_reply(tag, Reply("BAD", "Already authenticated"))
+                return
+            if not self.facts.client_tls and not self.facts.plaintext_auth_allowed:
                 self._begin_discard(ev)
                 self._local_reply(
                     tag,
                     Reply("NO", "Plaintext authentication disallowed on non-secure connections", "PRIVACYREQUIRED"),
                 )
                 return
-            else:
-                self._cmd_mode = "capture"
-                self._cmd_buf = [line]
-                self._cmd_size = len(line)
+            if self._inflight:
+                # Forwarded only when nothing else is in flight, so that the next
+                # tagged response from upstream is its answer, whatever the tags.
+                self._wait(ev)
+                self._after_drain(self._release)
+                return
+            self._cmd_mode = "capture"
+            self._cmd_buf = [line]
+            self._cmd_size = len(line)
         else:
             self._cmd_mode = "forward"
         if ev.literal is not None and not self._literal_allowed(ev):
             return
-        self._inflight.append(tag)
+        pending = _Pending(tag, auth=is_auth)
+        if is_auth:
+            self._auth = pending
+        self._cmd_pending = pending
+        self._inflight.append(pending)
         self.io.to_upstream(line)
         if name == b"IDLE":
-            self._idle_tag = tag
+            self._idle = pending
         if ev.literal is not None:
             if ev.literal.sync:
-                self._awaiting_literal = tag
+                self._awaiting_literal = pending
             return
         self._command_complete()
+
+    def _wait(self, ev: Line) -> None:
+        """Put ``ev`` back at the head of the queue and stop reading the client."""
+        self._queue.appendleft(ev)
+        self._held = True
+
+    def _release(self) -> None:
+        self._held = False
+        self._pump()
 
     def _literal_allowed(self, ev: Line) -> bool:
         """Enforce the pre-authentication literal cap; False when the command was refused."""
@@ -530,7 +642,8 @@ class Session:
         if mode == "capture":
             data = b"".join(self._cmd_buf)
             self._cmd_buf = []
-            self._begin_capture(self._cmd_tag, data)
+            if self._cmd_pending is not None:
+                self._begin_capture(self._cmd_pending, data)
         elif mode == "intercept":
             data = b"".join(self._cmd_buf)
             self._cmd_buf = []
@@ -558,10 +671,10 @@ class Session:
         self._local_reply(tag, Reply("BAD", f"Line too long (limit {self.settings.max_line} bytes)", "TOOBIG"))
 
     # ------------------------------------------------------- credential capture
-    def _begin_capture(self, tag: bytes, data: bytes) -> None:
+    def _begin_capture(self, pending: _Pending, data: bytes) -> None:
         name = self._cmd_name
         if name == b"LOGIN":
-            self._captures[tag] = ("login", data)
+            pending.capture = ("login", data)
         elif name == b"AUTHENTICATE":
             try:
                 cmd = parse_command(data)
@@ -570,10 +683,10 @@ class Session:
             if not cmd.args or as_text(cmd.args[0], "mechanism").upper() != "PLAIN":
                 return  # not capturable: passed through, no push credentials
             if len(cmd.args) > 1:
-                self._captures[tag] = ("sasl", as_text(cmd.args[1], "response").encode())
+                pending.capture = ("sasl", as_text(cmd.args[1], "response").encode())
             else:
-                self._captures[tag] = ("sasl", b"")
-                self._sasl_tag = tag
+                pending.capture = ("sasl", b"")
+                pending.sasl_waiting = True
 
     def _authenticated_by(self, capture: tuple[str, bytes]) -> None:
         kind, data = capture
@@ -765,11 +878,9 @@ class Session:
 
 
 def _guess_tag(line: bytes) -> bytes:
-    """The tag of a malformed command when it has a plausible one, else ``*``."""
+    """The tag of a malformed command when it is a valid tag, else ``*``."""
     word = line.split(b" ", 1)[0].strip()
-    if word and len(word) <= 64 and all(0x21 <= c <= 0x7E and c not in b'(){%*"\\+' for c in word):
-        return word
-    return b"*"
+    return word if len(word) <= 64 and is_valid_tag(word) else b"*"
 
 
 def _log_task_error(task: asyncio.Task[None]) -> None:

@@ -1,0 +1,115 @@
+"""Hostile clients against the proxy in front of a real Dovecot (issue 9)."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import time
+from pathlib import Path
+
+from tests.integration.test_xapplepush_proxy import (  # noqa: F401  (fixtures)
+    TOKEN_A,
+    TOKEN_B,
+    RawClient,
+    apns,
+    apns_config,
+    certs,
+    register,
+)
+from tests.support.apns_standin import ApnsStandin
+from tests.support.certs import ApnsTestCerts
+from tests.support.dovecot import Dovecot, make_message
+
+
+def _credential_row(db: Path, account: str) -> tuple[object, ...] | None:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT * FROM credentials WHERE account = ?", (account,)).fetchone()
+    return tuple(row) if row is not None else None
+
+
+def _wait_credential(db: Path, account: str, timeout: float = 10) -> tuple[object, ...]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = _credential_row(db, account)
+        if row is not None:
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"no stored credential for {account}")
+
+
+def test_duplicate_tag_takeover_leaves_alice_alice(
+    dovecot: Dovecot,
+    proxy_factory,
+    apns: ApnsStandin,
+    certs: ApnsTestCerts,  # noqa: F811
+) -> None:
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns))
+    db = proxy.base_dir / "pushproxy.db"
+    bob = RawClient(proxy.port)
+    assert b"b1 OK" in bob.command(b"b1", b"LOGIN bob bobpw")
+    assert b"b2 OK" in register(bob, b"b2", token=TOKEN_B)
+    bob_credential = _wait_credential(db, "bob")
+
+    attacker = RawClient(proxy.port)
+    attacker.sock.sendall(b"a LOGIN alice alicepw\r\na LOGIN bob anything\r\n")
+    answer = attacker.read_until(b"a BAD")
+    assert b"a OK" in answer
+    # Still alice: the registration lands on alice, bob's stays as it was.
+    assert b"a OK" in register(attacker, b"a", token=TOKEN_A)
+    proxy.wait_log("authenticated as alice")
+    assert "authenticated as bob" not in proxy.log_text().split("authenticated as alice", 1)[1]
+    assert _credential_row(db, "bob") == bob_credential
+
+    dovecot.deliver("bob", make_message("for bob"))
+    req = apns.wait_for(1, timeout=15)[0]
+    assert req.path == f"/3/device/{TOKEN_B}"
+    dovecot.deliver("alice", make_message("for alice"))
+    paths = {r.path for r in apns.wait_for(2, timeout=15)}
+    assert paths == {f"/3/device/{TOKEN_B}", f"/3/device/{TOKEN_A}"}
+    attacker.close()
+    bob.close()
+
+
+def test_login_rules_against_dovecot(dovecot: Dovecot, proxy_factory) -> None:
+    proxy = proxy_factory(dovecot)
+    c = RawClient(proxy.port)
+    # Two pipelined LOGINs: one at a time; the second runs in the state the first ends in.
+    c.sock.sendall(b"a1 LOGIN alice wrong\r\na2 LOGIN bob bobpw\r\na3 LOGIN alice alicepw\r\n")
+    out = c.read_until(b"a3 ")
+    out += c.read_until(b"\r\n")
+    assert b"a1 NO" in out and b"a2 OK" in out and b"a3 BAD" in out
+    proxy.wait_log("authenticated as bob")
+    assert "authenticated as alice" not in proxy.log_text()
+    c.close()
+
+    # AUTHENTICATE interleaved with LOGIN: the line after "+" is the SASL answer.
+    c = RawClient(proxy.port)
+    c.sock.sendall(b"x1 AUTHENTICATE PLAIN\r\nx2 LOGIN bob bobpw\r\n")
+    out = c.read_until(b"x1 ")
+    out += c.read_until(b"\r\n")
+    assert b"x1 OK" not in out
+    blob = base64.b64encode(b"\0alice\0alicepw")
+    c.sock.sendall(b"x3 AUTHENTICATE PLAIN " + blob + b"\r\nx4 LOGIN bob bobpw\r\n")
+    out = c.read_until(b"x4 ")
+    out += c.read_until(b"\r\n")
+    assert b"x3 OK" in out and b"x4 BAD" in out
+    assert b"x5 OK" in c.command(b"x5", b"NOOP")
+    c.close()
+
+
+def test_invalid_tags_and_huge_literals(dovecot: Dovecot, proxy_factory) -> None:
+    proxy = proxy_factory(dovecot)
+    c = RawClient(proxy.port)
+    assert b"a1 OK" in c.command(b"a1", b"LOGIN alice alicepw")
+    c.sock.sendall(b"\xe9 NOOP\r\n")
+    assert c.read_until(b"\r\n").startswith(b"* BAD")
+    # A locally answered command after it is answered (it used to hang).
+    assert b"a2 BAD" in c.command(b"a2", b"STARTTLS")
+    assert b"a3 OK" in c.command(b"a3", b"NOOP")
+    c.close()
+
+    c = RawClient(proxy.port)
+    c.sock.sendall(b"x LOGIN {99999999999999999999}\r\n")
+    assert c.read_until(b"\r\n").startswith(b"* BYE")
+    assert c.sock.recv(100) == b""
+    c.close()
