@@ -40,7 +40,7 @@ def _wait_credential(db: Path, account: str, timeout: float = 10) -> tuple[objec
 def test_duplicate_tag_takeover_leaves_alice_alice(
     dovecot: Dovecot,
     proxy_factory,
-    apns: ApnsStandin,
+    apns: ApnsStandin,  # noqa: F811
     certs: ApnsTestCerts,  # noqa: F811
 ) -> None:
     proxy = proxy_factory(dovecot, apns=apns_config(certs, apns))
