@@ -9,6 +9,7 @@ in the YAML file itself.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -73,8 +74,19 @@ class ListenConfig(_Section):
     imaps: str = ""
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # A HAProxy PROXY v2 header from a load balancer in front: accepted (and then
+    # required) only from these networks; anyone else sending one is refused.
+    proxy_protocol: bool = False
+    proxy_protocol_trusted: list[str] = Field(default_factory=list)
 
     _hp = field_validator("imap", "imaps")(classmethod(lambda cls, v: _check_hostport(v)))
+
+    @field_validator("proxy_protocol_trusted")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)  # ValueError names the bad entry
+        return v
 
 
 class SessionConfig(_Section):
@@ -86,7 +98,16 @@ class SessionConfig(_Section):
     # (LOGINDISABLED) unless the peer is on loopback or this is true.
     allow_plaintext_auth: bool = False
     autologout: Duration = 30 * 60.0  # RFC 9051 section 5.4: at least 30 minutes
-    preauth_timeout: Duration = 60.0
+    # From connect to a successful login, whatever the client sends meanwhile.
+    preauth_timeout: Duration = Field(60.0, gt=0)
+    # Beyond these a new connection gets "* BYE [UNAVAILABLE]" (per IP: the client's
+    # address after PROXY header resolution).
+    max_connections: int = Field(5000, ge=1)
+    max_connections_per_ip: int = Field(50, ge=1)
+    # Failed logins from one client IP delay its next NO: 2 s, 4 s, 8 s ... up to this
+    # (0 disables); forgotten after auth_penalty_reset without a failure.
+    auth_penalty_max: Duration = 15.0
+    auth_penalty_reset: Duration = Field(300.0, gt=0)
     drain_timeout: Duration = 30.0
 
 
@@ -98,6 +119,10 @@ class UpstreamConfig(_Section):
     verify: bool = True
     server_name: str | None = None  # TLS name to verify; default: host
     connect_timeout: Duration = 10.0
+    # How upstream learns the client's address: "id" sends ID ("x-originating-ip" ...)
+    # before the login (Dovecot: login_trusted_networks), "proxy-v2" a HAProxy PROXY
+    # v2 header (Dovecot: haproxy_trusted_networks).
+    forward_client_ip: Literal["none", "id", "proxy-v2"] = "none"
 
 
 class StoreConfig(_Section):

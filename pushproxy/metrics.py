@@ -16,6 +16,9 @@ pushproxy_sessions_total                    counter
 pushproxy_session_bytes_total               counter    direction=client_to_upstream|
                                                        upstream_to_client
 pushproxy_commands_intercepted_total        counter    command
+pushproxy_connections_refused_total         counter    reason=total|per_ip|proxy_header|timeout
+pushproxy_auth_failures_total               counter
+pushproxy_session_timeouts_total            counter    kind=preauth
 pushproxy_registrations                     gauge      kind=apns|webpush, state
 pushproxy_watchers                          gauge      state=connecting|idle|polling|backoff|
                                                        auth_failed|stopped
@@ -38,6 +41,13 @@ What they mean:
 - session_bytes_total: bytes relayed through client sessions, per direction.
 - commands_intercepted_total: commands answered by an extension instead of the
   upstream server (XAPPLEPUSHSERVICE, WEBPUSH, ...), by command name.
+- connections_refused_total: client connections closed with ``* BYE`` before a
+  session started: over ``session.max_connections`` (total) or
+  ``session.max_connections_per_ip`` (per_ip), a PROXY header that was invalid or
+  came from an untrusted peer (proxy_header), no PROXY header in time (timeout).
+- auth_failures_total: LOGIN / AUTHENTICATE answered NO by upstream (each one
+  grows the client IP's auth penalty); session_timeouts_total: sessions closed
+  for not logging in within ``session.preauth_timeout`` of connecting.
 - registrations: push registrations in the store by kind and state (``active``,
   ``expired``, ...).
 - watchers: upstream watcher connections by state; watcher_reconnects_total:
@@ -69,7 +79,10 @@ from prometheus_client.exposition import choose_encoder
 
 __all__ = [
     "APNS_CERTIFICATE_DAYS_LEFT",
+    "AUTH_FAILURES",
     "COMMANDS_INTERCEPTED",
+    "CONNECTIONS_REFUSED",
+    "CONNECTION_REFUSAL_REASONS",
     "EVENT_DISPATCH_LATENCY",
     "PUSHES",
     "PUSH_FAILURES",
@@ -82,6 +95,7 @@ __all__ = [
     "SESSIONS_TOTAL",
     "SESSION_BYTES",
     "SESSION_DIRECTIONS",
+    "SESSION_TIMEOUTS",
     "STORE_UP",
     "WATCHERS",
     "WATCHER_RECONNECTS",
@@ -101,6 +115,7 @@ REGISTRY = CollectorRegistry()
 # Label values known in advance.  Their series are created at import so that
 # they read 0 instead of being absent (absent series break rate() and alerts).
 SESSION_DIRECTIONS = ("client_to_upstream", "upstream_to_client")
+CONNECTION_REFUSAL_REASONS = ("total", "per_ip", "proxy_header", "timeout")
 REGISTRATION_KINDS = ("apns", "webpush")
 PUSH_SERVICES = ("apns", "webpush")
 WATCHER_STATES = ("connecting", "idle", "polling", "backoff", "auth_failed", "stopped")
@@ -125,6 +140,19 @@ COMMANDS_INTERCEPTED = Counter(
     "pushproxy_commands_intercepted",
     "IMAP commands answered by a proxy extension instead of the upstream server.",
     ["command"],
+    registry=REGISTRY,
+)
+CONNECTIONS_REFUSED = Counter(
+    "pushproxy_connections_refused",
+    "Client connections refused before a session started, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+AUTH_FAILURES = Counter("pushproxy_auth_failures", "Logins answered NO by the upstream server.", registry=REGISTRY)
+SESSION_TIMEOUTS = Counter(
+    "pushproxy_session_timeouts",
+    "Sessions closed by a deadline, by kind.",
+    ["kind"],
     registry=REGISTRY,
 )
 
@@ -209,6 +237,9 @@ ProcessCollector(registry=REGISTRY)
 def _init_known_labels() -> None:
     for direction in SESSION_DIRECTIONS:
         SESSION_BYTES.labels(direction=direction)
+    for reason in CONNECTION_REFUSAL_REASONS:
+        CONNECTIONS_REFUSED.labels(reason=reason)
+    SESSION_TIMEOUTS.labels(kind="preauth")
     for service in PUSH_SERVICES:
         PUSH_LATENCY.labels(service=service)
     for state in WATCHER_STATES:

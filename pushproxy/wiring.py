@@ -45,6 +45,15 @@ class PrometheusSessionStats(SessionStats):
     def intercepted(self, command: str) -> None:
         metrics.COMMANDS_INTERCEPTED.labels(command=command).inc()
 
+    def refused(self, reason: str) -> None:
+        metrics.CONNECTIONS_REFUSED.labels(reason=reason).inc()
+
+    def auth_failed(self) -> None:
+        metrics.AUTH_FAILURES.inc()
+
+    def timed_out(self, kind: str) -> None:
+        metrics.SESSION_TIMEOUTS.labels(kind=kind).inc()
+
 
 class PrometheusWebPushMetrics:
     def webpush_request(self, status: int | None, seconds: float) -> None:

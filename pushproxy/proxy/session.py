@@ -38,6 +38,7 @@ from pushproxy.imap.capabilities import (
     CapabilityPolicy,
     ConnectionFacts,
     is_capability_data,
+    rewrite_atoms,
     rewrite_capability_code,
     rewrite_capability_data,
 )
@@ -51,6 +52,8 @@ from pushproxy.imap.parse import (
     parse_status_response,
     split_tag_command,
 )
+from pushproxy.proxy.client_id import ClientAddress, id_command, merged_id_command
+from pushproxy.proxy.penalty import AuthPenalty
 
 log = logging.getLogger("pushproxy.session")
 
@@ -68,6 +71,7 @@ class SessionIO(Protocol):
     def pause_client(self) -> None: ...
     def resume_client(self) -> None: ...
     def close(self) -> None: ...
+    def open_upstream(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -77,6 +81,8 @@ class SessionSettings:
     max_preauth_literal: int = 8192
     plaintext_auth_allowed: bool = True  # on a connection without TLS
     starttls_offered: bool = False
+    # upstream.forward_client_ip: id -- the client's address goes upstream in an ID command.
+    client_address: ClientAddress | None = None
 
 
 class _Pending:
@@ -122,8 +128,16 @@ class Session:
         extensions: ExtensionRegistry,
         credentials: CredentialSink,
         on_intercepted: Callable[[str], None] | None = None,
+        client_ip: str = "",
+        penalty: AuthPenalty | None = None,
+        on_auth_failed: Callable[[], None] | None = None,
+        on_upstream_capabilities: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.io = io
+        self.client_ip = client_ip
+        self._penalty = penalty
+        self._on_auth_failed = on_auth_failed
+        self._on_upstream_capabilities = on_upstream_capabilities
         self.session_id = session_id
         self.peer = peer
         self.settings = settings
@@ -177,12 +191,20 @@ class Session:
         self._own_counter = 0
         self._out_client: list[bytes] = []
         self._local_task: asyncio.Task[None] | None = None
+        self._greeted = False  # the proxy greeted the client itself (upstream opened lazily)
+        self._upstream_requested = True
+        self._id_sent = False  # the ID carrying the client's address went upstream
+        self._delayed_out: list[bytes] | None = None  # output held back by the auth penalty
         self._drain_waiter: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ state
     @property
     def authenticated(self) -> bool:
         return self.facts.authenticated
+
+    @property
+    def upstream_ready(self) -> bool:
+        return self._up_state == "ready"
 
     @property
     def in_idle(self) -> bool:
@@ -288,10 +310,22 @@ class Session:
                 )
                 self._send_greeting(greeting, parse_status_response(greeting))
 
+    def greet(self, capabilities: list[bytes] | None) -> None:
+        """Greet the client from the proxy; upstream is opened at the client's first bytes."""
+        self._greeted = True
+        self._upstream_requested = False
+        code = b""
+        if capabilities:
+            code = b"[CAPABILITY " + b" ".join(rewrite_atoms(capabilities, self.policy, self.facts)) + b"] "
+        self.io.to_client(b"* OK " + code + b"Proxy ready\r\n")
+
     def _send_greeting(self, line: bytes, status: StatusResponse | None) -> None:
         if status is not None and status.code is not None and status.code[:11].upper() == b"CAPABILITY ":
+            if self._on_upstream_capabilities is not None and status.status == b"OK":
+                self._on_upstream_capabilities(status.code.split()[1:])
             line = rewrite_capability_code(line, status.code_start, status.code_end, self.policy, self.facts)
-        self.io.to_client(line)
+        if not self._greeted:
+            self.io.to_client(line)
         self._held = False
         self._pump()
 
@@ -400,6 +434,8 @@ class Session:
             if self._held_by_auth:
                 self._held_by_auth = False
                 self._held = False
+            if status.status == b"NO":
+                self._login_failed()
         if status.code is not None and status.code[:11].upper() == b"CAPABILITY ":
             if auth_ok:
                 self.upstream_capabilities = frozenset(
@@ -411,6 +447,29 @@ class Session:
             waiter, self._drain_waiter = self._drain_waiter, None
             self._flush_client()
             waiter()
+
+    def _login_failed(self) -> None:
+        """Hold back the NO (and all after it) for the client IP's penalty."""
+        if self._on_auth_failed is not None:
+            self._on_auth_failed()
+        if self._penalty is None or not self.client_ip:
+            return
+        delay = self._penalty.delay(self.client_ip)
+        self._penalty.failed(self.client_ip)
+        if delay <= 0:
+            return
+        self._delayed_out = []
+        self._held = True
+        asyncio.get_running_loop().call_later(delay, self._penalty_served)
+
+    def _penalty_served(self) -> None:
+        out, self._delayed_out = self._delayed_out, None
+        if self.closed:
+            return
+        if out:
+            self.io.to_client(b"".join(out))
+        self._held = False
+        self._pump()
 
     # ----------------------------------------------------------------- client
     def client_data(self, data: bytes) -> None:
@@ -424,6 +483,9 @@ class Session:
             self._fatal(f"Protocol error: {exc}", "TOOBIG")
             return
         if self._held or self._queue:
+            if not self._upstream_requested:
+                self._upstream_requested = True
+                self.io.open_upstream()
             self._queue.extend(events)
             if self._held:
                 self.io.pause_client()
@@ -469,7 +531,7 @@ class Session:
         elif mode == "capture":
             self.io.to_upstream(ev.data)
             self._collect(ev.data)
-        elif mode == "intercept":
+        elif mode == "intercept" or mode == "rewrite":
             self._collect(ev.data)
         # discard: drop
 
@@ -483,7 +545,7 @@ class Session:
                 self._collect(ev.data)
             if ev.literal is not None and ev.literal.sync:
                 self._awaiting_literal = self._cmd_pending
-        elif mode == "intercept":
+        elif mode == "intercept" or mode == "rewrite":
             self._collect(ev.data)
             if ev.literal is not None:
                 self._intercept_literal(ev)
@@ -543,6 +605,17 @@ class Session:
             self._begin_discard(ev)
             self._local_reply(tag, Reply("NO", "Compression is not available through this proxy"))
             return
+        if name == b"ID" and not self.authenticated:
+            # Rewritten before it goes: a client must not choose the address upstream
+            # records (x- fields), and with forward_client_ip: id it carries the proxy's.
+            self._cmd_mode = "rewrite"
+            self._cmd_buf = [line]
+            self._cmd_size = len(line)
+            if ev.literal is not None:
+                self._intercept_literal(ev)
+            else:
+                self._command_complete()
+            return
         is_auth = name in (b"LOGIN", b"AUTHENTICATE")
         if is_auth:
             if self.authenticated:
@@ -572,6 +645,8 @@ class Session:
         pending = _Pending(tag, auth=is_auth)
         if is_auth:
             self._auth = pending
+            if self.settings.client_address is not None and not self._id_sent:
+                self._send_own_id(self.settings.client_address)
         self._cmd_pending = pending
         self._inflight.append(pending)
         self.io.to_upstream(line)
@@ -648,6 +723,29 @@ class Session:
             data = b"".join(self._cmd_buf)
             self._cmd_buf = []
             self._intercept(self._cmd_tag, data)
+        elif mode == "rewrite":
+            data = b"".join(self._cmd_buf)
+            self._cmd_buf = []
+            self._forward_client_id(self._cmd_tag, data)
+
+    def _send_own_id(self, address: ClientAddress) -> None:
+        """Before the first login: tell upstream the client's address (answers swallowed)."""
+        self._own_counter += 1
+        tag = b"PPI%d" % self._own_counter
+        self._inflight.append(_Pending(tag, own=True))
+        self._own_in_flight += 1
+        self._id_sent = True
+        self.io.to_upstream(id_command(tag, address.id_fields()))
+
+    def _forward_client_id(self, tag: bytes, data: bytes) -> None:
+        try:
+            command = merged_id_command(data, self.settings.client_address)
+        except ParseError as exc:
+            self._local_reply(tag, Reply("BAD", f"Invalid arguments: {exc}"))
+            return
+        self._id_sent = self.settings.client_address is not None
+        self._inflight.append(_Pending(tag))
+        self.io.to_upstream(command)
 
     def _begin_discard(self, ev: Line) -> None:
         """Drop the rest of a refused command (its literal and continuation lines)."""
@@ -835,7 +933,10 @@ class Session:
     def _flush_client(self) -> None:
         if self._out_client:
             out = self._out_client
-            self.io.to_client(out[0] if len(out) == 1 else b"".join(out))
+            if self._delayed_out is not None:
+                self._delayed_out.extend(out)
+            else:
+                self.io.to_client(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -845,6 +946,9 @@ class Session:
     def _fatal(self, text: str, code: str | None = None) -> None:
         if self.closed:
             return
+        if self._delayed_out is not None:
+            self._out_client[:0] = self._delayed_out
+            self._delayed_out = None
         self._flush_client()
         self.io.to_client(r.bye(text, code))
         self.close()

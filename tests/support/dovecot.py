@@ -356,6 +356,8 @@ class Dovecot:
         master_user: tuple[str, str] | None = None,
         notify: bool = True,
         tls: bool = True,
+        login_trusted_networks: str | None = None,
+        haproxy: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).absolute()
         self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
@@ -366,6 +368,9 @@ class Dovecot:
             self._check_credentials(*master_user)
         self.notify = notify
         self.tls = tls
+        # Trust ID x-originating-ip / PROXY headers from these networks (client IP forwarding tests).
+        self.login_trusted_networks = login_trusted_networks
+        self.haproxy = haproxy
         self.instance_name = f"pushproxy-dc-{uuid.uuid4().hex[:10]}"
 
         self.conf_file = self.base_dir / "dovecot.conf"
@@ -385,6 +390,9 @@ class Dovecot:
         self.imap_port: int = imap_port
         self.imaps_port: int = imaps_port if tls else 0
         self.lmtp_port: int = lmtp_port
+
+        # haproxy=True: an extra IMAP listener that requires a PROXY header.
+        self.haproxy_port: int = _free_ports(1)[0] if haproxy else 0
 
         self._proc: subprocess.Popen[bytes] | None = None
         self._short_run_dir: Path | None = None
@@ -740,6 +748,18 @@ passdb {{
     port = {self.imaps_port}
     ssl = yes
   }}"""
+        if self.haproxy:
+            imaps_listener += f"""
+  inet_listener imap_haproxy {{
+    address = {self.host}
+    port = {self.haproxy_port}
+    haproxy = yes
+  }}"""
+        trusted = ""
+        if self.login_trusted_networks:
+            trusted = f"login_trusted_networks = {self.login_trusted_networks}\n"
+            if self.haproxy:
+                trusted += f"haproxy_trusted_networks = {self.login_trusted_networks}\n"
         imap_extra = ""
         if not self.notify:
             imap_extra = f"  imap_capability = {self._capability_without_notify()}\n"
@@ -757,6 +777,7 @@ shutdown_clients = yes
 log_path = {self.log_file}
 auth_verbose = yes
 verbose_proctitle = yes
+{trusted}
 login_log_format_elements = user=<%u> method=%m rip=%r lip=%l mpid=%e %c session=<%{{session}}>
 
 default_login_user = dovenull

@@ -20,6 +20,7 @@ class FakeIO:
         self.tls_started = False
         self.closed = False
         self.paused = False
+        self.upstream_opened = False
 
     def to_client(self, data: bytes) -> None:
         self.client += data
@@ -41,6 +42,9 @@ class FakeIO:
 
     def close(self) -> None:
         self.closed = True
+
+    def open_upstream(self) -> None:
+        self.upstream_opened = True
 
 
 class Sink:
