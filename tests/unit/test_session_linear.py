@@ -52,6 +52,11 @@ def _line_events(fn: Callable[[], None]) -> int:
     return count
 
 
+def _feed_all(feed: Callable[[bytes], None], chunks: list[bytes]) -> None:
+    for c in chunks:
+        feed(c)
+
+
 def _largest_allocation(feed: Callable[[bytes], None], chunks: list[bytes]) -> int:
     tracemalloc.start()
     try:
@@ -76,7 +81,8 @@ def _measure(feed: Callable[[bytes], None], stream: bytes, windows: list[int]) -
             feed(stream[i : i + 1])
         window = [stream[i : i + 1] for i in range(start, start + WINDOW)]
         half = len(window) // 2
-        events = _line_events(lambda: [feed(c) for c in window[:half]])  # type: ignore[func-returns-value]
+        first = window[:half]
+        events = _line_events(lambda first=first: _feed_all(feed, first))  # type: ignore[misc]
         alloc = _largest_allocation(feed, window[half:])
         results.append((events, alloc))
         pos = start + WINDOW
