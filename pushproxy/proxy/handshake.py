@@ -54,12 +54,9 @@ class UpstreamHandshake:
     def __init__(self, security: str) -> None:
         self.security = security  # none | starttls | tls
         self.state = UpstreamState.GREETING
+        self.ready = False  # state is READY (a plain attribute: read for every upstream line)
         self._greeting_text = b""
         self._caps: list[bytes] = []
-
-    @property
-    def ready(self) -> bool:
-        return self.state is UpstreamState.READY
 
     def line(self, line: bytes) -> Step:
         status = parse_status_response(line)
@@ -82,6 +79,7 @@ class UpstreamHandshake:
             if status.status != b"OK":
                 return Step(Action.FATAL, text="Upstream refused CAPABILITY")
             self.state = UpstreamState.READY
+            self.ready = True
             text = self._greeting_text or b"ready"
             greeting = b"* OK [CAPABILITY " + b" ".join(self._caps) + b"] " + text + b"\r\n"
             return Step(Action.READY, greeting, status=parse_status_response(greeting))
@@ -99,6 +97,7 @@ class UpstreamHandshake:
             self.state = UpstreamState.STARTTLS
             return Step(Action.SEND, b"PP0 STARTTLS\r\n")
         self.state = UpstreamState.READY
+        self.ready = True
         return Step(Action.READY, line, status=status, preauth=status.status == b"PREAUTH")
 
 
