@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,12 +14,16 @@ class MessageInfo:
     ``envelope`` is the raw IMAP ENVELOPE s-expression exactly as upstream sent
     it (``(date subject from sender reply-to to cc bcc in-reply-to message-id)``),
     or None when unknown.  It is forwarded into WebPush payloads without being
-    re-encoded.
+    re-encoded.  ``body`` is the whole message as upstream returned it for
+    ``body_item`` (``BINARY[]``, or ``BODY[]`` where upstream lacks BINARY),
+    when it was small enough to fetch; WebPush sends it when the push fits.
     """
 
     uid: int
     flags: tuple[str, ...] = ()
     envelope: bytes | None = None
+    body: bytes | None = None
+    body_item: Literal["BINARY[]", "BODY[]"] = "BINARY[]"
 
     @property
     def seen(self) -> bool:

@@ -36,6 +36,7 @@ class ApnsTarget(Protocol):
 
 class WebPushTarget(Protocol):
     async def deliver(self, event: MailEvent) -> None: ...
+    async def flush(self) -> None: ...
 
 
 def mailbox_matches(registered: list[str], mailbox: str) -> bool:
@@ -107,6 +108,8 @@ class Dispatcher:
         """Wait for queued events (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.webpush is not None:
+            await self.webpush.flush()  # coalesced changes waiting for their burst to end
         if self.apns is not None:
             await self.apns.flush()
 

@@ -2,9 +2,12 @@
 
 What goes inside the aes128gcm envelope (webpush-imap.md, "What is pushed"):
 CRLF-terminated, UID-based IMAP responses grouped by mailbox, at most 3993
-bytes (RFC 8291: one 4096-byte record).  When new-mail envelopes do not fit,
-the envelopes are dropped; when even the flags do not fit, the push says
-``* SYNC`` for the mailbox.  A response is never split across pushes.
+bytes (RFC 8291: one 4096-byte record).  New mail carries, in order of
+preference while the push fits (draft -01): FLAGS, ENVELOPE and the message
+itself (``BINARY[]``, or ``BODY[]`` from an upstream without BINARY); else
+FLAGS and ENVELOPE; else FLAGS; else ``* SYNC`` for the mailbox.  Changes
+(expunges, flag changes) may take several pushes (:func:`change_payloads`),
+bounded; a response is never split across pushes.
 
 Pinned interpretation: mailbox names are sent in modified UTF-7 (RFC 3501
 5.1.3), since a push cannot know whether the client enabled UTF8=ACCEPT; names
@@ -28,7 +31,9 @@ from pushproxy.imap.utf7 import encode_mailbox
 
 MAX_PLAINTEXT = 3993  # RFC 8291 section 4: 4096 - 86 (header) - 16 (tag) - 1 (delimiter)
 
-PayloadLevel = Literal["full", "flags", "sync"]
+PayloadLevel = Literal["full", "envelope", "flags", "sync"]
+# A burst of changes in one mailbox takes at most this many pushes; beyond, one SYNC push.
+MAX_CHANGE_PUSHES = 8
 
 # A flag is "\" atom or a keyword atom (RFC 9051): no atom-specials, no "]".
 _FLAG_RE = re.compile(rb"^\\?[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+$")
@@ -97,35 +102,45 @@ def _sync_or_raise(mailbox: str, limit: int) -> PayloadResult:
     return PayloadResult(data, "sync")
 
 
+def message_literal(data: bytes) -> bytes:
+    """The message as a literal: ``~{n}`` (literal8, RFC 3516) when it holds NUL, else ``{n}``."""
+    return (b"~{%d}\r\n" if b"\0" in data else b"{%d}\r\n") % len(data) + data
+
+
+def _message_items(m: MessageInfo, with_envelope: bool, with_body: bool) -> bytes:
+    items = b"FLAGS " + flag_list(m.flags)
+    if with_envelope and m.envelope is not None:
+        items += b" ENVELOPE " + m.envelope
+    # BODY[] is a plain literal, which cannot hold NUL: such a body is left out.
+    if with_body and m.body is not None and (m.body_item == "BINARY[]" or b"\0" not in m.body):
+        items += b" " + m.body_item.encode("ascii") + b" " + message_literal(m.body)
+    return _uidfetch(m.uid, items)
+
+
 def new_mail_payload(mailbox: str, messages: Sequence[MessageInfo], limit: int = MAX_PLAINTEXT) -> PayloadResult:
-    """New messages: FLAGS + ENVELOPE per message, else FLAGS only, else SYNC; never over ``limit``."""
+    """New messages, the richest form that fits ``limit`` (one level for the whole push).
+
+    ``full``: FLAGS, ENVELOPE and the message (where known); ``envelope``:
+    FLAGS and ENVELOPE; ``flags``: FLAGS only; else ``sync``.  A level that
+    would drop nothing (no bodies, no envelopes known) is not tried.
+    """
     if not messages:
         return _sync_or_raise(mailbox, limit)
     head = select_line(mailbox)
-    flags_only = [_uidfetch(m.uid, b"FLAGS " + flag_list(m.flags)) for m in messages]
+    forms: list[tuple[PayloadLevel, bool, bool]] = [("full", True, True)]
+    if any(m.body is not None for m in messages):
+        forms.append(("envelope", True, False))
     if any(m.envelope is not None for m in messages):
-        full = [
-            _uidfetch(m.uid, b"FLAGS " + flag_list(m.flags) + b" ENVELOPE " + m.envelope)
-            if m.envelope is not None
-            else line
-            for m, line in zip(messages, flags_only, strict=True)
-        ]
-        data = _fits([head, *full], limit)
+        forms.append(("flags", False, False))
+    for level, with_envelope, with_body in forms:
+        data = _fits([head, *(_message_items(m, with_envelope, with_body) for m in messages)], limit)
         if data is not None:
-            return PayloadResult(data, "full")
-        data = _fits([head, *flags_only], limit)
-        if data is not None:
-            return PayloadResult(data, "flags")
-    else:
-        data = _fits([head, *flags_only], limit)
-        if data is not None:
-            # Nothing was dropped: this is the full form for messages without envelopes.
-            return PayloadResult(data, "full")
+            return PayloadResult(data, level)
     return _sync_or_raise(mailbox, limit)
 
 
-def uid_set(uids: Iterable[int]) -> bytes:
-    """Sorted, de-duplicated, ranges compressed: ``[1, 2, 3, 7]`` -> ``1:3,7``."""
+def uid_ranges(uids: Iterable[int]) -> list[bytes]:
+    """Sorted, de-duplicated, ranges compressed: ``[1, 2, 3, 7]`` -> ``[b"1:3", b"7"]``."""
     ordered = sorted(set(uids))
     if not ordered:
         raise ValueError("an empty UID set")
@@ -140,7 +155,12 @@ def uid_set(uids: Iterable[int]) -> bytes:
         parts.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
         start = prev = uid
     parts.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-    return b",".join(parts)
+    return parts
+
+
+def uid_set(uids: Iterable[int]) -> bytes:
+    """Sorted, de-duplicated, ranges compressed: ``[1, 2, 3, 7]`` -> ``1:3,7``."""
+    return b",".join(uid_ranges(uids))
 
 
 def vanished_payload(mailbox: str, uids: Iterable[int], limit: int = MAX_PLAINTEXT) -> PayloadResult:
@@ -160,6 +180,53 @@ def flags_payload(
     if data is not None:
         return PayloadResult(data, "full")
     return _sync_or_raise(mailbox, limit)
+
+
+def change_payloads(
+    mailbox: str,
+    vanished: Iterable[int],
+    flags: Sequence[tuple[int, Sequence[str]]],
+    limit: int = MAX_PLAINTEXT,
+    max_pushes: int = MAX_CHANGE_PUSHES,
+) -> list[PayloadResult]:
+    """A burst of changes in one mailbox as few pushes as possible, each within ``limit``.
+
+    ``* VANISHED`` lines first (UID ranges, split over several lines only
+    when one does not fit), then one ``* <uid> UIDFETCH (FLAGS (...))`` per
+    changed message; every push starts with ``* SELECT``.  More than
+    ``max_pushes`` pushes: one SYNC push instead.  No changes: no push.
+    """
+    head = select_line(mailbox)
+    room = limit - len(head)
+    responses: list[bytes] = []
+    uids = list(vanished)
+    prefix, suffix = b"* VANISHED ", b"\r\n"
+    line: list[bytes] = []
+    length = 0
+    for item in uid_ranges(uids) if uids else []:
+        if line and len(prefix) + length + len(item) + len(suffix) > room:
+            responses.append(prefix + b",".join(line) + suffix)
+            line, length = [], 0
+        length += len(item) + (1 if line else 0)
+        line.append(item)
+    if line:
+        responses.append(prefix + b",".join(line) + suffix)
+    responses.extend(_uidfetch(uid, b"FLAGS " + flag_list(f)) for uid, f in flags)
+    if not responses:
+        return []
+    if any(len(r) > room for r in responses):
+        return [_sync_or_raise(mailbox, limit)]
+    pushes: list[list[bytes]] = []
+    size = 0
+    for response in responses:
+        if not pushes or size + len(response) > room:
+            pushes.append([])
+            size = 0
+        pushes[-1].append(response)
+        size += len(response)
+    if len(pushes) > max_pushes:
+        return [_sync_or_raise(mailbox, limit)]
+    return [PayloadResult(head + b"".join(p), "full") for p in pushes]
 
 
 # --- ENVELOPE from plain header values ---------------------------------------------

@@ -1,11 +1,14 @@
 """Mail events to WebPush subscriptions: who gets what, and what a push service's answer changes.
 
-:class:`WebPushDelivery` is the dispatcher's WebPush target.  For one event it
-reads the account's subscriptions, keeps those that are active, not silenced
-and interested (new mail for everyone; expunges and flag changes only for
-subscriptions that want changes), builds the plaintext once (with the
-envelope -> flags -> SYNC fallback of :mod:`pushproxy.push.payload`) and sends
-to all of them concurrently: a slow push service delays nobody else.
+:class:`WebPushDelivery` is the dispatcher's WebPush target.  Every change in the
+watched mailboxes goes to every active, not silenced subscription of the
+account (the draft has no event selection): new mail at once (``Urgency:
+high``), expunges and flag changes coalesced per mailbox while a burst lasts
+(:mod:`pushproxy.push.changes`; ``Urgency: normal``), so a bulk move or
+"mark all read" gives a few pushes, never hundreds.  The plaintext is built
+once per event or burst (:mod:`pushproxy.push.payload`, with its fallbacks)
+and sent to all subscriptions concurrently: a slow push service delays
+nobody else; the pushes of one burst reach one subscription in order.
 
 Nothing but the verification push (sent by the WEBPUSH command handler) ever
 goes to an inactive subscription: that is what keeps the proxy from being a
@@ -23,19 +26,19 @@ import math
 import secrets
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pushproxy import metrics
 from pushproxy.config import Config
 from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
+from pushproxy.push.changes import MAX_DELAY, QUIET, PendingChanges
 from pushproxy.push.dispatch import mailbox_matches
 from pushproxy.push.payload import (
     PayloadResult,
     PayloadTooLarge,
-    flags_payload,
+    change_payloads,
     new_mail_payload,
     sync_payload,
-    vanished_payload,
 )
 from pushproxy.push.webpush import Urgency, WebPushResult, WebPushSender, endpoint_tag
 from pushproxy.store.base import Store, WebPushSubscription
@@ -100,53 +103,119 @@ def same_version(a: WebPushSubscription, b: WebPushSubscription) -> bool:
     )
 
 
+MailboxFilter = Callable[[str, str], bool]  # (account, mailbox) -> pushed to WebPush subscriptions?
+
+
 class WebPushDelivery:
     def __init__(
-        self, config: Config, store: Store, sender: WebPushSender, *, clock: Callable[[], float] = time.time
+        self,
+        config: Config,
+        store: Store,
+        sender: WebPushSender,
+        *,
+        clock: Callable[[], float] = time.time,
+        mailbox_filter: MailboxFilter | None = None,
+        quiet: float = QUIET,
+        max_delay: float = MAX_DELAY,
     ) -> None:
         self.config = config
         self.store = store
         self.sender = sender
         self.clock = clock
+        # Which mailboxes' events reach the subscriptions: a fixed webpush.mailboxes
+        # list, or (mode "subscribed") what the watcher side says per account.
+        self.mailbox_filter = mailbox_filter or self._configured_mailboxes
+        self.quiet = quiet
+        self.max_delay = max_delay
+        self._pending: dict[tuple[str, str], PendingChanges] = {}
+        self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._sending: set[asyncio.Future[list[None]]] = set()
+
+    def _configured_mailboxes(self, account: str, mailbox: str) -> bool:
+        boxes = self.config.webpush.mailboxes
+        return mailbox_matches(boxes, mailbox) if isinstance(boxes, list) else True
 
     async def deliver(self, event: MailEvent) -> None:
-        cfg = self.config.webpush
-        if not mailbox_matches(cfg.mailboxes, event.mailbox):
+        if not self.mailbox_filter(event.account, event.mailbox):
             return
-        built = self._payload(event)
-        if built is None:
+        key = (event.account, event.mailbox)
+        if isinstance(event, NewMail):
+            await self._flush_key(key)  # changes before the new mail that follows them
+            built = self._new_mail(event)
+            if built is not None:
+                await self._send_all(event.account, [built], "high", event.mailbox)
             return
-        payload, urgency = built
-        subs = await self.store.subscriptions_for_account(event.account)
-        now = self.clock()
-        wants_changes = not isinstance(event, NewMail)
-        targets = [
-            s for s in subs if s.active and silence_remaining(s, now) == 0 and (s.want_changes or not wants_changes)
-        ]
-        if not targets:
+        if (isinstance(event, Expunge) and not event.uids) or (isinstance(event, FlagChange) and not event.changes):
             return
-        if payload.level != "full":
-            metrics.WEBPUSH_PAYLOAD_FALLBACKS.labels(level=payload.level).inc()
-        await asyncio.gather(
-            *(self._send_one(sub, payload.data, urgency, event.mailbox) for sub in targets),
-            return_exceptions=False,
-        )
+        now = time.monotonic()
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = PendingChanges(now, now)
+        pending.add(event, now)
+        if key not in self._timers:
+            self._timers[key] = asyncio.ensure_future(self._flush_when_quiet(key))
 
-    def _payload(self, event: MailEvent) -> tuple[PayloadResult, Urgency] | None:
+    async def flush(self) -> None:
+        """Push every pending burst now and wait for all pushes in flight (tests, shutdown)."""
+        for key in list(self._pending):
+            await self._flush_key(key)
+        while self._sending:
+            await asyncio.gather(*list(self._sending), return_exceptions=True)
+
+    async def _flush_when_quiet(self, key: tuple[str, str]) -> None:
+        while (pending := self._pending.get(key)) is not None:
+            delay = pending.due(time.monotonic(), self.quiet, self.max_delay)
+            if delay <= 0:
+                break
+            await asyncio.sleep(delay)
+        await self._flush_key(key)
+
+    async def _flush_key(self, key: tuple[str, str]) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            return
+        account, mailbox = key
         try:
-            if isinstance(event, NewMail):
-                return new_mail_payload(event.mailbox, event.messages), "high"
-            if isinstance(event, Expunge):
-                if not event.uids:
-                    return None
-                return vanished_payload(event.mailbox, event.uids), "normal"
-            if isinstance(event, FlagChange):
-                if not event.changes:
-                    return None
-                return flags_payload(event.mailbox, event.changes), "normal"
+            if pending.overflow:
+                payloads = [PayloadResult(sync_payload(mailbox), "sync")]
+            else:
+                payloads = change_payloads(mailbox, pending.vanished, pending.flag_changes())
+        except (PayloadTooLarge, ValueError) as exc:
+            log.warning("webpush %s: no push for changes in a mailbox: %s", account, exc)
+            return
+        if payloads:
+            await self._send_all(account, payloads, "normal", mailbox)
+
+    def _new_mail(self, event: NewMail) -> PayloadResult | None:
+        try:
+            return new_mail_payload(event.mailbox, event.messages)
         except (PayloadTooLarge, ValueError) as exc:
             log.warning("webpush %s: no push for an event in a mailbox: %s", event.account, exc)
         return None
+
+    async def _send_all(self, account: str, payloads: Sequence[PayloadResult], urgency: Urgency, mailbox: str) -> None:
+        """Every payload to every active, not silenced subscription; in order per subscription."""
+        subs = await self.store.subscriptions_for_account(account)
+        now = self.clock()
+        targets = [s for s in subs if s.active and silence_remaining(s, now) == 0]
+        if not targets:
+            return
+        for payload in payloads:
+            if payload.level != "full":
+                metrics.WEBPUSH_PAYLOAD_FALLBACKS.labels(level=payload.level).inc()
+
+        async def in_order(sub: WebPushSubscription) -> None:
+            for payload in payloads:
+                await self._send_one(sub, payload.data, urgency, mailbox)
+
+        # Shielded: a flush timer cancelled while sending must not cut a burst short.
+        sending = asyncio.gather(*(in_order(sub) for sub in targets))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
+        await asyncio.shield(sending)
 
     async def _send_one(self, sub: WebPushSubscription, data: bytes, urgency: Urgency, mailbox: str) -> None:
         ttl = self.config.webpush.ttl

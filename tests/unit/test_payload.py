@@ -353,3 +353,53 @@ def test_envelope_literal_for_8bit_and_crlf() -> None:
     assert b"{5}\r\nJ\xc3\xb6rg" in env
     values, _ = read_value(env, 0)
     assert values[1] == "Grüße\r\nzweite".encode()
+
+
+# --- the message itself (issue 13) ---------------------------------------------------------------
+
+
+def test_short_message_goes_whole_as_binary() -> None:
+    body = b"From: a@b\r\nSubject: hi\r\n\r\nshort\r\n"
+    env = envelope_from_fields(None, "hi", "a@b", None)
+    result = new_mail_payload("INBOX", [MessageInfo(uid=7, envelope=env, body=body)])
+    assert result.level == "full"
+    assert result.data == (
+        b'* SELECT "INBOX"\r\n* 7 UIDFETCH (FLAGS () ENVELOPE '
+        + env
+        + b" BINARY[] {%d}\r\n" % len(body)
+        + body
+        + b")\r\n"
+    )
+    nul = new_mail_payload("INBOX", [MessageInfo(uid=7, body=b"a\0b")])
+    assert b"BINARY[] ~{3}\r\na\0b)" in nul.data  # literal8 for NUL (RFC 3516)
+    old = new_mail_payload("INBOX", [MessageInfo(uid=7, body=b"abc", body_item="BODY[]")])
+    assert old.data.endswith(b"* 7 UIDFETCH (FLAGS () BODY[] {3}\r\nabc)\r\n")
+
+
+def test_long_message_falls_back_to_envelope_then_flags_then_sync() -> None:
+    env = envelope_from_fields(None, "hi", "a@b", None)
+    long = new_mail_payload("INBOX", [MessageInfo(uid=7, envelope=env, body=b"x" * 4000)])
+    assert long.level == "envelope" and b"BINARY" not in long.data and b"ENVELOPE" in long.data
+    huge_env = envelope_from_fields(None, "x" * 5000, None, None)
+    flags = new_mail_payload("INBOX", [MessageInfo(uid=7, envelope=huge_env, body=b"x" * 4000)])
+    assert flags.level == "flags" and flags.data == b'* SELECT "INBOX"\r\n* 7 UIDFETCH (FLAGS ())\r\n'
+
+
+def test_change_payloads_split_without_splitting_a_response() -> None:
+    from pushproxy.push.payload import MAX_CHANGE_PUSHES, change_payloads
+
+    assert change_payloads("INBOX", [], []) == []
+    (one,) = change_payloads("INBOX", [3, 4, 5, 9], [(10, ("\\Seen",))])
+    assert one.data == b'* SELECT "INBOX"\r\n* VANISHED 3:5,9\r\n* 10 UIDFETCH (FLAGS (\\Seen))\r\n'
+    many = change_payloads("Archive", range(1, 4000, 2), [(uid, ("\\Seen",)) for uid in range(2, 200, 2)])
+    assert 1 < len(many) <= MAX_CHANGE_PUSHES
+    vanished: set[int] = set()
+    for push in many:
+        assert len(push.data) <= MAX_PLAINTEXT and push.data.startswith(b'* SELECT "Archive"\r\n')
+        for line in push.data.split(b"\r\n")[1:-1]:
+            if line.startswith(b"* VANISHED "):
+                for part in line[11:].split(b","):
+                    lo, _, hi = part.partition(b":")
+                    vanished.update(range(int(lo), int(hi or lo) + 1))
+    assert vanished == set(range(1, 4000, 2))
+    assert [p.level for p in change_payloads("INBOX", range(1, 40000, 2), [])] == ["sync"]

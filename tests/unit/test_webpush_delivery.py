@@ -80,6 +80,7 @@ async def test_an_unacknowledged_subscription_never_gets_mail(env: WebPushEnv) -
     await env.store.put_subscription(sub)
     await env.delivery.deliver(Expunge("alice", "INBOX", (7,)))
     await env.delivery.deliver(FlagChange("alice", "INBOX", ((7, ("\\Seen",)),)))
+    await env.delivery.flush()
     records = env.standin.records_for(ss)
     assert len(records) == 1 and records[0].plaintext is not None
     assert records[0].plaintext.startswith(b"* ACKWEBPUSH ")
@@ -110,22 +111,84 @@ async def test_silenced_subscriptions_get_nothing_and_nothing_is_queued(env: Web
     assert len(env.standin.records_for(ss)) == n + 2
 
 
-async def test_changes_only_for_subscriptions_that_want_them(env: WebPushEnv) -> None:
+async def test_changes_go_to_every_active_subscription_coalesced(env: WebPushEnv) -> None:
+    # Changed with issue 13: expunges and flag changes used to reach only subscriptions
+    # with want_changes (which nothing could set); the draft pushes every change to
+    # every active subscription.  A burst is coalesced into one push here.
     plain, n_plain = await active(env, "plain")
-    keen, n_keen = await active(env, "keen")
-    sub = await env.store.get_subscription("alice", "keen")
-    assert sub is not None
-    sub.want_changes = True
-    await env.store.put_subscription(sub)
+    other, n_other = await active(env, "other")
+    await env.delivery.deliver(FlagChange("alice", "INBOX", ((3, ("\\Seen",)), (10, ("\\Seen",)))))
     await env.delivery.deliver(Expunge("alice", "INBOX", (3, 4, 5, 9)))
-    await env.delivery.deliver(FlagChange("alice", "INBOX", ((3, ("\\Seen", "$Junk")),)))
-    assert len(env.standin.records_for(plain)) == n_plain
-    records = env.standin.records_for(keen)[n_keen:]
-    assert [r.plaintext for r in records] == [
-        b'* SELECT "INBOX"\r\n* VANISHED 3:5,9\r\n',
-        b'* SELECT "INBOX"\r\n* 3 UIDFETCH (FLAGS (\\Seen $Junk))\r\n',
-    ]
-    assert all(r.headers["Urgency"] == "normal" for r in records)
+    await env.delivery.deliver(FlagChange("alice", "INBOX", ((10, ("\\Seen", "$Junk")),)))
+    await env.delivery.flush()
+    for ss, n in ((plain, n_plain), (other, n_other)):
+        records = env.standin.records_for(ss)[n:]
+        assert [r.plaintext for r in records] == [
+            b'* SELECT "INBOX"\r\n* VANISHED 3:5,9\r\n* 10 UIDFETCH (FLAGS (\\Seen $Junk))\r\n',
+        ]
+        assert all(r.headers["Urgency"] == "normal" and r.problems == [] for r in records)
+
+
+async def test_a_burst_is_pushed_once_it_is_quiet_without_flush(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    env.delivery.quiet = 0.05
+    await env.delivery.deliver(Expunge("alice", "INBOX", (1,)))
+    await env.delivery.deliver(Expunge("alice", "INBOX", (2,)))
+    assert len(env.standin.records_for(ss)) == n  # still coalescing
+    (push,) = (await env.standin.wait_for(ss, n + 1))[n:]
+    assert push.plaintext == b'* SELECT "INBOX"\r\n* VANISHED 1:2\r\n'
+
+
+async def test_pending_changes_go_out_before_new_mail(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    await env.delivery.deliver(Expunge("alice", "INBOX", (1,)))
+    await env.delivery.deliver(new_mail(5))
+    records = env.standin.records_for(ss)[n:]
+    assert [r.plaintext.split(b"\r\n")[1][:12] for r in records if r.plaintext] == [b"* VANISHED 1", b"* 5 UIDFETCH"]
+
+
+def apply_push(model: dict[int, tuple[str, ...]], plaintext: bytes, mailbox: bytes = b'"INBOX"') -> None:
+    """A client's local model of a mailbox (UID -> flags), updated from one push."""
+    lines = plaintext.split(b"\r\n")
+    assert lines[0] == b"* SELECT " + mailbox and lines[-1] == b""
+    for line in lines[1:-1]:
+        if line.startswith(b"* VANISHED "):
+            for part in line[len(b"* VANISHED ") :].split(b","):
+                lo, _, hi = part.partition(b":")
+                for uid in range(int(lo), int(hi or lo) + 1):
+                    model.pop(uid, None)
+        else:
+            head, _, rest = line.partition(b" UIDFETCH (FLAGS (")
+            flags = rest[: rest.index(b")")].decode()
+            model[int(head[2:])] = tuple(flags.split()) if flags else ()
+
+
+async def test_500_changes_become_a_bounded_number_of_pushes_that_rebuild_the_state(env: WebPushEnv) -> None:
+    """Bound: a burst in one mailbox takes at most MAX_CHANGE_PUSHES (8) pushes, else one SYNC."""
+    ss, n = await active(env, "s")
+    model = {uid: () for uid in range(1, 1001)}
+    upstream = dict(model)
+    for uid in range(1, 1001, 2):  # 500 messages moved away, one event each
+        del upstream[uid]
+        await env.delivery.deliver(Expunge("alice", "INBOX", (uid,)))
+    for uid in range(2, 1001, 2):  # then 500 marked read, one event each
+        upstream[uid] = ("\\Seen",)
+        await env.delivery.deliver(FlagChange("alice", "INBOX", ((uid, ("\\Seen",)),)))
+    await env.delivery.flush()
+    pushes = env.standin.records_for(ss)[n:]
+    assert 1 <= len(pushes) <= 8
+    for push in pushes:
+        assert push.problems == [] and push.plaintext is not None and len(push.plaintext) <= MAX_PLAINTEXT
+        apply_push(model, push.plaintext)
+    assert model == upstream
+
+
+async def test_a_burst_too_big_for_the_bound_is_one_sync(env: WebPushEnv) -> None:
+    ss, n = await active(env, "s")
+    await env.delivery.deliver(FlagChange("alice", "INBOX", tuple((uid, ("\\Seen",)) for uid in range(1, 2001))))
+    await env.delivery.flush()
+    (push,) = env.standin.records_for(ss)[n:]
+    assert push.plaintext == b'* SELECT "INBOX"\r\n* SYNC\r\n'
 
 
 async def test_huge_envelope_falls_back_within_the_limit(env: WebPushEnv) -> None:
@@ -234,8 +297,7 @@ async def test_empty_events_push_nothing(env: WebPushEnv) -> None:
     ss, n = await active(env, "s")
     sub = await env.store.get_subscription("alice", "s")
     assert isinstance(sub, WebPushSubscription)
-    sub.want_changes = True
-    await env.store.put_subscription(sub)
     await env.delivery.deliver(Expunge("alice", "INBOX", ()))
     await env.delivery.deliver(FlagChange("alice", "INBOX", ()))
+    await env.delivery.flush()
     assert len(env.standin.records_for(ss)) == n
