@@ -158,7 +158,10 @@ class WatchConfig(_Section):
     # separator: LOGIN "<user>*<master_user>" (Dovecot); sasl: AUTHENTICATE PLAIN with authzid=<user>
     master_login: Literal["separator", "sasl"] = "separator"
     idle_refresh: Duration = 25 * 60.0
-    poll_interval: Duration = 60.0
+    poll_interval: Duration = 60.0  # polled mailboxes on a quiet account (see poll_interval_active)
+    poll_interval_active: Duration = 10.0  # polled mailboxes right after activity; doubles per quiet poll
+    # Without NOTIFY: IDLE connections per account (the first mailboxes of its list); the rest is polled.
+    idle_connections: int = Field(1, ge=1, le=20)
     connect_rate: float = Field(50.0, gt=0)  # new watcher connections per second at most
     backoff_min: Duration = 1.0
     backoff_max: Duration = 300.0

@@ -24,6 +24,7 @@ __all__ = [
     "parse_arguments",
     "parse_command",
     "parse_status_response",
+    "read_value",
     "split_tag_command",
 ]
 
@@ -52,6 +53,8 @@ Token = Atom | bytes | _Nil | list["Token"]
 
 # List wildcards (% *) are accepted inside atoms: LIST patterns, sequence sets, "LWEBPUSH *".
 _ATOM_SPECIALS = frozenset(b'(){ "\\]\r\n') | frozenset(range(0, 32)) | {127}
+_QUOTED_RE = re.compile(rb'"((?:[^"\\\r\n]++|\\["\\])*+)"')
+_UNESCAPE_RE = re.compile(rb'\\(["\\])')
 _TAG_RE = re.compile(rb"^([^\x00-\x20(){%*\"\\+\x7f]+) ([A-Za-z][A-Za-z0-9_.-]*)")
 
 
@@ -82,8 +85,13 @@ class _Reader:
         return self.data[self.pos] if self.pos < len(self.data) else -1
 
     def at_end(self) -> bool:
-        rest = self.data[self.pos :]
-        return rest in (b"", b"\r\n", b"\n")
+        # No slice of the rest: a response with many arguments must not cost a copy per argument.
+        left = len(self.data) - self.pos
+        if left == 0:
+            return True
+        if left == 1:
+            return self.data[self.pos] == 0x0A
+        return left == 2 and self.data[self.pos : self.pos + 2] == b"\r\n"
 
     def skip_space(self) -> bool:
         if self.peek() == 0x20:
@@ -106,25 +114,13 @@ class _Reader:
         return self._atom()
 
     def _quoted(self) -> bytes:
-        out = bytearray()
-        i = self.pos + 1
-        data = self.data
-        while i < len(data):
-            c = data[i]
-            if c == 0x5C:  # backslash
-                if i + 1 >= len(data) or data[i + 1] not in (0x5C, 0x22):
-                    raise ParseError("invalid escape in quoted string")
-                out.append(data[i + 1])
-                i += 2
-                continue
-            if c == 0x22:
-                self.pos = i + 1
-                return bytes(out)
-            if c in (0x0D, 0x0A):
-                break
-            out.append(c)
-            i += 1
-        raise ParseError("unterminated quoted string")
+        # One regex pass (C speed, linear): a megabyte-long quoted string is one match, not a Python loop.
+        m = _QUOTED_RE.match(self.data, self.pos)
+        if m is None:
+            raise ParseError("unterminated quoted string or invalid escape")
+        self.pos = m.end()
+        body = m.group(1)
+        return _UNESCAPE_RE.sub(rb"\1", body) if b"\\" in body else body
 
     def _literal(self) -> bytes:
         m = re.compile(rb"~?\{(\d{1,10})[+-]?\}\r?\n").match(self.data, self.pos)
@@ -169,8 +165,17 @@ class _Reader:
             if self.peek() == 0x29:
                 self.pos += 1
                 return items
+            if self.peek() == 0x28 and isinstance(items[-1], list):
+                continue  # address lists: "(" 1*address ")", no spaces between (RFC 9051 env-from)
             if not self.skip_space():
                 raise ParseError("expected space or ')' in list")
+
+
+def read_value(data: bytes, pos: int) -> tuple[Token, int]:
+    """The value (atom, string, literal, list, NIL) starting at ``pos``, and the index just past it."""
+    reader = _Reader(data, pos)
+    token = reader.token()
+    return token, reader.pos
 
 
 def parse_arguments(data: bytes, pos: int = 0) -> list[Token]:

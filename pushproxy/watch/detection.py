@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from pushproxy.accounts import canonical_mailbox, is_inbox
 from pushproxy.events import MessageInfo
+from pushproxy.imap.fetch import FetchItems
 from pushproxy.store.base import ApnsDevice, Store, WebPushSubscription
-from pushproxy.watch.imapwire import FetchItems
 
 __all__ = [
     "MAX_MESSAGES_PER_EVENT",

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pushproxy.config import Config, ConfigError, WatchConfig
+from pushproxy.imap.fetch import FetchItems
 from pushproxy.store import ApnsDevice, SqliteStore, StoredCredential, Vault, WebPushSubscription
-from pushproxy.watch.connection import LoginCredentials
 from pushproxy.watch.credentials import MasterCredentials, MemoryCredentials, VaultCredentials, make_provider
 from pushproxy.watch.detection import (
     MAX_MESSAGES_PER_EVENT,
@@ -22,8 +22,8 @@ from pushproxy.watch.detection import (
     normalise_mailboxes,
     spec_for_account,
 )
-from pushproxy.watch.imapwire import FetchItems
 from pushproxy.watch.pacing import Backoff, ConnectLimiter
+from pushproxy.watch.upstream import LoginCredentials
 
 # --------------------------------------------------------------------------- new_messages
 

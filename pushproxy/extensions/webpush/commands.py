@@ -34,6 +34,7 @@ import yarl
 from pushproxy import metrics
 from pushproxy.config import Config
 from pushproxy.extensions.base import Reply, SessionContext
+from pushproxy.extensions.baseline import record_baseline
 from pushproxy.extensions.webpush.grammar import (
     Subscribe,
     Unsubscribe,
@@ -58,7 +59,6 @@ from pushproxy.push.webpush_delivery import (
     state_of,
 )
 from pushproxy.store.base import Store, WebPushSubscription
-from pushproxy.watch.baseline import record_baseline
 
 log = logging.getLogger("pushproxy.webpush")
 
@@ -224,7 +224,7 @@ class WebPushCommands:
                 failures=0,
             )
             await self.store.put_subscription(sub)  # durable before the OK and before the push
-        # Mail from now on must reach the subscription once acknowledged (see watch/baseline.py).
+        # Mail from now on must reach the subscription once acknowledged (see extensions/baseline.py).
         await record_baseline(ctx, self.store, account, cfg.mailboxes)
         log.info(
             "webpush %s/%s %s: %s, waiting for ACKWEBPUSH",

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from pushproxy.config import Config
 from pushproxy.extensions.base import Extension, Reply, SessionContext, UpstreamCommandError
+from pushproxy.extensions.baseline import record_baseline
 from pushproxy.extensions.xapplepush.command import (
     answer_lines,
     parse_list_response,
@@ -23,7 +24,6 @@ from pushproxy.extensions.xapplepush.command import (
 from pushproxy.imap.parse import Command, ParseError
 from pushproxy.push.apns import short_token
 from pushproxy.store.base import ApnsDevice, Store
-from pushproxy.watch.baseline import record_baseline
 
 log = logging.getLogger("pushproxy.xapplepush")
 
@@ -76,7 +76,7 @@ class XApplePushExtension(Extension):
             first_registered=now,
             last_registered=now,
         )
-        # Before the OK, so that mail arriving from now on is pushed (see watch/baseline.py).
+        # Before the OK, so that mail arriving from now on is pushed (see extensions/baseline.py).
         await record_baseline(ctx, self.store, account, device.mailboxes)
         stored = await self._store_device(device)
         for line in answer_lines(reg, existing, self.topic):

@@ -11,30 +11,31 @@ whatever came after.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterable
 
+from pushproxy.accounts import canonical_mailbox
 from pushproxy.extensions.base import SessionContext, UpstreamCommandError
-from pushproxy.imap.response import quote
-from pushproxy.imap.utf7 import encode_mailbox
+from pushproxy.imap.commands import mailbox_arg
+from pushproxy.imap.data import MalformedResponse, parse_status, read_response
 from pushproxy.store.base import MailboxState, Store
 
-log = logging.getLogger("pushproxy.watch.baseline")
-
-_UIDNEXT = re.compile(rb"UIDNEXT (\d+)", re.IGNORECASE)
-_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)", re.IGNORECASE)
+log = logging.getLogger("pushproxy.extensions.baseline")
 
 
-def parse_status(untagged: list[bytes]) -> tuple[int, int] | None:
-    """(uidvalidity, uidnext) from ``* STATUS box (UIDNEXT n UIDVALIDITY v)``."""
-    for line in untagged:
-        if line[:9].upper() != b"* STATUS ":
+def status_baseline(untagged: list[bytes], mailbox: str) -> tuple[int, int] | None:
+    """(uidvalidity, uidnext) of ``mailbox`` from the untagged responses of a STATUS command."""
+    wanted = canonical_mailbox(mailbox)
+    for raw in untagged:
+        try:
+            resp = read_response(raw)
+            if resp.kind != "STATUS":
+                continue
+            info = parse_status(resp)
+        except MalformedResponse:
             continue
-        items = line[line.rfind(b"(") :]
-        nxt, val = _UIDNEXT.search(items), _UIDVALIDITY.search(items)
-        if nxt and val:
-            return int(val.group(1)), int(nxt.group(1))
+        if info.mailbox == wanted and info.uidvalidity is not None and info.uidnext is not None:
+            return info.uidvalidity, info.uidnext
     return None
 
 
@@ -51,11 +52,11 @@ async def record_baseline(
             if await store.get_mailbox_state(account, box) is not None:
                 continue
             untagged, status = await ctx.upstream_command(
-                b"STATUS " + quote(encode_mailbox(box)) + b" (UIDNEXT UIDVALIDITY)", timeout=timeout
+                b"STATUS " + mailbox_arg(box) + b" (UIDNEXT UIDVALIDITY)", timeout=timeout
             )
             if status.status != b"OK":
                 continue
-            parsed = parse_status(untagged)
+            parsed = status_baseline(untagged, box)
             if parsed is None:
                 continue
             uidvalidity, uidnext = parsed

@@ -1,4 +1,4 @@
-"""The watcher's IMAP client against scripted loopback servers: literals, IDLE, BYE, timeouts, STARTTLS."""
+"""The watcher's aioimaplib-based connection against scripted servers: literals, IDLE, BYE, timeouts, STARTTLS."""
 
 from __future__ import annotations
 
@@ -10,16 +10,23 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from pushproxy.config import UpstreamConfig
-from pushproxy.watch.connection import (
+from pushproxy.watch.upstream import (
     AuthenticationFailed,
     ConnectionLost,
-    ImapConnection,
     LoginCredentials,
     TemporaryLoginFailure,
     UpstreamError,
+    WatcherProtocol,
+    open_connection,
 )
 
 pytestmark = pytest.mark.timeout(20)
+
+
+@pytest.fixture(autouse=True)
+def predictable_tags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(WatcherProtocol, "tag_prefix", "W")
+
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -78,7 +85,7 @@ async def test_login_with_synchronizing_literal() -> None:
         w.write(b"* BYE bye\r\nW2 OK done\r\n")
 
     async with FakeServer(script) as upstream:
-        conn = await ImapConnection.open(upstream, None, command_timeout=2)
+        conn = await open_connection(upstream, None, command_timeout=2)
         await conn.login(LoginCredentials("alice", password))
         assert "NOTIFY" in conn.capabilities
         await conn.logout()
@@ -99,10 +106,10 @@ async def test_login_with_literal_plus_and_capability_command() -> None:
         await r.read()
 
     async with FakeServer(script) as upstream:
-        conn = await ImapConnection.open(upstream, None, command_timeout=2)
+        conn = await open_connection(upstream, None, command_timeout=2)
         await conn.login(LoginCredentials("usér", 'a"b'))
         assert conn.capabilities == {"IMAP4REV1", "IDLE"}
-        conn.close()
+        conn.abort()
 
 
 @pytest.mark.parametrize(
@@ -122,10 +129,10 @@ async def test_login_refusals(answer: bytes, error: type[Exception]) -> None:
         await r.read()
 
     async with FakeServer(script) as upstream:
-        conn = await ImapConnection.open(upstream, None, command_timeout=2)
+        conn = await open_connection(upstream, None, command_timeout=2)
         with pytest.raises(error):
             await conn.login(LoginCredentials("alice", "pw"))
-        conn.close()
+        conn.abort()
 
 
 async def test_authenticate_plain_without_sasl_ir() -> None:
@@ -139,9 +146,9 @@ async def test_authenticate_plain_without_sasl_ir() -> None:
         await r.read()
 
     async with FakeServer(script) as upstream:
-        conn = await ImapConnection.open(upstream, None, command_timeout=2)
+        conn = await open_connection(upstream, None, command_timeout=2)
         await conn.login(LoginCredentials("admin", "adminpw", mechanism="plain", authzid="alice"))
-        conn.close()
+        conn.abort()
 
 
 async def logged_in_script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -166,12 +173,12 @@ async def test_idle_ends_on_interesting_response_and_sends_done() -> None:
         await r.read()
 
     async with FakeServer(script) as upstream:
-        conn = await ImapConnection.open(upstream, None, command_timeout=2)
+        conn = await open_connection(upstream, None, command_timeout=2)
         await conn.login(LoginCredentials("alice", "pw"))
-        got = await conn.idle(time.monotonic() + 10, asyncio.Event(), lambda r: b"EXISTS" in r)
-        assert got == [b"* 3 RECENT\r\n", b"* 4 EXISTS\r\n", b"* 4 RECENT\r\n"]
+        got = await conn.idle(time.monotonic() + 10, asyncio.Event(), lambda r: r.kind == "EXISTS")
+        assert [r.raw for r in got] == [b"* 3 RECENT\r\n", b"* 4 EXISTS\r\n", b"* 4 RECENT\r\n"]
         await conn.command(b"NOOP")  # the stream is in step after IDLE
-        conn.close()
+        conn.abort()
 
 
 async def test_idle_wake_and_deadline() -> None:
@@ -185,7 +192,7 @@ async def test_idle_wake_and_deadline() -> None:
         await r.read()
 
     async with FakeServer(script) as upstream:
-        conn = await ImapConnection.open(upstream, None, command_timeout=2)
+        conn = await open_connection(upstream, None, command_timeout=2)
         await conn.login(LoginCredentials("alice", "pw"))
         wake = asyncio.Event()
         asyncio.get_running_loop().call_later(0.1, wake.set)
@@ -193,7 +200,7 @@ async def test_idle_wake_and_deadline() -> None:
         start = time.monotonic()
         assert await conn.idle(time.monotonic() + 0.2, asyncio.Event(), lambda r: False) == []
         assert time.monotonic() - start >= 0.15
-        conn.close()
+        conn.abort()
 
 
 async def test_bye_during_idle_raises_at_once() -> None:
@@ -207,7 +214,7 @@ async def test_bye_during_idle_raises_at_once() -> None:
         # and the server goes away without answering DONE
 
     async with FakeServer(script) as upstream:
-        conn = await ImapConnection.open(upstream, None, command_timeout=5)
+        conn = await open_connection(upstream, None, command_timeout=5)
         await conn.login(LoginCredentials("alice", "pw"))
         start = time.monotonic()
         with pytest.raises(ConnectionLost):
@@ -222,12 +229,12 @@ async def test_silent_server_times_out() -> None:
         await r.read()  # never answers
 
     async with FakeServer(script) as upstream:
-        conn = await ImapConnection.open(upstream, None, command_timeout=2)
+        conn = await open_connection(upstream, None, command_timeout=2)
         await conn.login(LoginCredentials("alice", "pw"))
         conn.command_timeout = 0.2
         with pytest.raises(TimeoutError):
             await conn.command(b"NOOP")
-        conn.close()
+        conn.abort()
 
 
 async def test_silent_greeting_times_out() -> None:
@@ -237,7 +244,7 @@ async def test_silent_greeting_times_out() -> None:
     async with FakeServer(script) as upstream:
         upstream.connect_timeout = 0.2
         with pytest.raises(TimeoutError):
-            await ImapConnection.open(upstream, None, command_timeout=2)
+            await open_connection(upstream, None, command_timeout=2)
 
 
 async def test_greeting_bye() -> None:
@@ -246,7 +253,7 @@ async def test_greeting_bye() -> None:
 
     async with FakeServer(script) as upstream:
         with pytest.raises(ConnectionLost):
-            await ImapConnection.open(upstream, None, command_timeout=2)
+            await open_connection(upstream, None, command_timeout=2)
 
 
 async def test_starttls_refuses_injected_plaintext() -> None:
@@ -259,7 +266,7 @@ async def test_starttls_refuses_injected_plaintext() -> None:
     async with FakeServer(script) as upstream:
         upstream.security = "starttls"
         with pytest.raises(UpstreamError, match="after STARTTLS"):
-            await ImapConnection.open(upstream, None, command_timeout=2)
+            await open_connection(upstream, None, command_timeout=2)
 
 
 async def test_starttls_not_offered() -> None:
@@ -270,4 +277,4 @@ async def test_starttls_not_offered() -> None:
     async with FakeServer(script) as upstream:
         upstream.security = "starttls"
         with pytest.raises(UpstreamError, match="STARTTLS"):
-            await ImapConnection.open(upstream, None, command_timeout=2)
+            await open_connection(upstream, None, command_timeout=2)

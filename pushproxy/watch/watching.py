@@ -1,0 +1,332 @@
+"""One logged-in watcher connection: choose how to be told, catch up, wait, detect.
+
+:class:`Detector` drives a :class:`~pushproxy.watch.tracker.MailboxTracker`
+over a :class:`~pushproxy.watch.upstream.WatcherProtocol`: it sends the
+commands the tracker needs (NOTIFY, STATUS, EXAMINE, UID FETCH), hands the
+responses back, applies the outcomes (emit, then store), and waits in IDLE
+(or NOOP polling) between detections.  See :mod:`pushproxy.watch.watcher`
+for the overall design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from pushproxy.imap.commands import mailbox_arg
+from pushproxy.imap.data import (
+    MalformedResponse,
+    Response,
+    SelectInfo,
+    StatusInfo,
+    parse_enabled,
+    parse_select,
+    parse_status,
+)
+from pushproxy.imap.fetch import parse_fetch
+from pushproxy.watch.idlers import ExtraIdler
+from pushproxy.watch.pacing import PollSchedule
+from pushproxy.watch.tracker import MailboxTracker
+from pushproxy.watch.upstream import CommandFailed, LoginCredentials, WatcherProtocol
+
+if TYPE_CHECKING:
+    from pushproxy.watch.watcher import Watcher
+
+__all__ = ["NEW_MAIL_ITEMS", "Detector"]
+
+log = logging.getLogger("pushproxy.watch.watcher")
+
+# What is fetched for new mail (extend here, e.g. with BINARY.PEEK[] for small messages).
+NEW_MAIL_ITEMS = b"UID FLAGS ENVELOPE"
+_MIN_INTERVAL = 0.2  # seconds; a smaller watch.poll_interval / idle_refresh would spin
+_LOGOUT_TIMEOUT = 5.0
+
+
+class Detector:
+    def __init__(self, watcher: Watcher, conn: WatcherProtocol, tracker: MailboxTracker, creds: LoginCredentials):
+        self.w = watcher
+        self.conn = conn
+        self.t = tracker
+        self.account = watcher.account
+        self.spec = tracker.spec
+        self._creds = creds
+        self._watch = watcher.config.watch
+        self.notify = False
+        self.missing: set[str] = set()  # watched mailboxes that do not exist (yet)
+        # A watched mailbox appeared after NOTIFY was set: Dovecot does not reliably report
+        # mailboxes created after NOTIFY SET (even when it is sent again), so start afresh.
+        self.reconnect_now = False
+        self._first_hit: float | None = None
+        self._select_info = SelectInfo()
+        self._caught_up = False  # the state says "connected" only after the first catch-up
+        self._idlers: list[ExtraIdler] = []
+        slowest = max(_MIN_INTERVAL, self._watch.poll_interval)
+        self.schedule = PollSchedule(max(_MIN_INTERVAL, self._watch.poll_interval_active), slowest)
+
+    # ------------------------------------------------------------------ setup
+
+    async def run(self) -> bool:
+        conn, caps = self.conn, self.conn.capabilities
+        if "QRESYNC" in caps and "ENABLE" in caps:
+            result = await conn.command(b"ENABLE QRESYNC")
+            self.t.qresync = result.ok and any("QRESYNC" in parse_enabled(r) for r in result.untagged)
+        if self.spec.changes and not self.t.qresync:
+            log.info("watcher %s: upstream lacks QRESYNC; expunges and flag changes are not reported", self.account)
+        if "NOTIFY" in caps:
+            self.notify = await self._notify_set()
+        can_idle = "IDLE" in caps
+        if not self.notify and can_idle:
+            extra = max(0, self._watch.idle_connections - 1)
+            for box in self.spec.others[:extra]:
+                idler = ExtraIdler(
+                    self.account,
+                    box,
+                    self._creds,
+                    config=self.w.config,
+                    tls_context=self.w.tls_context,
+                    limiter=self.w.limiter,
+                    on_activity=self._activity,
+                    on_change=self._update_schedule,
+                )
+                self._idlers.append(idler)
+                idler.start()
+        for box in self.spec.mailboxes:
+            self.t.load(box, await self.w.store.get_mailbox_state(self.account, box))
+        self._update_schedule()
+        method = "NOTIFY" if self.notify else ("IDLE" if can_idle else "poll")
+        if self.schedule.mailboxes and method == "IDLE":
+            method = "IDLE+poll"
+        log.info(
+            "watcher %s: connected (%s; %s)%s",
+            self.account,
+            method,
+            ", ".join(self.spec.mailboxes),
+            f"; IDLE connections: {1 + len(self._idlers)}" if self._idlers else "",
+        )
+        await self._settle()
+        self._caught_up = True
+        self._update_schedule()
+        return await self._loop(can_idle)
+
+    async def close(self) -> None:
+        for idler in self._idlers:
+            await idler.stop()
+        self._idlers.clear()
+
+    def _polled(self) -> list[str]:
+        """Mailboxes nobody reports: without NOTIFY, those no IDLE connection watches; and missing ones."""
+        if self.notify:
+            return sorted(self.missing)
+        idled: set[str] = set()
+        if "IDLE" in self.conn.capabilities:
+            idled = {self.spec.primary} | {i.mailbox for i in self._idlers if i.idling}
+        return [box for box in self.spec.mailboxes if box not in idled or box in self.missing]
+
+    def _update_schedule(self) -> None:
+        polled = self._polled()
+        self.schedule.set_mailboxes(polled, time.monotonic())
+        if self._caught_up:
+            lacking = not self.notify or "IDLE" not in self.conn.capabilities
+            self.w.set_mode(polling=lacking and bool(polled))
+
+    def _activity(self, box: str, when: float) -> None:
+        """An extra IDLE connection saw something in ``box``."""
+        self.t.mark(box, when)
+        self.w.wake_event.set()
+
+    async def _notify_set(self) -> bool:
+        spec, qresync = self.spec, self.t.qresync
+        events = b"MessageNew MessageExpunge"
+        command = b"NOTIFY SET (selected (" + events + (b" FlagChange" if spec.changes and qresync else b"") + b"))"
+        if spec.others:
+            other_events = events + (b" FlagChange" if spec.changes & set(spec.others) and qresync else b"")
+            if all(box.isascii() for box in spec.others):
+                boxes = b" ".join(mailbox_arg(box) for box in spec.others)
+                command += b" (mailboxes (" + boxes + b") (" + other_events + b"))"
+            else:
+                # Dovecot 2.3 never reports a non-ASCII name given in "mailboxes"; "personal"
+                # reports every personal mailbox (in raw UTF-8): the tracker keeps the watched ones.
+                command += b" (personal (" + other_events + b"))"
+        result = await self.conn.command(command)
+        if not result.ok:
+            log.info("watcher %s: NOTIFY refused (%s); IDLE instead", self.account, result.status.text)
+            return False
+        for resp in result.untagged:
+            self.t.note(resp)
+        return True
+
+    # ------------------------------------------------------------------ waiting
+
+    def _interesting(self, resp: Response) -> bool:
+        hit = self.t.interesting(resp)
+        if hit and resp.kind == "STATUS":
+            try:
+                hit = parse_status(resp).mailbox in self.spec
+            except MalformedResponse:
+                hit = False
+        if hit and self._first_hit is None:
+            self._first_hit = time.monotonic()
+        return hit
+
+    async def _loop(self, can_idle: bool) -> bool:
+        conn, wake = self.conn, self.w.wake_event
+        refresh = max(_MIN_INTERVAL, self._watch.idle_refresh)
+        while not self.w.stopping:
+            now = time.monotonic()
+            deadline = now + refresh
+            next_poll = self.schedule.next_due()
+            if next_poll is not None:
+                deadline = min(deadline, next_poll)
+            self._first_hit = None
+            if can_idle:
+                responses = await conn.idle(deadline, wake, self._interesting)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(0.0, deadline - time.monotonic()))
+                responses = [] if self.w.stopping else (await conn.command(b"NOOP")).untagged
+            if self.w.stopping:
+                break
+            wake.clear()
+            when = self._first_hit if self._first_hit is not None else time.monotonic()
+            for resp in responses:
+                self.t.note(resp, when)
+            for box in self.schedule.due(time.monotonic()):
+                self.t.dirty.setdefault(box, None)
+            if await self._settle():
+                self.schedule.activity(time.monotonic())
+            if self.reconnect_now:
+                return True
+        await conn.logout(min(self._watch.command_timeout, _LOGOUT_TIMEOUT))
+        return False
+
+    # ------------------------------------------------------------------ detection
+
+    async def _settle(self) -> bool:
+        """Run the detection step for every marked mailbox; end with the primary selected.
+
+        Returns True when something was found (activity: poll faster for a while).
+        """
+        primary, t = self.spec.primary, self.t
+        found = False
+        while t.dirty or t.selected != primary:
+            if self.w.stopping:
+                return found
+            others = [box for box in t.dirty if box != primary]
+            if others:
+                box = others[0]
+                found |= await self._check_other(box, t.dirty.pop(box))
+                continue
+            if t.selected != primary:
+                trigger = t.dirty.pop(primary, None)
+                if not await self._examine(primary):
+                    t.dirty.pop(primary, None)
+                    return found  # the primary mailbox does not exist (yet): IDLE unselected
+                found |= await self._reconcile(primary, trigger)
+                continue
+            trigger = t.dirty.pop(primary)
+            found |= await self._fetch_new(primary, trigger)
+            outcome = t.flush_live(primary)
+            found |= bool(outcome.events)
+            await self.w.apply(outcome)
+        return found
+
+    async def _check_other(self, box: str, trigger: float | None) -> bool:
+        hint = self.t.hints.pop(box, None)
+        if hint is None or hint.uidvalidity is None or hint.uidnext is None:
+            # Dovecot's NOTIFY reports omit UIDVALIDITY: one STATUS is cheaper than switching mailboxes.
+            hint = await self._status(box)
+            if hint is None:
+                return False
+        examine, outcome = self.t.on_status(box, hint)
+        await self.w.apply(outcome)
+        if examine and await self._examine(box):
+            return await self._reconcile(box, trigger)
+        return False
+
+    async def _status(self, box: str) -> StatusInfo | None:
+        items = b"UIDNEXT UIDVALIDITY MESSAGES" + (b" HIGHESTMODSEQ" if self.t.qresync else b"")
+        result = await self.conn.command(b"STATUS " + mailbox_arg(box) + b" (" + items + b")")
+        found: StatusInfo | None = None
+        for resp in result.untagged:
+            if resp.kind == "STATUS":
+                with contextlib.suppress(MalformedResponse):
+                    info = parse_status(resp)
+                    if info.mailbox == box:
+                        found = info
+                        continue
+            self.t.note(resp)
+        if not result.ok:
+            if box not in self.missing:
+                log.info("watcher %s: cannot watch %s (yet): %s", self.account, box, result.status.text)
+            self.missing.add(box)
+            self._update_schedule()
+            return None
+        if box in self.missing:
+            self.missing.discard(box)
+            self._update_schedule()
+            if self.notify:
+                log.info("watcher %s: %s exists now; reconnecting to include it in NOTIFY", self.account, box)
+                self.reconnect_now = True
+        return found
+
+    async def _examine(self, box: str) -> bool:
+        command = b"EXAMINE " + mailbox_arg(box) + self.t.examine_args(box)
+        self.t.selecting()
+        result = await self.conn.command(command)
+        if not result.ok:
+            # A failed SELECT/EXAMINE leaves no mailbox selected (RFC 9051 6.3.2).
+            if box not in self.missing:
+                log.info("watcher %s: cannot EXAMINE %s: %s", self.account, box, result.status.text)
+            self.missing.add(box)
+            self._update_schedule()
+            return False
+        if box in self.missing:
+            self.missing.discard(box)
+            self._update_schedule()
+        select_data: list[Response] = []
+        for resp in result.untagged:
+            if resp.kind == "STATUS":
+                self.t.note(resp)  # a NOTIFY report about another mailbox
+            else:
+                select_data.append(resp)
+        self.t.selected_ok(box)
+        self._select_info = parse_select(select_data)
+        return True
+
+    async def _reconcile(self, box: str, trigger: float | None) -> bool:
+        info = self._select_info
+        step, outcome = self.t.on_select(box, info, trigger)
+        await self.w.apply(outcome)
+        found = bool(outcome.events)
+        if step == "probe":
+            result = await self.conn.command(b"UID FETCH * (UID)")
+            highest = 0
+            for resp in result.untagged:
+                if resp.kind == "FETCH":
+                    with contextlib.suppress(MalformedResponse):
+                        uid = parse_fetch(resp.raw).uid
+                        highest = max(highest, uid or 0)
+            modseq = None if info.nomodseq else info.highestmodseq
+            await self.w.apply(self.t.fresh(box, info.uidvalidity or 0, highest + 1, modseq))
+        elif step == "fetch":
+            found |= await self._fetch_new(box, trigger, info.uidnext)
+        return found
+
+    async def _fetch_new(self, box: str, trigger: float | None, uidnext_hint: int | None = None) -> bool:
+        start = self.t.fetch_from(box)
+        if start is None:
+            return False
+        result = await self.conn.command(b"UID FETCH %d:* (" % start + NEW_MAIL_ITEMS + b")")
+        if result.status.kind == "BAD":
+            raise CommandFailed("UID FETCH", result.status)
+        if not result.ok:
+            for resp in result.untagged:
+                self.t.note(resp)
+            log.info("watcher %s: UID FETCH in %s refused: %s", self.account, box, result.status.text)
+            return False
+        outcome = self.t.on_fetch(box, result.untagged, trigger, uidnext_hint)
+        await self.w.apply(outcome)
+        return bool(outcome.events)
