@@ -12,11 +12,17 @@ on demand), so that the two do not share one GIL or one RSS.  For each size:
   callback (CLOCK_MONOTONIC is system wide, so the two processes' timestamps
   compare), with new mail at ``--rate`` events/s on random accounts.
 
-    python bench/watchers.py                 # 1,000 accounts (about a minute)
-    python bench/watchers.py --large         # also 10,000 accounts
-    python bench/watchers.py --aioimaplib    # also: aioimaplib's per-connection RSS, for comparison
+Each size runs twice: ``watch.idle_connections: 1`` with one watched
+mailbox per account (INBOX), and ``idle_connections: 3`` with three (INBOX,
+Sent, Work; the fake upstream has no NOTIFY, so each is IDLEd on its own
+connection and new mail goes to a random one of them).
 
-Targets: <= 60 KB per watched account, p99 <= 50 ms at 200 events/s.
+    python bench/watchers.py                 # 1,000 accounts (a few minutes)
+    python bench/watchers.py --large         # also 10,000 accounts
+    python bench/watchers.py --aioimaplib    # also: plain aioimaplib's per-connection RSS, for comparison
+
+Targets: <= 20 KB per watched account at 10,000 accounts (idle_connections: 1),
+p99 <= 10 ms at 200 events/s, CPU while quiet ~ 0.
 """
 
 from __future__ import annotations
@@ -71,23 +77,23 @@ class Box:
 
 class FakeUpstream:
     def __init__(self) -> None:
-        self.boxes: dict[str, Box] = {}
-        self.idlers: dict[str, set[FakeConn]] = {}
-        self.sent: list[tuple[str, int, float]] = []
+        self.boxes: dict[tuple[str, str], Box] = {}
+        self.idlers: dict[tuple[str, str], set[FakeConn]] = {}
+        self.sent: list[tuple[str, str, int, float]] = []
 
-    def box(self, user: str) -> Box:
-        b = self.boxes.get(user)
+    def box(self, user: str, mailbox: str = "INBOX") -> Box:
+        b = self.boxes.get((user, mailbox))
         if b is None:
-            b = self.boxes[user] = Box()
+            b = self.boxes[(user, mailbox)] = Box()
         return b
 
-    def deliver(self, user: str) -> None:
-        box = self.box(user)
+    def deliver(self, user: str, mailbox: str) -> None:
+        box = self.box(user, mailbox)
         uid = box.uidnext
         box.uids.append(uid)
-        for conn in list(self.idlers.get(user, ())):
+        for conn in list(self.idlers.get((user, mailbox), ())):
             conn.announce()
-        self.sent.append((user, uid, time.monotonic()))
+        self.sent.append((user, mailbox, uid, time.monotonic()))
 
 
 class FakeConn(asyncio.Protocol):
@@ -97,6 +103,7 @@ class FakeConn(asyncio.Protocol):
         self.up = up
         self.buf = b""
         self.user: str | None = None
+        self.mailbox = "INBOX"
         self.idle_tag: bytes | None = None
         self.announced = 0
         self.transport: asyncio.Transport | None = None
@@ -115,14 +122,14 @@ class FakeConn(asyncio.Protocol):
 
     def announce(self) -> None:
         assert self.user is not None
-        n = len(self.up.box(self.user).uids)
+        n = len(self.up.box(self.user, self.mailbox).uids)
         if n > self.announced:
             self.announced = n
             self.write(b"* %d EXISTS\r\n" % n)
 
     def _stop_idle(self) -> None:
         if self.user is not None:
-            self.up.idlers.get(self.user, set()).discard(self)
+            self.up.idlers.get((self.user, self.mailbox), set()).discard(self)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -152,7 +159,8 @@ class FakeConn(asyncio.Protocol):
             self.write(tag + b" OK [CAPABILITY " + CAPS + b"] Logged in\r\n")
         elif cmd in (b"SELECT", b"EXAMINE"):
             assert self.user is not None
-            box = self.up.box(self.user)
+            self.mailbox = args[0].strip(b'"').decode()
+            box = self.up.box(self.user, self.mailbox)
             self.announced = len(box.uids)
             self.write(
                 b"* FLAGS (\\Seen)\r\n* %d EXISTS\r\n* OK [UIDVALIDITY %d] ok\r\n* OK [UIDNEXT %d] ok\r\n"
@@ -162,15 +170,16 @@ class FakeConn(asyncio.Protocol):
             )
         elif cmd == b"STATUS":
             assert self.user is not None
-            box = self.up.box(self.user)
+            name = args[0].strip(b'"')
+            box = self.up.box(self.user, name.decode())
             self.write(
-                b"* STATUS INBOX (MESSAGES %d UIDNEXT %d UIDVALIDITY %d)\r\n" % (len(box.uids), box.uidnext, 1)
+                b'* STATUS "%s" (MESSAGES %d UIDNEXT %d UIDVALIDITY %d)\r\n' % (name, len(box.uids), box.uidnext, 1)
                 + tag
                 + b" OK done\r\n"
             )
         elif cmd == b"UID FETCH":
             assert self.user is not None
-            box = self.up.box(self.user)
+            box = self.up.box(self.user, self.mailbox)
             start = int(args[0].split(b":")[0])
             chosen = [u for u in box.uids if u >= start] or box.uids[-1:]
             out = []
@@ -181,7 +190,7 @@ class FakeConn(asyncio.Protocol):
         elif cmd == b"IDLE":
             assert self.user is not None
             self.idle_tag = tag
-            self.up.idlers.setdefault(self.user, set()).add(self)
+            self.up.idlers.setdefault((self.user, self.mailbox), set()).add(self)
             self.write(b"+ idling\r\n")
             self.announce()
         elif cmd == b"NOOP" or cmd == b"ENABLE":
@@ -214,13 +223,14 @@ async def serve() -> None:
         if cmd["op"] == "fire":
             up.sent.clear()
             users: list[str] = cmd["users"]
+            mailboxes: list[str] = cmd["mailboxes"]
             interval = 1.0 / cmd["rate"]
             start = time.monotonic()
             for i in range(cmd["count"]):
                 delay = start + i * interval - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                up.deliver(random.choice(users))
+                up.deliver(random.choice(users), random.choice(mailboxes))
             print(json.dumps({"sent": up.sent}), flush=True)
         elif cmd["op"] == "quit":
             break
@@ -300,8 +310,9 @@ async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     store = SqliteStore(Path(MEMORY), Vault.generate())
     await store.open()
     users = [f"user{i:05d}" for i in range(n)]
+    mailboxes = ["INBOX", "Sent", "Work"][: args.idle_connections]
     for i, user in enumerate(users):
-        await store.upsert_device(ApnsDevice(user, "aps", f"{i:064x}", mailboxes=["INBOX"]))
+        await store.upsert_device(ApnsDevice(user, "aps", f"{i:064x}", mailboxes=mailboxes))
     config = Config(
         upstream=UpstreamConfig(host="127.0.0.1", port=child.port, security="none", connect_timeout=30),
         store=StoreConfig(url="sqlite:///:memory:"),
@@ -313,15 +324,16 @@ async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             command_timeout=30,
             backoff_min=1,
             backoff_max=10,
+            idle_connections=args.idle_connections,
         ),
     )
-    received: list[tuple[str, int, float]] = []
+    received: list[tuple[str, str, int, float]] = []
 
     def emit(event: MailEvent) -> None:
         now = time.monotonic()
         if isinstance(event, NewMail):
             for uid in event.uids:
-                received.append((event.account, uid, now))
+                received.append((event.account, event.mailbox, uid, now))
 
     gc.collect()
     rss0 = rss_bytes()
@@ -329,6 +341,7 @@ async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     await sup.start()
     start_s = time.monotonic() - t0
+    # "idle": every mailbox reported by an IDLE connection (the extra ones included)
     ok = await wait_for(
         lambda: sup.status()["idle"] == n, timeout=max(60.0, 3 * n / args.connect_rate), progress=sup.status
     )
@@ -343,11 +356,11 @@ async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
     count = int(args.rate * args.seconds)
     cpu1, w1 = cpu_seconds(), time.monotonic()
-    result = await child.call(op="fire", users=users, count=count, rate=args.rate)
+    result = await child.call(op="fire", users=users, mailboxes=mailboxes, count=count, rate=args.rate)
     await wait_for(lambda: len(received) >= count, timeout=10)
     busy_cpu = (cpu_seconds() - cpu1) / (time.monotonic() - w1)
-    emitted = {(a, u): t for a, u, t in received}
-    latencies = [emitted[(a, u)] - t for a, u, t in result["sent"] if (a, u) in emitted]
+    emitted = {(a, b, u): t for a, b, u, t in received}
+    latencies = [emitted[(a, b, u)] - t for a, b, u, t in result["sent"] if (a, b, u) in emitted]
     duplicates = len(received) - len(emitted)
 
     await sup.close()
@@ -355,6 +368,7 @@ async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     child.close()
     return {
         "accounts": n,
+        "idle_connections": args.idle_connections,
         "all_idle": ok,
         "ramp_s": ramp,
         "start_s": start_s,
@@ -405,26 +419,30 @@ async def run_aioimaplib(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> None:
-    print(f"\n== {r['accounts']:,} watched accounts (fake upstream in a child process, plain TCP) ==")
+    print(
+        f"\n== {r['accounts']:,} watched accounts, idle_connections: {r['idle_connections']} "
+        f"({r['idle_connections']} mailbox(es) each; fake upstream in a child process, plain TCP) =="
+    )
     print(
         f"  all idle:            {r['all_idle']}  (ramp-up {r['ramp_s']:.1f} s, of which "
         f"{r['start_s']:.1f} s in Supervisor.start() reading the store)"
     )
     print(
         f"  RSS per account:     {r['rss_per_account_kb']:.1f} KB   "
-        f"(process {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB)   target <= 60 KB"
+        f"(process {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB)   target <= 20 KB (idle_connections: 1)"
     )
     print(f"  CPU while quiet:     {r['quiet_cpu_pct']:.2f} % of one core")
     print(f"  CPU at the event rate: {r['busy_cpu_pct']:.1f} % of one core")
     print(
         f"  EXISTS -> emit:      p50 {r['p50_ms']:.1f} ms   p99 {r['p99_ms']:.1f} ms   max {r['max_ms']:.1f} ms   "
-        f"({r['delivered']}/{r['events']} events, {r['duplicates']} duplicates)   target p99 <= 50 ms"
+        f"({r['delivered']}/{r['events']} events, {r['duplicates']} duplicates)   target p99 <= 10 ms"
     )
 
 
-def measure_in_child(kind: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure_in_child(kind: str, n: int, args: argparse.Namespace, idle_connections: int = 1) -> dict[str, Any]:
     """Each measurement in a fresh process: memory freed by an earlier run would hide RSS growth."""
     argv = [sys.executable, __file__, "--measure", kind, "--accounts", str(n), "--rate", str(args.rate)]
+    argv += ["--idle-connections", str(idle_connections)]
     argv += ["--seconds", str(args.seconds), "--quiet", str(args.quiet), "--connect-rate", str(args.connect_rate)]
     out = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
@@ -440,7 +458,8 @@ def main_all(args: argparse.Namespace) -> None:
     sizes = [args.accounts] + ([10_000] if args.large else [])
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.rate:.0f} events/s for {args.seconds:.0f} s")
     for n in sizes:
-        report(measure_in_child("watchers", n, args))
+        for idle_connections in (1, 3):
+            report(measure_in_child("watchers", n, args, idle_connections))
     if args.aioimaplib:
         r = measure_in_child("aioimaplib", args.accounts, args)
         print(
@@ -458,6 +477,7 @@ def main() -> None:
     parser.add_argument("--quiet", type=float, default=10.0, help="seconds of the quiet CPU measurement")
     parser.add_argument("--connect-rate", type=float, default=1000.0, help="watch.connect_rate for the ramp-up")
     parser.add_argument("--aioimaplib", action="store_true", help="also measure aioimaplib's per-connection RSS")
+    parser.add_argument("--idle-connections", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=["watchers", "aioimaplib"], help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -219,3 +219,29 @@ async def test_make_provider(store: SqliteStore, tmp_path: Path) -> None:
     cfg = Config(watch=WatchConfig(credentials="master", master_user="admin", master_password_file=pw))
     provider = make_provider(cfg, store)
     assert await provider.get("alice") == LoginCredentials("alice*admin", "s3cret")
+
+
+def test_poll_schedule_fast_after_activity_slow_when_quiet() -> None:
+    from pushproxy.watch.pacing import PollSchedule
+
+    s = PollSchedule(fastest=10, slowest=60)
+    s.set_mailboxes(["Sent", "Work"], now=0)
+    assert s.next_due() == 10 and s.due(5) == []
+    assert s.due(10) == ["Sent", "Work"]  # then 20 s, 40 s, 60 s, 60 s ...
+    assert s.next_due() == 30
+    assert s.due(30) == ["Sent", "Work"] and s.next_due() == 70
+    assert s.due(70) == ["Sent", "Work"] and s.next_due() == 130
+    assert s.due(130) and s.next_due() == 190  # capped at slowest
+    s.activity(150)
+    assert s.next_due() == 160  # soon again after activity
+    s.set_mailboxes(["Work"], now=150)
+    assert s.mailboxes == ["Work"]
+    # the load bound: never more than one poll per mailbox per `fastest` seconds
+    s2 = PollSchedule(fastest=10, slowest=60)
+    s2.set_mailboxes(["A"], now=0)
+    polls, t = 0, 0.0
+    while t < 1000:
+        polls += len(s2.due(t))
+        s2.activity(t)
+        t += 1
+    assert polls <= 1000 / 10 + 1
