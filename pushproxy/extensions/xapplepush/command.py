@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 
 from pushproxy.accounts import canonical_mailbox, is_inbox
-from pushproxy.imap.parse import NIL, Atom, ParseError, Token, as_text, parse_arguments
+from pushproxy.imap.data import parse_list, read_response
+from pushproxy.imap.parse import NIL, Atom, ParseError, Token, as_text
 from pushproxy.imap.response import quote
 from pushproxy.imap.utf7 import decode_mailbox
 
@@ -87,26 +88,18 @@ def _mailboxes(token: Token | None) -> list[tuple[str, str]]:
     return out or [("INBOX", "INBOX")]
 
 
-_LIST_FLAGS_SKIP = {"\\noselect", "\\nonexistent"}
-
-
 def parse_list_response(line: bytes) -> str | None:
     """``* LIST (\\HasNoChildren) "/" "Sent Messages"`` -> decoded name; None if not selectable."""
-    if not line[:7].upper() == b"* LIST ":
-        return None
     try:
-        args = parse_arguments(line, 6)
+        resp = read_response(line)
+        if resp.kind != "LIST":
+            return None
+        item = parse_list(resp)
     except ParseError:
         return None
-    if len(args) < 3 or not isinstance(args[0], list):
+    if item.has("\\Noselect") or item.has("\\NonExistent"):
         return None
-    flags = {str(f).lower() for f in args[0] if isinstance(f, Atom)}
-    if flags & _LIST_FLAGS_SKIP:
-        return None
-    name_tok = args[2]
-    if name_tok is NIL or isinstance(name_tok, list):
-        return None
-    return canonical_mailbox(decode_mailbox(as_text(name_tok, "mailbox")))
+    return item.mailbox
 
 
 def answer_lines(reg: Registration, existing: list[str], topic: str) -> list[bytes]:
