@@ -457,9 +457,14 @@ async def measure(kind: str, args: argparse.Namespace) -> None:
 def main_all(args: argparse.Namespace) -> None:
     sizes = [args.accounts] + ([10_000] if args.large else [])
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.rate:.0f} events/s for {args.seconds:.0f} s")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     for n in sizes:
         for idle_connections in (1, 3):
-            report(measure_in_child("watchers", n, args, idle_connections))
+            # One socket per connection in each process: stay under the file descriptor limit.
+            fitting = min(n, (hard - 1000) // idle_connections)
+            if fitting < n:
+                print(f"\n(idle_connections {idle_connections}: {fitting:,} accounts, not {n:,}: RLIMIT_NOFILE {hard})")
+            report(measure_in_child("watchers", fitting, args, idle_connections))
     if args.aioimaplib:
         r = measure_in_child("aioimaplib", args.accounts, args)
         print(

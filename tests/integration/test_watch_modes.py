@@ -88,6 +88,9 @@ async def test_several_idle_connections_without_notify(
     dc = dovecot_factory(notify=False)
     for name in ("Notes", "Sent Messages", "Work"):
         await asyncio.to_thread(dc.create_mailbox, "alice", name)
+        # Open it once: without a mailbox list index, Dovecot gives a fresh maildir its UIDVALIDITY
+        # at first open, and two connections opening it at once can each pick one (a real reset).
+        await asyncio.to_thread(dc.doveadm, "mailbox", "status", "-u", "alice", "uidvalidity", name)
     config = make_config(dc, tmp_path, idle_connections=3, poll_interval=2.0, poll_interval_active=0.5)
     events = Events()
     sup = new_supervisor(supervisors, config, store, events)
