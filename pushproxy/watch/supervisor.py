@@ -36,7 +36,7 @@ from pushproxy import metrics
 from pushproxy.accounts import normalise_account
 from pushproxy.config import Config, ConfigError
 from pushproxy.events import MailEvent
-from pushproxy.store.base import Store
+from pushproxy.store.base import Store, StoreUnavailable
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
 from pushproxy.watch.detection import WatchSpec, spec_for_account, specs_for_all_accounts
 from pushproxy.watch.pacing import ConnectLimiter
@@ -200,6 +200,12 @@ class Supervisor:
         try:
             async with entry.lock:
                 yield
+        except StoreUnavailable:
+            # A login or registration still being followed when the proxy shuts down
+            # (the store closes after the watchers): nothing left to follow.
+            if not self._closed:
+                raise
+            log.debug("watcher %s: change not followed, shutting down", account)
         finally:
             entry.users -= 1
             if entry.users == 0:
