@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pushproxy.extensions.base import UpstreamCommandError
 from pushproxy.imap import response as r
-from pushproxy.imap.framing import Line
+from pushproxy.imap.assemble import MalformedResponse, ResponseCollector
 from pushproxy.imap.parse import StatusResponse, parse_status_response
 from pushproxy.proxy.state import SessionState
 
@@ -21,13 +21,13 @@ if TYPE_CHECKING:
 
 
 class OwnCommand:
-    __slots__ = ("current", "future", "tag", "untagged")
+    __slots__ = ("collector", "future", "tag", "untagged")
 
     def __init__(self, tag: bytes, future: asyncio.Future[tuple[list[bytes], StatusResponse]]) -> None:
         self.tag = tag
         self.future = future
         self.untagged: list[bytes] = []
-        self.current: list[bytes] | None = None  # an untagged response being assembled
+        self.collector = ResponseCollector()  # the one core assembles its responses
 
 
 class OwnCommands(SessionState):
@@ -55,24 +55,20 @@ class OwnCommands(SessionState):
     def _own_event(self, ev: object) -> None:
         own = self._own
         assert own is not None
-        if type(ev) is Line:
-            if ev.continued and own.current is not None:
-                own.current.append(ev.data)
-            else:
-                status = parse_status_response(ev.data) if ev.data[:1] != b"*" else None
-                if status is not None and status.tag == own.tag:
-                    if not own.future.done():
-                        own.future.set_result((own.untagged, status))
-                    return
-                if ev.data[:1] == b"*":
-                    own.current = [ev.data]
-                else:
-                    return
-            if ev.literal is None and own.current is not None:
-                own.untagged.append(b"".join(own.current))
-                own.current = None
-        elif own.current is not None:
-            own.current.append(ev.data)  # type: ignore[attr-defined]
+        try:
+            response = own.collector.add(ev)
+        except MalformedResponse as exc:
+            self._fail_own(f"unreadable upstream response: {exc}")
+            self._fatal("Upstream server sent an unreadable response", "UNAVAILABLE")
+            return
+        if response is None:
+            return
+        if response[:1] == b"*":
+            own.untagged.append(response)
+            return
+        status = parse_status_response(response)
+        if status is not None and status.tag == own.tag and not own.future.done():
+            own.future.set_result((own.untagged, status))
 
     def _fail_own(self, reason: str) -> None:
         if self._own is not None and not self._own.future.done():
