@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import ssl
 import statistics
@@ -234,6 +235,7 @@ def main() -> None:
         finally:
             for proxy in proxies.values():
                 proxy.stop()
+                shutil.rmtree(proxy.base_dir, ignore_errors=True)
             for _, proc in relays.values():
                 proc.terminate()
                 proc.wait()

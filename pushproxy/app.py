@@ -13,7 +13,8 @@ import logging
 import signal
 from typing import Any
 
-from pushproxy.config import Config
+from pushproxy.config import Config, ConfigError
+from pushproxy.upstream_probe import CachedUpstreamProbe
 
 log = logging.getLogger("pushproxy.app")
 
@@ -30,6 +31,7 @@ class App:
         self.dispatcher: Any = None
         self.supervisor: Any = None
         self.stopping = asyncio.Event()
+        self.upstream_probe = CachedUpstreamProbe(config.upstream)
 
     async def start(self) -> None:
         from pushproxy.wiring import build
@@ -56,10 +58,23 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(sig, app.stopping.set)
     try:
         await app.start()
-    except Exception:
+    except Exception as exc:
+        # The reason first, then the orderly stop: "stopped" must not be the last word
+        # an operator reads before the error that caused it.
+        if isinstance(exc, ConfigError):
+            log.error("%s", exc)
+        else:
+            log.error("fatal error while starting", exc_info=exc)
         await app.stop()
-        raise
-    log.info("pushproxy ready")
+        return 2 if isinstance(exc, ConfigError) else 1
+    probe = await app.upstream_probe.result()
+    if probe.ok:
+        log.info("pushproxy ready (%s)", probe.describe(config.upstream))
+    else:
+        log.warning(
+            "pushproxy started, but %s: logins will fail and /readyz answers 503 until it answers",
+            probe.describe(config.upstream),
+        )
     await app.stopping.wait()
     log.info("shutdown requested")
     await app.stop()
@@ -87,8 +102,6 @@ def run(config: Config) -> int:
                 result["code"] = 1
             elif f.exception() is not None:
                 exc = f.exception()
-                from pushproxy.config import ConfigError
-
                 if isinstance(exc, ConfigError):
                     log.error("%s", exc)
                     result["code"] = 2

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from pushproxy.config import Config, ConfigError, load_config, masked_dict
@@ -15,17 +16,32 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", type=Path, required=True, help="YAML configuration file")
 
 
+def version() -> str:
+    try:
+        return metadata.version("pushproxy")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pushproxy",
         description="IMAP proxy that adds push email (iOS XAPPLEPUSHSERVICE, WEBPUSH) to any IMAP server.",
     )
+    parser.add_argument("--version", action="version", version=f"pushproxy {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the proxy in the foreground until SIGTERM/SIGINT")
     _config_arg(p)
 
-    p = sub.add_parser("check-config", help="validate the config and print it with secrets masked")
+    p = sub.add_parser(
+        "check-config",
+        help="validate the config and the files it names (as the current user); print it with secrets masked",
+    )
+    _config_arg(p)
+    p.add_argument("--probe", action="store_true", help="also connect to the upstream and show its capabilities")
+
+    p = sub.add_parser("health", help="exit 0 if the running proxy's admin listener answers /healthz (container probe)")
     _config_arg(p)
 
     apns = sub.add_parser("apns", help="APNs certificate and test pushes").add_subparsers(
@@ -76,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
-            cfg = _load(args.config)
-            print(json.dumps(masked_dict(cfg), indent=2))
-            return 0
+            return check_config(_load(args.config), probe=args.probe)
+        if args.command == "health":
+            return health(_load(args.config))
         if args.command == "serve":
             cfg = _load(args.config)
             from pushproxy.logsetup import setup_logging
@@ -107,3 +123,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def check_config(cfg: Config, *, probe: bool) -> int:
+    """Print the effective config; exit 2 if a file it names is unusable, or the probe fails."""
+    from pushproxy.config_check import check_files
+
+    print(json.dumps(masked_dict(cfg), indent=2))
+    report = check_files(cfg)
+    for warning in report.warnings:
+        print(f"pushproxy: warning: {warning}", file=sys.stderr)
+    for error in report.errors:
+        print(f"pushproxy: error: {error}", file=sys.stderr)
+    code = 2 if report.errors else 0
+    if probe:
+        import asyncio
+
+        from pushproxy.upstream_probe import probe_upstream
+
+        result = asyncio.run(probe_upstream(cfg.upstream, timeout=cfg.upstream.connect_timeout))
+        if result.ok:
+            print(f"{result.describe(cfg.upstream)}; capabilities: {' '.join(sorted(result.capabilities))}")
+        else:
+            print(f"pushproxy: error: {result.describe(cfg.upstream)}", file=sys.stderr)
+            code = 2
+    return code
+
+
+HEALTH_TIMEOUT = 3.0
+
+
+def health(cfg: Config) -> int:
+    """GET /healthz on the configured admin listener (wildcard binds are probed on loopback)."""
+    import urllib.error
+    import urllib.request
+
+    from pushproxy.config import parse_hostport
+
+    if not cfg.admin.listen:
+        print("admin listener disabled (admin.listen is empty): nothing to probe")
+        return 0
+    host, port = parse_hostport(cfg.admin.listen)
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    url = f"http://[{host}]:{port}/healthz" if ":" in host else f"http://{host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as resp:  # noqa: S310 - http URL built here
+            ok = resp.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"unhealthy: {url}: {exc}", file=sys.stderr)
+        return 1
+    print("ok" if ok else "unhealthy")
+    return 0 if ok else 1

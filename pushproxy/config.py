@@ -334,13 +334,37 @@ def load_config(path: Path | str | None, **overrides: Any) -> Config:
         return Config(**overrides)
     except ValidationError as exc:
         lines = []
+        from_env = 0
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  {loc}: {msg}")
-        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}:\n" + "\n".join(lines)) from None
+            variable = _env_variable_for([str(p) for p in err["loc"]])
+            if variable is not None:
+                from_env += 1
+                lines.append(f"  {loc} (environment variable {variable}): {msg}")
+            else:
+                lines.append(f"  {loc}: {msg}")
+        if from_env == len(lines):
+            where = " in the environment"
+        elif from_env:
+            where = f" in {path} and the environment" if path else ""
+        else:
+            where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None
     finally:
         Config._yaml_data = {}
+
+
+def _env_variable_for(loc: list[str]) -> str | None:
+    """The ``PUSHPROXY_...`` variable that set the value at ``loc`` (or a section containing it), if any."""
+    import os
+
+    names = {name.upper(): name for name in os.environ if name.upper().startswith("PUSHPROXY_")}
+    for depth in range(len(loc), 0, -1):
+        candidate = "PUSHPROXY_" + "__".join(part.upper() for part in loc[:depth])
+        if candidate in names:
+            return names[candidate]
+    return None
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]+)(@)")

@@ -180,6 +180,7 @@ async def build(app: App) -> None:
 
     async def readiness() -> dict[str, bool]:
         checks = {"listeners": bool(service.ports) and not service.draining}
+        checks["upstream"] = await app.upstream_probe.ok()  # cached: one connection per 15 s at most
         if app.store is not None:
             ok = await app.store.ping()
             metrics.STORE_UP.set(1 if ok else 0)

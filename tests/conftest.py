@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,5 +47,8 @@ def proxy_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Prox
         text = proxy.log_text()
         if "Unhandled Error" in text or "Traceback" in text:
             problems.append(f"{proxy.log_file}:\n{proxy.log_tail(80)}")
+    if not problems and not (failed is not None and failed.failed):
+        for proxy in made:  # keys, databases and logs of a passed test are of no further use
+            shutil.rmtree(proxy.base_dir, ignore_errors=True)
     # A proxy that logged an unhandled error failed, whatever the client saw.
     assert not problems, "pushproxy logged errors:\n" + "\n".join(problems)

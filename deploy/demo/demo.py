@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -78,8 +79,17 @@ class Imap:
 
 def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="pushproxy-demo-"))
-    say(f"state in {base}")
-    dc = Dovecot(new_base_dir(), users={"demo": "demo", "alice": "alicepw"})
+    dc_dir = new_base_dir()
+    try:
+        return run_demo(base, dc_dir)
+    finally:  # test keys and mail: nothing of the demo outlives it
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(dc_dir, ignore_errors=True)
+
+
+def run_demo(base: Path, dc_dir: Path) -> int:
+    say(f"state in {base} (removed at exit)")
+    dc = Dovecot(dc_dir, users={"demo": "demo", "alice": "alicepw"})
     dc.start()
     say(f"Dovecot on 127.0.0.1:{dc.imap_port} (LMTP {dc.lmtp_port}), users demo/demo and alice/alicepw")
 

@@ -1,16 +1,20 @@
-"""Events from Dovecot's push_notification ``ox`` driver: ``POST /events/dovecot-ox``.
+"""Events from Dovecot's push_notification ``ox`` driver: ``PUT /events/dovecot-ox``.
 
 An alternative (or complement) to the watchers for Dovecot back ends: Dovecot
-itself POSTs a JSON document per delivered message (MessageNew, i.e. LMTP/LDA
-deliveries, not IMAP APPENDs)::
+itself sends a JSON document per delivered message (MessageNew, i.e. LMTP/LDA
+deliveries, not IMAP APPENDs), with PUT (Dovecot 2.3's driver; POST is accepted too)::
 
     {"user": "alice", "event": "MessageNew", "folder": "INBOX",
      "imap-uidvalidity": 1795330498, "imap-uid": 7,
      "from": "=?utf-8?q?=C3=84?= <a@example.org>", "subject": "Hi",
      "snippet": "...", "unseen": 1}
 
-Dovecot side (2.3)::
+Dovecot side (2.3; tested by tests/integration/test_dovecot_push_notification.py)::
 
+    mail_attribute_dict = file:%h/dovecot-attributes
+    protocol imap {
+      imap_metadata = yes
+    }
     protocol lmtp {
       mail_plugins = $mail_plugins notify push_notification
     }
@@ -198,8 +202,12 @@ def install_ox_endpoint(
     *,
     path: str = OX_PATH,
 ) -> OxEndpoint:
-    """Add ``POST /events/dovecot-ox`` to the admin listener (before it starts)."""
+    """Add ``PUT`` and ``POST /events/dovecot-ox`` to the admin listener (before it starts).
+
+    Dovecot's ox driver sends PUT (seen with Dovecot 2.3.19); POST stays for other senders.
+    """
     endpoint = OxEndpoint(secret, emit)
+    admin.add_route("PUT", path, endpoint.handle)
     admin.add_route("POST", path, endpoint.handle)
     log.info("Dovecot ox push_notification endpoint enabled at %s", path)
     return endpoint

@@ -13,7 +13,15 @@ Its response side is replaced (see :class:`_ApnsClientProtocol`) because aioapns
 - never resolves an error answer that has no JSON body, and crashes the connection on a
   non-JSON body or on a late answer to a request that was cancelled by our timeout;
 - keeps the stream (and its concurrency slot) of a request that timed out, never gives
-  HTTP/2 flow-control credit back, and drops response headers such as Retry-After.
+  HTTP/2 flow-control credit back, and drops response headers such as Retry-After;
+- closes a connection after 10 s without a request (``INACTIVITY_TIME``), so every push
+  to a quiet account paid a new TCP + TLS handshake, while Apple asks providers to keep
+  connections open.  Ours stay open and are reused; an HTTP/2 PING every
+  :data:`PING_INTERVAL` keeps middleboxes from dropping them and finds dead ones (no PONG
+  within :data:`PING_TIMEOUT`: closed, the next push opens a fresh one).
+
+These reach into aioapns' protocol and pool internals, so pyproject.toml pins aioapns
+to the 4.0 series this module was written against.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingAckReceived,
     RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
@@ -86,6 +95,8 @@ EXPIRY_WARNING_DAYS = 30
 EXPIRY_CHECK_INTERVAL = 6 * 3600.0
 RETRY_AFTER_CAP = 15 * 60.0
 MAX_CONNECTIONS = 4
+PING_INTERVAL = 300.0  # seconds between HTTP/2 PINGs on a connection
+PING_TIMEOUT = 20.0  # no PONG within this: the connection is dead, close it
 _TOKEN_RE = re.compile(r"[0-9A-Fa-f]{16,256}")
 
 InvalidTokenCallback = Callable[[str, float | None], Awaitable[None]]
@@ -203,9 +214,49 @@ class _ApnsClientProtocol(APNsTLSClientProtocol):
     :func:`_protocol_class` set APNS_SERVER/APNS_PORT for the endpoint override.
     """
 
+    # aioapns closes a connection after INACTIVITY_TIME seconds without a write; our
+    # PINGs are writes, so with a longer time than PING_INTERVAL it never fires on a
+    # healthy connection (see the module docstring).
+    INACTIVITY_TIME = int(3 * PING_INTERVAL)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._responses: dict[int, _PendingResponse] = {}
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pong_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._schedule_ping()
+
+    def _schedule_ping(self) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+        # A module-level lookup, so that tests can shorten it.
+        self._ping_timer = self.loop.call_later(PING_INTERVAL, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            self.conn.ping(os.urandom(8))
+        except H2Error:
+            self.close()
+            return
+        self.flush()
+        self._pong_timer = self.loop.call_later(PING_TIMEOUT, self._pong_missing)
+
+    def _pong_missing(self) -> None:
+        self._pong_timer = None
+        log.info("APNs connection: no answer to PING within %.0f s; closing it", PING_TIMEOUT)
+        self.close()
+
+    def _cancel_ping_timers(self) -> None:
+        for timer in (self._ping_timer, self._pong_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ping_timer = self._pong_timer = None
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
         try:
@@ -253,6 +304,11 @@ class _ApnsClientProtocol(APNsTLSClientProtocol):
                 self._fail(event.stream_id, f"stream reset by APNs ({event.error_code!r})")  # type: ignore[arg-type]
             elif isinstance(event, RemoteSettingsChanged):
                 self.on_remote_settings_changed(event.changed_settings)  # type: ignore[arg-type]
+            elif isinstance(event, PingAckReceived):
+                if self._pong_timer is not None:
+                    self._pong_timer.cancel()
+                    self._pong_timer = None
+                    self._schedule_ping()
             elif isinstance(event, ConnectionTerminated):
                 self.on_connection_terminated(event)
         if self.transport is not None and not self.transport.is_closing():
@@ -306,6 +362,7 @@ class _ApnsClientProtocol(APNsTLSClientProtocol):
         # Like aioapns', but tolerant of futures already done (cancelled by our timeout)
         # and of a connection the pool never listed.
         log.debug("APNs connection lost: %s", exc)
+        self._cancel_ping_timers()
         if self.inactivity_timer:
             self.inactivity_timer.cancel()
         if self.on_connection_lost:

@@ -449,3 +449,72 @@ async def test_standin_global_queue_applies_to_unscripted_tokens(standin: ApnsSt
     pusher.notify(TOKEN_A, ACCOUNT, "INBOX")
     await pusher.flush()
     assert [(r.token, r.status) for r in standin.requests] == [(TOKEN_B, 200), (TOKEN_A, 503), (TOKEN_A, 200)]
+
+
+# -- connection keep-alive ------------------------------------------------------------------
+
+
+async def test_idle_connection_is_pinged_and_reused(
+    standin: ApnsStandin, make_pusher: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: aioapns closed every connection after 10 s without a request
+    (APNsBaseClientProtocol.INACTIVITY_TIME), so each push to a quiet account paid a
+    new TLS handshake.  Both intervals are shortened here: aioapns' to 0.3 s, our PING
+    to 0.1 s; the connection must outlive several PINGs and carry the second push."""
+    import aioapns.connection
+
+    from pushproxy.push import apns
+
+    monkeypatch.setattr(aioapns.connection.APNsBaseClientProtocol, "INACTIVITY_TIME", 0.3)
+    monkeypatch.setattr(apns, "PING_INTERVAL", 0.1)
+    pusher = await make_pusher(standin)
+    pusher.notify(TOKEN_A, ACCOUNT, "INBOX")
+    await pusher.flush()
+    # Idle for at least six PING intervals (0.6 s, twice aioapns' shortened timeout).
+    pings = await asyncio.to_thread(standin.wait_for_pings, 6, 10.0)
+    assert pings >= 6
+    pusher.notify(TOKEN_B, ACCOUNT, "INBOX")
+    await pusher.flush()
+    assert [r.status for r in standin.requests] == [200, 200]
+    assert standin.connections_accepted == 1
+
+
+async def test_connection_without_pong_is_closed_and_replaced(
+    standin: ApnsStandin, make_pusher: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection whose PING goes unanswered is dead: closed, and the next push opens a new one."""
+    from pushproxy.push import apns
+
+    monkeypatch.setattr(apns, "PING_INTERVAL", 0.1)
+    monkeypatch.setattr(apns, "PING_TIMEOUT", 0.2)
+    # Swallow PING ACKs on the client side, as a black-holed connection would.
+    original = apns._ApnsClientProtocol.data_received
+
+    def drop_pongs(self: Any, data: bytes) -> None:
+        from h2.events import PingAckReceived
+
+        receive = self.conn.receive_data
+
+        def without_acks(raw: bytes) -> list[Any]:
+            return [e for e in receive(raw) if not isinstance(e, PingAckReceived)]
+
+        self.conn.receive_data = without_acks
+        try:
+            original(self, data)
+        finally:
+            self.conn.receive_data = receive
+
+    monkeypatch.setattr(apns._ApnsClientProtocol, "data_received", drop_pongs)
+    pusher = await make_pusher(standin)
+    pusher.notify(TOKEN_A, ACCOUNT, "INBOX")
+    await pusher.flush()
+    pool = pusher._pool
+    assert pool is not None
+    deadline = time.monotonic() + 10
+    while pool.connections and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert pool.connections == []
+    pusher.notify(TOKEN_B, ACCOUNT, "INBOX")
+    await pusher.flush()
+    assert [r.status for r in standin.requests] == [200, 200]
+    assert standin.connections_accepted == 2

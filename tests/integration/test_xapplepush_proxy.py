@@ -6,7 +6,6 @@ import hashlib
 import json
 import socket
 import sqlite3
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,8 +25,8 @@ TOKEN_B = "aaaa390218931890821908309283098109381029309829018310983092890000"
 
 
 @pytest.fixture(scope="module")
-def certs() -> ApnsTestCerts:
-    return make_apns_certs(Path(tempfile.mkdtemp(prefix="apns-certs-")))
+def certs(tmp_path_factory: pytest.TempPathFactory) -> ApnsTestCerts:
+    return make_apns_certs(tmp_path_factory.mktemp("apns-certs"))
 
 
 @pytest.fixture
@@ -262,8 +261,8 @@ def test_bad_device_token_removed_and_hang_does_not_stall(dovecot: Dovecot, prox
     assert all(t != TOKEN_B for _, _, t in devices_in_store(db))
 
 
-def test_ox_endpoint_injects_events(dovecot: Dovecot, proxy_factory, apns, certs) -> None:
-    secret_file = Path(tempfile.mkdtemp()) / "ox.secret"
+def test_ox_endpoint_injects_events(dovecot: Dovecot, proxy_factory, apns, certs, tmp_path: Path) -> None:
+    secret_file = tmp_path / "ox.secret"
     secret_file.write_text("s3cret\n")
     proxy = proxy_factory(dovecot, apns=apns_config(certs, apns), admin={"ox_secret_file": str(secret_file)})
     c = RawClient(proxy.port)

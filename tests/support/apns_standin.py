@@ -47,7 +47,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+)
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
@@ -143,6 +150,8 @@ class _H2ServerProtocol(asyncio.Protocol):
         self.transport = transport
         self.client_uid = _peer_uid(transport)
         self.standin._connections.add(self)
+        with self.standin._lock:
+            self.standin.connections_accepted += 1
         self.conn.initiate_connection()
         self.conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
         self._flush()
@@ -176,6 +185,10 @@ class _H2ServerProtocol(asyncio.Protocol):
                     self._handle(event.stream_id, stream)
             elif isinstance(event, StreamReset):
                 self.streams.pop(event.stream_id, None)
+            elif isinstance(event, PingReceived):  # h2 answers it; count it for the tests
+                with self.standin._changed:
+                    self.standin.pings_received += 1
+                    self.standin._changed.notify_all()
             elif isinstance(event, ConnectionTerminated):
                 assert self.transport is not None
                 self.transport.close()
@@ -252,6 +265,8 @@ class ApnsStandin:
         self._fixed: dict[str, Answer] = {}
         self._queue: collections.deque[Answer] = collections.deque()
         self._default = Answer(200)
+        self.connections_accepted = 0  # TLS connections accepted so far
+        self.pings_received = 0  # HTTP/2 PINGs from clients (answered by h2)
         self.tls_errors: list[str] = []  # handshake failures and other loop errors, for diagnosis
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -376,6 +391,13 @@ class ApnsStandin:
         return await asyncio.to_thread(self.wait_for, n, timeout, token)
 
     # -- inside the server thread ------------------------------------------------------
+
+    def wait_for_pings(self, n: int, timeout: float = 10.0) -> int:
+        """Block until ``n`` PINGs in total have arrived."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.pings_received >= n, timeout):
+                raise TimeoutError(f"{self.pings_received} PING(s) within {timeout}s, expected {n}")
+            return self.pings_received
 
     def _record(self, request: ApnsRequest) -> None:
         with self._changed:

@@ -358,6 +358,7 @@ class Dovecot:
         tls: bool = True,
         login_trusted_networks: str | None = None,
         haproxy: bool = False,
+        push_notification_url: str | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).absolute()
         self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
@@ -371,6 +372,9 @@ class Dovecot:
         # Trust ID x-originating-ip / PROXY headers from these networks (client IP forwarding tests).
         self.login_trusted_networks = login_trusted_networks
         self.haproxy = haproxy
+        # Dovecot's own push_notification plugin, ox driver, sending (PUT) to this URL on every
+        # LMTP delivery (plus IMAP METADATA, which the driver needs); set before start().
+        self.push_notification_url = push_notification_url
         self.instance_name = f"pushproxy-dc-{uuid.uuid4().hex[:10]}"
 
         self.conf_file = self.base_dir / "dovecot.conf"
@@ -763,6 +767,18 @@ passdb {{
         imap_extra = ""
         if not self.notify:
             imap_extra = f"  imap_capability = {self._capability_without_notify()}\n"
+        push_global = push_lmtp = ""
+        if self.push_notification_url:
+            # The ox driver only pushes for users whose server METADATA has
+            # /private/vendor/vendor.dovecot/http-notify (kept in the attribute dict).
+            imap_extra += "  imap_metadata = yes\n"
+            push_lmtp = "  mail_plugins = $mail_plugins notify push_notification\n"
+            push_global = f"""
+mail_attribute_dict = file:%h/dovecot-attributes
+plugin {{
+  push_notification_driver = ox:url={self.push_notification_url}
+}}
+"""
         ssl = "no"
         if self.tls:
             ssl = f"yes\nssl_cert = <{self.cert_file}\nssl_key = <{self.key_file}"
@@ -858,8 +874,8 @@ protocol lmtp {{
   # "alice@localhost" -> "alice"
   auth_username_format = %Ln
   lmtp_save_to_detail_mailbox = yes
-}}
-"""
+{push_lmtp}}}
+{push_global}"""
 
     def _capability_without_notify(self) -> str:
         """The post-login capability list of this Dovecot build, minus NOTIFY."""

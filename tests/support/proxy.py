@@ -78,7 +78,7 @@ class ProxyProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pushproxy exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if "pushproxy ready" in self.log_text():
+            if "pushproxy ready" in (text := self.log_text()) or "pushproxy started, but" in text:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"pushproxy did not start in {timeout}s:\n{self.log_tail()}")

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pushproxy.config import Config
 from pushproxy.extensions.base import Extension, Reply, SessionContext, UpstreamCommandError
 from pushproxy.extensions.baseline import record_baseline
+from pushproxy.extensions.ox_metadata import enable_ox_notify
 from pushproxy.extensions.xapplepush.command import (
     answer_lines,
     parse_list_response,
@@ -78,6 +79,8 @@ class XApplePushExtension(Extension):
         )
         # Before the OK, so that mail arriving from now on is pushed (see extensions/baseline.py).
         await record_baseline(ctx, self.store, account, device.mailboxes)
+        if self.config.admin.ox_secret_file is not None:  # Dovecot's ox driver pushes for this user too
+            await enable_ox_notify(ctx)
         stored = await self._store_device(device)
         for line in answer_lines(reg, existing, self.topic):
             ctx.reply_untagged(line)

@@ -1,0 +1,108 @@
+"""``check-config``: the files a configuration names, checked the way ``serve`` will use them.
+
+A config can be valid YAML with valid values and still fail at start: a TLS key that
+is not there, an APNs certificate the service user cannot read, a state directory it
+cannot write.  :func:`check_files` finds those without starting anything.  Access is
+checked for the user running the command: run it as the service user (``sudo -u
+pushproxy pushproxy check-config ...``, or ``docker run ... check-config``).
+
+Problems are errors (``serve`` would fail) or warnings (it would start, but a secret
+is readable by other users).  Files ``serve`` generates when missing (vault key, VAPID
+key, SQLite database) only need a writable directory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pushproxy.config import Config
+
+__all__ = ["FileReport", "check_files"]
+
+
+@dataclass
+class FileReport:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_readable(report: FileReport, key: str, path: Path, *, secret: bool) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        report.errors.append(f"{key}: {path} does not exist")
+        return
+    except OSError as exc:
+        report.errors.append(f"{key}: {path}: {exc.strerror}")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        report.errors.append(f"{key}: {path} is not a regular file")
+        return
+    if not os.access(path, os.R_OK):
+        report.errors.append(f"{key}: {path} is not readable by uid {os.geteuid()} (mode {stat.S_IMODE(st.st_mode):o})")
+        return
+    if secret and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) & ~stat.S_IRGRP:
+        report.warnings.append(
+            f"{key}: {path} has mode {stat.S_IMODE(st.st_mode):o}: other users can access this secret; "
+            "chmod 600 (or 640)"
+        )
+
+
+def _check_generated(report: FileReport, key: str, path: Path) -> None:
+    """A file ``serve`` creates if missing: it must be readable, or its directory writable."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # e.g. a directory on the way that this user cannot search
+        report.errors.append(f"{key}: {path}: {exc.strerror} (uid {os.geteuid()})")
+        return
+    else:
+        _check_readable(report, key, path, secret=True)
+        if not os.access(path, os.W_OK) and key == "store.url":
+            report.errors.append(f"{key}: {path} is not writable by uid {os.geteuid()}")
+        return
+    parent = path.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        report.errors.append(f"{key}: {path} does not exist and {parent} is not writable by uid {os.geteuid()}")
+
+
+def check_files(cfg: Config) -> FileReport:
+    """Check every file the configuration refers to for the features it enables."""
+    report = FileReport()
+
+    def readable(key: str, path: Path | None, *, secret: bool = False) -> None:
+        if path is not None:
+            _check_readable(report, key, path, secret=secret)
+
+    if cfg.listen.imaps or cfg.listen.tls_cert_file or cfg.listen.tls_key_file:
+        if cfg.listen.imaps and (cfg.listen.tls_cert_file is None or cfg.listen.tls_key_file is None):
+            report.errors.append("listen.imaps needs listen.tls_cert_file and listen.tls_key_file")
+        readable("listen.tls_cert_file", cfg.listen.tls_cert_file)
+        readable("listen.tls_key_file", cfg.listen.tls_key_file, secret=True)
+    if cfg.upstream.security != "none":
+        readable("upstream.ca_file", cfg.upstream.ca_file)
+    readable("admin.ox_secret_file", cfg.admin.ox_secret_file, secret=True)
+
+    if not cfg.push_enabled:
+        return report
+    if cfg.store.url.startswith("sqlite:///") and cfg.store.url.rstrip("/").rpartition("/")[2] != ":memory:":
+        _check_generated(report, "store.url", Path("/" + cfg.store.url[len("sqlite://") :].lstrip("/")))
+    if cfg.watch.credentials == "vault":
+        _check_generated(report, "watch.vault_key_file", cfg.vault_key_path())
+    if cfg.watch.credentials == "master":
+        readable("watch.master_password_file", cfg.watch.master_password_file, secret=True)
+    if cfg.apns.enabled:
+        readable("apns.cert_file", cfg.apns.cert_file)
+        readable("apns.key_file", cfg.apns.key_file, secret=True)
+        readable("apns.p12_password_file", cfg.apns.p12_password_file, secret=True)
+        readable("apns.token_key_file", cfg.apns.token_key_file, secret=True)
+        readable("apns.ca_file", cfg.apns.ca_file)
+    if cfg.webpush.enabled:
+        _check_generated(report, "webpush.vapid_private_key_file", cfg.vapid_key_path())
+    return report
