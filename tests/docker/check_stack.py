@@ -327,9 +327,14 @@ def fetch_subject(port: int, subject: str) -> None:
         client.logout()
 
 
-def register_device(port: int) -> None:
+def register_device(stack: Stack) -> None:
+    """Register like iOS Mail, and stay logged in until the account's watcher runs.
+
+    The watcher needs the password captured from this session; it is handed over
+    after the registration's answer, so a client that logs out at once can race it.
+    """
     imaplib.Commands["XAPPLEPUSHSERVICE"] = ("AUTH", "SELECTED")
-    client = login(port)
+    client = login(stack.imap_port)
     try:
         typ, data = client._simple_command(  # type: ignore[attr-defined]
             "XAPPLEPUSHSERVICE",
@@ -346,6 +351,7 @@ def register_device(port: int) -> None:
         )
         if typ != "OK":
             raise CheckFailed(f"XAPPLEPUSHSERVICE: {typ} {data!r}")
+        wait_until("the watcher to be ready", lambda: watching(stack.admin_port), 60)
     finally:
         client.logout()
 
@@ -393,7 +399,7 @@ def check_sqlite(stack: Stack, standin: ApnsStandin) -> None:
     fetch_subject(stack.imap_port, "first message")
     passed("login and FETCH through pushproxy work")
 
-    register_device(stack.imap_port)
+    register_device(stack)
     expect_push(stack, standin, "pushed message")
     before = state_fingerprint(stack)
 
@@ -451,7 +457,7 @@ def metrics(port: int) -> bytes:
 def check_postgres(stack: Stack, standin: ApnsStandin) -> None:
     stack("up", "-d")
     stack.wait_healthy()
-    register_device(stack.imap_port)
+    register_device(stack)
     expect_push(stack, standin, "stored in postgres")
     rows = run(
         "docker", "exec", stack.container("postgres"),

@@ -186,7 +186,6 @@ def test_check_config_checks_access_as_the_running_user(certs: ApnsTestCerts) ->
 
     The check runs in a forked child that dropped to uid 65534: the interpreter of this
     venv may live where nobody cannot execute it."""
-    import json as jsonlib
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="pp-cli-") as tmp:  # /tmp is searchable by nobody
