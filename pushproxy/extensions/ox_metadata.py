@@ -34,7 +34,7 @@ async def enable_ox_notify(ctx: SessionContext) -> bool:
     """``SETMETADATA "" (/private/vendor/vendor.dovecot/http-notify "user=<login>")``; True if OK."""
     caps = ctx.upstream_capabilities
     login = ctx.login
-    if login is None or (caps and "METADATA" not in caps):
+    if not login or (caps and "METADATA" not in caps):
         return False
     value = _quoted(f"user={login}")
     if value is None:
