@@ -1,8 +1,9 @@
 """Deployment files: example config, compose stack, Dockerfile, systemd unit.
 
 `make docker-test` builds and runs the images and the compose stack; these fast
-checks run with every `make test` and catch the drift that breaks them silently: a config key added without documentation, a
-mount path that no longer matches the image, a lost hardening line.
+checks run with every `make test` and catch the drift that breaks them silently:
+a config key added without documentation, a mount path that no longer matches
+the image, a lost hardening line.
 """
 
 from __future__ import annotations
