@@ -113,8 +113,8 @@ def _spec(
     changes: list[str] = []
     if subs:
         boxes.extend(webpush_mailboxes)
-        if any(sub.want_changes for sub in subs):
-            changes.extend(webpush_mailboxes)
+        # Every change is pushed to WebPush subscriptions (issue 13): no event selection.
+        changes.extend(webpush_mailboxes)
     return WatchSpec.of(boxes, changes)
 
 

@@ -482,3 +482,90 @@ def test_unacknowledged_subscription_never_gets_mail_and_expires(
         what="the gauge",
     )
     client.close()
+
+
+# --- every change, not only new mail (issue 13) -------------------------------------------------------
+
+
+def upstream_flags(dovecot: Dovecot, mailbox: str = "INBOX") -> dict[int, tuple[str, ...]]:
+    m = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=10)
+    try:
+        m.login("alice", "alicepw")
+        m.select(mailbox, readonly=True)
+        typ, data = m.uid("FETCH", "1:*", "(FLAGS)")
+        assert typ == "OK"
+        state: dict[int, tuple[str, ...]] = {}
+        for item in data:
+            if not item:
+                continue
+            text = item.decode() if isinstance(item, bytes) else item[0].decode()
+            found = re.search(r"UID (\d+) FLAGS \(([^)]*)\)|FLAGS \(([^)]*)\) UID (\d+)", text)
+            assert found is not None, text
+            uid = int(found.group(1) or found.group(4))
+            flags = found.group(2) if found.group(2) is not None else found.group(3)
+            state[uid] = tuple(f for f in flags.split() if f != "\\Recent")
+        return state
+    finally:
+        m.logout()
+
+
+def apply_pushes(model: dict[int, tuple[str, ...]], pushes: list[ReceivedPush]) -> None:
+    """A client's local model of INBOX (UID -> flags), updated from the pushes as they came."""
+    for push in pushes:
+        assert push.plaintext is not None
+        lines = push.plaintext.split(b"\r\n")
+        assert lines[0] == b'* SELECT "INBOX"' and lines[-1] == b"", push.plaintext[:200]
+        for line in lines[1:-1]:
+            assert line != b"* SYNC", "this burst fits the bound: no SYNC expected"
+            if line.startswith(b"* VANISHED "):
+                for part in line[len(b"* VANISHED ") :].split(b","):
+                    lo, _, hi = part.partition(b":")
+                    for uid in range(int(lo), int(hi or lo) + 1):
+                        model.pop(uid, None)
+            else:
+                m = re.fullmatch(rb"\* (\d+) UIDFETCH \(FLAGS \(([^)]*)\)\)", line)
+                assert m is not None, line
+                model[int(m.group(1))] = tuple(m.group(2).decode().split())
+
+
+def test_expunges_flags_and_a_500_message_move_rebuild_the_mailbox(
+    dovecot: Dovecot, proxy_factory: ProxyFactory, standin
+) -> None:
+    """Changes made through another connection reach the subscriber, bounded, and reproduce upstream exactly."""
+    direct = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=30)
+    direct.login("alice", "alicepw")
+    direct.create("Archive")
+    for i in range(1000):
+        direct.append("INBOX", None, None, make_message(f"old {i}"))
+    proxy = start_proxy(proxy_factory, dovecot)
+    client = RawImap(proxy.port)
+    client.login()
+    ss = subscribe_and_ack(client, standin, "phone")
+    wait_watching(proxy)
+    model = upstream_flags(dovecot)
+    first = len(standin.records_for(ss))
+
+    direct.select("INBOX")
+    direct.uid("STORE", "1:500", "+FLAGS", "(\\Seen)")  # 500 flag changes
+    direct.uid("MOVE", "501:1000", "Archive")  # 500 messages moved away
+    direct.uid("STORE", "7,9", "+FLAGS", "(\\Deleted $Work)")
+    direct.expunge()  # two more expunged
+    direct.uid("STORE", "3", "+FLAGS", "(\\Flagged)")
+    direct.logout()
+    upstream = upstream_flags(dovecot)
+    assert len(upstream) == 498
+
+    def rebuilt() -> bool:
+        trial = dict(model)
+        apply_pushes(trial, standin.records_for(ss)[first:])
+        return trial == upstream
+
+    wait_until(rebuilt, timeout=30, what="the pushes to reproduce the upstream mailbox")
+    time.sleep(2.0)  # anything still coming would break the model or the bound
+    pushes = standin.records_for(ss)[first:]
+    assert rebuilt()
+    assert all(p.problems == [] and p.plaintext is not None and len(p.plaintext) <= 3993 for p in pushes)
+    assert all(p.headers["Urgency"] == "normal" for p in pushes)
+    # The bound: at most 8 pushes per burst and mailbox; the watcher may see this as a few bursts.
+    assert len(pushes) <= 24, len(pushes)
+    client.close()

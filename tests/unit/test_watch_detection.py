@@ -127,10 +127,10 @@ async def test_spec_for_account(store: SqliteStore) -> None:
     assert spec == WatchSpec(("INBOX", "Notes", "Sent Messages"), frozenset())
     await store.put_subscription(subscription("s1", active=False))  # still being verified: watched too
     spec = await spec_for_account(store, "alice", ["INBOX", "Junk"])
-    assert spec is not None and spec.mailboxes == ("INBOX", "Junk", "Notes", "Sent Messages") and not spec.changes
-    await store.put_subscription(subscription("s2", want_changes=True))
-    spec = await spec_for_account(store, "alice", ["INBOX", "Junk"])
-    assert spec is not None and spec.changes == {"INBOX", "Junk"}
+    # Changed with issue 13: every WebPush subscription gets expunges and flag changes
+    # in the WebPush mailboxes (was: only with want_changes, which nothing could set).
+    assert spec is not None and spec.mailboxes == ("INBOX", "Junk", "Notes", "Sent Messages")
+    assert spec.changes == {"INBOX", "Junk"}
 
 
 # --------------------------------------------------------------------------- pacing
