@@ -78,8 +78,8 @@ async def spec_for_account(store: Store, account: str, webpush_mailboxes: Sequen
     """The mailboxes the account's registrations ask for; None when it has none.
 
     APNs devices name their mailboxes; WebPush subscriptions (active or still
-    being verified) watch ``webpush.mailboxes``, and those with want_changes
-    also want expunges and flag changes there.
+    being verified) watch ``webpush.mailboxes`` and want every change there
+    (expunges and flag changes too).
     """
     devices = await store.devices_for_account(account)
     subs = await store.subscriptions_for_account(account)
