@@ -569,3 +569,22 @@ def test_expunges_flags_and_a_500_message_move_rebuild_the_mailbox(
     # The bound: at most 8 pushes per burst and mailbox; the watcher may see this as a few bursts.
     assert len(pushes) <= 24, len(pushes)
     client.close()
+
+
+def test_mail_into_a_non_ascii_mailbox_is_pushed_with_its_modified_utf7_name(
+    dovecot: Dovecot, proxy_factory: ProxyFactory, standin
+) -> None:
+    dovecot.create_mailbox("alice", "Entwürfe")
+    proxy = start_proxy(proxy_factory, dovecot, mailboxes=["INBOX", "Entwürfe"])
+    client = RawImap(proxy.port)
+    client.login()
+    listed = client.ok('LIST "" "Entw*"')
+    assert any(b'"Entw&APw-rfe"' in line or b" Entw&APw-rfe" in line for line in listed), listed
+    ss = subscribe_and_ack(client, standin, "phone")
+    wait_watching(proxy)
+    dovecot.deliver("alice", make_message("umlaut box", body="kurz"), mailbox="Entwürfe")
+    (push,) = wait_pushes(standin, ss, 2)[1:]
+    assert push.plaintext is not None and push.problems == []
+    assert push.plaintext.startswith(b'* SELECT "Entw&APw-rfe"\r\n* ')
+    assert b'"umlaut box"' in push.plaintext
+    client.close()
