@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from pushproxy.imap import response as r
 from pushproxy.proxy import proxyproto
+from pushproxy.proxy import transport as tx
 from pushproxy.proxy.client_id import ClientAddress
 from pushproxy.proxy.session import Session
 
@@ -101,7 +102,7 @@ class ClientProtocol(protocol.Protocol):
             str(getattr(peer, "host", "")), int(getattr(peer, "port", 0)),
             str(getattr(host, "host", "")), int(getattr(host, "port", 0)),
         )  # fmt: skip
-        self.transport.setTcpKeepAlive(True)  # type: ignore[union-attr]
+        tx.tune(self.transport)
         self._arm_timer()
         if self.service.proxy_header_trusted(self.address.client_ip):
             self._phase = _Phase.PROXY_HEADER
@@ -220,7 +221,7 @@ class ClientProtocol(protocol.Protocol):
     def upstream_made(self, upstream: UpstreamProtocol) -> None:
         self.upstream = upstream
         assert upstream.transport is not None and self.transport is not None
-        upstream.transport.setTcpKeepAlive(True)  # type: ignore[attr-defined]
+        tx.tune(upstream.transport)
         # Back-pressure both ways: a slow reader pauses the other side's reads.
         self.transport.registerProducer(upstream.transport, True)  # type: ignore[attr-defined]
         upstream.transport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
@@ -229,9 +230,11 @@ class ClientProtocol(protocol.Protocol):
             return
         if self.service.config.upstream.forward_client_ip == "proxy-v2" and self.address is not None:
             a = self.address
-            upstream.transport.write(proxyproto.build_header(a.client_ip, a.client_port, a.server_ip, a.server_port))
+            tx.write(
+                upstream.transport, proxyproto.build_header(a.client_ip, a.client_port, a.server_ip, a.server_port)
+            )
         for data in self._pending_upstream:
-            upstream.transport.write(data)
+            tx.write(upstream.transport, data)
         self._pending_upstream.clear()
         self.session.upstream_connected()
 
@@ -249,11 +252,11 @@ class ClientProtocol(protocol.Protocol):
     # -- SessionIO -------------------------------------------------------------------
     def to_client(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(data)
+            tx.write(self.transport, data)
 
     def to_upstream(self, data: bytes) -> None:
         if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.write(data)
+            tx.write(self.upstream.transport, data)
         else:
             self._pending_upstream.append(data)
 

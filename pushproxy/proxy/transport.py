@@ -1,0 +1,116 @@
+"""Writing to Twisted transports without a detour through the next loop iteration.
+
+Twisted's TCP transports never send in ``write()``: they queue the bytes,
+register the socket for writability and send on the next reactor iteration
+(two extra trips through the asyncio reactor's reader/writer bookkeeping per
+write).  Its TLS transports add an aggregator on top that copies every write
+and flushes it from a ``callLater(0)``.  A proxy writes exactly once per
+received chunk, so neither helps it: :func:`write` sends at once when the
+transport has nothing queued, hands any remainder to Twisted (which then
+applies its usual buffering and producer back-pressure), and gives TLS
+transports the bytes without the aggregator.
+
+Anything unusual (a closing transport, bytes already queued, a transport type
+we do not know) takes Twisted's ordinary ``write()``, so correctness never
+depends on the fast path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+__all__ = ["READ_SIZE", "tune", "write", "write_sequence"]
+
+# Bytes asked of the kernel per read.  Twisted's default is 64 KiB; bulk FETCH
+# moves fewer, larger chunks with more (measured in bench/passthrough.py).
+READ_SIZE = 1 << 18
+
+_PLAIN = (tcp.Server, tcp.Client)
+_tls_write = TLSMemoryBIOProtocol.write  # the unbuffered write (no aggregator)
+
+
+def tune(transport: Any) -> None:
+    """Per-connection settings: keep-alive and the read size."""
+    transport.setTcpKeepAlive(True)
+    base = transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
+    if isinstance(base, _PLAIN):
+        base.bufferSize = READ_SIZE
+
+
+def write(transport: Any, data: bytes) -> None:
+    """Write ``data`` to ``transport`` now if it can take it, else queue it as Twisted does."""
+    cls = transport.__class__
+    if cls in _PLAIN:
+        if transport.TLS:
+            if transport.connected:
+                _write_tls(transport.protocol, data)
+            return
+        if (
+            not transport._tempDataLen
+            and not transport.dataBuffer
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+        ):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = 0  # EAGAIN or a dead socket: Twisted's write path finds out which
+            if sent == len(data):
+                return
+            if sent:
+                data = data[sent:]
+        transport.write(data)
+        return
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        _write_tls(transport, data)
+        return
+    transport.write(data)
+
+
+def write_sequence(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
+    """Write several buffers in order; plain TCP sends them with one ``sendmsg`` (no join)."""
+    if len(parts) == 1 and type(parts[0]) is bytes:
+        write(transport, parts[0])
+        return
+    if (
+        transport.__class__ in _PLAIN
+        and not transport.TLS
+        and not transport._tempDataLen
+        and not transport.dataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+    ):
+        try:
+            sent = transport.socket.sendmsg(parts)
+        except OSError:
+            sent = 0
+        rest = _after(parts, sent)
+        if rest:
+            transport.write(rest)
+        return
+    write(transport, b"".join(parts))
+
+
+def _after(parts: Sequence[bytes | memoryview], sent: int) -> bytes:
+    """The bytes of ``parts`` after the first ``sent`` (rare: the kernel buffer was full)."""
+    for i, part in enumerate(parts):
+        n = len(part)
+        if sent < n:
+            return b"".join([memoryview(part)[sent:], *parts[i + 1 :]])
+        sent -= n
+    return b""
+
+
+def _write_tls(tls: TLSMemoryBIOProtocol, data: bytes) -> None:
+    aggregator = tls.__dict__.get("_aggregator")
+    if aggregator is None or getattr(aggregator, "_buffer", True):
+        # Not the aggregating transport we know, or it holds earlier bytes: keep the order.
+        tls.write(data)
+        return
+    _tls_write(tls, data)
