@@ -18,9 +18,11 @@ depends on the fast path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 __all__ = ["READ_SIZE", "tune", "write", "write_sequence"]
@@ -49,22 +51,7 @@ def write(transport: Any, data: bytes) -> None:
             if transport.connected:
                 _write_tls(transport.protocol, data)
             return
-        if (
-            not transport._tempDataLen
-            and not transport.dataBuffer
-            and transport.connected
-            and not transport.disconnecting
-            and not transport._writeDisconnected
-        ):
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0  # EAGAIN or a dead socket: Twisted's write path finds out which
-            if sent == len(data):
-                return
-            if sent:
-                data = data[sent:]
-        transport.write(data)
+        _send_plain(transport, data)
         return
     if isinstance(transport, TLSMemoryBIOProtocol):
         _write_tls(transport, data)
@@ -107,7 +94,44 @@ def _after(parts: Sequence[bytes | memoryview], sent: int) -> bytes:
     return b""
 
 
+def _send_plain(transport: Any, data: bytes) -> None:
+    """Send on a plain TCP transport now if nothing is queued; queue the rest in Twisted."""
+    if (
+        not transport._tempDataLen
+        and not transport.dataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN or a dead socket: Twisted's write path finds out which
+        if sent == len(data):
+            return
+        if sent:
+            data = data[sent:]
+    FileDescriptor.write(transport, data)
+
+
+def _direct_ciphertext(tls: TLSMemoryBIOProtocol) -> None:
+    """Let the TLS layer's own writes (the ciphertext) take the immediate path too.
+
+    The TLS protocol writes to ``tls.transport``: the TCP transport itself
+    (implicit TLS listener) or Twisted's ``_BypassTLS`` around it (after
+    ``startTLS``); either way an instance attribute replaces that one
+    ``write``, and only the TLS layer writes there.
+    """
+    tls.__dict__["_pp_direct"] = True
+    lower: Any = tls.transport
+    base = getattr(lower, "_connection", lower)
+    if base.__class__ in _PLAIN and (lower is not base or not base.TLS):
+        setattr(lower, "write", partial(_send_plain, base))  # noqa: B010 (an instance attribute, on purpose)
+
+
 def _write_tls(tls: TLSMemoryBIOProtocol, data: bytes) -> None:
+    if "_pp_direct" not in tls.__dict__:
+        _direct_ciphertext(tls)
     aggregator = tls.__dict__.get("_aggregator")
     if aggregator is None or getattr(aggregator, "_buffer", True):
         # Not the aggregating transport we know, or it holds earlier bytes: keep the order.
