@@ -53,7 +53,13 @@ class UpstreamProtocol(protocol.Protocol):
         self.client.upstream_made(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self.client.session.upstream_data(data)
+        # What the session sends the client for this chunk leaves in one write.
+        out = self.client.client_out
+        out.gather()
+        try:
+            self.client.session.upstream_data(data)
+        finally:
+            out.flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.client.upstream_lost(reason)
@@ -82,6 +88,8 @@ class ClientProtocol(protocol.Protocol):
         self.implicit_tls = implicit_tls
         self.upstream: UpstreamProtocol | None = None
         self._pending_upstream: list[bytes] = []
+        self.client_out = tx.Outbox(None)
+        self.upstream_out: tx.Outbox | None = None
         self._timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
         self._upstream_lost = False
@@ -103,6 +111,7 @@ class ClientProtocol(protocol.Protocol):
             str(getattr(host, "host", "")), int(getattr(host, "port", 0)),
         )  # fmt: skip
         tx.tune(self.transport)
+        self.client_out.transport = self.transport
         self._arm_timer()
         if self.service.proxy_header_trusted(self.address.client_ip):
             self._phase = _Phase.PROXY_HEADER
@@ -112,7 +121,16 @@ class ClientProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         phase = self._phase
         if phase is _Phase.SESSION:
-            self.session.client_data(data)
+            out = self.upstream_out
+            if out is None:
+                self.session.client_data(data)
+                return
+            # What the session sends upstream for this chunk leaves in one write.
+            out.gather()
+            try:
+                self.session.client_data(data)
+            finally:
+                out.flush()
         elif phase is _Phase.PREFIX_CHECK:
             self._check_prefix(data)
         elif phase is _Phase.PROXY_HEADER:
@@ -236,6 +254,7 @@ class ClientProtocol(protocol.Protocol):
         for data in self._pending_upstream:
             tx.write(upstream.transport, data)
         self._pending_upstream.clear()
+        self.upstream_out = tx.Outbox(upstream.transport)
         self.session.upstream_connected()
 
     def upstream_lost(self, reason: Failure) -> None:
@@ -252,19 +271,23 @@ class ClientProtocol(protocol.Protocol):
     # -- SessionIO -------------------------------------------------------------------
     def to_client(self, data: bytes) -> None:
         if self.transport is not None:
-            tx.write(self.transport, data)
+            self.client_out.write(data)
 
     def to_upstream(self, data: bytes) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            tx.write(self.upstream.transport, data)
+        out = self.upstream_out
+        if out is not None:
+            out.write(data)
         else:
             self._pending_upstream.append(data)
 
     def start_client_tls(self) -> None:
+        self.client_out.flush()  # the OK that announces TLS goes first, in clear text
         self.transport.startTLS(self.service.server_tls)  # type: ignore[union-attr]
 
     def start_upstream_tls(self) -> None:
         assert self.upstream is not None and self.upstream.transport is not None
+        if self.upstream_out is not None:
+            self.upstream_out.flush()
         self.upstream.transport.startTLS(self.service.upstream_tls)  # type: ignore[attr-defined]
 
     def pause_client(self) -> None:
@@ -278,6 +301,9 @@ class ClientProtocol(protocol.Protocol):
     def close(self) -> None:
         # A registered producer makes loseConnection wait for it: unhook first.
         up = self.upstream.transport if self.upstream is not None else None
+        self.client_out.flush()
+        if self.upstream_out is not None:
+            self.upstream_out.flush()
         if self.transport is not None:
             _unhook(self.transport)
             self.transport.loseConnection()

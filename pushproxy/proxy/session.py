@@ -29,6 +29,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from operator import attrgetter, is_
 
 from pushproxy.extensions.base import CredentialSink, ExtensionRegistry
 from pushproxy.imap import response as r
@@ -46,6 +47,8 @@ from pushproxy.proxy.state import CommandMode, SessionIO, SessionSettings
 __all__ = ["Session", "SessionIO", "SessionSettings"]
 
 log = logging.getLogger("pushproxy.session")
+
+_frame_data = attrgetter("data")  # of a frame from the framer
 
 _UPSTREAM_MAX_LINE = 1 << 20  # longer upstream lines are streamed, not buffered
 _MAX_HELD_UNTAGGED = 64  # untagged lines kept back during a login exchange
@@ -162,7 +165,18 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
                 if login is not None and login.held:
                     self._release_login_untagged(login)
                 out.append(ev.data)  # type: ignore[union-attr]
-        self._flush_client()
+        if (
+            self.upstream_framer.exact
+            and len(out) == len(events) > 0
+            and self._delayed_out is None
+            and all(map(is_, out, map(_frame_data, events)))
+        ):
+            # Every frame of this chunk goes on unchanged and nothing was held
+            # back: forward the received object itself (zero copy, no join).
+            out.clear()
+            self.io.to_client(data)
+        else:
+            self._flush_client()
         if not self._held and self._queue:
             self._pump()
 

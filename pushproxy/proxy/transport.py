@@ -25,7 +25,7 @@ from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-__all__ = ["READ_SIZE", "tune", "write", "write_sequence"]
+__all__ = ["READ_SIZE", "Outbox", "tune", "write", "write_sequence"]
 
 # Bytes asked of the kernel per read.  Twisted's default is 64 KiB; bulk FETCH
 # moves fewer, larger chunks with more (measured in bench/passthrough.py).
@@ -138,3 +138,39 @@ def _write_tls(tls: TLSMemoryBIOProtocol, data: bytes) -> None:
         tls.write(data)
         return
     _tls_write(tls, data)
+
+
+class Outbox:
+    """The writes to one transport, gathered while a received chunk is processed.
+
+    A chunk of pipelined commands becomes one ``sendmsg`` of the untouched
+    frames instead of one write per frame.  Outside :meth:`gather` every write
+    goes out at once.
+    """
+
+    __slots__ = ("_gathering", "_parts", "transport")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self._parts: list[bytes] = []
+        self._gathering = False
+
+    def gather(self) -> None:
+        self._gathering = True
+
+    def write(self, data: bytes) -> None:
+        if self._gathering:
+            self._parts.append(data)
+        else:
+            write(self.transport, data)
+
+    def flush(self) -> None:
+        """Send what was gathered and stop gathering."""
+        self._gathering = False
+        parts = self._parts
+        if parts:
+            self._parts = []
+            if len(parts) == 1:
+                write(self.transport, parts[0])
+            else:
+                write_sequence(self.transport, parts)

@@ -154,3 +154,25 @@ def test_transport_remainder_after_a_partial_send() -> None:
 
     parts = [b"abc", memoryview(b"defg"), b"h"]
     assert [_after(parts, n) for n in (0, 2, 3, 6, 7, 8)] == [b"abcdefgh", b"cdefgh", b"defgh", b"gh", b"h", b""]
+
+
+def test_outbox_gathers_a_chunks_writes_into_one_in_order() -> None:
+    from pushproxy.proxy.transport import Outbox
+
+    class Sink:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+    sink = Sink()
+    box = Outbox(sink)
+    box.write(b"a")  # not gathering: at once
+    box.gather()
+    box.write(b"b")
+    box.write(b"c")
+    assert sink.writes == [b"a"]
+    box.flush()
+    box.write(b"d")  # gathering ended with the flush
+    assert sink.writes == [b"a", b"bc", b"d"]
