@@ -33,17 +33,27 @@ HOUSEKEEPING_INTERVAL = 60.0
 
 
 class PrometheusSessionStats(SessionStats):
+    """Metric children bound once, not looked up by label for every session or command."""
+
+    def __init__(self) -> None:
+        self._bytes_in = metrics.SESSION_BYTES.labels(direction="client_to_upstream")
+        self._bytes_out = metrics.SESSION_BYTES.labels(direction="upstream_to_client")
+        self._intercepted: dict[str, Any] = {}  # keyed by registered command names only
+
     def opened(self) -> None:
         metrics.SESSIONS_ACTIVE.inc()
         metrics.SESSIONS_TOTAL.inc()
 
     def closed(self, bytes_in: int, bytes_out: int) -> None:
         metrics.SESSIONS_ACTIVE.dec()
-        metrics.SESSION_BYTES.labels(direction="client_to_upstream").inc(bytes_in)
-        metrics.SESSION_BYTES.labels(direction="upstream_to_client").inc(bytes_out)
+        self._bytes_in.inc(bytes_in)
+        self._bytes_out.inc(bytes_out)
 
     def intercepted(self, command: str) -> None:
-        metrics.COMMANDS_INTERCEPTED.labels(command=command).inc()
+        child = self._intercepted.get(command)
+        if child is None:
+            child = self._intercepted[command] = metrics.COMMANDS_INTERCEPTED.labels(command=command)
+        child.inc()
 
     def refused(self, reason: str) -> None:
         metrics.CONNECTIONS_REFUSED.labels(reason=reason).inc()

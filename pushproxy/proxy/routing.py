@@ -95,7 +95,7 @@ class ClientCommands(SessionState):
             return
         tag, name = head
         self._cmd_tag, self._cmd_name = tag, name
-        if name.decode("ascii") in self.extensions.handlers:
+        if name in self._extension_names:
             self._route_extension(ev)
             return
         ROUTES.get(name, ClientCommands._route_forward)(self, ev)

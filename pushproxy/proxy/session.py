@@ -79,6 +79,8 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
         self.client_ip = client_ip
         self.settings = settings
         self.extensions = extensions
+        # Command names as they come off the wire (upper-cased bytes): no str per command.
+        self._extension_names = frozenset(name.encode("ascii") for name in extensions.handlers)
         self.credentials = credentials
         self._on_intercepted = on_intercepted
         self._penalty = penalty

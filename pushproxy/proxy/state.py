@@ -68,6 +68,7 @@ class SessionState:
     session_id: str
     settings: SessionSettings
     extensions: ExtensionRegistry
+    _extension_names: frozenset[bytes]  # the intercepted command names, as bytes
     credentials: CredentialSink
     facts: ConnectionFacts
     policy: CapabilityPolicy
