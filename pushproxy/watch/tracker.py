@@ -56,6 +56,8 @@ class Outcome:
 class MailboxTracker:
     """What one account's watcher knows; pure (the caller does the I/O)."""
 
+    __slots__ = ("_flags", "_modseq", "_vanished", "account", "dirty", "hints", "qresync", "selected", "spec", "states")
+
     def __init__(self, account: str, spec: WatchSpec, *, qresync: bool = False) -> None:
         self.account = account
         self.spec = spec
