@@ -63,6 +63,7 @@ class Detector:
         self._select_info = SelectInfo()
         self._caught_up = False  # the state says "connected" only after the first catch-up
         self._idlers: list[ExtraIdler] = []
+        self._reported: set[str] = set()  # mailboxes an extra IDLE connection reported a change in
         slowest = max(_MIN_INTERVAL, self._watch.poll_interval)
         self.schedule = PollSchedule(max(_MIN_INTERVAL, self._watch.poll_interval_active), slowest)
 
@@ -133,7 +134,8 @@ class Detector:
             self.w.set_mode(polling=lacking and bool(polled))
 
     def _activity(self, box: str, when: float) -> None:
-        """An extra IDLE connection saw something in ``box``."""
+        """An extra IDLE connection saw something in ``box``: examine it (no STATUS needed first)."""
+        self._reported.add(box)
         self.t.mark(box, when)
         self.w.wake_event.set()
 
@@ -235,6 +237,12 @@ class Detector:
 
     async def _check_other(self, box: str, trigger: float | None) -> bool:
         hint = self.t.hints.pop(box, None)
+        if box in self._reported:
+            # An extra IDLE connection saw a change: STATUS would only confirm it (one round trip less).
+            self._reported.discard(box)
+            if await self._examine(box):
+                return await self._reconcile(box, trigger)
+            return False
         if hint is None or hint.uidvalidity is None or hint.uidnext is None:
             # Dovecot's NOTIFY reports omit UIDVALIDITY: one STATUS is cheaper than switching mailboxes.
             hint = await self._status(box)
