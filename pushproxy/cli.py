@@ -44,42 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="exit 0 if the running proxy's admin listener answers /healthz (container probe)")
     _config_arg(p)
 
-    apns = sub.add_parser("apns", help="APNs certificate and test pushes").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    p = apns.add_parser("check", help="show topic, subject, issuer, expiry; exit 1 if unusable for iOS Mail")
-    _config_arg(p)
-    p = apns.add_parser("test", help="send one push to every registered device of an account")
-    _config_arg(p)
-    p.add_argument("--account", required=True)
-    p.add_argument("--mailbox", default="INBOX")
+    from pushproxy.extensions import extension_classes
 
-    devices = sub.add_parser("devices", help="iOS device registrations").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    p = devices.add_parser("list", help="list registrations (tokens shortened)")
-    _config_arg(p)
-    p.add_argument("--account")
-    p = devices.add_parser("remove", help="remove registrations of an account")
-    _config_arg(p)
-    p.add_argument("--account", required=True)
-    p.add_argument("--token", help="only devices whose token starts with this")
-    p.add_argument("--aps-account-id", help="only this aps-account-id")
-
-    subs = sub.add_parser("subscriptions", help="WebPush subscriptions").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    p = subs.add_parser("list", help="list subscriptions (never endpoints or keys)")
-    _config_arg(p)
-    p.add_argument("--account")
-
-    vapid = sub.add_parser("vapid", help="the VAPID key pair of WebPush").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    p = vapid.add_parser("show", help="print the current public key (generated if missing)")
-    _config_arg(p)
-    p = vapid.add_parser("rotate", help="make a new current key; old keys keep signing for their subscriptions")
-    _config_arg(p)
+    for extension in extension_classes():
+        extension.cli(sub)  # its admin subcommands (apns, devices, subscriptions, vapid...)
     return parser
 
 
@@ -103,21 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pushproxy.app import run
 
             return run(cfg)
-        from pushproxy import admin_cli
-
-        cfg = _load(args.config)
-        if args.command == "apns" and args.action == "check":
-            return admin_cli.apns_check(cfg)
-        if args.command == "apns" and args.action == "test":
-            return admin_cli.apns_test(cfg, args.account, args.mailbox)
-        if args.command == "devices" and args.action == "list":
-            return admin_cli.devices_list(cfg, args.account)
-        if args.command == "devices" and args.action == "remove":
-            return admin_cli.devices_remove(cfg, args.account, args.token, args.aps_account_id)
-        if args.command == "subscriptions":
-            return admin_cli.subscriptions_list(cfg, args.account)
-        if args.command == "vapid":
-            return admin_cli.vapid(cfg, args.action)
+        admin_run = getattr(args, "run", None)  # an extension's admin subcommand
+        if admin_run is not None:
+            return int(admin_run(_load(args.config), args))
     except ConfigError as exc:
         print(f"pushproxy: {exc}", file=sys.stderr)
         return 2

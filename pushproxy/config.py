@@ -9,13 +9,26 @@ in the YAML file itself.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -271,6 +284,40 @@ class Config(BaseSettings):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     _yaml_data: ClassVar[dict[str, Any]] = {}
+    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _extension_sections(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Sections owned by extensions (``Extension.section``): each validated by the extension's own model."""
+        from pushproxy.extensions import extension_classes
+
+        owned = {c.section: c.settings for c in extension_classes() if c.section and c.settings}
+        raw: dict[str, Any] = {}
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in [k for k in data if isinstance(k, str) and k.lower() in owned]:
+                raw[key.lower()] = data.pop(key)
+        config = handler(data)
+        if not isinstance(config, Config):
+            return config
+        for section, model in owned.items():
+            values = dict(raw.get(section) or {})
+            values.update(_env_section(section))
+            try:
+                config._sections[section] = model.model_validate(values)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{section}.{'.'.join(str(p) for p in e['loc'])}: "
+                    + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+                    for e in exc.errors()
+                )
+                raise ValueError(problems) from None
+        return config
+
+    def section(self, name: str) -> BaseModel | None:
+        """The validated section of an extension (see ``Extension.section``), None if no extension owns it."""
+        return self._sections.get(name)
 
     @classmethod
     def settings_customise_sources(
@@ -285,7 +332,10 @@ class Config(BaseSettings):
 
     @property
     def push_enabled(self) -> bool:
-        return self.apns.enabled or self.webpush.enabled
+        """Some extension is enabled: the store, the watchers and the dispatcher are needed."""
+        from pushproxy.extensions import extension_classes
+
+        return any(cls().configure(self) for cls in extension_classes())
 
     def vault_key_path(self) -> Path:
         return self.watch.vault_key_file or self.store.state_dir / "vault.key"
@@ -338,6 +388,9 @@ def load_config(path: Path | str | None, **overrides: Any) -> Config:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            if not loc:  # an extension's section (Config._extension_sections names the key)
+                lines.append(f"  {msg.removeprefix('Value error, ')}")
+                continue
             variable = _env_variable_for([str(p) for p in err["loc"]])
             if variable is not None:
                 from_env += 1
@@ -353,6 +406,22 @@ def load_config(path: Path | str | None, **overrides: Any) -> Config:
         raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None
     finally:
         Config._yaml_data = {}
+
+
+def _env_section(section: str) -> dict[str, str]:
+    """``PUSHPROXY_<SECTION>__<KEY>`` variables of an extension's section (they override its YAML)."""
+    import os
+
+    prefix = f"PUSHPROXY_{section.upper()}__"
+    values: dict[str, Any] = {}
+    for name, value in os.environ.items():
+        if name.upper().startswith(prefix):
+            parsed: Any = value
+            if value.lstrip().startswith(("[", "{")):  # lists and mappings as JSON, like pydantic-settings
+                with contextlib.suppress(ValueError):
+                    parsed = json.loads(value)
+            values[name[len(prefix) :].lower()] = parsed
+    return values
 
 
 def _env_variable_for(loc: list[str]) -> str | None:
@@ -373,6 +442,8 @@ _URL_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]+)(@)")
 def masked_dict(config: Config) -> dict[str, Any]:
     """The effective configuration with secrets masked, for printing."""
     data = config.model_dump(mode="json")
+    for name, model in config._sections.items():
+        data[name] = model.model_dump(mode="json")
     for section in data.values():
         if not isinstance(section, dict):
             continue

@@ -2,34 +2,31 @@
 
 A config with only ``listen``, ``upstream`` and ``store`` is a plain
 transparent proxy: no store is opened, no capability added, no watcher runs.
-With ``apns.enabled`` or ``webpush.enabled`` the push flow is built:
+When the config enables an extension (``pushproxy.extensions.EXTENSIONS``:
+XAPPLEPUSHSERVICE with ``apns.enabled``, WEBPUSH with ``webpush.enabled``)
+the push flow is built, knowing extensions only through their hooks:
 
     watchers (Supervisor) ─┐
-    Dovecot ox endpoint  ──┴─> Dispatcher ─> ApnsPusher / WebPushDelivery
-    sessions ─> extensions (XAPPLEPUSHSERVICE, WEBPUSH) ─> store, Supervisor
+    Dovecot ox endpoint  ──┴─> Dispatcher ─> every extension's on_event
+    sessions ─> every extension's commands ─> store, Supervisor
+    Supervisor ─> every extension's watched_mailboxes
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from pushproxy import metrics
 from pushproxy.admin import AdminServer
-from pushproxy.config import Config, read_secret_file
+from pushproxy.config import read_secret_file
 from pushproxy.extensions.base import CredentialSink, Extension, ExtensionRegistry, NullCredentialSink
 from pushproxy.proxy.server import ProxyService, SessionStats
 
 if TYPE_CHECKING:
     from pushproxy.app import App
-    from pushproxy.store.base import Store
 
 log = logging.getLogger("pushproxy.wiring")
-
-HOUSEKEEPING_INTERVAL = 60.0
 
 
 class PrometheusSessionStats(SessionStats):
@@ -65,16 +62,6 @@ class PrometheusSessionStats(SessionStats):
         metrics.SESSION_TIMEOUTS.labels(kind=kind).inc()
 
 
-class PrometheusWebPushMetrics:
-    def webpush_request(self, status: int | None, seconds: float) -> None:
-        metrics.PUSHES.labels(service="webpush", status=str(status) if status is not None else "error").inc()
-        metrics.PUSH_LATENCY.labels(service="webpush").observe(seconds)
-
-    def webpush_result(self, outcome: str) -> None:
-        if outcome != "ok":
-            metrics.PUSH_FAILURES.labels(service="webpush", reason=outcome).inc()
-
-
 class _Closing:
     """Adapts ``stop()`` / plain tasks to the ``close()`` the App calls in reverse order."""
 
@@ -86,41 +73,6 @@ class _Closing:
         await self._fn()
 
 
-class Housekeeping:
-    """Device expiry and registration gauges, once a minute."""
-
-    def __init__(self, config: Config, store: Store) -> None:
-        self.config = config
-        self.store = store
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._loop())
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("housekeeping failed")
-            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-
-    async def run_once(self) -> None:
-        now = time.time()
-        expired = await self.store.expire_devices(now - self.config.store.device_expiry)
-        if expired:
-            log.info("expired %d device registration(s) not renewed in time", expired)
-        devices = await self.store.list_devices()
-        metrics.REGISTRATIONS.labels(kind="apns", state="active").set(len(devices))
-        # WebPush expiry and gauges are the WEBPUSH extension's own sweep.
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 async def build(app: App) -> None:
     cfg = app.config
     extensions: list[Extension] = []
@@ -128,7 +80,11 @@ async def build(app: App) -> None:
     supervisor: Any = None
     dispatcher: Any = None
 
-    if cfg.push_enabled:
+    from pushproxy.extensions import load_extensions
+
+    enabled = load_extensions(cfg)
+    if enabled:
+        from pushproxy.extensions.host import ExtensionHost
         from pushproxy.push.dispatch import Dispatcher
         from pushproxy.store.factory import open_store
         from pushproxy.watch.supervisor import Supervisor
@@ -137,54 +93,19 @@ async def build(app: App) -> None:
         app.store = store
         app.components.append(store)
 
-        apns: Any = None
-        if cfg.apns.enabled:
-            from pushproxy.push.apns import ApnsPusher, PrometheusApnsMetrics
+        host = ExtensionHost(cfg, store, enabled)
+        for ext in host.extensions:
+            await ext.start()
+            app.components.append(_Closing(ext.name, ext.stop))  # stopped after the dispatcher's flush
+        extensions = host.extensions
 
-            async def invalid_token(token: str, registered_before: float | None) -> None:
-                removed = await store.remove_device_token(token, registered_before)
-                if removed:
-                    log.info("removed %d registration(s) of a device APNs no longer knows", removed)
-
-            apns = ApnsPusher(cfg.apns, on_invalid_token=invalid_token, metrics=PrometheusApnsMetrics())
-            await apns.start()
-            app.components.append(apns)
-
-        delivery: Any = None
-        keyring: Any = None
-        sender: Any = None
-        if cfg.webpush.enabled:
-            from pushproxy.push.vapid import VapidKeyring
-            from pushproxy.push.webpush import WebPushSender
-            from pushproxy.push.webpush_delivery import WebPushDelivery
-
-            keyring = await VapidKeyring.load(cfg.vapid_key_path(), store)
-            sender = WebPushSender(cfg.webpush, keyring, metrics=PrometheusWebPushMetrics())
-            await sender.start()
-            app.components.append(sender)
-            delivery = WebPushDelivery(cfg, store, sender)
-
-        dispatcher = Dispatcher(store, apns, delivery)
+        dispatcher = Dispatcher(extensions)
         app.components.append(dispatcher)
         app.dispatcher = dispatcher
-        supervisor = Supervisor(cfg, store, dispatcher.submit, master_style=cfg.watch.master_login)
+        supervisor = Supervisor(cfg, store, dispatcher.submit, master_style=cfg.watch.master_login, watching=host)
+        host.follow(supervisor.registration_changed)
         app.supervisor = supervisor
         credentials = supervisor
-
-        if apns is not None:
-            from pushproxy.extensions.xapplepush import XApplePushExtension
-
-            extensions.append(XApplePushExtension(cfg, store, apns.topic, supervisor.registration_changed))
-        if sender is not None:
-            from pushproxy.extensions.webpush import WebPushExtension
-
-            webpush_ext = WebPushExtension(cfg, store, keyring, sender, supervisor.registration_changed)
-            extensions.append(webpush_ext)
-            app.components.append(webpush_ext)
-
-        housekeeping = Housekeeping(cfg, store)
-        housekeeping.start()
-        app.components.append(housekeeping)
 
     service = ProxyService(cfg, ExtensionRegistry(extensions), credentials, stats=PrometheusSessionStats())
 

@@ -1,0 +1,39 @@
+"""The extensions of this proxy: the list the core iterates.
+
+Each entry is ``"module:Class"``; the module must be cheap to import (heavy
+dependencies are imported in the extension's ``start``), because the config
+loader reads every extension's ``section`` and ``settings``.  An extension is
+active when its ``configure(config)`` says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pushproxy.config import Config
+    from pushproxy.extensions.base import Extension
+
+EXTENSIONS: tuple[str, ...] = (
+    "pushproxy.extensions.xapplepush.addon:XApplePush",
+    "pushproxy.extensions.webpush.addon:WebPush",
+)
+
+
+def extension_classes(entries: tuple[str, ...] = EXTENSIONS) -> list[type[Extension]]:
+    classes = []
+    for entry in entries:
+        module, _, name = entry.partition(":")
+        classes.append(getattr(importlib.import_module(module), name))
+    return classes
+
+
+def load_extensions(config: Config, entries: tuple[str, ...] = EXTENSIONS) -> list[Extension]:
+    """An instance of every listed extension that the config enables, in list order."""
+    enabled = []
+    for cls in extension_classes(entries):
+        ext = cls()
+        if ext.configure(config):
+            enabled.append(ext)
+    return enabled

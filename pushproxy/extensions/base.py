@@ -1,22 +1,48 @@
-"""The extension API: how a push protocol plugs into the proxy session.
+"""The extension API: everything the core knows about a push protocol.
 
-An extension declares the capability atoms it adds and the commands it
-answers.  The session knows nothing about APNs or VAPID: it collects the whole
-command (literals included), waits until every earlier command has been
-answered (so replies stay in tag order), calls the handler with a
-:class:`SessionContext`, writes what the handler replied, then goes on with the
-client's stream.  A new push protocol is one more package under
-``pushproxy/extensions/`` and one line in ``app.py``.
+An extension is an add-on in the spirit of mitmproxy's addons: an object with
+named hooks that the core calls, and nothing else.  The core (session,
+watchers, dispatcher, CLI, wiring) never names a protocol.
+
+- ``section`` / ``settings``: the extension's own section of the YAML (and
+  its ``PUSHPROXY_<SECTION>__<KEY>`` variables), validated by its own model;
+  ``configure(config)`` reads it and says whether the extension is enabled.
+- ``capabilities``, ``pre_auth_capabilities``, ``commands``: the atoms it
+  adds and the IMAP commands it answers.  The session collects the whole
+  command (literals included), waits until every earlier command has been
+  answered (so replies stay in tag order), calls the handler with a
+  :class:`SessionContext`, writes the reply, then goes on with the stream.
+- ``attach(core)``: :class:`Core` gives the store and ``registration_changed``
+  (no I/O yet: the watchers use an attached extension's watch hooks).
+- ``start()`` / ``stop()``: build and stop senders and background tasks.
+- ``watched_mailboxes(account)`` / ``watched_accounts()``: which mailboxes of
+  an account the extension wants watched (the supervisor merges them).
+- ``on_event(event)`` / ``flush()``: every mail event, after the core's
+  de-duplication and ``\\Seen`` skip (``pushproxy.push.dispatch``).
+- ``cli(subparsers)``: its admin subcommands (a class method: it runs before
+  any config is loaded).
+
+A new push protocol is one more package under ``pushproxy/extensions/`` and
+one entry in :data:`pushproxy.extensions.EXTENSIONS`.
 """
 
 from __future__ import annotations
 
+import argparse
 from abc import ABC
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pushproxy.imap.parse import Command, StatusResponse
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from pushproxy.config import Config
+    from pushproxy.events import MailEvent
+    from pushproxy.store.base import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +91,35 @@ class SessionContext(Protocol):
 Handler = Callable[[Command, SessionContext], Awaitable[Reply]]
 
 
+RegistrationChanged = Callable[[str, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRequest:
+    """Mailboxes an extension wants watched for one account, and those where it wants every change."""
+
+    mailboxes: tuple[str, ...]
+    changes: tuple[str, ...] = ()  # also Expunge / FlagChange events there
+    # False: this request alone does not start a watcher when the proxy starts (e.g. a
+    # registration still being verified); the user's next login does.
+    at_startup: bool = True
+
+
+class Core(Protocol):
+    """What the core gives an extension at ``start``."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    async def registration_changed(self, account: str, session_id: str | None = None) -> None:
+        """Tell the watchers that the account's registrations changed (added, renewed, removed)."""
+
+
 @dataclass
-class Extension(ABC):  # noqa: B024 - a declaration, subclasses fill the fields
+class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses override what they need
     """Base class; subclasses set the fields in ``__init__`` or as class attributes."""
 
     name: str = "extension"
@@ -74,9 +127,64 @@ class Extension(ABC):  # noqa: B024 - a declaration, subclasses fill the fields
     pre_auth_capabilities: tuple[bytes, ...] = ()  # advertised before login too
     commands: dict[str, Handler] = field(default_factory=dict)  # upper-case name -> handler
 
+    core: Core = field(init=False, repr=False)  # set by attach()
+
+    section: ClassVar[str | None] = None  # its top-level YAML key, when the core does not declare it
+    settings: ClassVar[type[BaseModel] | None] = None  # the model of that section
+
+    def configure(self, config: Config) -> bool:
+        """Read the config; False keeps the extension out of this proxy (disabled)."""
+        return True
+
+    def attach(self, core: Core) -> None:
+        """Receive the core's services (store, registration_changed); no I/O here."""
+        self.core = core
+
+    async def start(self) -> None:
+        """Build senders and background tasks; called once, before the listeners open."""
+        return None
+
+    async def stop(self) -> None:
+        """Stop what ``start`` built (after the listeners and watchers stopped)."""
+        return None
+
+    async def watched_mailboxes(self, account: str) -> WatchRequest | None:
+        """The account's mailboxes this extension wants watched; None when it has nothing for it."""
+        return None
+
+    async def watched_accounts(self) -> dict[str, WatchRequest]:
+        """:meth:`watched_mailboxes` for every account it has registrations of (the start-up path)."""
+        return {}
+
+    async def on_event(self, event: MailEvent) -> None:
+        """A mail event, already de-duplicated and without ``\\Seen`` messages; must not block for long."""
+        return None
+
+    async def flush(self) -> None:
+        """Wait until what ``on_event`` queued has been sent (tests, shutdown)."""
+        return None
+
     async def session_closed(self, session: SessionContext) -> None:
         """Called once when a client session ends (after login or not)."""
         return None
+
+    @classmethod
+    def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:
+        """Add admin subcommands (see :func:`admin_command`)."""
+        return None
+
+
+AdminRun = Callable[[Any, argparse.Namespace], int]
+
+
+def admin_command(
+    group: argparse._SubParsersAction[Any], name: str, help: str, run: AdminRun
+) -> argparse.ArgumentParser:
+    """An admin subcommand: ``--config`` is added; ``run(config, args)`` returns the exit code."""
+    parser = group.add_parser(name, help=help)
+    parser.add_argument("--config", "-c", type=Path, required=True, help="YAML configuration file")
+    parser.set_defaults(run=run)
+    return parser
 
 
 class CredentialSink(Protocol):

@@ -1,12 +1,12 @@
-"""From mailbox events to pushes: who wants this event, once.
+"""From mailbox events to the extensions, once.
 
 Events arrive from the watchers and from Dovecot's ox driver, possibly both for
 the same message, and again after a reconnect.  The dispatcher drops what it
 has already dispatched (by account, mailbox and UID, for a while), skips
-messages that were already ``\\Seen``, then hands each event to the services:
-APNs devices whose registered mailboxes include the event's mailbox, and the
-account's WebPush subscriptions.  ``submit`` never blocks the caller; a slow
-or failing push service never delays another account's events.
+messages that were already ``\\Seen``, then hands each event to every
+extension's ``on_event`` (each decides whom it concerns; the dispatcher knows
+no protocol).  ``submit`` never blocks the caller; a slow or failing extension
+never delays another extension or another account's events.
 """
 
 from __future__ import annotations
@@ -15,28 +15,18 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Protocol
 
 from pushproxy import metrics
 from pushproxy.accounts import is_inbox
-from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
-from pushproxy.store.base import Store
+from pushproxy.events import MailEvent, NewMail
+from pushproxy.extensions.base import Extension
 
 log = logging.getLogger("pushproxy.dispatch")
 
 _DEDUP_TTL = 3600.0
 _DEDUP_MAX = 200_000
-
-
-class ApnsTarget(Protocol):
-    def notify(self, device_token: str, aps_account_id: str, mailbox: str) -> None: ...
-    async def flush(self) -> None: ...
-
-
-class WebPushTarget(Protocol):
-    async def deliver(self, event: MailEvent) -> None: ...
-    async def flush(self) -> None: ...
 
 
 def mailbox_matches(registered: list[str], mailbox: str) -> bool:
@@ -47,13 +37,11 @@ def mailbox_matches(registered: list[str], mailbox: str) -> bool:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, apns: ApnsTarget | None = None, webpush: WebPushTarget | None = None) -> None:
-        self.store = store
-        self.apns = apns
-        self.webpush = webpush
+    def __init__(self, extensions: Sequence[Extension]) -> None:
+        self.extensions = list(extensions)
         self._seen: OrderedDict[tuple[str, str, int], float] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.dispatched = 0  # events that reached at least one service (tests, debug)
+        self.dispatched = 0  # events handed to the extensions (tests, debug)
 
     def submit(self, event: MailEvent) -> None:
         """Queue an event; returns at once."""
@@ -92,26 +80,19 @@ class Dispatcher:
             seen.popitem(last=False)
 
     async def _process(self, event: MailEvent) -> None:
-        try:
-            if isinstance(event, NewMail) and self.apns is not None:
-                for device in await self.store.devices_for_account(event.account):
-                    if mailbox_matches(device.mailboxes, event.mailbox):
-                        self.apns.notify(device.device_token, device.aps_account_id, event.mailbox)
-            if self.webpush is not None and isinstance(event, NewMail | Expunge | FlagChange):
-                await self.webpush.deliver(event)
-            self.dispatched += 1
-            metrics.EVENT_DISPATCH_LATENCY.observe(max(0.0, time.monotonic() - event.detected_at))
-        except Exception:
-            log.exception("dispatching an event for %s failed", event.account)
+        results = await asyncio.gather(*(ext.on_event(event) for ext in self.extensions), return_exceptions=True)
+        for ext, result in zip(self.extensions, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("extension %s failed on an event for %s", ext.name, event.account, exc_info=result)
+        self.dispatched += 1
+        metrics.EVENT_DISPATCH_LATENCY.observe(max(0.0, time.monotonic() - event.detected_at))
 
     async def flush(self) -> None:
-        """Wait for queued events (tests, shutdown)."""
+        """Wait for queued events, then for what the extensions queued (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if self.webpush is not None:
-            await self.webpush.flush()  # coalesced changes waiting for their burst to end
-        if self.apns is not None:
-            await self.apns.flush()
+        for ext in self.extensions:
+            await ext.flush()
 
     async def close(self) -> None:
         try:

@@ -1,8 +1,8 @@
 """What to watch, and which fetched messages are news (sans-IO).
 
 :class:`WatchSpec` says which mailboxes of an account are watched and for
-which of them expunges and flag changes are wanted too; it is derived from
-the account's registrations (:func:`spec_for_account`).
+which of them expunges and flag changes are wanted too; it merges what the
+extensions ask for (:meth:`pushproxy.extensions.host.ExtensionHost.spec`).
 
 :func:`new_messages` is the correctness core of new-mail detection: given the
 FETCH responses of ``UID FETCH <last uidnext>:*`` it keeps exactly the
@@ -13,13 +13,12 @@ UID, drops messages already ``\\Seen`` and says what the new UIDNEXT is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pushproxy.accounts import canonical_mailbox, is_inbox
 from pushproxy.events import MessageInfo
 from pushproxy.imap.fetch import FetchItems
-from pushproxy.store.base import ApnsDevice, Store, WebPushSubscription
 
 __all__ = [
     "MAX_MESSAGES_PER_EVENT",
@@ -27,8 +26,6 @@ __all__ = [
     "WatchSpec",
     "new_messages",
     "normalise_mailboxes",
-    "spec_for_account",
-    "specs_for_all_accounts",
 ]
 
 # A NewMail carries at most this many (the newest) messages: after a long
@@ -72,50 +69,6 @@ class WatchSpec:
 
     def __contains__(self, mailbox: object) -> bool:
         return mailbox in self.mailboxes
-
-
-async def spec_for_account(store: Store, account: str, webpush_mailboxes: Sequence[str]) -> WatchSpec | None:
-    """The mailboxes the account's registrations ask for; None when it has none.
-
-    APNs devices name their mailboxes; WebPush subscriptions (active or still
-    being verified) watch ``webpush.mailboxes`` and want every change there
-    (expunges and flag changes too).
-    """
-    devices = await store.devices_for_account(account)
-    subs = await store.subscriptions_for_account(account)
-    return _spec(devices, subs, webpush_mailboxes)
-
-
-async def specs_for_all_accounts(store: Store, webpush_mailboxes: Sequence[str]) -> dict[str, WatchSpec]:
-    """:func:`spec_for_account` for every account, in two queries (the start-up path)."""
-    devices: dict[str, list[ApnsDevice]] = {}
-    subs: dict[str, list[WebPushSubscription]] = {}
-    for device in await store.list_devices():
-        devices.setdefault(device.account, []).append(device)
-    for sub in await store.list_subscriptions():
-        subs.setdefault(sub.account, []).append(sub)
-    specs: dict[str, WatchSpec] = {}
-    for account in sorted(devices.keys() | subs.keys()):
-        spec = _spec(devices.get(account, []), subs.get(account, []), webpush_mailboxes)
-        if spec is not None:
-            specs[account] = spec
-    return specs
-
-
-def _spec(
-    devices: Sequence[ApnsDevice], subs: Sequence[WebPushSubscription], webpush_mailboxes: Sequence[str]
-) -> WatchSpec | None:
-    if not devices and not subs:
-        return None
-    boxes: list[str] = []
-    for device in devices:
-        boxes.extend(device.mailboxes or ["INBOX"])
-    changes: list[str] = []
-    if subs:
-        boxes.extend(webpush_mailboxes)
-        # Every change is pushed to WebPush subscriptions (issue 13): no event selection.
-        changes.extend(webpush_mailboxes)
-    return WatchSpec.of(boxes, changes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from pushproxy import metrics
 from pushproxy.accounts import normalise_account
@@ -38,7 +39,7 @@ from pushproxy.config import Config, ConfigError
 from pushproxy.events import MailEvent
 from pushproxy.store.base import Store, StoreUnavailable
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
-from pushproxy.watch.detection import WatchSpec, spec_for_account, specs_for_all_accounts
+from pushproxy.watch.detection import WatchSpec
 from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.upstream import make_tls_context
 from pushproxy.watch.watcher import STATES, Watcher, WatcherState
@@ -62,6 +63,14 @@ class _Captured:
         return f"_Captured(account={self.account!r}, login={self.login!r})"
 
 
+class WatchSource(Protocol):
+    """Which mailboxes of an account to watch (the extensions decide: ``pushproxy.extensions.host``)."""
+
+    async def spec(self, account: str) -> WatchSpec | None: ...
+
+    async def specs(self) -> dict[str, WatchSpec]: ...
+
+
 class _AccountLock:
     __slots__ = ("lock", "users")
 
@@ -81,9 +90,15 @@ class Supervisor:
         *,
         credentials: CredentialProvider | None = None,
         master_style: MasterLoginStyle = "separator",
+        watching: WatchSource | None = None,
     ) -> None:
         self._config = config
         self._store = store
+        if watching is None:  # tests, bench: whatever the registrations in the store ask for
+            from pushproxy.extensions.host import ExtensionHost
+
+            watching = ExtensionHost.for_store(config, store)
+        self._watching = watching
         self._emit = emit
         self._credentials = credentials or make_provider(config, store, master_style=master_style)
         self._limiter = ConnectLimiter(config.watch.connect_rate)
@@ -105,12 +120,9 @@ class Supervisor:
         Everything is read before the first watcher starts, so that the
         start-up reads do not queue behind the watchers' own store writes.
         """
-        specs = await specs_for_all_accounts(self._store, self._config.webpush.mailboxes)
-        wanted = set(await self._store.accounts_with_registrations())
+        specs = await self._watching.specs()  # without accounts the user's next login starts
         plan: list[tuple[str, WatchSpec, bool]] = []
         for account, spec in specs.items():
-            if account not in wanted:
-                continue  # only unverified WebPush subscriptions: the user's next login starts it
             status = await self._credentials.status(account)
             if status != "missing":
                 plan.append((account, spec, status == "failed"))
@@ -222,7 +234,7 @@ class Supervisor:
         return None
 
     async def _spec(self, account: str) -> WatchSpec | None:
-        return await spec_for_account(self._store, account, self._config.webpush.mailboxes)
+        return await self._watching.spec(account)
 
     async def _ensure(self, account: str, spec: WatchSpec, credentials_changed: bool) -> None:
         current = self._watchers.get(account)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pushproxy.config import Config, ConfigError, WatchConfig
+from pushproxy.extensions.host import ExtensionHost
 from pushproxy.imap.fetch import FetchItems
 from pushproxy.store import ApnsDevice, SqliteStore, StoredCredential, Vault, WebPushSubscription
 from pushproxy.watch.credentials import MasterCredentials, MemoryCredentials, VaultCredentials, make_provider
@@ -20,7 +21,6 @@ from pushproxy.watch.detection import (
     WatchSpec,
     new_messages,
     normalise_mailboxes,
-    spec_for_account,
 )
 from pushproxy.watch.pacing import Backoff, ConnectLimiter
 from pushproxy.watch.upstream import LoginCredentials
@@ -119,14 +119,22 @@ def subscription(sub_id: str, *, active: bool = True, want_changes: bool = False
     )
 
 
+def push_extensions(store: SqliteStore, webpush_mailboxes: list[str]) -> ExtensionHost:
+    """Both push extensions, attached to the store (what the supervisor asks what to watch)."""
+    config = Config(apns={"enabled": True}, webpush={"enabled": True, "mailboxes": webpush_mailboxes})
+    return ExtensionHost.for_config(config, store)
+
+
 async def test_spec_for_account(store: SqliteStore) -> None:
-    assert await spec_for_account(store, "alice", ["INBOX"]) is None
+    # Was spec_for_account(store, account, webpush_mailboxes) in watch/detection.py; the
+    # extensions now say what they want watched and the host merges it (same assertions).
+    assert await push_extensions(store, ["INBOX"]).spec("alice") is None
     await store.upsert_device(ApnsDevice("alice", "a1", "aa" * 32, mailboxes=["Inbox", "Sent Messages"]))
     await store.upsert_device(ApnsDevice("alice", "a2", "bb" * 32, mailboxes=["Notes"]))
-    spec = await spec_for_account(store, "alice", ["INBOX", "Junk"])
+    spec = await push_extensions(store, ["INBOX", "Junk"]).spec("alice")
     assert spec == WatchSpec(("INBOX", "Notes", "Sent Messages"), frozenset())
     await store.put_subscription(subscription("s1", active=False))  # still being verified: watched too
-    spec = await spec_for_account(store, "alice", ["INBOX", "Junk"])
+    spec = await push_extensions(store, ["INBOX", "Junk"]).spec("alice")
     # Changed with issue 13: every WebPush subscription gets expunges and flag changes
     # in the WebPush mailboxes (was: only with want_changes, which nothing could set).
     assert spec is not None and spec.mailboxes == ("INBOX", "Junk", "Notes", "Sent Messages")

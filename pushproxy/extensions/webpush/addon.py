@@ -1,0 +1,128 @@
+"""The WEBPUSH extension as the core sees it: the ``webpush`` section, VAPID, subscriptions, Web Push.
+
+Heavy parts (pywebpush, cryptography) are imported in :meth:`WebPush.start`,
+so that the config loader can read this module cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from pushproxy import metrics
+from pushproxy.events import MailEvent
+from pushproxy.extensions.base import Core, Extension, SessionContext, WatchRequest, admin_command
+
+if TYPE_CHECKING:
+    from pushproxy.config import Config
+    from pushproxy.extensions.webpush import WebPushExtension
+    from pushproxy.push.webpush import WebPushSender
+    from pushproxy.push.webpush_delivery import WebPushDelivery
+    from pushproxy.store.base import WebPushSubscription
+
+
+class PrometheusWebPushMetrics:
+    def webpush_request(self, status: int | None, seconds: float) -> None:
+        metrics.PUSHES.labels(service="webpush", status=str(status) if status is not None else "error").inc()
+        metrics.PUSH_LATENCY.labels(service="webpush").observe(seconds)
+
+    def webpush_result(self, outcome: str) -> None:
+        if outcome != "ok":
+            metrics.PUSH_FAILURES.labels(service="webpush", reason=outcome).inc()
+
+
+class WebPush(Extension):
+    def __init__(self) -> None:
+        # After login only: the commands are invalid before it.
+        super().__init__(name="webpush", capabilities=(b"WEBPUSH",))
+        self.sender: WebPushSender | None = None
+        self.delivery: WebPushDelivery | None = None
+        self.handlers: WebPushExtension | None = None
+
+    def configure(self, config: Config) -> bool:
+        self.config = config
+        return config.webpush.enabled
+
+    def attach(self, core: Core) -> None:
+        super().attach(core)
+        self.store = core.store
+
+    async def start(self) -> None:
+        from pushproxy.extensions.webpush import WebPushExtension
+        from pushproxy.push.vapid import VapidKeyring
+        from pushproxy.push.webpush import WebPushSender
+        from pushproxy.push.webpush_delivery import WebPushDelivery
+
+        cfg, store = self.config, self.store
+        keyring = await VapidKeyring.load(cfg.vapid_key_path(), store)
+        self.sender = WebPushSender(cfg.webpush, keyring, metrics=PrometheusWebPushMetrics())
+        await self.sender.start()
+        self.delivery = WebPushDelivery(cfg, store, self.sender)
+        self.handlers = WebPushExtension(cfg, store, keyring, self.sender, self.core.registration_changed)
+        self.commands = dict(self.handlers.commands)
+
+    async def stop(self) -> None:
+        if self.handlers is not None:
+            await self.handlers.close()  # maintenance and verification pushes first
+        if self.sender is not None:
+            await self.sender.close()
+
+    def _watch(self, subs: list[WebPushSubscription]) -> WatchRequest:
+        # Every change is pushed to WebPush subscriptions (issue 13): no event selection.
+        boxes = tuple(self.config.webpush.mailboxes)
+        # Only subscriptions still being verified: the user's next login starts the watcher.
+        return WatchRequest(boxes, boxes, at_startup=any(sub.active for sub in subs))
+
+    async def watched_mailboxes(self, account: str) -> WatchRequest | None:
+        """Subscriptions (active or still being verified) watch ``webpush.mailboxes``, every change there."""
+        subs = await self.store.subscriptions_for_account(account)
+        return self._watch(subs) if subs else None
+
+    async def watched_accounts(self) -> dict[str, WatchRequest]:
+        by_account: dict[str, list[WebPushSubscription]] = {}
+        for sub in await self.store.list_subscriptions():
+            by_account.setdefault(sub.account, []).append(sub)
+        return {account: self._watch(subs) for account, subs in by_account.items()}
+
+    async def on_event(self, event: MailEvent) -> None:
+        if self.delivery is not None:
+            await self.delivery.deliver(event)
+
+    async def flush(self) -> None:
+        if self.delivery is not None:
+            await self.delivery.flush()  # coalesced changes waiting for their burst to end
+
+    async def session_closed(self, session: SessionContext) -> None:
+        if self.handlers is not None:
+            await self.handlers.session_closed(session)
+
+    @classmethod
+    def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:
+        from pushproxy import admin_cli
+
+        subs = subparsers.add_parser("subscriptions", help="WebPush subscriptions").add_subparsers(
+            dest="action", required=True, metavar="ACTION"
+        )
+        p = admin_command(
+            subs,
+            "list",
+            "list subscriptions (never endpoints or keys)",
+            lambda cfg, args: admin_cli.subscriptions_list(cfg, args.account),
+        )
+        p.add_argument("--account")
+
+        vapid = subparsers.add_parser("vapid", help="the VAPID key pair of WebPush").add_subparsers(
+            dest="action", required=True, metavar="ACTION"
+        )
+        admin_command(
+            vapid,
+            "show",
+            "print the current public key (generated if missing)",
+            lambda cfg, args: admin_cli.vapid(cfg, "show"),
+        )
+        admin_command(
+            vapid,
+            "rotate",
+            "make a new current key; old keys keep signing for their subscriptions",
+            lambda cfg, args: admin_cli.vapid(cfg, "rotate"),
+        )

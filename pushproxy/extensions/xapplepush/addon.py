@@ -1,0 +1,164 @@
+"""The XAPPLEPUSHSERVICE extension as the core sees it: the ``apns`` section, APNs, iOS devices.
+
+Heavy parts (aioapns) are imported in :meth:`XApplePush.start`, so that the
+config loader can read this module cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from pushproxy import metrics
+from pushproxy.events import MailEvent, NewMail
+from pushproxy.extensions.base import Core, Extension, WatchRequest, admin_command
+
+if TYPE_CHECKING:
+    from pushproxy.config import Config
+    from pushproxy.extensions.xapplepush import XApplePushExtension
+    from pushproxy.push.apns import ApnsPusher
+    from pushproxy.store.base import ApnsDevice
+
+log = logging.getLogger("pushproxy.xapplepush")
+
+HOUSEKEEPING_INTERVAL = 60.0
+
+
+def _devices_watch(devices: list[ApnsDevice]) -> WatchRequest:
+    """Every mailbox a device of the account registered (INBOX when it named none)."""
+    boxes = [box for device in devices for box in (device.mailboxes or ["INBOX"])]
+    return WatchRequest(tuple(boxes))
+
+
+class XApplePush(Extension):
+    def __init__(self) -> None:
+        super().__init__(
+            name="xapplepush",
+            capabilities=(b"XAPPLEPUSHSERVICE",),
+            # iOS only registers after login, but the atom before login is harmless and
+            # keeps the capability list stable for clients that cache the greeting's.
+            pre_auth_capabilities=(b"XAPPLEPUSHSERVICE",),
+        )
+        self.pusher: ApnsPusher | None = None
+        self.handlers: XApplePushExtension | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    def configure(self, config: Config) -> bool:
+        self.config = config
+        return config.apns.enabled
+
+    def attach(self, core: Core) -> None:
+        super().attach(core)
+        self.store = core.store
+
+    async def start(self) -> None:
+        from pushproxy.extensions.xapplepush import XApplePushExtension
+        from pushproxy.push.apns import ApnsPusher, PrometheusApnsMetrics
+
+        store = self.store
+
+        async def invalid_token(token: str, registered_before: float | None) -> None:
+            removed = await store.remove_device_token(token, registered_before)
+            if removed:
+                log.info("removed %d registration(s) of a device APNs no longer knows", removed)
+
+        self.pusher = ApnsPusher(self.config.apns, on_invalid_token=invalid_token, metrics=PrometheusApnsMetrics())
+        await self.pusher.start()
+        self.handlers = XApplePushExtension(self.config, store, self.pusher.topic, self.core.registration_changed)
+        self.commands = dict(self.handlers.commands)
+        self._housekeeping = asyncio.ensure_future(self._housekeeping_loop())
+
+    async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        if self.pusher is not None:
+            await self.pusher.close()
+
+    async def watched_mailboxes(self, account: str) -> WatchRequest | None:
+        devices = await self.store.devices_for_account(account)
+        return _devices_watch(devices) if devices else None
+
+    async def watched_accounts(self) -> dict[str, WatchRequest]:
+        by_account: dict[str, list[ApnsDevice]] = {}
+        for device in await self.store.list_devices():
+            by_account.setdefault(device.account, []).append(device)
+        return {account: _devices_watch(devices) for account, devices in by_account.items()}
+
+    async def on_event(self, event: MailEvent) -> None:
+        """New mail: a push to every device of the account that registered the mailbox."""
+        from pushproxy.push.dispatch import mailbox_matches
+
+        if not isinstance(event, NewMail) or self.pusher is None:
+            return
+        for device in await self.store.devices_for_account(event.account):
+            if mailbox_matches(device.mailboxes, event.mailbox):
+                self.pusher.notify(device.device_token, device.aps_account_id, event.mailbox)
+
+    async def flush(self) -> None:
+        if self.pusher is not None:
+            await self.pusher.flush()
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            try:
+                await self.expire_devices()
+            except Exception:
+                log.exception("housekeeping failed")
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    async def expire_devices(self) -> None:
+        """Device expiry and the registration gauge, once a minute."""
+        now = time.time()
+        expired = await self.store.expire_devices(now - self.config.store.device_expiry)
+        if expired:
+            log.info("expired %d device registration(s) not renewed in time", expired)
+        devices = await self.store.list_devices()
+        metrics.REGISTRATIONS.labels(kind="apns", state="active").set(len(devices))
+
+    @classmethod
+    def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:
+        from pushproxy import admin_cli
+
+        apns = subparsers.add_parser("apns", help="APNs certificate and test pushes").add_subparsers(
+            dest="action", required=True, metavar="ACTION"
+        )
+        admin_command(
+            apns,
+            "check",
+            "show topic, subject, issuer, expiry; exit 1 if unusable for iOS Mail",
+            lambda cfg, args: admin_cli.apns_check(cfg),
+        )
+        p = admin_command(
+            apns,
+            "test",
+            "send one push to every registered device of an account",
+            lambda cfg, args: admin_cli.apns_test(cfg, args.account, args.mailbox),
+        )
+        p.add_argument("--account", required=True)
+        p.add_argument("--mailbox", default="INBOX")
+
+        devices = subparsers.add_parser("devices", help="iOS device registrations").add_subparsers(
+            dest="action", required=True, metavar="ACTION"
+        )
+        p = admin_command(
+            devices,
+            "list",
+            "list registrations (tokens shortened)",
+            lambda cfg, args: admin_cli.devices_list(cfg, args.account),
+        )
+        p.add_argument("--account")
+        p = admin_command(
+            devices,
+            "remove",
+            "remove registrations of an account",
+            lambda cfg, args: admin_cli.devices_remove(cfg, args.account, args.token, args.aps_account_id),
+        )
+        p.add_argument("--account", required=True)
+        p.add_argument("--token", help="only devices whose token starts with this")
+        p.add_argument("--aps-account-id", help="only this aps-account-id")
