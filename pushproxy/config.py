@@ -14,13 +14,11 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -35,51 +33,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# Re-exported: sections and extensions build on these.
+from pushproxy.config_types import Duration, _check_hostport, _Section, parse_duration, parse_hostport
+from pushproxy.extensions.xapplepush.settings import ApnsConfig
 
-
-def parse_duration(value: Any) -> float:
-    """``30`` -> 30.0, ``"25m"`` -> 1500.0, ``"1.5s"`` -> 1.5."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '30s', '25m'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError(f"invalid duration {value!r}: use seconds or a string like '30s', '25m', '2h', '30d'")
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """``"127.0.0.1:1143"`` / ``"[::1]:993"`` / ``":143"`` -> (host, port)."""
-    value = value.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port_s = rest.lstrip(":")
-    else:
-        host, sep, port_s = value.rpartition(":")
-        if not sep:
-            raise ValueError(f"{value!r}: expected host:port")
-    if not port_s.isdigit() or not 0 <= int(port_s) < 65536:
-        raise ValueError(f"{value!r}: invalid port")
-    return (host or default_host), int(port_s)
-
-
-def _check_hostport(value: str) -> str:
-    if value:
-        parse_hostport(value)
-    return value
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+__all__ = ["ApnsConfig", "Config", "ConfigError", "Duration", "parse_duration", "parse_hostport"]
 
 
 class ListenConfig(_Section):
@@ -179,30 +137,6 @@ class WatchConfig(_Section):
     backoff_min: Duration = 1.0
     backoff_max: Duration = 300.0
     command_timeout: Duration = 30.0
-
-
-class ApnsConfig(_Section):
-    enabled: bool = False
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    p12_password_file: Path | None = None
-    token_key_file: Path | None = None
-    key_id: str | None = None
-    team_id: str | None = None
-    topic: str | None = None
-    sandbox: bool = False
-    endpoint: str | None = None  # test hook: "host:port" instead of Apple's host
-    ca_file: Path | None = None  # test hook: CA for the endpoint override
-    debounce: Duration = 1.0
-    # More registrations than this for one account evict the least recently renewed
-    # (iOS must never get NO, so the cap cannot refuse the newest).
-    max_devices_per_account: int = Field(20, ge=1)
-    timeout: Duration = 10.0
-    retry_budget: int = Field(5, ge=0)
-    allow_untrusted_topic: bool = False  # start even if iOS Mail would ignore the topic
-    allow_expired: bool = False
-
-    _ep = field_validator("endpoint")(classmethod(lambda cls, v: _check_hostport(v) if v else v))
 
 
 class WebPushConfig(_Section):

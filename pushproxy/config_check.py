@@ -28,6 +28,15 @@ class FileReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def readable(self, key: str, path: Path | None, *, secret: bool = False) -> None:
+        """A file ``serve`` reads (when set): it must exist and be readable; secrets not by others."""
+        if path is not None:
+            _check_readable(self, key, path, secret=secret)
+
+    def generated(self, key: str, path: Path) -> None:
+        """A file ``serve`` creates when missing."""
+        _check_generated(self, key, path)
+
 
 def _check_readable(report: FileReport, key: str, path: Path, *, secret: bool) -> None:
     try:
@@ -97,12 +106,8 @@ def check_files(cfg: Config) -> FileReport:
         _check_generated(report, "watch.vault_key_file", cfg.vault_key_path())
     if cfg.watch.credentials == "master":
         readable("watch.master_password_file", cfg.watch.master_password_file, secret=True)
-    if cfg.apns.enabled:
-        readable("apns.cert_file", cfg.apns.cert_file)
-        readable("apns.key_file", cfg.apns.key_file, secret=True)
-        readable("apns.p12_password_file", cfg.apns.p12_password_file, secret=True)
-        readable("apns.token_key_file", cfg.apns.token_key_file, secret=True)
-        readable("apns.ca_file", cfg.apns.ca_file)
-    if cfg.webpush.enabled:
-        _check_generated(report, "webpush.vapid_private_key_file", cfg.vapid_key_path())
+    from pushproxy.extensions import load_extensions
+
+    for extension in load_extensions(cfg):
+        extension.check_files(report)
     return report

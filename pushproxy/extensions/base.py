@@ -19,6 +19,7 @@ watchers, dispatcher, CLI, wiring) never names a protocol.
   an account the extension wants watched (the supervisor merges them).
 - ``on_event(event)`` / ``flush()``: every mail event, after the core's
   de-duplication and ``\\Seen`` skip (``pushproxy.push.dispatch``).
+- ``check_files(report)``: what ``check-config`` checks of its files.
 - ``cli(subparsers)``: its admin subcommands (a class method: it runs before
   any config is loaded).
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from pushproxy.config import Config
+    from pushproxy.config_check import FileReport
     from pushproxy.events import MailEvent
     from pushproxy.store.base import Store
 
@@ -168,6 +170,10 @@ class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses overr
         """Called once when a client session ends (after login or not)."""
         return None
 
+    def check_files(self, report: FileReport) -> None:
+        """``check-config``: check the files its section names (``report.readable`` / ``generated``)."""
+        return None
+
     @classmethod
     def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:
         """Add admin subcommands (see :func:`admin_command`)."""
@@ -175,6 +181,11 @@ class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses overr
 
 
 AdminRun = Callable[[Any, argparse.Namespace], int]
+
+
+def admin_group(subparsers: argparse._SubParsersAction[Any], name: str, help: str) -> argparse._SubParsersAction[Any]:
+    """A subcommand with actions (``pushproxy <name> <action>``)."""
+    return subparsers.add_parser(name, help=help).add_subparsers(dest="action", required=True, metavar="ACTION")
 
 
 def admin_command(

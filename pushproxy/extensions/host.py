@@ -29,8 +29,8 @@ class ExtensionHost:
     """What extensions are attached to: config, store, and the watchers' ``registration_changed``."""
 
     def __init__(self, config: Config, store: Store, extensions: Sequence[Extension]) -> None:
-        self._config = config
-        self._store = store
+        self.config = config
+        self.store = store
         self.extensions = list(extensions)
         self._follow: RegistrationChanged | None = None
         for ext in self.extensions:
@@ -54,14 +54,6 @@ class ExtensionHost:
             ext.configure(config)
             extensions.append(ext)
         return cls(config, store, extensions)
-
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    @property
-    def store(self) -> Store:
-        return self._store
 
     def follow(self, registration_changed: RegistrationChanged) -> None:
         """Where registration changes go (the watcher supervisor, built after the extensions)."""

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pushproxy.config import ApnsConfig
-from pushproxy.push.apns import ApnsPusher
+from pushproxy.extensions.xapplepush.apns import ApnsPusher
 from tests.support.apns_standin import Answer, ApnsStandin
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 
@@ -254,7 +254,7 @@ async def test_500_forever_exhausts_the_budget(
 ) -> None:
     standin.always(TOKEN_A, 500)
     pusher = await make_pusher(standin, retry_budget=3)
-    with caplog.at_level(logging.WARNING, logger="pushproxy.push.apns"):
+    with caplog.at_level(logging.WARNING, logger="pushproxy.xapplepush.apns"):
         pusher.notify(TOKEN_A, ACCOUNT, "INBOX")
         await pusher.flush()
     assert len(standin.requests) == 4  # first try + 3 retries
@@ -269,7 +269,7 @@ async def test_403_keeps_device_and_logs_error(
 ) -> None:
     standin.script(TOKEN_A, [Answer(403, reason="BadCertificate")])
     pusher = await make_pusher(standin)
-    with caplog.at_level(logging.INFO, logger="pushproxy.push.apns"):
+    with caplog.at_level(logging.INFO, logger="pushproxy.xapplepush.apns"):
         pusher.notify(TOKEN_A, ACCOUNT, "INBOX")
         await pusher.flush()
     assert len(standin.requests) == 1
@@ -389,7 +389,7 @@ async def test_token_auth_with_wrong_key_id_is_403(
     token_standin: ApnsStandin, make_pusher: Any, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     pusher = await make_pusher(token_standin, auth="token", key_id="WRONGKEYID")
-    with caplog.at_level(logging.ERROR, logger="pushproxy.push.apns"):
+    with caplog.at_level(logging.ERROR, logger="pushproxy.xapplepush.apns"):
         pusher.notify(TOKEN_A, ACCOUNT, "INBOX")
         await pusher.flush()
     [req] = token_standin.requests
@@ -463,7 +463,7 @@ async def test_idle_connection_is_pinged_and_reused(
     to 0.1 s; the connection must outlive several PINGs and carry the second push."""
     import aioapns.connection
 
-    from pushproxy.push import apns
+    from pushproxy.extensions.xapplepush import apns_h2 as apns
 
     monkeypatch.setattr(aioapns.connection.APNsBaseClientProtocol, "INACTIVITY_TIME", 0.3)
     monkeypatch.setattr(apns, "PING_INTERVAL", 0.1)
@@ -483,7 +483,7 @@ async def test_connection_without_pong_is_closed_and_replaced(
     standin: ApnsStandin, make_pusher: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection whose PING goes unanswered is dead: closed, and the next push opens a new one."""
-    from pushproxy.push import apns
+    from pushproxy.extensions.xapplepush import apns_h2 as apns
 
     monkeypatch.setattr(apns, "PING_INTERVAL", 0.1)
     monkeypatch.setattr(apns, "PING_TIMEOUT", 0.2)

@@ -10,7 +10,7 @@ import pytest
 
 from pushproxy import metrics
 from pushproxy.config import ApnsConfig, ConfigError
-from pushproxy.push.apns import (
+from pushproxy.extensions.xapplepush.apns import (
     ApnsPusher,
     PrometheusApnsMetrics,
     build_payload,
@@ -163,7 +163,7 @@ async def test_start_refuses_expired(certs: ApnsTestCerts) -> None:
 async def test_start_allows_expired_when_told(certs: ApnsTestCerts, caplog: pytest.LogCaptureFixture) -> None:
     cfg = ApnsConfig(cert_file=certs.expired_cert, key_file=certs.expired_key, allow_expired=True)
     pusher = ApnsPusher(cfg, _ignore)
-    with caplog.at_level(logging.ERROR, logger="pushproxy.push.apns"):
+    with caplog.at_level(logging.ERROR, logger="pushproxy.xapplepush.apns"):
         await pusher.start()
     assert any("expired" in r.getMessage() for r in caplog.records)
     await pusher.close()
@@ -195,7 +195,7 @@ async def test_start_warns_when_expiring_soon(certs: ApnsTestCerts, caplog: pyte
 
     metrics = Metrics()
     pusher = ApnsPusher(ApnsConfig(cert_file=certs.expiring_cert, key_file=certs.expiring_key), _ignore, metrics)
-    with caplog.at_level(logging.WARNING, logger="pushproxy.push.apns"):
+    with caplog.at_level(logging.WARNING, logger="pushproxy.xapplepush.apns"):
         await pusher.start()
     await pusher.close()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "expires in" in r.getMessage()]

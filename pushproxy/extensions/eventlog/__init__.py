@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pushproxy.accounts import normalise_account
 from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
-from pushproxy.extensions.base import Extension, Reply, SessionContext, WatchRequest, admin_command
+from pushproxy.extensions.base import Extension, Reply, SessionContext, WatchRequest, admin_command, admin_group
 from pushproxy.imap.parse import Command
 
 if TYPE_CHECKING:
@@ -88,9 +88,7 @@ class EventLog(Extension):
 
     @classmethod
     def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:
-        group = subparsers.add_parser("eventlog", help="the test-only event log").add_subparsers(
-            dest="action", required=True, metavar="ACTION"
-        )
+        group = admin_group(subparsers, "eventlog", "the test-only event log")
         admin_command(group, "show", "print the recorded events", _show)
 
 

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from pushproxy import metrics
 from pushproxy.events import MailEvent
-from pushproxy.extensions.base import Core, Extension, SessionContext, WatchRequest, admin_command
+from pushproxy.extensions.base import Extension, SessionContext, WatchRequest, admin_command, admin_group
 
 if TYPE_CHECKING:
     from pushproxy.config import Config
+    from pushproxy.config_check import FileReport
     from pushproxy.extensions.webpush import WebPushExtension
     from pushproxy.push.webpush import WebPushSender
     from pushproxy.push.webpush_delivery import WebPushDelivery
@@ -43,17 +44,13 @@ class WebPush(Extension):
         self.config = config
         return config.webpush.enabled
 
-    def attach(self, core: Core) -> None:
-        super().attach(core)
-        self.store = core.store
-
     async def start(self) -> None:
         from pushproxy.extensions.webpush import WebPushExtension
         from pushproxy.push.vapid import VapidKeyring
         from pushproxy.push.webpush import WebPushSender
         from pushproxy.push.webpush_delivery import WebPushDelivery
 
-        cfg, store = self.config, self.store
+        cfg, store = self.config, self.core.store
         keyring = await VapidKeyring.load(cfg.vapid_key_path(), store)
         self.sender = WebPushSender(cfg.webpush, keyring, metrics=PrometheusWebPushMetrics())
         await self.sender.start()
@@ -75,12 +72,12 @@ class WebPush(Extension):
 
     async def watched_mailboxes(self, account: str) -> WatchRequest | None:
         """Subscriptions (active or still being verified) watch ``webpush.mailboxes``, every change there."""
-        subs = await self.store.subscriptions_for_account(account)
+        subs = await self.core.store.subscriptions_for_account(account)
         return self._watch(subs) if subs else None
 
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         by_account: dict[str, list[WebPushSubscription]] = {}
-        for sub in await self.store.list_subscriptions():
+        for sub in await self.core.store.list_subscriptions():
             by_account.setdefault(sub.account, []).append(sub)
         return {account: self._watch(subs) for account, subs in by_account.items()}
 
@@ -96,33 +93,20 @@ class WebPush(Extension):
         if self.handlers is not None:
             await self.handlers.session_closed(session)
 
+    def check_files(self, report: FileReport) -> None:
+        report.generated("webpush.vapid_private_key_file", self.config.vapid_key_path())
+
     @classmethod
     def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:
         from pushproxy import admin_cli
 
-        subs = subparsers.add_parser("subscriptions", help="WebPush subscriptions").add_subparsers(
-            dest="action", required=True, metavar="ACTION"
+        subs = admin_group(subparsers, "subscriptions", "WebPush subscriptions")
+        listing = admin_command(
+            subs, "list", "list subscriptions (never endpoints or keys)", admin_cli.subscriptions_list
         )
-        p = admin_command(
-            subs,
-            "list",
-            "list subscriptions (never endpoints or keys)",
-            lambda cfg, args: admin_cli.subscriptions_list(cfg, args.account),
-        )
-        p.add_argument("--account")
+        listing.add_argument("--account")
 
-        vapid = subparsers.add_parser("vapid", help="the VAPID key pair of WebPush").add_subparsers(
-            dest="action", required=True, metavar="ACTION"
-        )
-        admin_command(
-            vapid,
-            "show",
-            "print the current public key (generated if missing)",
-            lambda cfg, args: admin_cli.vapid(cfg, "show"),
-        )
-        admin_command(
-            vapid,
-            "rotate",
-            "make a new current key; old keys keep signing for their subscriptions",
-            lambda cfg, args: admin_cli.vapid(cfg, "rotate"),
-        )
+        vapid = admin_group(subparsers, "vapid", "the VAPID key pair of WebPush")
+        admin_command(vapid, "show", "print the current public key (generated if missing)", admin_cli.vapid)
+        rotate = "make a new current key; old keys keep signing for their subscriptions"
+        admin_command(vapid, "rotate", rotate, admin_cli.vapid)

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from pushproxy import metrics
 from pushproxy.events import MailEvent, NewMail
-from pushproxy.extensions.base import Core, Extension, WatchRequest, admin_command
+from pushproxy.extensions.base import Extension, WatchRequest, admin_command, admin_group
 
 if TYPE_CHECKING:
     from pushproxy.config import Config
-    from pushproxy.extensions.xapplepush import XApplePushExtension
-    from pushproxy.push.apns import ApnsPusher
+    from pushproxy.config_check import FileReport
+    from pushproxy.extensions.xapplepush.apns import ApnsPusher
+    from pushproxy.extensions.xapplepush.registration import XApplePushExtension
     from pushproxy.store.base import ApnsDevice
 
 log = logging.getLogger("pushproxy.xapplepush")
@@ -51,15 +52,12 @@ class XApplePush(Extension):
         self.config = config
         return config.apns.enabled
 
-    def attach(self, core: Core) -> None:
-        super().attach(core)
-        self.store = core.store
-
     async def start(self) -> None:
-        from pushproxy.extensions.xapplepush import XApplePushExtension
-        from pushproxy.push.apns import ApnsPusher, PrometheusApnsMetrics
+        from pushproxy.extensions.xapplepush.apns import ApnsPusher
+        from pushproxy.extensions.xapplepush.metrics import PrometheusApnsMetrics
+        from pushproxy.extensions.xapplepush.registration import XApplePushExtension
 
-        store = self.store
+        store = self.core.store
 
         async def invalid_token(token: str, registered_before: float | None) -> None:
             removed = await store.remove_device_token(token, registered_before)
@@ -81,12 +79,12 @@ class XApplePush(Extension):
             await self.pusher.close()
 
     async def watched_mailboxes(self, account: str) -> WatchRequest | None:
-        devices = await self.store.devices_for_account(account)
+        devices = await self.core.store.devices_for_account(account)
         return _devices_watch(devices) if devices else None
 
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         by_account: dict[str, list[ApnsDevice]] = {}
-        for device in await self.store.list_devices():
+        for device in await self.core.store.list_devices():
             by_account.setdefault(device.account, []).append(device)
         return {account: _devices_watch(devices) for account, devices in by_account.items()}
 
@@ -96,13 +94,21 @@ class XApplePush(Extension):
 
         if not isinstance(event, NewMail) or self.pusher is None:
             return
-        for device in await self.store.devices_for_account(event.account):
+        for device in await self.core.store.devices_for_account(event.account):
             if mailbox_matches(device.mailboxes, event.mailbox):
                 self.pusher.notify(device.device_token, device.aps_account_id, event.mailbox)
 
     async def flush(self) -> None:
         if self.pusher is not None:
             await self.pusher.flush()
+
+    def check_files(self, report: FileReport) -> None:
+        apns = self.config.apns
+        report.readable("apns.cert_file", apns.cert_file)
+        report.readable("apns.key_file", apns.key_file, secret=True)
+        report.readable("apns.p12_password_file", apns.p12_password_file, secret=True)
+        report.readable("apns.token_key_file", apns.token_key_file, secret=True)
+        report.readable("apns.ca_file", apns.ca_file)
 
     async def _housekeeping_loop(self) -> None:
         while True:
@@ -115,50 +121,27 @@ class XApplePush(Extension):
     async def expire_devices(self) -> None:
         """Device expiry and the registration gauge, once a minute."""
         now = time.time()
-        expired = await self.store.expire_devices(now - self.config.store.device_expiry)
+        expired = await self.core.store.expire_devices(now - self.config.store.device_expiry)
         if expired:
             log.info("expired %d device registration(s) not renewed in time", expired)
-        devices = await self.store.list_devices()
+        devices = await self.core.store.list_devices()
         metrics.REGISTRATIONS.labels(kind="apns", state="active").set(len(devices))
 
     @classmethod
     def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:
-        from pushproxy import admin_cli
+        from pushproxy.extensions.xapplepush import admin
 
-        apns = subparsers.add_parser("apns", help="APNs certificate and test pushes").add_subparsers(
-            dest="action", required=True, metavar="ACTION"
-        )
-        admin_command(
-            apns,
-            "check",
-            "show topic, subject, issuer, expiry; exit 1 if unusable for iOS Mail",
-            lambda cfg, args: admin_cli.apns_check(cfg),
-        )
-        p = admin_command(
-            apns,
-            "test",
-            "send one push to every registered device of an account",
-            lambda cfg, args: admin_cli.apns_test(cfg, args.account, args.mailbox),
-        )
-        p.add_argument("--account", required=True)
-        p.add_argument("--mailbox", default="INBOX")
+        apns = admin_group(subparsers, "apns", "APNs certificate and test pushes")
+        check = "show topic, subject, issuer, expiry; exit 1 if unusable for iOS Mail"
+        admin_command(apns, "check", check, lambda cfg, args: admin.apns_check(cfg))
+        test = admin_command(apns, "test", "send one push to every registered device of an account", admin.apns_test)
+        test.add_argument("--account", required=True)
+        test.add_argument("--mailbox", default="INBOX")
 
-        devices = subparsers.add_parser("devices", help="iOS device registrations").add_subparsers(
-            dest="action", required=True, metavar="ACTION"
-        )
-        p = admin_command(
-            devices,
-            "list",
-            "list registrations (tokens shortened)",
-            lambda cfg, args: admin_cli.devices_list(cfg, args.account),
-        )
-        p.add_argument("--account")
-        p = admin_command(
-            devices,
-            "remove",
-            "remove registrations of an account",
-            lambda cfg, args: admin_cli.devices_remove(cfg, args.account, args.token, args.aps_account_id),
-        )
-        p.add_argument("--account", required=True)
-        p.add_argument("--token", help="only devices whose token starts with this")
-        p.add_argument("--aps-account-id", help="only this aps-account-id")
+        devices = admin_group(subparsers, "devices", "iOS device registrations")
+        listing = admin_command(devices, "list", "list registrations (tokens shortened)", admin.devices_list)
+        listing.add_argument("--account")
+        remove = admin_command(devices, "remove", "remove registrations of an account", admin.devices_remove)
+        remove.add_argument("--account", required=True)
+        remove.add_argument("--token", help="only devices whose token starts with this")
+        remove.add_argument("--aps-account-id", help="only this aps-account-id")

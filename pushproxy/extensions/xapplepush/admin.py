@@ -1,0 +1,109 @@
+"""``pushproxy apns check|test`` and ``pushproxy devices list|remove`` (the CLI only parses)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pushproxy.admin_cli import open_store, run_async, short, when, with_store
+from pushproxy.config import Config, ConfigError
+from pushproxy.extensions.xapplepush.apns import ApnsPusher
+from pushproxy.extensions.xapplepush.apns_cert import inspect_credentials
+from pushproxy.store.base import Store
+
+
+def apns_check(cfg: Config) -> int:
+    info = inspect_credentials(cfg.apns)
+    print(f"auth:      {info.auth}")
+    print(f"topic:     {info.topic}")
+    print(f"subject:   {info.subject}")
+    print(f"issuer:    {info.issuer}")
+    if info.auth == "certificate":
+        print(f"valid:     {info.not_before:%Y-%m-%d} .. {info.not_after:%Y-%m-%d}")
+        print(f"days left: {info.days_left}")
+    print(f"service:   {'sandbox' if cfg.apns.sandbox else 'production'}")
+    problems = []
+    if info.expired:
+        problems.append("the certificate has expired: renew it (Apple Push Certificates Portal)")
+    if info.not_yet_valid:
+        problems.append("the certificate is not valid yet (check the clock)")
+    if not info.topic_trusted:
+        problems.append(
+            f"topic {info.topic!r} would be ignored by iOS Mail: it must start with "
+            "'com.apple.mail.' or 'com.apple.mobilemail.push.' (a Mail push certificate is needed)"
+        )
+    if info.auth == "certificate" and not info.expired and info.days_left < 30:
+        print(f"warning:   only {info.days_left} day(s) left: renew the certificate soon", file=sys.stderr)
+    for p in problems:
+        print(f"problem:   {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def devices_list(cfg: Config, args: argparse.Namespace) -> int:
+    account: str | None = args.account
+    from pushproxy.accounts import normalise_account
+
+    devices = with_store(cfg, lambda store: store.list_devices(normalise_account(account) if account else None))
+    print(f"{'ACCOUNT':24} {'APS-ACCOUNT-ID':38} {'TOKEN':10} {'LAST REGISTERED':21} MAILBOXES")
+    for d in devices:
+        print(
+            f"{d.account:24} {d.aps_account_id:38} {short(d.device_token):10} "
+            f"{when(d.last_registered):21} {', '.join(d.mailboxes)}"
+        )
+    print(f"{len(devices)} device registration(s)")
+    return 0
+
+
+def devices_remove(cfg: Config, args: argparse.Namespace) -> int:
+    account: str = args.account
+    token_prefix: str | None = args.token
+    aps_account_id: str | None = args.aps_account_id
+    from pushproxy.accounts import normalise_account
+
+    async def remove(store: Store) -> int:
+        acct = normalise_account(account)
+        removed = 0
+        for d in await store.list_devices(acct):
+            if token_prefix and not d.device_token.startswith(token_prefix.lower()):
+                continue
+            if aps_account_id and d.aps_account_id != aps_account_id:
+                continue
+            removed += await store.remove_device(acct, d.aps_account_id, d.device_token)
+        return removed
+
+    removed = with_store(cfg, remove)
+    print(f"removed {removed} registration(s); a live proxy stops watching once none remain")
+    return 0 if removed else 1
+
+
+def apns_test(cfg: Config, args: argparse.Namespace) -> int:
+    """Send one push to every device of ``--account``, as new mail in ``--mailbox`` would."""
+    account: str = args.account
+    mailbox: str = args.mailbox
+    from pushproxy.accounts import canonical_mailbox, normalise_account
+
+    if not cfg.apns.enabled:
+        raise ConfigError("apns.enabled is false in this config")
+
+    async def go() -> int:
+        store = await open_store(cfg)
+        invalid: list[str] = []
+
+        async def on_invalid(token: str, before: float | None) -> None:
+            invalid.append(token)
+            await store.remove_device_token(token, before)
+
+        pusher = ApnsPusher(cfg.apns, on_invalid_token=on_invalid)
+        try:
+            await pusher.start()
+            devices = await store.devices_for_account(normalise_account(account))
+            for d in devices:
+                pusher.notify(d.device_token, d.aps_account_id, canonical_mailbox(mailbox))
+            await pusher.flush()
+        finally:
+            await pusher.close()
+            await store.close()
+        print(f"sent to {len(devices)} device(s); {len(invalid)} removed as unknown to APNs")
+        return 0 if devices else 1
+
+    return run_async(go)

@@ -1,0 +1,346 @@
+"""APNs delivery for iOS Mail (the pushes behind XAPPLEPUSHSERVICE), over aioapns.
+
+One :class:`ApnsPusher` per process.  ``notify()`` is called by the dispatcher for every
+(device, mailbox) that saw new mail; pushes are debounced per (device token, account
+id), sent as background pushes with the body iOS Mail expects, retried with backoff on
+429/5xx/transport trouble, and invalid tokens are reported back through
+``on_invalid_token`` so that the store can prune them.
+
+The HTTP/2 side (aioapns with our response handling) is :mod:`.apns_h2`; the
+payload is :mod:`.payload`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aioapns.common import NotificationRequest, PushType
+from aioapns.connection import APNsBaseConnectionPool
+
+from pushproxy.config import ApnsConfig, ConfigError
+from pushproxy.extensions.xapplepush.apns_cert import (
+    CertificateInfo,
+    inspect_credentials,
+    is_trusted_topic,
+    load_credentials,
+)
+from pushproxy.extensions.xapplepush.apns_h2 import (
+    _cert_pool,
+    _protocol_class,
+    _send_via_pool,
+    _token_pool,
+)
+from pushproxy.extensions.xapplepush.metrics import ApnsMetrics, PrometheusApnsMetrics
+from pushproxy.extensions.xapplepush.payload import build_payload, mailbox_hash, short_token
+
+__all__ = [
+    "ApnsMetrics",
+    "ApnsPusher",
+    "CertificateInfo",
+    "InvalidTokenCallback",
+    "PrometheusApnsMetrics",
+    "build_payload",
+    "inspect_credentials",
+    "is_trusted_topic",
+    "mailbox_hash",
+    "short_token",
+]
+
+log = logging.getLogger("pushproxy.xapplepush.apns")
+
+EXPIRATION = 24 * 3600  # apns-expiration: now + 24 h
+PRIORITY_BACKGROUND = 5  # background pushes must use priority 5
+EXPIRY_WARNING_DAYS = 30
+EXPIRY_CHECK_INTERVAL = 6 * 3600.0
+_TOKEN_RE = re.compile(r"[0-9A-Fa-f]{16,256}")
+
+InvalidTokenCallback = Callable[[str, float | None], Awaitable[None]]
+
+
+@dataclass
+class _Window:
+    """Notifications for one (device token, account id) collected during a debounce window."""
+
+    mailboxes: set[str]
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    status: str  # HTTP status, "timeout" or "error"
+    reason: str | None = None
+    timestamp_ms: int | None = None
+    retry_after: float | None = None
+
+
+class ApnsPusher:
+    """Sends iOS Mail pushes.  ``start()`` before ``notify()``; ``close()`` at the end."""
+
+    def __init__(
+        self,
+        cfg: ApnsConfig,
+        on_invalid_token: InvalidTokenCallback,
+        metrics: ApnsMetrics | None = None,
+        *,
+        backoff_base: float = 0.5,
+        backoff_max: float = 60.0,
+    ) -> None:
+        self._cfg = cfg
+        self._on_invalid_token = on_invalid_token
+        self._metrics = metrics
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._creds = load_credentials(cfg)  # ConfigError early, and the topic for registrations
+        self.info: CertificateInfo = self._creds.info
+        assert self.info.topic is not None
+        self.topic: str = self.info.topic
+        self._pool: APNsBaseConnectionPool | None = None
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._expiry_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        creds = self._creds = load_credentials(self._cfg)  # re-read: the files may have been replaced
+        info = self.info = creds.info
+        assert info.topic is not None
+        self.topic = info.topic
+        self._check_validity(info)
+        if not info.topic_trusted:
+            if not self._cfg.allow_untrusted_topic:
+                raise ConfigError(
+                    f"apns: topic {info.topic!r} does not start with com.apple.mail. or "
+                    "com.apple.mobilemail.push., so iOS Mail would ignore every push "
+                    "(set apns.allow_untrusted_topic to start anyway)"
+                )
+            log.warning("APNs topic %r is one iOS Mail ignores; starting anyway as configured", info.topic)
+        pool = (
+            _cert_pool(self._cfg, creds, self.topic)
+            if info.auth == "certificate"
+            else _token_pool(self._cfg, creds, self.topic)
+        )
+        pool.protocol_class = _protocol_class(self._cfg.sandbox, self._cfg.endpoint)
+        self._pool = pool
+        self._report_expiry(info)
+        if info.auth == "certificate":
+            self._expiry_task = asyncio.create_task(self._watch_expiry(), name="apns-cert-expiry")
+        log.info(
+            "APNs ready: %s auth, topic %s, %s%s",
+            info.auth,
+            self.topic,
+            "sandbox" if self._cfg.sandbox else "production",
+            f", endpoint override {self._cfg.endpoint}" if self._cfg.endpoint else "",
+        )
+
+    def _check_validity(self, info: CertificateInfo) -> None:
+        if not (info.expired or info.not_yet_valid):
+            return
+        when = f"expired on {info.not_after:%Y-%m-%d}" if info.expired else f"not valid before {info.not_before}"
+        if not self._cfg.allow_expired:
+            raise ConfigError(
+                f"apns: the certificate ({info.subject}) {when}; APNs would refuse it "
+                "(set apns.allow_expired to start anyway)"
+            )
+        log.error("APNs certificate (%s) %s; starting anyway as configured", info.subject, when)
+
+    def _report_expiry(self, info: CertificateInfo) -> None:
+        if info.auth != "certificate":
+            return
+        if self._metrics is not None:
+            self._metrics.cert_days_left(info.days_left)
+        if 0 <= info.days_left < EXPIRY_WARNING_DAYS:
+            log.warning(
+                "APNs certificate (%s) expires in %d days, on %s: renew it before then",
+                info.subject,
+                info.days_left,
+                f"{info.not_after:%Y-%m-%d}",
+            )
+
+    async def _watch_expiry(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+            try:
+                info = inspect_credentials(self._cfg)
+            except ConfigError as exc:
+                log.error("APNs credentials became unreadable: %s", exc)
+                continue
+            self._report_expiry(info)
+            if info.expired:
+                log.error("APNs certificate (%s) has expired: pushes will fail", info.subject)
+
+    async def close(self) -> None:
+        """Stop: pending windows and retries are cancelled (call flush() first to send them)."""
+        self._closed = True
+        tasks = [*self._tasks, *([self._expiry_task] if self._expiry_task else [])]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._windows.clear()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    # -- notify / flush -------------------------------------------------------------
+
+    def notify(self, device_token: str, aps_account_id: str, mailbox: str) -> None:
+        """Queue a push for this device; never blocks.  Bursts within cfg.debounce become one push."""
+        if self._closed:
+            return
+        if self._pool is None:
+            raise RuntimeError("ApnsPusher.notify() called before start()")
+        if not _TOKEN_RE.fullmatch(device_token):
+            log.warning("APNs: ignoring malformed device token %s", short_token(device_token))
+            return
+        key = (device_token, aps_account_id)
+        window = self._windows.get(key)
+        if window is not None:
+            window.mailboxes.add(mailbox)
+            return
+        window = self._windows[key] = _Window({mailbox})
+        task = asyncio.create_task(self._debounce_then_send(key, window), name="apns-push")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self) -> None:
+        """Send every open window now and wait until each push is delivered or given up."""
+        while self._tasks:
+            for window in self._windows.values():
+                window.release.set()
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _debounce_then_send(self, key: tuple[str, str], window: _Window) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(window.release.wait(), self._cfg.debounce)
+        if self._windows.get(key) is window:
+            del self._windows[key]
+        token, account_id = key
+        try:
+            await self._deliver(token, build_payload(account_id, window.mailboxes))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one device's push must never take the pusher down
+            log.exception("APNs push to %s failed unexpectedly", short_token(token))
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _deliver(self, token: str, payload: dict[str, Any]) -> None:
+        retries = 0
+        while True:
+            attempt = await self._send_once(token, payload)
+            status = attempt.status
+            if status == "200":
+                log.debug("APNs push to %s delivered", short_token(token))
+                return
+            if status == "410":
+                registered_before = attempt.timestamp_ms / 1000.0 if attempt.timestamp_ms is not None else None
+                log.info("APNs: device %s unregistered (%s)", short_token(token), attempt.reason or "410")
+                await self._invalid_token(token, registered_before)
+                return
+            if status == "400" and attempt.reason == "BadDeviceToken":
+                log.info("APNs: bad device token %s", short_token(token))
+                await self._invalid_token(token, None)
+                return
+            if status == "403":
+                log.error(
+                    "APNs refused our %s (403 %s): check the APNs %s; device %s kept",
+                    "provider token" if self.info.auth == "token" else "certificate",
+                    attempt.reason or "Forbidden",
+                    "key_id/team_id/token_key_file"
+                    if self.info.auth == "token"
+                    else f"certificate {self.info.subject}",
+                    short_token(token),
+                )
+                return
+            retryable = status in ("429", "timeout", "error") or status.startswith("5")
+            if not retryable:
+                log.warning(
+                    "APNs push to %s rejected (%s %s); dropped", short_token(token), status, attempt.reason or ""
+                )
+                return
+            if retries >= self._cfg.retry_budget:
+                log.warning(
+                    "APNs push to %s given up after %d retries (last: %s %s)",
+                    short_token(token),
+                    retries,
+                    status,
+                    attempt.reason or "",
+                )
+                return
+            delay = attempt.retry_after if attempt.retry_after is not None else self._backoff(retries)
+            retries += 1
+            log.debug("APNs push to %s: %s, retry %d in %.2fs", short_token(token), status, retries, delay)
+            await asyncio.sleep(delay)
+
+    def _backoff(self, retries: int) -> float:
+        """Exponential with jitter: 50-100 % of base * 2**retries, capped."""
+        ceiling = min(self._backoff_max, self._backoff_base * (2**retries))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    async def _send_once(self, token: str, payload: dict[str, Any]) -> _Attempt:
+        pool = self._pool
+        if pool is None:
+            return _Attempt("error", reason="closed")
+        request = NotificationRequest(
+            device_token=token,
+            message=payload,
+            notification_id=str(uuid.uuid4()),  # fresh per attempt: late answers cannot be mistaken
+            time_to_live=EXPIRATION,
+            priority=PRIORITY_BACKGROUND,
+            push_type=PushType.BACKGROUND,
+            apns_topic=self.topic,
+        )
+        started = time.monotonic()
+        try:
+            result = await asyncio.wait_for(_send_via_pool(pool, request), self._cfg.timeout)
+        except TimeoutError:
+            attempt = _Attempt("timeout")
+            log.warning("APNs push to %s: no answer within %.1fs", short_token(token), self._cfg.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # connection refused, TLS failure, reset, h2 errors, ...
+            attempt = _Attempt("error", reason=type(exc).__name__)
+            log.warning("APNs push to %s: transport error %s: %s", short_token(token), type(exc).__name__, exc)
+        else:
+            attempt = _Attempt(
+                str(result.status),
+                reason=result.description,
+                timestamp_ms=result.timestamp,
+                retry_after=getattr(result, "retry_after", None),
+            )
+        if self._metrics is not None:
+            self._report_attempt(attempt, time.monotonic() - started)
+        return attempt
+
+    def _report_attempt(self, attempt: _Attempt, seconds: float) -> None:
+        assert self._metrics is not None
+        try:
+            if attempt.status in ("timeout", "error"):
+                self._metrics.sent("error")
+                self._metrics.failed("timeout" if attempt.status == "timeout" else "transport")
+            else:
+                self._metrics.sent(attempt.status)
+                if attempt.status != "200":
+                    self._metrics.failed(attempt.reason or attempt.status)
+            self._metrics.latency(seconds)
+        except Exception:  # metrics must never break delivery
+            log.exception("APNs metrics callback failed")
+
+    async def _invalid_token(self, token: str, registered_before: float | None) -> None:
+        try:
+            await self._on_invalid_token(token, registered_before)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("APNs: on_invalid_token failed for %s", short_token(token))

@@ -1,0 +1,165 @@
+"""XAPPLEPUSHSERVICE: iOS Mail registers for push; the proxy answers and remembers the device.
+
+The answer never depends on a transient fault: iOS treats NO/BAD as "this
+server has no push" and does not ask again for about a day.  So a failing
+upstream LIST only narrows which mailbox lines are echoed (INBOX always
+exists), and a failing store write is retried in the background after the OK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from pushproxy.config import Config
+from pushproxy.extensions.base import Extension, Reply, SessionContext, UpstreamCommandError
+from pushproxy.extensions.baseline import record_baseline
+from pushproxy.extensions.ox_metadata import enable_ox_notify
+from pushproxy.extensions.xapplepush.command import (
+    answer_lines,
+    parse_list_response,
+    parse_registration,
+)
+from pushproxy.extensions.xapplepush.payload import short_token
+from pushproxy.imap.parse import Command, ParseError
+from pushproxy.store.base import ApnsDevice, Store
+
+log = logging.getLogger("pushproxy.xapplepush")
+
+RegistrationChanged = Callable[[str, str | None], Awaitable[None]]
+
+_LIST_TIMEOUT = 15.0
+_STORE_TIMEOUT = 5.0
+_STORE_RETRIES = (1.0, 5.0, 30.0, 120.0, 600.0)
+
+
+class XApplePushExtension(Extension):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        topic: str,
+        registration_changed: RegistrationChanged,
+    ) -> None:
+        super().__init__(
+            name="xapplepush",
+            capabilities=(b"XAPPLEPUSHSERVICE",),
+            # iOS only registers after login, but the atom before login is harmless and
+            # keeps the capability list stable for clients that cache the greeting's.
+            pre_auth_capabilities=(b"XAPPLEPUSHSERVICE",),
+            commands={"XAPPLEPUSHSERVICE": self.handle},
+        )
+        self.config = config
+        self.store = store
+        self.topic = topic
+        self.registration_changed = registration_changed
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def handle(self, cmd: Command, ctx: SessionContext) -> Reply:
+        account = ctx.account
+        if account is None:
+            return Reply("BAD", "XAPPLEPUSHSERVICE is only valid after login")
+        try:
+            reg = parse_registration(cmd.args)
+        except ParseError as exc:
+            return Reply("BAD", f"Invalid XAPPLEPUSHSERVICE arguments: {exc}")
+        existing = await self._existing_mailboxes(ctx, [name for _, name in reg.mailboxes])
+        now = time.time()
+        device = ApnsDevice(
+            account=account,
+            aps_account_id=reg.account_id,
+            device_token=reg.device_token,
+            subtopic=reg.subtopic,
+            version=reg.version,
+            mailboxes=[name for _, name in reg.mailboxes if name in existing],
+            first_registered=now,
+            last_registered=now,
+        )
+        # Before the OK, so that mail arriving from now on is pushed (see extensions/baseline.py).
+        await record_baseline(ctx, self.store, account, device.mailboxes)
+        if self.config.admin.ox_secret_file is not None:  # Dovecot's ox driver pushes for this user too
+            await enable_ox_notify(ctx)
+        stored = await self._store_device(device)
+        for line in answer_lines(reg, existing, self.topic):
+            ctx.reply_untagged(line)
+        log.info(
+            "registered device %s for %s (%d mailbox(es)%s)",
+            short_token(reg.device_token),
+            account,
+            len(device.mailboxes),
+            "" if stored else ", store write pending",
+        )
+        self._spawn(self.registration_changed(account, ctx.session_id))
+        return Reply("OK", "XAPPLEPUSHSERVICE completed.")
+
+    async def _existing_mailboxes(self, ctx: SessionContext, wanted: list[str]) -> list[str]:
+        """The requested mailboxes this user can see, per an upstream LIST on the user's own connection."""
+        if wanted == ["INBOX"]:
+            return ["INBOX"]
+        try:
+            untagged, status = await ctx.upstream_command(b'LIST "" "*"', timeout=_LIST_TIMEOUT)
+        except UpstreamCommandError as exc:
+            log.warning("mailbox check failed (%s); echoing INBOX only", exc)
+            return ["INBOX"]
+        if status.status != b"OK":
+            return ["INBOX"]
+        visible = {"INBOX"}
+        for line in untagged:
+            name = parse_list_response(line)
+            if name is not None:
+                visible.add(name)
+        return [name for name in wanted if name in visible]
+
+    async def _store_device(self, device: ApnsDevice) -> bool:
+        try:
+            await asyncio.wait_for(self.store.upsert_device(device), _STORE_TIMEOUT)
+            await self._enforce_cap(device)
+            return True
+        except Exception as exc:
+            log.warning("storing a registration failed (%s); retrying in the background", type(exc).__name__)
+            self._spawn(self._retry_store(device))
+            return False
+
+    async def _enforce_cap(self, newest: ApnsDevice) -> None:
+        cap = self.config.apns.max_devices_per_account
+        devices = await self.store.devices_for_account(newest.account)
+        if len(devices) <= cap:
+            return
+        key = (newest.aps_account_id, newest.device_token)
+        others = [d for d in devices if (d.aps_account_id, d.device_token) != key]
+        others.sort(key=lambda d: d.last_registered)
+        for old in others[: len(devices) - cap]:
+            await self.store.remove_device(old.account, old.aps_account_id, old.device_token)
+            log.warning(
+                "account %s has more than %d device registrations: evicted %s (least recently renewed)",
+                newest.account,
+                cap,
+                short_token(old.device_token),
+            )
+
+    async def _retry_store(self, device: ApnsDevice) -> None:
+        for delay in _STORE_RETRIES:
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self.store.upsert_device(device), _STORE_TIMEOUT)
+                await self.registration_changed(device.account, None)
+                return
+            except Exception as exc:
+                log.warning("storing a registration failed again (%s)", type(exc).__name__)
+        log.error("gave up storing a registration for %s; the device re-registers within a day", device.account)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(_done(self._background))
+
+
+def _done(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    def callback(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    return callback
