@@ -93,6 +93,13 @@ class SessionContext(Protocol):
 Handler = Callable[[Command, SessionContext], Awaitable[Reply]]
 
 
+def require_login(ctx: SessionContext, command: str) -> str | Reply:
+    """The logged-in account, or the BAD reply of a command that is only valid after login."""
+    if ctx.account is None:
+        return Reply("BAD", f"{command} is only valid after login")
+    return ctx.account
+
+
 RegistrationChanged = Callable[[str, str | None], Awaitable[None]]
 
 

@@ -24,7 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pushproxy.accounts import normalise_account
 from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
-from pushproxy.extensions.base import Extension, Reply, SessionContext, WatchRequest, admin_command, admin_group
+from pushproxy.extensions.base import (
+    Extension,
+    Reply,
+    SessionContext,
+    WatchRequest,
+    admin_command,
+    admin_group,
+    require_login,
+)
 from pushproxy.imap.parse import Command
 
 if TYPE_CHECKING:
@@ -81,9 +89,10 @@ class EventLog(Extension):
         self.counts[event.account] = self.counts.get(event.account, 0) + 1
 
     async def xeventlog(self, cmd: Command, ctx: SessionContext) -> Reply:
-        if ctx.account is None:
-            return Reply("BAD", "XEVENTLOG is only valid after login")
-        ctx.reply_untagged(b"XEVENTLOG %d" % self.counts.get(ctx.account, 0))
+        account = require_login(ctx, "XEVENTLOG")
+        if isinstance(account, Reply):
+            return account
+        ctx.reply_untagged(b"XEVENTLOG %d" % self.counts.get(account, 0))
         return Reply("OK", "XEVENTLOG completed.")
 
     @classmethod

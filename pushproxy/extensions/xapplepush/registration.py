@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pushproxy.config import Config
-from pushproxy.extensions.base import Extension, Reply, SessionContext, UpstreamCommandError
+from pushproxy.extensions.base import Extension, Reply, SessionContext, UpstreamCommandError, require_login
 from pushproxy.extensions.baseline import record_baseline
 from pushproxy.extensions.ox_metadata import enable_ox_notify
 from pushproxy.extensions.xapplepush.command import (
@@ -58,9 +58,9 @@ class XApplePushExtension(Extension):
         self._background: set[asyncio.Task[None]] = set()
 
     async def handle(self, cmd: Command, ctx: SessionContext) -> Reply:
-        account = ctx.account
-        if account is None:
-            return Reply("BAD", "XAPPLEPUSHSERVICE is only valid after login")
+        account = require_login(ctx, "XAPPLEPUSHSERVICE")
+        if isinstance(account, Reply):
+            return account
         try:
             reg = parse_registration(cmd.args)
         except ParseError as exc:
