@@ -89,7 +89,7 @@ class ClientProtocol(protocol.Protocol):
         self.upstream: UpstreamProtocol | None = None
         self._pending_upstream: list[bytes] = []
         self.client_out = tx.Outbox(None)
-        self.upstream_out: tx.Outbox | None = None
+        self.upstream_out = tx.Outbox(None)  # its transport is set once upstream is connected
         self._timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
         self._upstream_lost = False
@@ -112,6 +112,7 @@ class ClientProtocol(protocol.Protocol):
         )  # fmt: skip
         tx.tune(self.transport)
         self.client_out.transport = self.transport
+        tx.gather_tls_reads(self.transport, self.upstream_out)  # implicit TLS
         self._arm_timer()
         if self.service.proxy_header_trusted(self.address.client_ip):
             self._phase = _Phase.PROXY_HEADER
@@ -122,9 +123,6 @@ class ClientProtocol(protocol.Protocol):
         phase = self._phase
         if phase is _Phase.SESSION:
             out = self.upstream_out
-            if out is None:
-                self.session.client_data(data)
-                return
             # What the session sends upstream for this chunk leaves in one write.
             out.gather()
             try:
@@ -254,7 +252,7 @@ class ClientProtocol(protocol.Protocol):
         for data in self._pending_upstream:
             tx.write(upstream.transport, data)
         self._pending_upstream.clear()
-        self.upstream_out = tx.Outbox(upstream.transport)
+        self.upstream_out.transport = upstream.transport
         self.session.upstream_connected()
 
     def upstream_lost(self, reason: Failure) -> None:
@@ -275,20 +273,21 @@ class ClientProtocol(protocol.Protocol):
 
     def to_upstream(self, data: bytes) -> None:
         out = self.upstream_out
-        if out is not None:
+        if out.transport is not None:
             out.write(data)
         else:
             self._pending_upstream.append(data)
 
     def start_client_tls(self) -> None:
-        self.client_out.flush()  # the OK that announces TLS goes first, in clear text
+        self.client_out.send_now()  # the OK that announces TLS goes first, in clear text
         self.transport.startTLS(self.service.server_tls)  # type: ignore[union-attr]
+        tx.gather_tls_reads(self.transport.protocol, self.upstream_out)  # type: ignore[union-attr]
 
     def start_upstream_tls(self) -> None:
         assert self.upstream is not None and self.upstream.transport is not None
-        if self.upstream_out is not None:
-            self.upstream_out.flush()
+        self.upstream_out.send_now()
         self.upstream.transport.startTLS(self.service.upstream_tls)  # type: ignore[attr-defined]
+        tx.gather_tls_reads(self.upstream.transport.protocol, self.client_out)  # type: ignore[attr-defined]
 
     def pause_client(self) -> None:
         if self.transport is not None:
@@ -301,9 +300,8 @@ class ClientProtocol(protocol.Protocol):
     def close(self) -> None:
         # A registered producer makes loseConnection wait for it: unhook first.
         up = self.upstream.transport if self.upstream is not None else None
-        self.client_out.flush()
-        if self.upstream_out is not None:
-            self.upstream_out.flush()
+        self.client_out.send_now()
+        self.upstream_out.send_now()
         if self.transport is not None:
             _unhook(self.transport)
             self.transport.loseConnection()

@@ -25,14 +25,15 @@ from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-__all__ = ["READ_SIZE", "Outbox", "tune", "write", "write_sequence"]
+__all__ = ["READ_SIZE", "Outbox", "gather_tls_reads", "tune", "write", "write_sequence"]
 
 # Bytes asked of the kernel per read.  Twisted's default is 64 KiB; bulk FETCH
 # moves fewer, larger chunks with more (measured in bench/passthrough.py).
 READ_SIZE = 1 << 18
 
 _PLAIN = (tcp.Server, tcp.Client)
-_DIRECT_CIPHERTEXT_MAX = 4096  # larger TLS writes take Twisted's batching paths
+_BATCH = 1 << 16  # gathered bytes sent as one write at most (measured best for TLS bulk)
+_DIRECT_CIPHERTEXT_MAX = 4096  # larger TLS records wait for Twisted's write on the next iteration
 _tls_write = TLSMemoryBIOProtocol.write  # the unbuffered write (no aggregator)
 
 
@@ -147,11 +148,6 @@ def _direct_ciphertext(tls: TLSMemoryBIOProtocol) -> None:
 def _write_tls(tls: TLSMemoryBIOProtocol, data: bytes) -> None:
     if "_pp_direct" not in tls.__dict__:
         _direct_ciphertext(tls)
-    if len(data) > _DIRECT_CIPHERTEXT_MAX:
-        # Bulk: Twisted's aggregator batches it into fewer, larger TLS writes
-        # (measured: encrypting each chunk at once doubles a bulk FETCH's time).
-        tls.write(data)
-        return
     aggregator = tls.__dict__.get("_aggregator")
     if aggregator is None or getattr(aggregator, "_buffer", True):
         # Not the aggregating transport we know, or it holds earlier bytes: keep the order.
@@ -161,36 +157,66 @@ def _write_tls(tls: TLSMemoryBIOProtocol, data: bytes) -> None:
 
 
 class Outbox:
-    """The writes to one transport, gathered while a received chunk is processed.
+    """The writes to one transport, gathered while received data is processed.
 
     A chunk of pipelined commands becomes one ``sendmsg`` of the untouched
-    frames instead of one write per frame.  Outside :meth:`gather` every write
-    goes out at once.
+    frames instead of one write per frame; behind TLS, the records of one
+    socket read (Dovecot writes small ones) become one TLS write instead of
+    one per record.  Gathering nests (a TLS read delivers several chunks);
+    outside it every write goes out at once.
     """
 
-    __slots__ = ("_gathering", "_parts", "transport")
+    __slots__ = ("_depth", "_parts", "_size", "transport")
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self._parts: list[bytes] = []
-        self._gathering = False
+        self._size = 0
+        self._depth = 0
 
     def gather(self) -> None:
-        self._gathering = True
+        self._depth += 1
 
     def write(self, data: bytes) -> None:
-        if self._gathering:
+        if self._depth:
             self._parts.append(data)
+            self._size += len(data)
+            if self._size >= _BATCH:
+                self.send_now()  # a bounded batch: TLS encrypts and sends while reading goes on
         else:
             write(self.transport, data)
 
     def flush(self) -> None:
-        """Send what was gathered and stop gathering."""
-        self._gathering = False
+        """End one :meth:`gather`; the outermost one sends what was gathered."""
+        if self._depth:
+            self._depth -= 1
+        if not self._depth:
+            self.send_now()
+
+    def send_now(self) -> None:
+        """Send what was gathered so far (before STARTTLS, before closing)."""
         parts = self._parts
         if parts:
             self._parts = []
+            self._size = 0
             if len(parts) == 1:
                 write(self.transport, parts[0])
             else:
                 write_sequence(self.transport, parts)
+
+
+def gather_tls_reads(tls: Any, outbox: Outbox) -> None:
+    """Gather ``outbox`` over each socket read of TLS protocol ``tls`` (all its records)."""
+    if not isinstance(tls, TLSMemoryBIOProtocol) or "_pp_gathers" in tls.__dict__:
+        return
+    tls.__dict__["_pp_gathers"] = True
+    inner = tls.dataReceived
+
+    def data_received(data: bytes) -> None:
+        outbox.gather()
+        try:
+            inner(data)
+        finally:
+            outbox.flush()
+
+    setattr(tls, "dataReceived", data_received)  # noqa: B010 (an instance attribute, on purpose)

@@ -176,3 +176,29 @@ def test_outbox_gathers_a_chunks_writes_into_one_in_order() -> None:
     box.flush()
     box.write(b"d")  # gathering ended with the flush
     assert sink.writes == [b"a", b"bc", b"d"]
+
+
+def test_outbox_gathering_nests_and_sends_bounded_batches() -> None:
+    from pushproxy.proxy.transport import Outbox
+
+    class Sink:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+    sink = Sink()
+    box = Outbox(sink)
+    box.gather()  # a TLS read ...
+    box.gather()  # ... delivering one record
+    box.write(b"a")
+    box.flush()
+    assert sink.writes == []  # the read is not over
+    box.write(b"x" * 70_000)  # over the batch bound: sent while the read goes on
+    assert sink.writes == [b"a" + b"x" * 70_000]
+    box.write(b"b")
+    box.send_now()  # before STARTTLS or closing
+    box.write(b"c")
+    box.flush()
+    assert sink.writes == [b"a" + b"x" * 70_000, b"b", b"c"]
