@@ -4,6 +4,8 @@ An extension is an add-on in the spirit of mitmproxy's addons: an object with
 named hooks that the core calls, and nothing else.  The core (session,
 watchers, dispatcher, CLI, wiring) never names a protocol.
 
+- ``schema``: its tables, a part of the store's schema with its own
+  numbered migrations (``pushproxy.store.schema``).
 - ``section`` / ``settings``: the extension's own section of the YAML (and
   its ``PUSHPROXY_<SECTION>__<KEY>`` variables), validated by its own model;
   ``configure(config)`` reads it and says whether the extension is enabled.
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from pushproxy.config_check import FileReport
     from pushproxy.events import MailEvent
     from pushproxy.store.base import Store
+    from pushproxy.store.schema import SchemaPart
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,7 @@ class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses overr
 
     section: ClassVar[str | None] = None  # its top-level YAML key, when the core does not declare it
     settings: ClassVar[type[BaseModel] | None] = None  # the model of that section
+    schema: ClassVar[SchemaPart | None] = None  # its tables: a numbered part of the store's schema
 
     def configure(self, config: Config) -> bool:
         """Read the config; False keeps the extension out of this proxy (disabled)."""

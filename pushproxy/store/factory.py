@@ -11,6 +11,7 @@ from pushproxy.config import Config, ConfigError
 from pushproxy.store.schema import StoreSchemaError
 from pushproxy.store.sql import SqlStore
 from pushproxy.store.sqlite import MEMORY, SqliteStore
+from pushproxy.store.tables import parts_of_extensions
 from pushproxy.store.vault import Vault, VaultError
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ async def open_store(config: Config) -> SqlStore:
             vault = await asyncio.to_thread(Vault.load_or_create, config.vault_key_path())
     except VaultError as exc:
         raise ConfigError(str(exc)) from exc
-    store = SqliteStore(path, vault)
+    store = SqliteStore(path, vault, parts_of_extensions())
     try:
         await store.open()
     except StoreSchemaError as exc:
@@ -120,7 +121,7 @@ async def _open_postgres(config: Config, url: str) -> SqlStore:
         vault = await asyncio.to_thread(Vault.load_or_create, config.vault_key_path())
     except VaultError as exc:
         raise ConfigError(str(exc)) from exc
-    store = PostgresStore(url, vault)
+    store = PostgresStore(url, vault, parts=parts_of_extensions())
     try:
         await store.open()
     except StoreSchemaError as exc:

@@ -1,15 +1,16 @@
-"""The schema parts: the core's, and (until they move into their add-on packages) the push protocols'.
+"""The schema parts: the core's here; each extension's in its own package (``Extension.schema``).
 
-Each part is numbered on its own (see :mod:`pushproxy.store.schema`); a
-store is opened with the parts of the extensions in use.
+Each part is numbered on its own (see :mod:`pushproxy.store.schema`).
+:data:`DEFAULT_PARTS` is the core's and the two push protocols' (their
+tables are shared by every node and read by the admin subcommands);
+:func:`parts_of_extensions` adds those of any other listed extension.
 """
 
 from __future__ import annotations
 
-from pushproxy.store.dialect import Dialect
-from pushproxy.store.records import token_aad
-from pushproxy.store.schema import SchemaPart, SqlConn
-from pushproxy.store.vault import Vault
+from pushproxy.extensions.webpush.schema import WEBPUSH
+from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
+from pushproxy.store.schema import SchemaPart
 
 CORE = SchemaPart(
     "core",
@@ -46,111 +47,17 @@ CORE = SchemaPart(
 )
 
 
-async def _encrypt_device_tokens(conn: SqlConn, dialect: Dialect, vault: Vault) -> None:
-    """Copy every registration into the new table with its token encrypted and keyed-hashed."""
-    rows = await conn.fetch("SELECT * FROM apns_devices")
-    for row in rows:
-        token = str(row["device_token"]).lower()
-        await conn.execute(
-            # The f-string only inserts the dialect's JSON placeholder, no input.
-            f"""INSERT INTO apns_devices_v2 (account, aps_account_id, token_hash, device_token, subtopic,
-                    version, mailboxes, first_registered, last_registered)
-                VALUES ($1, $2, $3, $4, $5, $6, {dialect.json_param(7)}, $8, $9)
-                ON CONFLICT DO NOTHING""",  # noqa: S608
-            row["account"],
-            row["aps_account_id"],
-            vault.keyed_hash(b"apns-token", token.encode()),
-            vault.encrypt(token.encode(), token_aad(row["account"], row["aps_account_id"])),
-            row["subtopic"],
-            row["version"],
-            row["mailboxes"],
-            row["first_registered"],
-            row["last_registered"],
-        )
-
-
-XAPPLEPUSH = SchemaPart(
-    "xapplepush",
-    (
-        # 1: device registrations, token in clear (single-version schema)
-        (
-            """CREATE TABLE apns_devices (
-                account TEXT NOT NULL,
-                aps_account_id TEXT NOT NULL,
-                device_token TEXT NOT NULL,
-                subtopic TEXT NOT NULL,
-                version INTEGER NOT NULL,
-                mailboxes {json} NOT NULL,          -- JSON list of mailbox names
-                first_registered {real} NOT NULL,
-                last_registered {real} NOT NULL,
-                PRIMARY KEY (account, aps_account_id, device_token)
-            )""",
-            "CREATE INDEX apns_devices_by_token ON apns_devices (device_token)",
-            "CREATE INDEX apns_devices_by_last_registered ON apns_devices (last_registered)",
-        ),
-        # 2: device tokens encrypted at rest; a keyed hash (vault key) keeps them unique and searchable
-        (
-            """CREATE TABLE apns_devices_v2 (
-                account TEXT NOT NULL,
-                aps_account_id TEXT NOT NULL,
-                token_hash {blob} NOT NULL,         -- HMAC of the token under a key derived from the vault key
-                device_token {blob} NOT NULL,       -- vault-encrypted, aad names account and aps_account_id
-                subtopic TEXT NOT NULL,
-                version INTEGER NOT NULL,
-                mailboxes {json} NOT NULL,
-                first_registered {real} NOT NULL,
-                last_registered {real} NOT NULL,
-                PRIMARY KEY (account, aps_account_id, token_hash)
-            )""",
-            _encrypt_device_tokens,
-            "DROP TABLE apns_devices",
-            "ALTER TABLE apns_devices_v2 RENAME TO apns_devices",
-            "CREATE INDEX apns_devices_by_token_hash ON apns_devices (token_hash)",
-            "CREATE INDEX apns_devices_by_last_registered ON apns_devices (last_registered)",
-        ),
-    ),
-    legacy_version=1,
-)
-
-WEBPUSH = SchemaPart(
-    "webpush",
-    (
-        # 1: subscriptions and VAPID key metadata (single-version schema)
-        (
-            """CREATE TABLE webpush_subscriptions (
-                account TEXT NOT NULL,
-                sub_id TEXT NOT NULL,
-                endpoint {blob} NOT NULL,           -- vault-encrypted
-                p256dh TEXT NOT NULL,
-                auth {blob} NOT NULL,               -- vault-encrypted
-                vapid_key_id TEXT NOT NULL,
-                active {bool} NOT NULL,
-                ack_token_hash {blob},
-                ack_expires {real},
-                silenced_until {real},
-                silenced_session TEXT,
-                want_changes {bool} NOT NULL,
-                created {real} NOT NULL,
-                updated {real} NOT NULL,
-                last_success {real},
-                failures INTEGER NOT NULL,
-                PRIMARY KEY (account, sub_id)
-            )""",
-            "CREATE INDEX webpush_by_ack ON webpush_subscriptions (account, ack_token_hash)",
-            "CREATE INDEX webpush_by_session ON webpush_subscriptions (silenced_session)",
-            "CREATE INDEX webpush_by_ack_expires ON webpush_subscriptions (active, ack_expires)",
-            """CREATE TABLE vapid_keys (
-                key_id TEXT PRIMARY KEY,
-                public_key TEXT NOT NULL,
-                private_key_path TEXT NOT NULL,
-                created {real} NOT NULL,
-                current {bool} NOT NULL
-            )""",
-            # At most one current key, enforced by the database.
-            "CREATE UNIQUE INDEX vapid_keys_one_current ON vapid_keys (current) WHERE current = {true}",
-        ),
-    ),
-    legacy_version=1,
-)
+__all__ = ["CORE", "DEFAULT_PARTS", "WEBPUSH", "XAPPLEPUSH", "parts_of_extensions"]
 
 DEFAULT_PARTS: tuple[SchemaPart, ...] = (CORE, XAPPLEPUSH, WEBPUSH)
+
+
+def parts_of_extensions() -> tuple[SchemaPart, ...]:
+    """:data:`DEFAULT_PARTS` and the schema part of every other extension in the list."""
+    from pushproxy.extensions import extension_classes
+
+    parts = list(DEFAULT_PARTS)
+    for extension in extension_classes():
+        if extension.schema is not None and extension.schema not in parts:
+            parts.append(extension.schema)
+    return tuple(parts)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pushproxy import metrics
 from pushproxy.events import MailEvent
 from pushproxy.extensions.base import Extension, SessionContext, WatchRequest, admin_command, admin_group
+from pushproxy.extensions.webpush.schema import WEBPUSH
 
 if TYPE_CHECKING:
     from pushproxy.config import Config
@@ -33,6 +34,8 @@ class PrometheusWebPushMetrics:
 
 
 class WebPush(Extension):
+    schema = WEBPUSH
+
     def __init__(self) -> None:
         # After login only: the commands are invalid before it.
         super().__init__(name="webpush", capabilities=(b"WEBPUSH",))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pushproxy import metrics
 from pushproxy.events import MailEvent, NewMail
 from pushproxy.extensions.base import Extension, WatchRequest, admin_command, admin_group
+from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
 
 if TYPE_CHECKING:
     from pushproxy.config import Config
@@ -36,6 +37,8 @@ def _devices_watch(devices: list[ApnsDevice]) -> WatchRequest:
 
 
 class XApplePush(Extension):
+    schema = XAPPLEPUSH
+
     def __init__(self) -> None:
         super().__init__(
             name="xapplepush",

@@ -1,0 +1,62 @@
+"""The extension API: the list, extension-owned config sections and schema parts, merged watch requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pushproxy import extensions
+from pushproxy.config import Config, ConfigError, load_config
+from pushproxy.extensions.base import Extension, WatchRequest
+from pushproxy.extensions.eventlog import EventLog, EventLogSettings
+from pushproxy.extensions.host import merge_requests
+from pushproxy.store import tables
+from pushproxy.store.schema import SchemaPart
+from pushproxy.watch.detection import WatchSpec
+
+
+def test_the_list_names_every_extension_and_the_config_enables_them() -> None:
+    names = [cls().name for cls in extensions.extension_classes()]
+    assert names == ["xapplepush", "webpush", "eventlog"]
+    assert extensions.load_extensions(Config()) == []  # a plain transparent proxy
+    enabled = extensions.load_extensions(Config(webpush={"enabled": True}))
+    assert [ext.name for ext in enabled] == ["webpush"]
+
+
+def test_an_extension_section_is_validated_by_its_own_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = Config(eventlog={"path": str(tmp_path / "e.jsonl"), "accounts": ["Alice"]})
+    section = config.section("eventlog")
+    assert isinstance(section, EventLogSettings) and section.path == tmp_path / "e.jsonl"
+    assert [ext.name for ext in extensions.load_extensions(config)] == ["eventlog"]
+    monkeypatch.setenv("PUSHPROXY_EVENTLOG__MAILBOXES", '["INBOX", "Junk"]')
+    section = load_config(None).section("eventlog")
+    assert isinstance(section, EventLogSettings) and section.mailboxes == ["INBOX", "Junk"]
+    monkeypatch.setenv("PUSHPROXY_EVENTLOG__COLOUR", "red")
+    with pytest.raises(ConfigError, match=r"eventlog\.colour: unknown key"):
+        load_config(None)
+
+
+async def test_eventlog_watches_only_its_accounts() -> None:
+    ext = EventLog()
+    assert ext.configure(Config(eventlog={"path": "/nonexistent/e", "accounts": ["alice"]}))
+    assert await ext.watched_mailboxes("alice") == WatchRequest(("INBOX",))
+    assert await ext.watched_mailboxes("bob") is None
+
+
+def test_watch_requests_merge_into_one_spec() -> None:
+    assert merge_requests([]) is None
+    spec = merge_requests([WatchRequest(("Notes", "inbox")), WatchRequest(("INBOX", "Junk"), ("INBOX", "Junk"))])
+    assert spec == WatchSpec(("INBOX", "Junk", "Notes"), frozenset({"INBOX", "Junk"}))
+
+
+def test_an_extension_brings_its_schema_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [p.name for p in tables.parts_of_extensions()] == ["core", "xapplepush", "webpush"]
+    part = SchemaPart("recorder", (("CREATE TABLE recorded (account TEXT NOT NULL)",),))
+
+    class WithTables(Extension):
+        schema = part
+
+    listed = extensions.extension_classes()
+    monkeypatch.setattr(extensions, "extension_classes", lambda: [*listed, WithTables])
+    assert tables.parts_of_extensions() == (*tables.DEFAULT_PARTS, part)
