@@ -51,13 +51,16 @@ log = logging.getLogger(__name__)
 _STOP_TIMEOUT = 10.0  # per watcher at close(): LOGOUT, then cancel
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Captured:
     """Credentials of a live client session (kept only while the session lasts)."""
 
     account: str
     login: str
     secret: str
+    # The supervisor's forget count when the provider last took these (-1: never): at the
+    # session's close they are handed over again only if they may be missing from it.
+    taken_at: int = -1
 
     def __repr__(self) -> str:
         return f"_Captured(account={self.account!r}, login={self.login!r})"
@@ -110,6 +113,7 @@ class Supervisor:
         self._sessions: dict[str, _Captured] = {}
         self._locks: dict[str, _AccountLock] = {}
         self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        self._forgets = 0  # how often an account's credentials were forgotten (see _Captured.taken_at)
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -160,18 +164,34 @@ class Supervisor:
     async def logged_in(self, account: str, login: str, secret: str, session_id: str) -> None:
         account = normalise_account(account)
         # Kept before any await: a registration in this session may follow at once.
-        self._sessions[session_id] = _Captured(account, login, secret)
+        captured = self._sessions[session_id] = _Captured(account, login, secret)
         if self._closed:
             return
         async with self._lock(account):
-            spec = await self._spec(account)
-            if spec is None:
-                return  # no registrations: nothing is stored for this account
-            changed = await self._credentials.remember(account, login, secret)
-            await self._ensure(account, spec, changed)
+            await self._hand_over(captured)
 
     async def session_closed(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+        """The session ended: its captured credentials go, after the provider took them if needed.
+
+        The push extensions report a registration from a task of their own, so a
+        client that registers and logs out at once may have its session closed
+        before (or while) that registration is followed.  The close therefore
+        waits its turn behind the account's pending login / registration
+        handling (the lock is first come, first served) and, if the account now
+        has registrations the credentials were not yet given for, gives them
+        itself, like a login does -- the provider keeps them by its own rules
+        (``memory``: in memory only).  Without registrations nothing is kept.
+        """
+        captured = self._sessions.get(session_id)
+        if captured is None:
+            return
+        try:
+            if not self._closed:
+                async with self._lock(captured.account):
+                    if captured.taken_at != self._forgets:
+                        await self._hand_over(captured)
+        finally:
+            self._sessions.pop(session_id, None)
 
     async def registration_changed(self, account: str, session_id: str | None = None) -> None:
         """A registration of ``account`` was added, changed or removed: follow it."""
@@ -182,6 +202,7 @@ class Supervisor:
             spec = await self._spec(account)
             if spec is None:
                 await self._remove(account)
+                self._forgets += 1
                 await self._credentials.forget(account)
                 # A later registration starts afresh instead of pushing what arrived meanwhile.
                 await self._store.delete_mailbox_states(account)
@@ -191,6 +212,7 @@ class Supervisor:
             changed = False
             if captured is not None:
                 changed = await self._credentials.remember(account, captured.login, captured.secret)
+                captured.taken_at = self._forgets
             elif self._credentials.needs_user_login and await self._credentials.status(account) == "missing":
                 log.info(
                     "watcher %s: no credentials captured (login was not LOGIN / AUTHENTICATE PLAIN); "
@@ -232,6 +254,15 @@ class Supervisor:
             if captured.account == account:
                 return captured
         return None
+
+    async def _hand_over(self, captured: _Captured) -> None:
+        """Give a session's credentials to the provider if its account has registrations (under its lock)."""
+        spec = await self._spec(captured.account)
+        if spec is None:
+            return  # no registrations: nothing is stored for this account
+        changed = await self._credentials.remember(captured.account, captured.login, captured.secret)
+        captured.taken_at = self._forgets
+        await self._ensure(captured.account, spec, changed)
 
     async def _spec(self, account: str) -> WatchSpec | None:
         return await self._watching.spec(account)
