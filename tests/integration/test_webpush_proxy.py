@@ -588,3 +588,31 @@ def test_mail_into_a_non_ascii_mailbox_is_pushed_with_its_modified_utf7_name(
     assert push.plaintext.startswith(b'* SELECT "Entw&APw-rfe"\r\n* ')
     assert b'"umlaut box"' in push.plaintext
     client.close()
+
+
+@pytest.mark.parametrize("credentials", ["vault", "memory"])
+def test_ack_and_log_out_at_once_still_gets_pushes(
+    dovecot: Dovecot, proxy_factory: ProxyFactory, standin, credentials: str
+) -> None:
+    """ACKWEBPUSH with LOGOUT pipelined right behind it: the session's login must still start the watcher."""
+    proxy = proxy_factory(
+        dovecot,
+        webpush={"enabled": True, "allow_private_endpoints": True, "subject": "mailto:ops@example.org"},
+        watch={**WATCH, "credentials": credentials},
+    )
+    client = RawImap(proxy.port)
+    client.login()
+    ss = standin.new_subscription()
+    client.ok(webpush_cmd("sub-1", ss))
+    token = ack_token(wait_pushes(standin, ss, 1)[0])
+    client.sock.sendall(f"a1 ACKWEBPUSH {token}\r\na2 LOGOUT\r\n".encode())
+    answers = b""
+    while b"\r\na2 OK" not in answers:
+        answers += client._line()
+    assert b"a1 OK" in answers
+    client.sock.close()
+    dovecot.deliver("alice", make_message("right after the logout"))
+    assert wait_pushes(standin, ss, 2)[1].problems == []
+    log_text = proxy.log_text()
+    assert "no credentials captured" not in log_text
+    assert "alicepw" not in log_text

@@ -317,3 +317,26 @@ def test_serve_refuses_expired_certificate_and_untrusted_topic(dovecot: Dovecot,
             proxy.start()
         assert needle in proxy.log_text()
         proxy.log_file.write_text("")  # the refusal is the expected outcome, not an unhandled error
+
+
+@pytest.mark.parametrize("credentials", ["vault", "memory"])
+def test_register_and_log_out_at_once_still_gets_pushes(
+    dovecot: Dovecot, proxy_factory, apns: ApnsStandin, certs: ApnsTestCerts, credentials: str
+) -> None:
+    """The session closes right behind the registration (LOGOUT pipelined): its login must still start the watcher."""
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns), watch={"credentials": credentials})
+    c = RawClient(proxy.port)
+    c.command(b"a1", b"LOGIN alice alicepw")
+    cmd = (
+        b'a2 XAPPLEPUSHSERVICE "aps-version" "2" "aps-account-id" "' + ACCOUNT_ID.encode() + b'" '
+        b'"aps-device-token" "' + TOKEN_A.encode() + b'" "aps-subtopic" "com.apple.mobilemail" "mailboxes" ("INBOX")'
+    )
+    c.sock.sendall(cmd + b"\r\na3 LOGOUT\r\n")
+    assert b"a2 OK" in c._tagged(b"a2")
+    assert b"a3 OK" in c._tagged(b"a3")
+    c.close()
+    dovecot.deliver("alice", make_message("right after the logout"))
+    apns.wait_for(1, timeout=15, token=TOKEN_A)
+    log_text = proxy.log_text()
+    assert "no credentials captured" not in log_text
+    assert "alicepw" not in log_text
