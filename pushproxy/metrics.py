@@ -121,7 +121,7 @@ PUSH_SERVICES = ("apns", "webpush")
 WATCHER_STATES = ("connecting", "idle", "polling", "backoff", "auth_failed", "stopped")
 WEBPUSH_SUBSCRIPTION_STATES = ("inactive", "active", "silenced")
 WEBPUSH_VERIFICATION_RESULTS = ("sent", "acknowledged", "expired", "rate_limited")
-WEBPUSH_PAYLOAD_LEVELS = ("envelope", "flags", "sync")
+WEBPUSH_PAYLOAD_LEVELS = ("envelope", "sync")
 
 # Dispatch latency includes the debounce (1 s by default), hence the long tail.
 _DISPATCH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)

@@ -5,7 +5,8 @@ CRLF-terminated, UID-based IMAP responses grouped by mailbox, at most 3993
 bytes (RFC 8291: one 4096-byte record).  New mail carries, in order of
 preference while the push fits (draft -01): FLAGS, ENVELOPE and the message
 itself (``BINARY[]``, or ``BODY[]`` from an upstream without BINARY); else
-FLAGS and ENVELOPE; else FLAGS; else ``* SYNC`` for the mailbox.  Changes
+FLAGS and ENVELOPE; else ``* SYNC`` for the mailbox (issue 13: the draft has
+no FLAGS-only form; a SYNC makes the client look).  Changes
 (expunges, flag changes) may take several pushes (:func:`change_payloads`),
 bounded; a response is never split across pushes.
 
@@ -31,7 +32,7 @@ from pushproxy.imap.utf7 import encode_mailbox
 
 MAX_PLAINTEXT = 3993  # RFC 8291 section 4: 4096 - 86 (header) - 16 (tag) - 1 (delimiter)
 
-PayloadLevel = Literal["full", "envelope", "flags", "sync"]
+PayloadLevel = Literal["full", "envelope", "sync"]
 # A burst of changes in one mailbox takes at most this many pushes; beyond, one SYNC push.
 MAX_CHANGE_PUSHES = 8
 
@@ -121,19 +122,17 @@ def new_mail_payload(mailbox: str, messages: Sequence[MessageInfo], limit: int =
     """New messages, the richest form that fits ``limit`` (one level for the whole push).
 
     ``full``: FLAGS, ENVELOPE and the message (where known); ``envelope``:
-    FLAGS and ENVELOPE; ``flags``: FLAGS only; else ``sync``.  A level that
-    would drop nothing (no bodies, no envelopes known) is not tried.
+    FLAGS and ENVELOPE (tried only when a message was known); else ``sync``.
+    Messages known by UID and flags only (no envelope) go as FLAGS.
     """
     if not messages:
         return _sync_or_raise(mailbox, limit)
     head = select_line(mailbox)
-    forms: list[tuple[PayloadLevel, bool, bool]] = [("full", True, True)]
+    forms: list[tuple[PayloadLevel, bool]] = [("full", True)]
     if any(m.body is not None for m in messages):
-        forms.append(("envelope", True, False))
-    if any(m.envelope is not None for m in messages):
-        forms.append(("flags", False, False))
-    for level, with_envelope, with_body in forms:
-        data = _fits([head, *(_message_items(m, with_envelope, with_body) for m in messages)], limit)
+        forms.append(("envelope", False))
+    for level, with_body in forms:
+        data = _fits([head, *(_message_items(m, True, with_body) for m in messages)], limit)
         if data is not None:
             return PayloadResult(data, level)
     return _sync_or_raise(mailbox, limit)

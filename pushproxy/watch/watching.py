@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Literal
 
+from pushproxy.events import NewMail
 from pushproxy.imap.commands import mailbox_arg
 from pushproxy.imap.data import (
     MalformedResponse,
@@ -29,7 +31,7 @@ from pushproxy.imap.data import (
 from pushproxy.imap.fetch import parse_fetch
 from pushproxy.watch.idlers import ExtraIdler
 from pushproxy.watch.pacing import PollSchedule
-from pushproxy.watch.tracker import MailboxTracker
+from pushproxy.watch.tracker import MailboxTracker, Outcome
 from pushproxy.watch.upstream import CommandFailed, LoginCredentials, WatcherProtocol
 
 if TYPE_CHECKING:
@@ -39,8 +41,13 @@ __all__ = ["NEW_MAIL_ITEMS", "Detector"]
 
 log = logging.getLogger("pushproxy.watch.watcher")
 
-# What is fetched for new mail (extend here, e.g. with BINARY.PEEK[] for small messages).
+# What is fetched for new mail; the message itself is fetched after, for few small ones.
 NEW_MAIL_ITEMS = b"UID FLAGS ENVELOPE"
+# WebPush sends a new message whole when the push fits 3,993 bytes of plaintext (draft
+# -01): fetch at most this much of at most this many messages (partial fetch: a longer
+# message comes back cut at the limit and is left out).
+BODY_FETCH_LIMIT = 3993
+BODY_FETCH_MAX_MESSAGES = 4
 _MIN_INTERVAL = 0.2  # seconds; a smaller watch.poll_interval / idle_refresh would spin
 _LOGOUT_TIMEOUT = 5.0
 
@@ -336,5 +343,38 @@ class Detector:
             log.info("watcher %s: UID FETCH in %s refused: %s", self.account, box, result.status.text)
             return False
         outcome = self.t.on_fetch(box, result.untagged, trigger, uidnext_hint)
+        if self.w.config.webpush.enabled:
+            await self._attach_bodies(outcome)
         await self.w.apply(outcome)
         return bool(outcome.events)
+
+    async def _attach_bodies(self, outcome: Outcome) -> None:
+        """The message itself for a few small new messages (``BINARY.PEEK[]``, else ``BODY.PEEK[]``)."""
+        item = "BINARY" if "BINARY" in self.conn.capabilities else "BODY"
+        section: Literal["BINARY[]", "BODY[]"] = "BINARY[]" if item == "BINARY" else "BODY[]"
+        for i, event in enumerate(outcome.events):
+            if not isinstance(event, NewMail) or not 0 < len(event.messages) <= BODY_FETCH_MAX_MESSAGES:
+                continue
+            uids = b",".join(b"%d" % m.uid for m in event.messages)
+            result = await self.conn.command(
+                b"UID FETCH %s (UID %s.PEEK[]<0.%d>)" % (uids, item.encode(), BODY_FETCH_LIMIT + 1)
+            )
+            bodies: dict[int, bytes] = {}
+            for resp in result.untagged:
+                fetched = None
+                if resp.kind == "FETCH":
+                    with contextlib.suppress(MalformedResponse):
+                        fetched = parse_fetch(resp.raw)
+                if fetched is None or section not in fetched.sections:
+                    self.t.note(resp)  # e.g. a flag change reported meanwhile
+                    continue
+                data = fetched.sections[section]
+                if fetched.uid is not None and data is not None and len(data) <= BODY_FETCH_LIMIT:
+                    bodies[fetched.uid] = data
+            if not result.ok:  # e.g. [UNKNOWN-CTE]: the push carries the envelope only
+                log.debug("watcher %s: %s fetch refused: %s", self.account, section, result.status.text)
+            if bodies:
+                messages = tuple(
+                    replace(m, body=bodies[m.uid], body_item=section) if m.uid in bodies else m for m in event.messages
+                )
+                outcome.events[i] = replace(event, messages=messages)

@@ -271,18 +271,14 @@ def test_huge_subject_falls_back_within_the_limit(dovecot: Dovecot, proxy_factor
     client.login()
     ss = subscribe_and_ack(client, standin, "s1")
     wait_watching(proxy)
-    before = proxy.metric("pushproxy_webpush_payload_fallbacks_total", {"level": "flags"})
+    # Changed with issue 13: an oversized envelope gives the SYNC form (was FLAGS only).
+    before = proxy.metric("pushproxy_webpush_payload_fallbacks_total", {"level": "sync"})
     subject = "huge " + "x" * 6000
     dovecot.deliver("alice", make_message(subject))
     push = wait_pushes(standin, ss, 2)[1]
     assert push.problems == []
-    assert push.plaintext is not None and len(push.plaintext) <= 3993
-    uid = uid_of(dovecot, "huge")
-    # Envelopes dropped, flags kept (Dovecot may report \Recent to the watcher's session).
-    assert re.fullmatch(rb'\* SELECT "INBOX"\r\n\* %d UIDFETCH \(FLAGS \([^()]*\)\)\r\n' % uid, push.plaintext), (
-        push.plaintext
-    )
-    assert proxy.metric("pushproxy_webpush_payload_fallbacks_total", {"level": "flags"}) == before + 1
+    assert push.plaintext == b'* SELECT "INBOX"\r\n* SYNC\r\n'
+    assert proxy.metric("pushproxy_webpush_payload_fallbacks_total", {"level": "sync"}) == before + 1
     client.close()
 
 
@@ -616,3 +612,58 @@ def test_ack_and_log_out_at_once_still_gets_pushes(
     log_text = proxy.log_text()
     assert "no credentials captured" not in log_text
     assert "alicepw" not in log_text
+
+
+# --- the message itself when it fits (issue 13) ----------------------------------------------------------
+
+
+def binary_of(dovecot: Dovecot, uid: int) -> bytes:
+    m = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=10)
+    try:
+        m.login("alice", "alicepw")
+        m.select("INBOX", readonly=True)
+        typ, data = m.uid("FETCH", str(uid), "(BINARY.PEEK[])")
+        assert typ == "OK", data
+        parts = [d for d in data if isinstance(d, tuple)]
+        assert len(parts) == 1, data
+        return parts[0][1]
+    finally:
+        m.logout()
+
+
+def test_short_mail_is_pushed_whole_long_mail_as_envelope(
+    dovecot: Dovecot, proxy_factory: ProxyFactory, standin
+) -> None:
+    proxy = start_proxy(proxy_factory, dovecot)
+    client = RawImap(proxy.port)
+    client.login()
+    ss = subscribe_and_ack(client, standin, "phone")
+    wait_watching(proxy)
+
+    dovecot.deliver("alice", make_message("short one", body="See you at 5.\r\nFred"))
+    push = wait_pushes(standin, ss, 2)[1]
+    assert push.problems == [] and push.plaintext is not None and len(push.plaintext) <= 3993
+    uid = uid_of(dovecot, "short one")
+    whole = binary_of(dovecot, uid)
+    m = re.fullmatch(
+        rb'\* SELECT "INBOX"\r\n\* %d UIDFETCH \(FLAGS \([^)]*\) ENVELOPE \(.*\) BINARY\[\] \{(\d+)\}\r\n(.*)\)\r\n'
+        % uid,
+        push.plaintext,
+        re.DOTALL,
+    )
+    assert m is not None, push.plaintext[:300]
+    assert int(m.group(1)) == len(m.group(2)) and m.group(2) == whole  # byte-identical to BINARY[] upstream
+    # Not marked \Seen by the proxy's fetch (BINARY.PEEK).
+    assert "\\Seen" not in upstream_flags(dovecot)[uid]
+
+    dovecot.deliver("alice", make_message("long one", body="y" * 6000))
+    push = wait_pushes(standin, ss, 3)[2]
+    assert push.problems == [] and push.plaintext is not None and len(push.plaintext) <= 3993
+    uid = uid_of(dovecot, "long one")
+    assert re.fullmatch(
+        rb'\* SELECT "INBOX"\r\n\* %d UIDFETCH \(FLAGS \([^)]*\) ENVELOPE \(.*"long one".*\)\)\r\n' % uid,
+        push.plaintext,
+        re.DOTALL,
+    ), push.plaintext[:300]
+    assert b"BINARY" not in push.plaintext and b"yyyy" not in push.plaintext
+    client.close()

@@ -224,14 +224,12 @@ def test_new_mail_inserts_upstream_envelope_verbatim_and_omits_missing_ones() ->
     assert result.data.endswith(b"* 2 UIDFETCH (FLAGS (\\Seen))\r\n")
 
 
-def test_new_mail_falls_back_to_flags_then_sync() -> None:
+def test_new_mail_falls_back_to_sync_when_envelopes_do_not_fit() -> None:
+    # Changed with issue 13: envelopes that do not fit used to give a FLAGS-only push;
+    # the draft knows the message, else UID + ENVELOPE, else SYNC.
     big_env = envelope_from_fields(None, "x" * 1500, None, None)
     msgs = [MessageInfo(uid=i, envelope=big_env) for i in (1, 2, 3)]
-    flags_only = new_mail_payload("INBOX", msgs)
-    assert flags_only.level == "flags"
-    assert flags_only.data == (
-        b'* SELECT "INBOX"\r\n* 1 UIDFETCH (FLAGS ())\r\n* 2 UIDFETCH (FLAGS ())\r\n* 3 UIDFETCH (FLAGS ())\r\n'
-    )
+    assert new_mail_payload("INBOX", msgs).data == b'* SELECT "INBOX"\r\n* SYNC\r\n'
     many = [MessageInfo(uid=i, flags=("\\Flagged",)) for i in range(1, 400)]
     sync = new_mail_payload("INBOX", many)
     assert sync.level == "sync"
@@ -258,9 +256,9 @@ def test_new_mail_never_exceeds_the_limit_and_never_splits_a_response(name, msgs
     assert decode_mailbox(responses[0][1].decode("ascii")) == name
     if result.level == "sync":
         assert responses[1:] == [[atom(b"SYNC")]]
-        # SYNC only when the flags-only form really does not fit
-        flags_form = new_mail_payload(name, [MessageInfo(m.uid, m.flags) for m in msgs], limit=10**6)
-        assert len(flags_form.data) > limit
+        # SYNC only when the FLAGS + ENVELOPE form really does not fit
+        envelope_form = new_mail_payload(name, msgs, limit=10**6)
+        assert len(envelope_form.data) > limit
         return
     fetches = responses[1:]
     assert [int(r[0][1]) for r in fetches] == [m.uid for m in msgs]  # every message, in order
@@ -269,14 +267,11 @@ def test_new_mail_never_exceeds_the_limit_and_never_splits_a_response(name, msgs
         items = resp[2]
         assert items[0] == atom(b"FLAGS")
         assert [f[1].decode() for f in items[1]] == list(msg.flags)
-        if result.level == "full" and msg.envelope is not None:
+        if msg.envelope is not None:
             assert items[2] == atom(b"ENVELOPE")
             assert len(items[3]) == 10
         else:
             assert len(items) == 2
-    if result.level == "flags":
-        full_form = new_mail_payload(name, msgs, limit=10**6)
-        assert len(full_form.data) > limit
 
 
 # --- expunges and flag changes -------------------------------------------------------------------
@@ -376,13 +371,13 @@ def test_short_message_goes_whole_as_binary() -> None:
     assert old.data.endswith(b"* 7 UIDFETCH (FLAGS () BODY[] {3}\r\nabc)\r\n")
 
 
-def test_long_message_falls_back_to_envelope_then_flags_then_sync() -> None:
+def test_long_message_falls_back_to_envelope_then_sync() -> None:
     env = envelope_from_fields(None, "hi", "a@b", None)
     long = new_mail_payload("INBOX", [MessageInfo(uid=7, envelope=env, body=b"x" * 4000)])
     assert long.level == "envelope" and b"BINARY" not in long.data and b"ENVELOPE" in long.data
     huge_env = envelope_from_fields(None, "x" * 5000, None, None)
-    flags = new_mail_payload("INBOX", [MessageInfo(uid=7, envelope=huge_env, body=b"x" * 4000)])
-    assert flags.level == "flags" and flags.data == b'* SELECT "INBOX"\r\n* 7 UIDFETCH (FLAGS ())\r\n'
+    sync = new_mail_payload("INBOX", [MessageInfo(uid=7, envelope=huge_env, body=b"x" * 4000)])
+    assert sync.level == "sync" and sync.data == b'* SELECT "INBOX"\r\n* SYNC\r\n'
 
 
 def test_change_payloads_split_without_splitting_a_response() -> None:

@@ -193,13 +193,14 @@ async def test_a_burst_too_big_for_the_bound_is_one_sync(env: WebPushEnv) -> Non
 
 async def test_huge_envelope_falls_back_within_the_limit(env: WebPushEnv) -> None:
     ss, n = await active(env, "s")
-    before = metric_value("pushproxy_webpush_payload_fallbacks_total", {"level": "flags"})
+    # Changed with issue 13: an envelope that does not fit gives SYNC (was FLAGS only).
+    before = metric_value("pushproxy_webpush_payload_fallbacks_total", {"level": "sync"})
     huge = envelope_from_fields(None, "x" * 5000, None, None)
     await env.delivery.deliver(new_mail(12, envelope=huge))
     push = env.standin.records_for(ss)[n]
-    assert push.plaintext == b'* SELECT "INBOX"\r\n* 12 UIDFETCH (FLAGS ())\r\n'
+    assert push.plaintext == b'* SELECT "INBOX"\r\n* SYNC\r\n'
     assert len(push.plaintext) <= MAX_PLAINTEXT
-    assert metric_value("pushproxy_webpush_payload_fallbacks_total", {"level": "flags"}) == before + 1
+    assert metric_value("pushproxy_webpush_payload_fallbacks_total", {"level": "sync"}) == before + 1
 
 
 async def test_413_resends_as_sync(env: WebPushEnv) -> None:
