@@ -222,14 +222,18 @@ def test_getvapid_subscribe_ack_and_new_mail_push(dovecot: Dovecot, proxy_factor
     assert push.problems == []
     uid = uid_of(dovecot, "afternoon meeting")
     assert push.plaintext is not None
-    lines = push.plaintext.split(b"\r\n")
-    assert lines[0] == b'* SELECT "INBOX"'
-    m = re.match(rb"\* (\d+) UIDFETCH \(FLAGS \(([^)]*)\) ENVELOPE \((.*)\)\)$", lines[1])
+    # Changed with issue 13: a short message now comes whole (BINARY[]) after the envelope.
+    m = re.fullmatch(
+        rb'\* SELECT "INBOX"\r\n\* (\d+) UIDFETCH \(FLAGS \(([^)]*)\) ENVELOPE \((.*)\) '
+        rb"BINARY\[\] \{(\d+)\}\r\n(.*)\)\r\n",
+        push.plaintext,
+        re.DOTALL,
+    )
     assert m is not None, push.plaintext
     assert int(m.group(1)) == uid
     assert b'"afternoon meeting"' in m.group(3)
     assert b'(("Fred Foobar" NIL "foobar" "blurdybloop.example"))' in m.group(3)
-    assert lines[2:] == [b""]
+    assert int(m.group(4)) == len(m.group(5)) and m.group(5).endswith(b"\r\n\r\nhello\r\n")
     assert push.headers["Urgency"] == "high"
     assert push.headers["TTL"] == "86400"
     assert proxy.metric("pushproxy_pushes_total", {"service": "webpush", "status": "201"}) >= 2
