@@ -31,9 +31,10 @@ import http_ece  # noqa: E402
 
 from pushproxy.config import WebPushConfig  # noqa: E402
 from pushproxy.events import MessageInfo  # noqa: E402
-from pushproxy.push import webpush as webpush_mod  # noqa: E402
-from pushproxy.push.payload import envelope_from_fields, new_mail_payload  # noqa: E402
-from pushproxy.push.vapid import VapidKeyPair, VapidKeyring  # noqa: E402
+from pushproxy.extensions.webpush import sender as webpush_mod  # noqa: E402
+from pushproxy.extensions.webpush.payload import new_mail_payload  # noqa: E402
+from pushproxy.extensions.webpush.vapid import VapidKeyPair, VapidKeyring  # noqa: E402
+from pushproxy.imap.envelope import envelope_from_fields  # noqa: E402
 from pushproxy.store.base import Store, VapidKey, WebPushSubscription  # noqa: E402
 
 

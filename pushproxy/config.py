@@ -35,9 +35,10 @@ from pydantic_settings import (
 
 # Re-exported: sections and extensions build on these.
 from pushproxy.config_types import Duration, _check_hostport, _Section, parse_duration, parse_hostport
+from pushproxy.extensions.webpush.settings import WebPushConfig
 from pushproxy.extensions.xapplepush.settings import ApnsConfig
 
-__all__ = ["ApnsConfig", "Config", "ConfigError", "Duration", "parse_duration", "parse_hostport"]
+__all__ = ["ApnsConfig", "Config", "ConfigError", "Duration", "WebPushConfig", "parse_duration", "parse_hostport"]
 
 
 class ListenConfig(_Section):
@@ -137,32 +138,6 @@ class WatchConfig(_Section):
     backoff_min: Duration = 1.0
     backoff_max: Duration = 300.0
     command_timeout: Duration = 30.0
-
-
-class WebPushConfig(_Section):
-    enabled: bool = False
-    vapid_private_key_file: Path | None = None  # default: <state dir>/vapid.pem, generated 0600
-    subject: str = "mailto:postmaster@localhost"
-    allow_private_endpoints: bool = False  # test hook: accept loopback/private push endpoints
-    max_subscriptions_per_account: int = Field(16, ge=1)
-    ttl: int = Field(86400, ge=0)
-    # The verification push's TTL; None: as long as the subscription waits for its ACK
-    # (ack_expiry), so a push distributor that is offline for a while can still deliver it.
-    ack_ttl: int | None = Field(None, ge=0)
-    ack_expiry: Duration = Field(86400.0, gt=0)  # unacknowledged subscriptions are deleted after this
-    # Verification pushes go to URLs nobody has proved to control yet: bounded (NO [LIMIT] beyond).
-    verification_per_endpoint_per_hour: int = Field(5, ge=1)
-    verification_per_account_per_hour: int = Field(20, ge=1)
-    timeout: Duration = 10.0
-    retry_budget: int = Field(5, ge=0)
-    mailboxes: list[str] = Field(default_factory=lambda: ["INBOX"])
-
-    @field_validator("subject")
-    @classmethod
-    def _subject(cls, v: str) -> str:
-        if not (v.startswith("mailto:") or v.startswith("https://")):
-            raise ValueError("webpush.subject must be a mailto: or https: URI (RFC 8292)")
-        return v
 
 
 class AdminConfig(_Section):

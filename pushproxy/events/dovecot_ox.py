@@ -53,7 +53,7 @@ from aiohttp import web
 from pushproxy.accounts import canonical_mailbox, normalise_account
 from pushproxy.admin import AdminServer
 from pushproxy.events import MailEvent, MessageInfo, NewMail
-from pushproxy.push.payload import envelope_from_fields
+from pushproxy.imap.envelope import envelope_from_fields
 
 __all__ = ["MAX_BODY", "OX_PATH", "OxEndpoint", "OxEventError", "install_ox_endpoint", "parse_ox_event"]
 

@@ -36,7 +36,7 @@ from abc import ABC
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
 from pushproxy.imap.parse import Command, StatusResponse
 
@@ -94,6 +94,20 @@ class SessionContext(Protocol):
 
 
 Handler = Callable[[Command, SessionContext], Awaitable[Reply]]
+T = TypeVar("T")
+
+
+def login_and_parse(
+    ctx: SessionContext, command: str, parse: Callable[[list[Any]], T], args: list[Any], error: type[Exception]
+) -> tuple[str, T] | Reply:
+    """The account and the parsed arguments of a command only valid after login, or its BAD reply."""
+    account = require_login(ctx, command)
+    if isinstance(account, Reply):
+        return account
+    try:
+        return account, parse(args)
+    except error as exc:
+        return Reply("BAD", f"Invalid {command} arguments: {exc}")
 
 
 def require_login(ctx: SessionContext, command: str) -> str | Reply:

@@ -14,10 +14,11 @@ import pytest
 
 from pushproxy.config import WebPushConfig
 from pushproxy.events import MessageInfo
-from pushproxy.push.payload import MAX_PLAINTEXT, envelope_from_fields, new_mail_payload
-from pushproxy.push.ssrf import PinnedResolver
-from pushproxy.push.vapid import VapidKeyring
-from pushproxy.push.webpush import WebPushSender, parse_retry_after
+from pushproxy.extensions.webpush.payload import MAX_PLAINTEXT, new_mail_payload
+from pushproxy.extensions.webpush.sender import WebPushSender, parse_retry_after
+from pushproxy.extensions.webpush.ssrf import PinnedResolver
+from pushproxy.extensions.webpush.vapid import VapidKeyring
+from pushproxy.imap.envelope import envelope_from_fields
 from pushproxy.store.base import Store, VapidKey, WebPushSubscription
 from tests.support.push_standin import Answer, PushStandin, StandinSubscription
 

@@ -16,11 +16,12 @@ from typing import Any
 
 from pushproxy.config import Config, WebPushConfig
 from pushproxy.extensions.base import Reply, UpstreamCommandError
-from pushproxy.extensions.webpush import WebPushExtension
+from pushproxy.extensions.webpush.commands import WebPushCommands
+from pushproxy.extensions.webpush.delivery import WebPushDelivery
+from pushproxy.extensions.webpush.extension import WebPushExtension
+from pushproxy.extensions.webpush.sender import WebPushSender
+from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.parse import Command, StatusResponse, parse_command
-from pushproxy.push.vapid import VapidKeyring
-from pushproxy.push.webpush import WebPushSender
-from pushproxy.push.webpush_delivery import WebPushDelivery
 from pushproxy.store import SqliteStore, Vault, WebPushSubscription
 from tests.support.push_standin import PushStandin, StandinSubscription
 
@@ -140,7 +141,7 @@ async def make_env(tmp_path: Path, standin: PushStandin, **webpush: Any) -> WebP
         registrations.append((account, session_id))
 
     clock = Clock()
-    ext = WebPushExtension(config, store, keyring, sender, registration_changed)
+    ext = WebPushExtension(WebPushCommands(config, store, keyring, sender, registration_changed))
     ext.handlers.clock = clock
     delivery = WebPushDelivery(config, store, sender, clock=clock)
     return WebPushEnv(config, store, keyring, sender, standin, ext, delivery, clock, registrations)

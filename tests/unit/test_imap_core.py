@@ -19,10 +19,10 @@ from pushproxy.imap.data import (
     parse_vanished,
     read_response,
 )
+from pushproxy.imap.envelope import envelope_from_fields
 from pushproxy.imap.fetch import parse_envelope, parse_fetch
 from pushproxy.imap.parse import ParseError
 from pushproxy.imap.response import quote
-from pushproxy.push.payload import envelope_from_fields
 
 ENVELOPE = (
     b'("Mon, 7 Feb 1994 21:52:25 -0800" "a \\"quoted\\" (paren" '

@@ -9,12 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pushproxy.events import MessageInfo
-from pushproxy.imap.utf7 import decode_mailbox
-from pushproxy.push.payload import (
+from pushproxy.extensions.webpush.payload import (
     MAX_PLAINTEXT,
     PayloadTooLarge,
     ack_payload,
-    envelope_from_fields,
     flag_list,
     flags_payload,
     mailbox_string,
@@ -23,6 +21,8 @@ from pushproxy.push.payload import (
     uid_set,
     vanished_payload,
 )
+from pushproxy.imap.envelope import envelope_from_fields
+from pushproxy.imap.utf7 import decode_mailbox
 
 # --- a tiny IMAP response reader ---------------------------------------------------------
 
@@ -381,7 +381,7 @@ def test_long_message_falls_back_to_envelope_then_sync() -> None:
 
 
 def test_change_payloads_split_without_splitting_a_response() -> None:
-    from pushproxy.push.payload import MAX_CHANGE_PUSHES, change_payloads
+    from pushproxy.extensions.webpush.payload import MAX_CHANGE_PUSHES, change_payloads
 
     assert change_payloads("INBOX", [], []) == []
     (one,) = change_payloads("INBOX", [3, 4, 5, 9], [(10, ("\\Seen",))])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pushproxy.push.ssrf import (
+from pushproxy.extensions.webpush.ssrf import (
     ConnectRefused,
     EndpointRefused,
     PinnedResolver,

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from pushproxy.push import vapid as vapid_mod
-from pushproxy.push.vapid import VapidKeyPair, VapidKeyring, endpoint_origin
+from pushproxy.extensions.webpush import vapid as vapid_mod
+from pushproxy.extensions.webpush.vapid import VapidKeyPair, VapidKeyring, endpoint_origin
 from pushproxy.store.base import Store, VapidKey
 
 
@@ -67,7 +67,7 @@ def verify(value: str) -> dict:
 async def test_first_start_generates_a_0600_key_and_records_it(tmp_path: Path, caplog) -> None:
     path = tmp_path / "state" / "vapid.pem"
     store = FakeVapidStore()
-    with caplog.at_level(logging.INFO, logger="pushproxy.push.vapid"):
+    with caplog.at_level(logging.INFO, logger="pushproxy.extensions.webpush.vapid"):
         ring = await VapidKeyring.load(path, as_store(store))
     assert path.exists()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

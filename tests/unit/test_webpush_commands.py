@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pushproxy.extensions.webpush.delivery import INSTANCE_ID, SILENCED_FOR_SESSION, session_silence_key
 from pushproxy.imap.parse import Atom, Command
-from pushproxy.push.webpush_delivery import INSTANCE_ID, SILENCED_FOR_SESSION, session_silence_key
 from pushproxy.store import WebPushSubscription
 from tests.support.push_standin import Answer, PushStandin
 from tests.support.webpush_env import (

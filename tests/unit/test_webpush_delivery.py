@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pushproxy.events import Expunge, FlagChange, MessageInfo, NewMail
-from pushproxy.push.payload import MAX_PLAINTEXT, envelope_from_fields
+from pushproxy.extensions.webpush.payload import MAX_PLAINTEXT
+from pushproxy.imap.envelope import envelope_from_fields
 from pushproxy.store import WebPushSubscription
 from tests.support.push_standin import Answer, PushStandin, StandinSubscription
 from tests.support.webpush_env import FakeContext, WebPushEnv, close_env, make_env, metric_value

@@ -1,55 +1,11 @@
 """WEBPUSH (draft-gougeon-imap-webpush): mail clients subscribe Web Push endpoints through IMAP.
 
-The capability ``WEBPUSH`` is advertised after login; GETVAPID, WEBPUSH,
-ACKWEBPUSH, LWEBPUSH and SILWEBPUSH are answered by the proxy and never
-forwarded.  The handlers are in :mod:`.commands`, the argument grammar in
-:mod:`.grammar`; delivering mail events to the subscriptions is
-:class:`pushproxy.push.webpush_delivery.WebPushDelivery`.
-
-The extension owns a maintenance task (expiry of unacknowledged
-subscriptions, the subscription gauge) and the verification pushes in
-flight: :meth:`WebPushExtension.close` stops them.
+Everything of the protocol is in this package: :mod:`.addon` (the extension
+the core sees), :mod:`.settings` (the ``webpush`` section),
+:mod:`.extension`, :mod:`.commands`, :mod:`.grammar` and :mod:`.ratelimit`
+(the IMAP commands), :mod:`.delivery` and :mod:`.changes` (mail events to
+subscriptions), :mod:`.payload`, :mod:`.sender`, :mod:`.adapter`,
+:mod:`.ssrf` and :mod:`.vapid` (Web Push itself), :mod:`.metrics` and
+:mod:`.admin` (``pushproxy subscriptions|vapid``).  Importing the package is
+cheap: the config loader does it.
 """
-
-from __future__ import annotations
-
-from pushproxy.config import Config
-from pushproxy.extensions.base import Extension, SessionContext
-from pushproxy.extensions.webpush.commands import RegistrationChanged, WebPushCommands
-from pushproxy.push.vapid import VapidKeyring
-from pushproxy.push.webpush import WebPushSender
-from pushproxy.store.base import Store
-
-__all__ = ["WebPushCommands", "WebPushExtension"]
-
-
-class WebPushExtension(Extension):
-    def __init__(
-        self,
-        config: Config,
-        store: Store,
-        keyring: VapidKeyring,
-        sender: WebPushSender,
-        registration_changed: RegistrationChanged,
-    ) -> None:
-        handlers = WebPushCommands(config, store, keyring, sender, registration_changed)
-        super().__init__(
-            name="webpush",
-            capabilities=(b"WEBPUSH",),  # after login only: the commands are invalid before it
-            commands={
-                "GETVAPID": handlers.getvapid,
-                "WEBPUSH": handlers.webpush,
-                "ACKWEBPUSH": handlers.ackwebpush,
-                "LWEBPUSH": handlers.lwebpush,
-                "SILWEBPUSH": handlers.silwebpush,
-            },
-        )
-        self.handlers = handlers
-
-    async def session_closed(self, session: SessionContext) -> None:
-        """Lift the silences bound to this connection (``SILWEBPUSH <id>`` without seconds)."""
-        await self.handlers.session_closed(session.session_id)
-
-    async def close(self) -> None:
-        """Stop the maintenance task and the verification pushes in flight."""
-        await self.handlers.close()

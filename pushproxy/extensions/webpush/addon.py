@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from pushproxy import metrics
 from pushproxy.events import MailEvent
 from pushproxy.extensions.base import Extension, SessionContext, WatchRequest, admin_command, admin_group
 from pushproxy.extensions.webpush.schema import WEBPUSH
@@ -17,20 +16,10 @@ from pushproxy.extensions.webpush.schema import WEBPUSH
 if TYPE_CHECKING:
     from pushproxy.config import Config
     from pushproxy.config_check import FileReport
-    from pushproxy.extensions.webpush import WebPushExtension
-    from pushproxy.push.webpush import WebPushSender
-    from pushproxy.push.webpush_delivery import WebPushDelivery
+    from pushproxy.extensions.webpush.delivery import WebPushDelivery
+    from pushproxy.extensions.webpush.extension import WebPushExtension
+    from pushproxy.extensions.webpush.sender import WebPushSender
     from pushproxy.store.base import WebPushSubscription
-
-
-class PrometheusWebPushMetrics:
-    def webpush_request(self, status: int | None, seconds: float) -> None:
-        metrics.PUSHES.labels(service="webpush", status=str(status) if status is not None else "error").inc()
-        metrics.PUSH_LATENCY.labels(service="webpush").observe(seconds)
-
-    def webpush_result(self, outcome: str) -> None:
-        if outcome != "ok":
-            metrics.PUSH_FAILURES.labels(service="webpush", reason=outcome).inc()
 
 
 class WebPush(Extension):
@@ -48,17 +37,20 @@ class WebPush(Extension):
         return config.webpush.enabled
 
     async def start(self) -> None:
-        from pushproxy.extensions.webpush import WebPushExtension
-        from pushproxy.push.vapid import VapidKeyring
-        from pushproxy.push.webpush import WebPushSender
-        from pushproxy.push.webpush_delivery import WebPushDelivery
+        from pushproxy.extensions.webpush.commands import WebPushCommands
+        from pushproxy.extensions.webpush.delivery import WebPushDelivery
+        from pushproxy.extensions.webpush.extension import WebPushExtension
+        from pushproxy.extensions.webpush.metrics import PrometheusWebPushMetrics
+        from pushproxy.extensions.webpush.sender import WebPushSender
+        from pushproxy.extensions.webpush.vapid import VapidKeyring
 
         cfg, store = self.config, self.core.store
         keyring = await VapidKeyring.load(cfg.vapid_key_path(), store)
         self.sender = WebPushSender(cfg.webpush, keyring, metrics=PrometheusWebPushMetrics())
         await self.sender.start()
         self.delivery = WebPushDelivery(cfg, store, self.sender)
-        self.handlers = WebPushExtension(cfg, store, keyring, self.sender, self.core.registration_changed)
+        commands = WebPushCommands(cfg, store, keyring, self.sender, self.core.registration_changed)
+        self.handlers = WebPushExtension(commands)
         self.commands = dict(self.handlers.commands)
 
     async def stop(self) -> None:
@@ -101,15 +93,13 @@ class WebPush(Extension):
 
     @classmethod
     def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:
-        from pushproxy import admin_cli
+        from pushproxy.extensions.webpush import admin
 
         subs = admin_group(subparsers, "subscriptions", "WebPush subscriptions")
-        listing = admin_command(
-            subs, "list", "list subscriptions (never endpoints or keys)", admin_cli.subscriptions_list
-        )
+        listing = admin_command(subs, "list", "list subscriptions (never endpoints or keys)", admin.subscriptions_list)
         listing.add_argument("--account")
 
         vapid = admin_group(subparsers, "vapid", "the VAPID key pair of WebPush")
-        admin_command(vapid, "show", "print the current public key (generated if missing)", admin_cli.vapid)
+        admin_command(vapid, "show", "print the current public key (generated if missing)", admin.vapid)
         rotate = "make a new current key; old keys keep signing for their subscriptions"
-        admin_command(vapid, "rotate", rotate, admin_cli.vapid)
+        admin_command(vapid, "rotate", rotate, admin.vapid)

@@ -11,31 +11,37 @@ Verification pushes are bounded per endpoint and per account
 (:mod:`.ratelimit`), and an identical WEBPUSH for a subscription still waiting
 for its ACK does not send another one (unless the first was not delivered).
 
-Also here: the maintenance loop that deletes unacknowledged subscriptions
-once ``webpush.ack_expiry`` has passed (telling the watcher supervisor) and
-keeps the subscription gauge; commands also delete the account's expired ones
-before counting against the limit.
+The maintenance loop that deletes unacknowledged subscriptions once
+``webpush.ack_expiry`` has passed is :mod:`.maintenance`; commands also
+delete the account's expired ones before counting against the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import yarl
 
 from pushproxy import metrics
 from pushproxy.config import Config
-from pushproxy.extensions.base import Reply, SessionContext
+from pushproxy.extensions.base import Reply, SessionContext, login_and_parse
 from pushproxy.extensions.baseline import record_baseline
+from pushproxy.extensions.webpush.delivery import (
+    account_lock,
+    session_silence_key,
+    state_of,
+)
 from pushproxy.extensions.webpush.grammar import (
+    Acknowledge,
+    Silence,
     Subscribe,
     Unsubscribe,
     WebPushSyntaxError,
@@ -47,22 +53,18 @@ from pushproxy.extensions.webpush.grammar import (
     vapid_response,
     webpush_response,
 )
+from pushproxy.extensions.webpush.maintenance import SubscriptionMaintenance, is_expired
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
+from pushproxy.extensions.webpush.sender import WebPushSender, endpoint_tag
+from pushproxy.extensions.webpush.ssrf import EndpointRefused
+from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.parse import Command
-from pushproxy.push.ssrf import EndpointRefused
-from pushproxy.push.vapid import VapidKeyring
-from pushproxy.push.webpush import WebPushSender, endpoint_tag
-from pushproxy.push.webpush_delivery import (
-    account_lock,
-    session_silence_key,
-    silence_remaining,
-    state_of,
-)
 from pushproxy.store.base import Store, WebPushSubscription
 
 log = logging.getLogger("pushproxy.webpush")
 
 RegistrationChanged = Callable[[str, str | None], Awaitable[None]]
+T = TypeVar("T")
 
 TOKEN_BYTES = 24  # 192 bits of randomness; 32 base64url characters
 _REGISTRATION_WAIT = 10.0  # the OK waits this long at most for the watcher update (it goes on after)
@@ -83,11 +85,29 @@ def _endpoint_key(endpoint: str) -> str:
         return endpoint
 
 
-def _is_expired(sub: WebPushSubscription, now: float) -> bool:
-    return not sub.active and sub.ack_expires is not None and sub.ack_expires <= now
+_Method = Callable[["WebPushCommands", Command, SessionContext], Awaitable[Reply]]
 
 
-class WebPushCommands:
+def _after_login(
+    name: str, parse: Callable[[list[Any]], T]
+) -> Callable[[Callable[[WebPushCommands, str, T, SessionContext], Awaitable[Reply]]], _Method]:
+    """A WEBPUSH command handler that runs with the account and the parsed arguments (else BAD)."""
+
+    def wrap(method: Callable[[WebPushCommands, str, T, SessionContext], Awaitable[Reply]]) -> _Method:
+        @functools.wraps(method)
+        async def handler(self: WebPushCommands, cmd: Command, ctx: SessionContext) -> Reply:
+            self.start()
+            parsed = login_and_parse(ctx, name, parse, cmd.args, WebPushSyntaxError)
+            if isinstance(parsed, Reply):
+                return parsed
+            return await method(self, parsed[0], parsed[1], ctx)
+
+        return handler
+
+    return wrap
+
+
+class WebPushCommands(SubscriptionMaintenance):
     """The five command handlers, plus the subscription maintenance of this proxy process."""
 
     def __init__(
@@ -148,15 +168,8 @@ class WebPushCommands:
         return Reply("OK", "GETVAPID completed")
 
     # --- WEBPUSH ------------------------------------------------------------------------
-    async def webpush(self, cmd: Command, ctx: SessionContext) -> Reply:
-        self.start()
-        account = ctx.account
-        if account is None:
-            return Reply("BAD", "WEBPUSH is only valid after login")
-        try:
-            request = parse_webpush(cmd.args)
-        except WebPushSyntaxError as exc:
-            return Reply("BAD", f"Invalid WEBPUSH arguments: {exc}")
+    @_after_login("WEBPUSH", parse_webpush)
+    async def webpush(self, account: str, request: Subscribe | Unsubscribe, ctx: SessionContext) -> Reply:
         if isinstance(request, Unsubscribe):
             return await self._unsubscribe(account, request.sub_id, ctx)
         return await self._subscribe(account, request, ctx)
@@ -282,15 +295,8 @@ class WebPushCommands:
         await self._registration_changed(sub.account, None)
 
     # --- ACKWEBPUSH ---------------------------------------------------------------------
-    async def ackwebpush(self, cmd: Command, ctx: SessionContext) -> Reply:
-        self.start()
-        account = ctx.account
-        if account is None:
-            return Reply("BAD", "ACKWEBPUSH is only valid after login")
-        try:
-            request = parse_ackwebpush(cmd.args)
-        except WebPushSyntaxError as exc:
-            return Reply("BAD", f"Invalid ACKWEBPUSH arguments: {exc}")
+    @_after_login("ACKWEBPUSH", parse_ackwebpush)
+    async def ackwebpush(self, account: str, request: Acknowledge, ctx: SessionContext) -> Reply:
         digest = token_hash(request.token)
         async with account_lock(account):
             now = self.clock()
@@ -316,15 +322,8 @@ class WebPushCommands:
         return Reply("OK", "ACKWEBPUSH completed")
 
     # --- LWEBPUSH -----------------------------------------------------------------------
-    async def lwebpush(self, cmd: Command, ctx: SessionContext) -> Reply:
-        self.start()
-        account = ctx.account
-        if account is None:
-            return Reply("BAD", "LWEBPUSH is only valid after login")
-        try:
-            which = parse_lwebpush(cmd.args)
-        except WebPushSyntaxError as exc:
-            return Reply("BAD", f"Invalid LWEBPUSH arguments: {exc}")
+    @_after_login("LWEBPUSH", parse_lwebpush)
+    async def lwebpush(self, account: str, which: str | None, ctx: SessionContext) -> Reply:
         if which is None:
             subs = await self.store.subscriptions_for_account(account)
         else:
@@ -332,24 +331,17 @@ class WebPushCommands:
             subs = [one] if one is not None else []
         now = self.clock()
         for sub in subs:
-            if not _is_expired(sub, now):  # expired but not yet swept: gone for the client
+            if not is_expired(sub, now):  # expired but not yet swept: gone for the client
                 ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, state_of(sub, now)))
         return Reply("OK", "LWEBPUSH completed")
 
     # --- SILWEBPUSH ---------------------------------------------------------------------
-    async def silwebpush(self, cmd: Command, ctx: SessionContext) -> Reply:
-        self.start()
-        account = ctx.account
-        if account is None:
-            return Reply("BAD", "SILWEBPUSH is only valid after login")
-        try:
-            request = parse_silwebpush(cmd.args)
-        except WebPushSyntaxError as exc:
-            return Reply("BAD", f"Invalid SILWEBPUSH arguments: {exc}")
+    @_after_login("SILWEBPUSH", parse_silwebpush)
+    async def silwebpush(self, account: str, request: Silence, ctx: SessionContext) -> Reply:
         async with account_lock(account):
             now = self.clock()
             sub = await self.store.get_subscription(account, request.sub_id)
-            if sub is None or _is_expired(sub, now):
+            if sub is None or is_expired(sub, now):
                 return Reply("NO", "No such WEBPUSH subscription")
             if request.seconds is None:
                 sub.silenced_session = session_silence_key(ctx.session_id)
@@ -374,68 +366,6 @@ class WebPushCommands:
         lifted = await self.store.clear_session_silences(session_silence_key(session_id))
         if lifted:
             log.debug("session %s ended: %d WEBPUSH silence(s) lifted", session_id, lifted)
-
-    # --- maintenance --------------------------------------------------------------------
-    async def _expire_account(self, account: str, now: float) -> dict[str, WebPushSubscription]:
-        """Delete this account's expired unacknowledged subscriptions; the others by id.
-
-        The caller holds the account lock.  An expired subscription sent again
-        is thus created afresh (and must fit the limit).
-        """
-        remaining: dict[str, WebPushSubscription] = {}
-        for sub in await self.store.subscriptions_for_account(account):
-            if _is_expired(sub, now):
-                await self.store.delete_subscription(account, sub.sub_id)
-                metrics.WEBPUSH_VERIFICATIONS.labels(result="expired").inc()
-                log.info("webpush %s/%s: not acknowledged in time; deleted", account, sub.sub_id)
-            else:
-                remaining[sub.sub_id] = sub
-        return remaining
-
-    async def sweep(self) -> int:
-        """Delete every expired unacknowledged subscription and refresh the gauge; how many were deleted.
-
-        The gauge is refreshed here only (at most a minute old): a census after
-        every command would read every subscription of every account each time.
-        """
-        self.limiter.prune()
-        now = self.clock()
-        subs = await self.store.list_subscriptions()
-        live = {(s.account, s.sub_id) for s in subs if not _is_expired(s, now)}
-        for key in [k for k in self._undelivered if k not in live]:
-            del self._undelivered[key]
-        expired_accounts = sorted({sub.account for sub in subs if _is_expired(sub, now)})
-        count = 0
-        for account in expired_accounts:
-            async with account_lock(account):
-                before = len(await self.store.subscriptions_for_account(account))
-                after = len(await self._expire_account(account, now))
-            count += before - after
-            await self._registration_changed(account, None)
-        self._census([sub for sub in subs if not _is_expired(sub, now)], now)
-        return count
-
-    async def _maintain(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store may be down for a while; try again next round
-                log.warning("webpush maintenance failed: %s", type(exc).__name__)
-            await asyncio.sleep(self._sweep_interval)
-
-    @staticmethod
-    def _census(subs: list[WebPushSubscription], now: float) -> None:
-        counts: Counter[str] = Counter()
-        for sub in subs:
-            if not sub.active:
-                counts["inactive"] += 1
-            elif silence_remaining(sub, now):
-                counts["silenced"] += 1
-            else:
-                counts["active"] += 1
-        metrics.set_state_gauge(metrics.WEBPUSH_SUBSCRIPTIONS, counts, metrics.WEBPUSH_SUBSCRIPTION_STATES)
 
     async def _registration_changed(self, account: str, session_id: str | None) -> None:
         """Tell the watcher supervisor; the OK waits a bounded time, the update goes on regardless."""

@@ -18,10 +18,10 @@ import binascii
 import re
 from dataclasses import dataclass
 
+from pushproxy.extensions.webpush.adapter import InvalidSubscriptionKeys, check_subscription_keys
+from pushproxy.extensions.webpush.vapid import b64url
 from pushproxy.imap.parse import NIL, Atom, ParseError, Token, as_text
 from pushproxy.imap.response import quote
-from pushproxy.push.vapid import b64url
-from pushproxy.push.webpush_adapter import InvalidSubscriptionKeys, check_subscription_keys
 
 # Pinned interpretation (lenient where the draft is silent): an id is any
 # astring of 1-256 bytes of UTF-8 (the presentation's UUIDs are an example,
@@ -31,7 +31,7 @@ MAX_SUB_ID_BYTES = 256
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _ATOM_RE = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+$")  # ATOM-CHAR (RFC 9051), no "]"
 # Tokens the proxy issues are 32 characters of base64url (192 bits); accept
-# the alphabet of the verification push (pushproxy.push.payload.ack_payload).
+# the alphabet of the verification push (pushproxy.extensions.webpush.payload.ack_payload).
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 # Keys (pinned): base64url or standard base64, padded or not; decoded strictly after that.
 _B64_ANY_RE = re.compile(r"^[A-Za-z0-9_\-+/]+={0,2}$")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pushproxy.config import Config
-from pushproxy.extensions.base import Extension, Reply, SessionContext, UpstreamCommandError, require_login
+from pushproxy.extensions.base import Extension, Reply, SessionContext, UpstreamCommandError, login_and_parse
 from pushproxy.extensions.baseline import record_baseline
 from pushproxy.extensions.ox_metadata import enable_ox_notify
 from pushproxy.extensions.xapplepush.command import (
@@ -58,13 +58,10 @@ class XApplePushExtension(Extension):
         self._background: set[asyncio.Task[None]] = set()
 
     async def handle(self, cmd: Command, ctx: SessionContext) -> Reply:
-        account = require_login(ctx, "XAPPLEPUSHSERVICE")
-        if isinstance(account, Reply):
-            return account
-        try:
-            reg = parse_registration(cmd.args)
-        except ParseError as exc:
-            return Reply("BAD", f"Invalid XAPPLEPUSHSERVICE arguments: {exc}")
+        parsed = login_and_parse(ctx, "XAPPLEPUSHSERVICE", parse_registration, cmd.args, ParseError)
+        if isinstance(parsed, Reply):
+            return parsed
+        account, reg = parsed
         existing = await self._existing_mailboxes(ctx, [name for _, name in reg.mailboxes])
         now = time.time()
         device = ApnsDevice(

@@ -2,7 +2,7 @@
 
 pywebpush (``WebPusher.send_async``) encrypts (RFC 8291 aes128gcm through
 http_ece) and POSTs through the aiohttp session it is given; VAPID headers
-come from py_vapid (:mod:`pushproxy.push.vapid`).  What upstream lacks, and
+come from py_vapid (:mod:`pushproxy.extensions.webpush.vapid`).  What upstream lacks, and
 what this module adds without touching the encryption or the signing:
 
 - ``send_async`` calls ``session.post(endpoint, timeout=..., data=...,

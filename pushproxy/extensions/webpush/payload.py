@@ -12,10 +12,8 @@ bounded; a response is never split across pushes.
 
 Pinned interpretation: mailbox names are sent in modified UTF-7 (RFC 3501
 5.1.3), since a push cannot know whether the client enabled UTF8=ACCEPT; names
-always end up as quoted strings.  Header values in
-:func:`envelope_from_fields` that are not printable ASCII become UTF-8
-literals (pinned interpretation: the values arrive decoded, e.g. from
-Dovecot's ox driver, and are not re-encoded as RFC 2047 words).
+always end up as quoted strings.  ENVELOPEs built
+from header values are :func:`pushproxy.imap.envelope.envelope_from_fields`.
 """
 
 from __future__ import annotations
@@ -23,11 +21,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from email.utils import getaddresses
 from typing import Literal
 
 from pushproxy.events import MessageInfo
-from pushproxy.imap.response import nstring, quote
+from pushproxy.imap.response import quote
 from pushproxy.imap.utf7 import encode_mailbox
 
 MAX_PLAINTEXT = 3993  # RFC 8291 section 4: 4096 - 86 (header) - 16 (tag) - 1 (delimiter)
@@ -226,46 +223,3 @@ def change_payloads(
     if len(pushes) > max_pushes:
         return [_sync_or_raise(mailbox, limit)]
     return [PayloadResult(head + b"".join(p), "full") for p in pushes]
-
-
-# --- ENVELOPE from plain header values ---------------------------------------------
-
-
-def _address_list(header: str | None) -> bytes:
-    """An ENVELOPE address list ``((name adl mailbox host) ...)``, or NIL."""
-    if not header:
-        return b"NIL"
-    addresses: list[bytes] = []
-    for name, addr in getaddresses([header]):
-        if not addr and not name:
-            continue
-        local, at, domain = addr.rpartition("@")
-        if not at:
-            local, domain = addr, ""
-        addresses.append(b"(" + nstring(name or None) + b" NIL " + nstring(local) + b" " + nstring(domain) + b")")
-    if not addresses:
-        return b"NIL"
-    return b"(" + b"".join(addresses) + b")"
-
-
-def envelope_from_fields(date: str | None, subject: str | None, from_: str | None, message_id: str | None) -> bytes:
-    """An IMAP ENVELOPE built from plain header values (e.g. Dovecot's ox driver events).
-
-    Strings: NIL for None, a quoted string when printable ASCII, else a UTF-8
-    literal.  Sender and Reply-To repeat From (RFC 3501 7.4.2: the server fills
-    them from From when absent); To, Cc, Bcc and In-Reply-To are NIL.
-    """
-    from_list = _address_list(from_)
-    fields = [
-        nstring(date),
-        nstring(subject),
-        from_list,  # from
-        from_list,  # sender
-        from_list,  # reply-to
-        b"NIL",  # to
-        b"NIL",  # cc
-        b"NIL",  # bcc
-        b"NIL",  # in-reply-to
-        nstring(message_id),
-    ]
-    return b"(" + b" ".join(fields) + b")"

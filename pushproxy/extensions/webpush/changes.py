@@ -9,7 +9,7 @@ pushes for that, not hundreds (webpush-imap.md: "coalesce bursts").
 while a burst lasts: the set of expunged UIDs and the latest flags of every
 changed message still present.  The delivery flushes it once the burst is
 over (``quiet`` seconds without a change, at most ``max_delay`` after its
-first change) into :func:`pushproxy.push.payload.change_payloads`, which
+first change) into :func:`pushproxy.extensions.webpush.payload.change_payloads`, which
 bounds the pushes per burst (``MAX_CHANGE_PUSHES``, else one SYNC).
 """
 

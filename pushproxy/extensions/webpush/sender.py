@@ -2,11 +2,11 @@
 
 pywebpush's ``WebPusher`` encrypts every message (RFC 8291 aes128gcm, via
 http_ece) and posts it; py_vapid signs the VAPID header (RFC 8292, see
-:mod:`pushproxy.push.vapid`).  What pywebpush cannot be told (no redirects,
-a bounded answer) is in :mod:`pushproxy.push.webpush_adapter`.
+:mod:`pushproxy.extensions.webpush.vapid`).  What pywebpush cannot be told (no redirects,
+a bounded answer) is in :mod:`pushproxy.extensions.webpush.adapter`.
 
 One shared :class:`aiohttp.ClientSession` (keep-alive, bounded pool) whose
-resolver is the SSRF guard's :class:`~pushproxy.push.ssrf.PinnedResolver`.
+resolver is the SSRF guard's :class:`~pushproxy.extensions.webpush.ssrf.PinnedResolver`.
 :meth:`WebPushSender.send` posts with a freshly signed VAPID header (and a
 fresh encryption) per attempt, never follows redirects, bounds every request
 with ``webpush.timeout`` and retries 429/5xx/transport errors with
@@ -35,10 +35,10 @@ from py_vapid import VapidException
 from pywebpush import WebPushException
 
 from pushproxy.config import WebPushConfig
-from pushproxy.push.payload import MAX_PLAINTEXT, ack_payload
-from pushproxy.push.ssrf import ConnectRefused, EndpointRefused, PinnedResolver, ResolvedEndpoint
-from pushproxy.push.vapid import VapidKeyring
-from pushproxy.push.webpush_adapter import NoRedirectSession, post_encrypted
+from pushproxy.extensions.webpush.adapter import NoRedirectSession, post_encrypted
+from pushproxy.extensions.webpush.payload import MAX_PLAINTEXT, ack_payload
+from pushproxy.extensions.webpush.ssrf import ConnectRefused, EndpointRefused, PinnedResolver, ResolvedEndpoint
+from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.store.base import WebPushSubscription
 
 log = logging.getLogger(__name__)

@@ -4,9 +4,9 @@
 watched mailboxes goes to every active, not silenced subscription of the
 account (the draft has no event selection): new mail at once (``Urgency:
 high``), expunges and flag changes coalesced per mailbox while a burst lasts
-(:mod:`pushproxy.push.changes`; ``Urgency: normal``), so a bulk move or
+(:mod:`pushproxy.extensions.webpush.changes`; ``Urgency: normal``), so a bulk move or
 "mark all read" gives a few pushes, never hundreds.  The plaintext is built
-once per event or burst (:mod:`pushproxy.push.payload`, with its fallbacks)
+once per event or burst (:mod:`pushproxy.extensions.webpush.payload`, with its fallbacks)
 and sent to all subscriptions concurrently: a slow push service delays
 nobody else; the pushes of one burst reach one subscription in order.
 
@@ -31,16 +31,16 @@ from collections.abc import Callable, Sequence
 from pushproxy import metrics
 from pushproxy.config import Config
 from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
-from pushproxy.push.changes import MAX_DELAY, QUIET, PendingChanges
-from pushproxy.push.dispatch import mailbox_matches
-from pushproxy.push.payload import (
+from pushproxy.extensions.webpush.changes import MAX_DELAY, QUIET, PendingChanges
+from pushproxy.extensions.webpush.payload import (
     PayloadResult,
     PayloadTooLarge,
     change_payloads,
     new_mail_payload,
     sync_payload,
 )
-from pushproxy.push.webpush import Urgency, WebPushResult, WebPushSender, endpoint_tag
+from pushproxy.extensions.webpush.sender import Urgency, WebPushResult, WebPushSender, endpoint_tag
+from pushproxy.push.dispatch import mailbox_matches
 from pushproxy.store.base import Store, WebPushSubscription
 
 log = logging.getLogger("pushproxy.webpush")
