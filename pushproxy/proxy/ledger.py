@@ -44,6 +44,9 @@ class CommandLedger:
         self.login: Pending | None = None  # the LOGIN / AUTHENTICATE in flight
         self.own_in_flight = 0
         self._own_counter = 0
+        # A login or an own command is in flight: untagged responses need a look.
+        # (One attribute, read for every untagged line on the relay path.)
+        self.special = False
 
     def __bool__(self) -> bool:
         return bool(self.inflight)
@@ -67,16 +70,14 @@ class CommandLedger:
         if login:
             assert self.login is None, "one login at a time"
             self.login = pending
+            self.special = True
         self.inflight.append(pending)
         return pending
 
     def sent_own(self, tag: bytes) -> None:
         self.inflight.append(Pending(tag, own=True))
         self.own_in_flight += 1
-
-    @property
-    def own_is_oldest(self) -> bool:
-        return self.own_in_flight > 0 and self.inflight[0].own
+        self.special = True
 
     def match(self, tag: bytes) -> Pending | None:
         """The in-flight command a tagged response answers, taken off the ledger."""
@@ -96,6 +97,7 @@ class CommandLedger:
             self.own_in_flight -= 1
         if pending is self.login:
             self.login = None
+        self.special = self.login is not None or self.own_in_flight > 0
         return pending
 
     @staticmethod

@@ -14,6 +14,7 @@ import logging
 
 from pushproxy.accounts import normalise_account
 from pushproxy.imap.capabilities import rewrite_atoms
+from pushproxy.imap.framing import Line
 from pushproxy.imap.parse import StatusResponse, parse_status_response
 from pushproxy.proxy.capture import credentials_of
 from pushproxy.proxy.handshake import Action, has_capability_code, rewrite_code, rewrite_untagged
@@ -23,6 +24,8 @@ from pushproxy.proxy.state import CommandMode, SessionState
 log = logging.getLogger("pushproxy.session")
 
 MAX_HELD_UNTAGGED = 64  # untagged lines kept back during a login exchange
+# "* CAPABILITY ..." or "* OK/NO/BYE [CAPABILITY ...]": the only untagged lines rewritten.
+_MAY_CARRY_CAPABILITIES = frozenset({b"CAP", b"OK ", b"NO ", b"BYE"})
 
 
 class UpstreamResponses(SessionState):
@@ -63,11 +66,28 @@ class UpstreamResponses(SessionState):
         self._held = False
         self._pump()
 
-    def _upstream_line(self, line: bytes, complete: bool) -> None:
-        out = self._out_client
+    def _upstream_line(self, ev: Line) -> None:
+        line = ev.data
         first = line[:1]
-        login = self.ledger.login
+        if first == b"*":  # the common case first: this runs for every untagged line
+            ledger = self.ledger
+            if ledger.special:
+                if ledger.own_in_flight and ledger.inflight[0].own:
+                    return  # a response to the proxy's own command (ID)
+                login = ledger.login
+                if login is not None:
+                    # Inside a login exchange a capability list must describe the state
+                    # the exchange ends in: keep it until the tagged response.
+                    if ev.literal is None and len(login.held) < MAX_HELD_UNTAGGED:
+                        login.held.append(line)
+                        return
+                    self._release_login_untagged(login)
+            if line[2:5].upper() in _MAY_CARRY_CAPABILITIES:
+                line = rewrite_untagged(line, self.policy, self.facts)
+            self._out_client.append(line)
+            return
         if first == b"+":
+            login = self.ledger.login
             if login is not None and login.held:
                 self._release_login_untagged(login)
             if self._awaiting_literal is not None:
@@ -78,23 +98,11 @@ class UpstreamResponses(SessionState):
                     # The client's answer to this "+" waits in the queue.
                     self._held_by_login = False
                     self._held = False
-            out.append(line)
-            return
-        if first == b"*":
-            if self.ledger.own_is_oldest:
-                return  # a response to the proxy's own command (ID)
-            if login is not None:
-                # Inside a login exchange a capability list must describe the state
-                # the exchange ends in: keep it until the tagged response.
-                if complete and len(login.held) < MAX_HELD_UNTAGGED:
-                    login.held.append(line)
-                    return
-                self._release_login_untagged(login)
-            out.append(rewrite_untagged(line, self.policy, self.facts))
+            self._out_client.append(line)
             return
         status = parse_status_response(line)
         if status is None:
-            out.append(line)
+            self._out_client.append(line)
             return
         self._tagged_from_upstream(status, line)
 

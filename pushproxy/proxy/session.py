@@ -154,18 +154,20 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
             self._fatal("Proxy lost track of the upstream stream", "UNAVAILABLE")
             return
         out = self._out_client
+        handshake = self.handshake
         for ev in events:
             if self._own is not None:
                 self._own_event(ev)
             elif type(ev) is Line and not ev.continued:
-                if self.handshake.ready:
-                    self._upstream_line(ev.data, ev.literal is None)
+                if handshake.ready:
+                    self._upstream_line(ev)
                 else:
                     self._handshake_line(ev.data)
             else:  # literal chunks, continued lines, parts of overlong lines
-                login = self.ledger.login
-                if login is not None and login.held:
-                    self._release_login_untagged(login)
+                if self.ledger.special:
+                    login = self.ledger.login
+                    if login is not None and login.held:
+                        self._release_login_untagged(login)
                 out.append(ev.data)  # type: ignore[union-attr]
         if (
             self.upstream_framer.exact
