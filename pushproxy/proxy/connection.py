@@ -58,6 +58,8 @@ class UpstreamProtocol(protocol.Protocol):
         out.gather()
         try:
             self.client.session.upstream_data(data)
+        except Exception as exc:  # a bug, never the peer's doing: one line, a BYE, no traceback
+            self.client.session.internal_error("upstream", exc)
         finally:
             out.flush()
 
@@ -127,6 +129,8 @@ class ClientProtocol(protocol.Protocol):
             out.gather()
             try:
                 self.session.client_data(data)
+            except Exception as exc:  # a bug, never the peer's doing: one line, a BYE, no traceback
+                self.session.internal_error("client", exc)
             finally:
                 out.flush()
         elif phase is _Phase.PREFIX_CHECK:

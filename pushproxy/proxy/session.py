@@ -267,6 +267,13 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
     def timeout(self, text: str) -> None:
         self._fatal(text)
 
+    def internal_error(self, side: str, exc: Exception) -> None:
+        """An exception escaped the handling of ``side``'s bytes: end the session cleanly."""
+        log.error(
+            "session %s: internal error on %s input (%s: %s), closing", self.session_id, side, type(exc).__name__, exc
+        )
+        self._fatal("Internal proxy error", "UNAVAILABLE")
+
     def close(self) -> None:
         if self.closed:
             return

@@ -113,3 +113,38 @@ def test_invalid_tags_and_huge_literals(dovecot: Dovecot, proxy_factory) -> None
     assert c.read_until(b"\r\n").startswith(b"* BYE")
     assert c.sock.recv(100) == b""
     c.close()
+
+
+def test_duplicate_tag_takeover_cannot_reach_bobs_webpush_subscriptions(dovecot: Dovecot, proxy_factory) -> None:
+    from tests.integration.test_webpush_proxy import (
+        RawImap,
+        start_proxy,
+        subscribe_and_ack,
+        wait_pushes,
+        wait_until,
+    )
+    from tests.support.push_standin import PushStandin
+
+    with PushStandin() as standin:
+        proxy = start_proxy(proxy_factory, dovecot)
+        bob = RawImap(proxy.port)
+        bob.login("bob", "bobpw")
+        ss = subscribe_and_ack(bob, standin, "bobsub")
+        listed = bob.ok("LWEBPUSH *")
+        db = proxy.base_dir / "pushproxy.db"
+        wait_until(lambda: _credential_row(db, "bob") is not None, what="bob's credential")
+        bob_credential = _credential_row(db, "bob")
+
+        attacker = RawClient(proxy.port)
+        attacker.sock.sendall(b"a LOGIN alice alicepw\r\na LOGIN bob anything\r\n")
+        assert b"a BAD" in attacker.read_until(b"a BAD")
+        seen = attacker.command(b"l1", b"LWEBPUSH *")
+        assert b"bobsub" not in seen and ss.endpoint.encode() not in seen
+        attacker.close()
+
+        assert bob.ok("LWEBPUSH *") == listed  # untouched
+        assert _credential_row(db, "bob") == bob_credential
+        before = len(standin.records_for(ss))
+        dovecot.deliver("bob", make_message("still for bob"))
+        wait_pushes(standin, ss, before + 1, timeout=20)
+        bob.close()
