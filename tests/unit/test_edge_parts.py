@@ -103,9 +103,23 @@ async def test_session_sends_the_client_address_before_the_first_login_and_swall
 async def test_session_holds_back_a_failed_login_for_the_penalty() -> None:
     pen = AuthPenalty(max_delay=0.2, reset_after=60)
     pen.failed("192.0.2.1")  # one earlier failure: 0.2 s (capped)
-    s, io, _, _ = make()
-    s.client_ip = "192.0.2.1"
-    s._penalty = pen
+    from pushproxy.extensions.base import ExtensionRegistry
+    from pushproxy.proxy.session import Session, SessionSettings
+    from tests.unit.test_session import FakeIO, Sink
+
+    io = FakeIO()
+    s = Session(
+        io,
+        session_id="t",
+        peer="test",
+        client_tls=True,
+        settings=SessionSettings(),
+        extensions=ExtensionRegistry(),
+        credentials=Sink(),
+        client_ip="192.0.2.1",
+        penalty=pen,
+    )
+    s.upstream_data(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n")
     s.client_data(b"a1 LOGIN alice wrong\r\na2 NOOP\r\n")
     s.upstream_data(b"a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
     assert b"a1 NO" not in bytes(io.client) and b"a2" not in bytes(io.upstream)
@@ -140,3 +154,23 @@ async def test_lazy_upstream_greets_from_the_proxy_and_opens_upstream_at_the_fir
     s.upstream_data(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Dovecot ready.\r\n")
     assert bytes(io.upstream) == b"a1 CAPABILITY\r\n"
     assert bytes(io.client).count(b"* OK") == 1  # upstream's greeting is not shown twice
+
+
+def test_upstream_handshake_steps() -> None:
+    from pushproxy.proxy.handshake import Action, UpstreamHandshake
+
+    hs = UpstreamHandshake("starttls")
+    step = hs.line(b"* OK [CAPABILITY IMAP4rev1 STARTTLS] Dovecot ready.\r\n")
+    assert (step.action, step.data) == (Action.SEND, b"PP0 STARTTLS\r\n") and not hs.ready
+    assert hs.line(b"* OK chatter\r\n").action is Action.NONE
+    step = hs.line(b"PP0 OK Begin TLS\r\n")
+    assert (step.action, step.data) == (Action.START_TLS_AND_SEND, b"PP1 CAPABILITY\r\n")
+    assert hs.line(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n").action is Action.NONE
+    step = hs.line(b"PP1 OK done\r\n")
+    assert step.action is Action.READY and hs.ready
+    assert step.data == b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Dovecot ready.\r\n"
+    for security, greeting in (("starttls", b"* PREAUTH hi\r\n"), ("none", b"hello\r\n"), ("tls", b"a1 OK x\r\n")):
+        assert UpstreamHandshake(security).line(greeting).action is Action.FATAL
+    assert UpstreamHandshake("none").line(b"* BYE busy\r\n").action is Action.BYE
+    step = UpstreamHandshake("none").line(b"* PREAUTH [CAPABILITY IMAP4rev1] hi\r\n")
+    assert step.action is Action.READY and step.preauth
