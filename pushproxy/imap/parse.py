@@ -66,11 +66,15 @@ def split_tag_command(line: bytes) -> tuple[bytes, bytes] | None:
     return m.group(1), m.group(2).upper()
 
 
-_TAG_FORBIDDEN = frozenset(b'(){%*"\\+')
+_TAG_FORBIDDEN = frozenset(b'(){%*"\\+]')
 
 
 def is_valid_tag(tag: bytes) -> bool:
-    """RFC 9051 ``tag``: ASTRING-CHARs except ``+`` (printable ASCII, no atom-specials)."""
+    """RFC 9051 ``tag`` (printable ASCII, no atom-specials, no ``+``), minus ``]``.
+
+    The RFC allows ``]`` in a tag but Dovecot rejects it with an untagged BAD, which
+    would leave the command unanswered: the proxy refuses it itself.
+    """
     return bool(tag) and all(0x21 <= c <= 0x7E and c not in _TAG_FORBIDDEN for c in tag)
 
 
