@@ -69,13 +69,17 @@ def split_tag_command(line: bytes) -> tuple[bytes, bytes] | None:
 _TAG_FORBIDDEN = frozenset(b'(){%*"\\+]')
 
 
-def is_valid_tag(tag: bytes) -> bool:
-    """RFC 9051 ``tag`` (printable ASCII, no atom-specials, no ``+``), minus ``]``.
+MAX_TAG = 64
 
-    The RFC allows ``]`` in a tag but Dovecot rejects it with an untagged BAD, which
-    would leave the command unanswered: the proxy refuses it itself.
+
+def is_valid_tag(tag: bytes) -> bool:
+    """RFC 9051 ``tag`` (printable ASCII, no atom-specials, no ``+``), minus ``]``, at most 64 bytes.
+
+    The RFC allows ``]`` and any length, but Dovecot answers a ``]`` (and, before
+    login, a tag over about 126 bytes) with an untagged BAD, which would leave the
+    command unanswered: the proxy refuses those itself.
     """
-    return bool(tag) and all(0x21 <= c <= 0x7E and c not in _TAG_FORBIDDEN for c in tag)
+    return 0 < len(tag) <= MAX_TAG and all(0x21 <= c <= 0x7E and c not in _TAG_FORBIDDEN for c in tag)
 
 
 class _Reader:

@@ -290,4 +290,4 @@ ROUTES: dict[bytes, Callable[[ClientCommands, Line], None]] = {
 def guess_tag(line: bytes) -> bytes:
     """The tag of a malformed command when it is a valid tag, else ``*``."""
     word = line.split(b" ", 1)[0].strip()
-    return word if len(word) <= 64 and is_valid_tag(word) else b"*"
+    return word if is_valid_tag(word) else b"*"

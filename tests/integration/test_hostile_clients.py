@@ -101,13 +101,20 @@ def test_invalid_tags_and_huge_literals(dovecot: Dovecot, proxy_factory) -> None
     proxy = proxy_factory(dovecot)
     c = RawClient(proxy.port)
     assert b"a1 OK" in c.command(b"a1", b"LOGIN alice alicepw")
-    # Dovecot answers both with an untagged BAD: the proxy must answer them itself.
-    for bad in (b"\xe9 NOOP\r\n", b"x] NOOP\r\n"):
+    # Dovecot answers these with an untagged BAD: the proxy must answer them itself.
+    for bad in (b"\xe9 NOOP\r\n", b"x] NOOP\r\n", b"t" * 1000 + b" NOOP\r\n"):
         c.sock.sendall(bad)
         assert c.read_until(b"\r\n").startswith(b"* BAD")
     # A locally answered command after it is answered (it used to hang).
     assert b"a2 BAD" in c.command(b"a2", b"STARTTLS")
     assert b"a3 OK" in c.command(b"a3", b"NOOP")
+    c.close()
+
+    # Before login Dovecot also refuses long tags (over ~126 bytes) with an untagged BAD.
+    c = RawClient(proxy.port)
+    c.sock.sendall(b"t" * 200 + b" NOOP\r\n")
+    assert c.read_until(b"\r\n").startswith(b"* BAD")
+    assert b"p1 BAD" in c.command(b"p1", b"STARTTLS")
     c.close()
 
     c = RawClient(proxy.port)
