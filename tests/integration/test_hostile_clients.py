@@ -157,3 +157,18 @@ def test_duplicate_tag_takeover_cannot_reach_bobs_webpush_subscriptions(dovecot:
         dovecot.deliver("bob", make_message("still for bob"))
         wait_pushes(standin, ss, before + 1, timeout=20)
         bob.close()
+
+
+def test_capabilities_inside_the_login_response_are_the_authenticated_ones(dovecot: Dovecot, proxy_factory) -> None:
+    # This Dovecot puts them in the tagged OK's code; an untagged "* CAPABILITY" inside
+    # the exchange (other servers) is covered by the session unit tests.
+    from tests.integration.test_webpush_proxy import start_proxy
+
+    proxy = start_proxy(proxy_factory, dovecot)
+    c = RawClient(proxy.port)
+    assert b"WEBPUSH" not in c.command(b"c1", b"CAPABILITY")  # like imaplib at connect
+    answer = c.command(b"a1", b"LOGIN alice alicepw")
+    caps = [line for line in answer.split(b"\r\n") if b"CAPABILITY" in line]
+    assert caps and all(b"WEBPUSH" in line for line in caps), answer
+    assert b"WEBPUSH" in c.command(b"c2", b"CAPABILITY")
+    c.close()
