@@ -53,15 +53,22 @@ class UpstreamProtocol(protocol.Protocol):
         self.client.upstream_made(self)
 
     def dataReceived(self, data: bytes) -> None:
-        # What the session sends the client for this chunk leaves in one write.
-        out = self.client.client_out
+        # What the session sends the client for this chunk leaves in one write; so do
+        # the client's pipelined commands it releases (those that waited for a login's
+        # outcome), as the client sent them.
+        client = self.client
+        out, held = client.client_out, client.upstream_out
         out.gather()
+        if held is not None:
+            held.gather()
         try:
-            self.client.session.upstream_data(data)
+            client.session.upstream_data(data)
         except Exception as exc:  # a bug, never the peer's doing: one line, a BYE, no traceback
-            self.client.session.internal_error("upstream", exc)
+            client.session.internal_error("upstream", exc)
         finally:
             out.flush()
+            if held is not None:
+                held.flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.client.upstream_lost(reason)
