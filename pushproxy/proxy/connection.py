@@ -59,16 +59,14 @@ class UpstreamProtocol(protocol.Protocol):
         client = self.client
         out, held = client.client_out, client.upstream_out
         out.gather()
-        if held is not None:
-            held.gather()
+        held.gather()
         try:
             client.session.upstream_data(data)
         except Exception as exc:  # a bug, never the peer's doing: one line, a BYE, no traceback
             client.session.internal_error("upstream", exc)
         finally:
             out.flush()
-            if held is not None:
-                held.flush()
+            held.flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.client.upstream_lost(reason)
