@@ -67,6 +67,9 @@ def split_tag_command(line: bytes) -> tuple[bytes, bytes] | None:
 
 
 _TAG_FORBIDDEN = frozenset(b'(){%*"\\+]')
+# Every byte a tag may hold: deleting them with bytes.translate (one C pass) leaves
+# nothing of a valid tag; no Python loop per byte on the per-command path.
+_TAG_CHARS = bytes(c for c in range(0x21, 0x7F) if c not in _TAG_FORBIDDEN)
 
 
 MAX_TAG = 64
@@ -79,7 +82,7 @@ def is_valid_tag(tag: bytes) -> bool:
     login, a tag over about 126 bytes) with an untagged BAD, which would leave the
     command unanswered: the proxy refuses those itself.
     """
-    return 0 < len(tag) <= MAX_TAG and all(0x21 <= c <= 0x7E and c not in _TAG_FORBIDDEN for c in tag)
+    return 0 < len(tag) <= MAX_TAG and not tag.translate(None, _TAG_CHARS)
 
 
 class _Reader:
