@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pushproxy.config import Config
 from pushproxy.imap.commands import mailbox_arg
 from pushproxy.imap.data import Response
-from pushproxy.watch.pacing import Backoff, ConnectLimiter
+from pushproxy.retry import Backoff
+from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.upstream import (
     AuthenticationFailed,
     LoginCredentials,

@@ -1,41 +1,18 @@
-"""Pacing of upstream connections: reconnect backoff and a global connect rate.
+"""Pacing of upstream connections: a global connect rate and the poll schedule.
 
 After an upstream restart every watcher reconnects at once; the rate limiter
 spreads the new connections over time (``watch.connect_rate`` per second) so
-the server's login processes are not overrun, and the jittered backoff keeps
-failed watchers from retrying in lockstep.
+the server's login processes are not overrun.  (The jittered reconnect
+backoff, which keeps failed watchers from retrying in lockstep, is
+:class:`pushproxy.retry.Backoff`.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
-__all__ = ["Backoff", "ConnectLimiter"]
-
-
-class Backoff:
-    """Exponential backoff with "equal jitter": each delay is in [d/2, d], d doubling up to the max."""
-
-    __slots__ = ("_attempt", "maximum", "minimum")
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        self.minimum = max(0.0, minimum)
-        self.maximum = max(self.minimum, maximum)
-        self._attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self.maximum, self.minimum * (2**self._attempt)) if self.minimum > 0 else 0.0
-        self._attempt = min(self._attempt + 1, 64)
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-    @property
-    def attempts(self) -> int:
-        return self._attempt
+__all__ = ["ConnectLimiter", "PollSchedule"]
 
 
 class ConnectLimiter:

@@ -46,10 +46,11 @@ from typing import Literal
 from pushproxy import metrics
 from pushproxy.config import Config
 from pushproxy.events import MailEvent
+from pushproxy.retry import Backoff
 from pushproxy.store.base import Store
 from pushproxy.watch.credentials import CredentialProvider
 from pushproxy.watch.detection import WatchSpec
-from pushproxy.watch.pacing import Backoff, ConnectLimiter
+from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.tracker import MailboxTracker, Outcome
 from pushproxy.watch.upstream import (
     AuthenticationFailed,

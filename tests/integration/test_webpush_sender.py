@@ -15,7 +15,7 @@ import pytest
 from pushproxy.config import WebPushConfig
 from pushproxy.events import MessageInfo
 from pushproxy.extensions.webpush.payload import MAX_PLAINTEXT, new_mail_payload
-from pushproxy.extensions.webpush.sender import WebPushSender, parse_retry_after
+from pushproxy.extensions.webpush.sender import WebPushSender
 from pushproxy.extensions.webpush.ssrf import PinnedResolver
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.envelope import envelope_from_fields
@@ -331,14 +331,6 @@ async def test_rotation_old_key_keeps_signing(standin, sender, keyring) -> None:
     assert ra.vapid_key == old.public_key_b64
     assert rb.vapid_key == new.public_key_b64
     assert rc.vapid_key == new.public_key_b64  # unknown key id: the current key
-
-
-def test_parse_retry_after() -> None:
-    assert parse_retry_after("120") == 120.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
 
 
 def _valid_keys() -> tuple[str, str]:

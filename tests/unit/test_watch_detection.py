@@ -22,7 +22,7 @@ from pushproxy.watch.detection import (
     new_messages,
     normalise_mailboxes,
 )
-from pushproxy.watch.pacing import Backoff, ConnectLimiter
+from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.upstream import LoginCredentials
 
 # --------------------------------------------------------------------------- new_messages
@@ -142,17 +142,6 @@ async def test_spec_for_account(store: SqliteStore) -> None:
 
 
 # --------------------------------------------------------------------------- pacing
-
-
-def test_backoff_grows_with_jitter_and_caps() -> None:
-    b = Backoff(1.0, 8.0)
-    delays = [b.next() for _ in range(8)]
-    ceilings = [1, 2, 4, 8, 8, 8, 8, 8]
-    for d, c in zip(delays, ceilings, strict=True):
-        assert c / 2 <= d <= c
-    b.reset()
-    assert b.next() <= 1.0
-    assert Backoff(0.0, 5.0).next() == 0.0
 
 
 async def test_connect_limiter_spaces_acquisitions() -> None:

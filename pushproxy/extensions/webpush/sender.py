@@ -22,12 +22,9 @@ import asyncio
 import binascii
 import hashlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Literal, Protocol
 
 import aiohttp
@@ -39,6 +36,7 @@ from pushproxy.extensions.webpush.adapter import NoRedirectSession, post_encrypt
 from pushproxy.extensions.webpush.payload import MAX_PLAINTEXT, ack_payload
 from pushproxy.extensions.webpush.ssrf import ConnectRefused, EndpointRefused, PinnedResolver, ResolvedEndpoint
 from pushproxy.extensions.webpush.vapid import VapidKeyring
+from pushproxy.retry import parse_retry_after, retry_delay
 from pushproxy.store.base import WebPushSubscription
 
 log = logging.getLogger(__name__)
@@ -50,23 +48,6 @@ Urgency = Literal["very-low", "low", "normal", "high"]
 def endpoint_tag(endpoint: str) -> str:
     """What logs say instead of the endpoint: the host is not logged either (it may be private)."""
     return "ep:" + hashlib.sha256(endpoint.encode("utf-8", "replace")).hexdigest()[:12]
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date); None when absent or invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = datetime.now(UTC).timestamp() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +212,7 @@ class WebPushSender:
                 status, detail = None, "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             else:
                 status = answer.status
-                retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+                retry_after = parse_retry_after(answer.headers.get("Retry-After"), cap=self._retry_after_cap)
                 self._observe(status, t0)
                 detail = f"HTTP {status} {answer.reason}".strip()
                 outcome = _classify(status)
@@ -242,7 +223,7 @@ class WebPushSender:
             # Retryable: 429, 5xx, transport error or timeout.
             if retry >= self._cfg.retry_budget:
                 break
-            delay = self._backoff(retry, retry_after)
+            delay = retry_delay(retry, self._backoff_base, self._backoff_max, retry_after)
             if ttl > 0 and time.monotonic() - started + delay > ttl:
                 detail += "; the message would expire before the next attempt"
                 break
@@ -250,13 +231,6 @@ class WebPushSender:
             await self._sleep(delay)
         log.warning("webpush %s: giving up after %d attempts (%s)", who, attempts, detail)
         return WebPushResult("failed", status=status, attempts=attempts, detail=detail)
-
-    def _backoff(self, retry: int, retry_after: float | None) -> float:
-        delay = min(self._backoff_max, self._backoff_base * (2**retry))
-        delay *= random.uniform(0.5, 1.0)  # jitter: spread retries of many subscriptions
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self._retry_after_cap))
-        return delay
 
     def _observe(self, status: int | None, t0: float) -> None:
         if self._metrics is not None:

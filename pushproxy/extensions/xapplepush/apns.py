@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
 import time
 import uuid
@@ -41,6 +40,7 @@ from pushproxy.extensions.xapplepush.apns_h2 import (
 )
 from pushproxy.extensions.xapplepush.metrics import ApnsMetrics, PrometheusApnsMetrics
 from pushproxy.extensions.xapplepush.payload import build_payload, mailbox_hash, short_token
+from pushproxy.retry import retry_delay
 
 __all__ = [
     "ApnsMetrics",
@@ -278,15 +278,10 @@ class ApnsPusher:
                     attempt.reason or "",
                 )
                 return
-            delay = attempt.retry_after if attempt.retry_after is not None else self._backoff(retries)
+            delay = retry_delay(retries, self._backoff_base, self._backoff_max, attempt.retry_after)
             retries += 1
             log.debug("APNs push to %s: %s, retry %d in %.2fs", short_token(token), status, retries, delay)
             await asyncio.sleep(delay)
-
-    def _backoff(self, retries: int) -> float:
-        """Exponential with jitter: 50-100 % of base * 2**retries, capped."""
-        ceiling = min(self._backoff_max, self._backoff_base * (2**retries))
-        return ceiling * random.uniform(0.5, 1.0)
 
     async def _send_once(self, token: str, payload: dict[str, Any]) -> _Attempt:
         pool = self._pool

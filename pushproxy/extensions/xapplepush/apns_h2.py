@@ -54,6 +54,7 @@ from h2.exceptions import H2Error, NoAvailableStreamIDError
 
 from pushproxy.config import ApnsConfig, parse_hostport
 from pushproxy.extensions.xapplepush.apns_cert import LoadedCredentials
+from pushproxy.retry import parse_retry_after
 
 log = logging.getLogger("pushproxy.xapplepush.apns")
 
@@ -82,16 +83,6 @@ class _Result(NotificationResult):
 class _PendingResponse:
     headers: dict[bytes, bytes] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
-
-
-def _parse_retry_after(value: bytes | None) -> float | None:
-    if not value:
-        return None
-    try:
-        seconds = float(value.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        return None  # an HTTP date: Apple does not send those; ignore rather than guess
-    return max(0.0, min(seconds, RETRY_AFTER_CAP))
 
 
 class _ApnsClientProtocol(APNsTLSClientProtocol):
@@ -235,7 +226,7 @@ class _ApnsClientProtocol(APNsTLSClientProtocol):
                 status,
                 description=reason,
                 timestamp=timestamp,
-                retry_after=_parse_retry_after(pending.headers.get(b"retry-after")),
+                retry_after=parse_retry_after(pending.headers.get(b"retry-after"), cap=RETRY_AFTER_CAP),
             )
         )
 
