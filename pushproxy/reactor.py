@@ -1,7 +1,8 @@
 """Install Twisted's asyncio reactor before anything imports ``twisted.internet.reactor``.
 
-The upstream watchers (aioimaplib), aioapns and aiohttp run on asyncio; the IMAP
-listeners run on Twisted.  With Twisted's AsyncioSelectorReactor both share one
+The upstream watchers (an aioimaplib protocol, :mod:`pushproxy.watch.upstream`),
+the push senders (aioapns, aiohttp) and the admin endpoint (aiohttp) run on
+asyncio; the IMAP listeners run on Twisted.  With Twisted's AsyncioSelectorReactor both share one
 event loop, so a watcher event, an extension handler and a session's bytes never
 cross threads.  The loop itself is the standard one or uvloop
 (``runtime.event_loop``); uvloop implements the same ``add_reader`` /

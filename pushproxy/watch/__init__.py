@@ -3,7 +3,8 @@
 :class:`Supervisor` is the entry point (and the proxy's credential sink);
 :mod:`~pushproxy.watch.watcher` holds the per-account connection logic,
 :mod:`~pushproxy.watch.detection` the sans-IO new-mail detection,
-:mod:`~pushproxy.watch.connection` the small asyncio IMAP client.
+:mod:`~pushproxy.watch.upstream` the upstream IMAP connection (aioimaplib's
+protocol in one small subclass).
 """
 
 from pushproxy.watch.detection import WatchSpec

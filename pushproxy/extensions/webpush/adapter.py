@@ -35,7 +35,7 @@ import aiohttp
 import yarl
 from cryptography.hazmat.primitives.asymmetric import ec
 from multidict import CIMultiDictProxy
-from pywebpush import WebPusher
+from pywebpush import WebPusher, WebPushException
 
 MAX_ANSWER_BYTES = 8192  # a push service's answer body is only ever logged, never parsed
 
@@ -110,15 +110,19 @@ async def post_encrypted(
 
     ``url`` is the SSRF guard's parsed URL (the same object aiohttp connects
     to); ``headers`` is copied, so the caller's dict is never mutated.
-    Raises :class:`InvalidSubscriptionKeys` (or pywebpush's
-    ``WebPushException``) for unusable keys, and aiohttp/timeout errors for transport trouble.
+    Raises :class:`InvalidSubscriptionKeys` for unusable keys (pywebpush's own
+    key errors included, so that no other module needs pywebpush), and
+    aiohttp/timeout errors for transport trouble.
     """
     check_subscription_keys(p256dh, auth)
     info = {"endpoint": url, "keys": {"p256dh": p256dh, "auth": auth}}
-    pusher = WebPusher(info, aiohttp_session=session)  # type: ignore[arg-type]  # duck-typed session
-    answer = await pusher.send_async(
-        data=plaintext, headers=dict(headers), ttl=ttl, content_encoding="aes128gcm", timeout=timeout
-    )
+    try:
+        pusher = WebPusher(info, aiohttp_session=session)  # type: ignore[arg-type]  # duck-typed session
+        answer = await pusher.send_async(
+            data=plaintext, headers=dict(headers), ttl=ttl, content_encoding="aes128gcm", timeout=timeout
+        )
+    except WebPushException as exc:  # raised only by its key checks and encryption, never for HTTP
+        raise InvalidSubscriptionKeys("pywebpush refused the keys") from exc
     if not isinstance(answer, Answer):  # only with curl=True, which is never passed
         raise TypeError("pywebpush did not post")
     return answer

@@ -1,6 +1,6 @@
 """The WEBPUSH commands, answered by the proxy: GETVAPID, WEBPUSH, ACKWEBPUSH, LWEBPUSH, SILWEBPUSH.
 
-Wire form: ``/work/shared/specs/webpush-imap.md`` (draft-gougeon-imap-webpush).
+Wire form: draft-gougeon-imap-webpush (the grammar is :mod:`.grammar`).
 Every change is durable in the store before the tagged OK.  The verification
 push (``* ACKWEBPUSH <token>``) of a new or changed subscription is sent by a
 background task started after that write, so a slow push service never holds

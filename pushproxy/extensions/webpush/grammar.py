@@ -1,11 +1,11 @@
 """The argument grammar of the WEBPUSH commands, and the form of their untagged responses (sans-IO).
 
 Kept in one module so that it can follow the final text of
-draft-gougeon-imap-webpush; the pinned wire form is
-``/work/shared/specs/webpush-imap.md``.  Everything here raises
+draft-gougeon-imap-webpush (https://datatracker.ietf.org/doc/draft-gougeon-imap-webpush/),
+which this module is the project's reading of.  Everything here raises
 :class:`WebPushSyntaxError`, whose message is fit for the client's ``BAD``.
 
-What is *syntax* (BAD) and what is a *refusal* (NO) follows the spec page:
+What is *syntax* (BAD) and what is a *refusal* (NO):
 malformed ids, keys, tokens and durations are BAD; an endpoint that is a
 well-formed string but not an acceptable push URL (not https, private
 address, malformed URL) is NO, decided by the SSRF guard, not here.

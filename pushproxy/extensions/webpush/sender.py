@@ -29,7 +29,6 @@ from typing import Literal, Protocol
 
 import aiohttp
 from py_vapid import VapidException
-from pywebpush import WebPushException
 
 from pushproxy.config import WebPushConfig
 from pushproxy.extensions.webpush.adapter import NoRedirectSession, post_encrypted
@@ -196,7 +195,7 @@ class WebPushSender:
                     ttl=max(0, int(ttl)),
                     timeout=self._timeout,
                 )
-            except (WebPushException, ValueError, binascii.Error) as exc:
+            except (ValueError, binascii.Error) as exc:  # InvalidSubscriptionKeys is a ValueError
                 # Keys that cannot encrypt (the WEBPUSH grammar refuses them, so only
                 # a damaged store row gets here); nothing was sent.
                 log.error("webpush %s: invalid subscription keys (%s); message dropped", who, type(exc).__name__)

@@ -1,7 +1,7 @@
 """The XAPPLEPUSHSERVICE command: grammar and answer (iOS Mail's push registration).
 
-Apple never published the extension; this follows the Cyrus form (see
-``shared/specs/xapplepushservice.md``).  Parsing is deliberately lenient where
+Apple never published the extension; this follows the form Cyrus IMAP and
+macOS Server answered (the README's "iOS Mail" section has what clients need).  Parsing is deliberately lenient where
 iOS versions differ (key order, quoting, unknown pairs, missing mailboxes) and
 strict only where a wrong value would make the registration useless.
 """
