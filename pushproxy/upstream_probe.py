@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 
 from pushproxy.config import UpstreamConfig
-from pushproxy.watch.upstream import UpstreamError, open_connection
+from pushproxy.watch.connect import open_connection
+from pushproxy.watch.upstream import UpstreamError
 
 __all__ = ["CachedUpstreamProbe", "ProbeResult", "probe_upstream"]
 

@@ -21,13 +21,13 @@ from pushproxy.config import Config
 from pushproxy.imap.commands import mailbox_arg
 from pushproxy.imap.data import Response
 from pushproxy.retry import Backoff
+from pushproxy.watch.connect import login, open_connection
 from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.upstream import (
     AuthenticationFailed,
     LoginCredentials,
     UpstreamError,
     WatcherProtocol,
-    open_connection,
 )
 
 __all__ = ["ExtraIdler"]
@@ -89,7 +89,7 @@ class ExtraIdler:
                 await self._limiter.acquire()
                 conn = await open_connection(self._config.upstream, self._tls, command_timeout=watch.command_timeout)
                 async with asyncio.timeout(watch.command_timeout * 2):
-                    await conn.login(self._creds)
+                    await login(conn, self._creds)
                 result = await conn.command(b"EXAMINE " + mailbox_arg(self.mailbox))
                 if not result.ok or "IDLE" not in conn.capabilities:
                     log.info("watcher %s: extra IDLE on %s impossible; polling it", self.account, self.mailbox)

@@ -38,10 +38,10 @@ from pushproxy.accounts import normalise_account
 from pushproxy.config import Config, ConfigError
 from pushproxy.events import MailEvent
 from pushproxy.store.base import Store, StoreUnavailable
+from pushproxy.watch.connect import make_tls_context
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
 from pushproxy.watch.detection import WatchSpec
 from pushproxy.watch.pacing import ConnectLimiter
-from pushproxy.watch.upstream import make_tls_context
 from pushproxy.watch.watcher import STATES, Watcher, WatcherState
 
 __all__ = ["Supervisor"]

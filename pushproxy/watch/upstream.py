@@ -14,35 +14,42 @@ what a watcher needs and aioimaplib 2.0 lacks:
   to the watcher, with those that arrived between commands;
 - STARTTLS through the event loop's ``start_tls``, refusing anything the
   server sent in clear text after its OK;
-- LOGIN with correctly quoted arguments (literals for 8-bit ones) and
-  AUTHENTICATE PLAIN with an authorization identity (master users);
-- NOTIFY, ENABLE, EXAMINE with QRESYNC: any command through :meth:`command`;
+- NOTIFY, ENABLE, EXAMINE with QRESYNC, LOGIN and AUTHENTICATE: any command
+  through :meth:`command`, with literals (synchronising or LITERAL+/-) and a
+  client response after the server's continuation request;
 - prompt failure: a ``* BYE`` (outside LOGOUT) or a lost connection fails
   whatever waits at once with :class:`ConnectionLost`;
 - a deadline on every await (``command_timeout``; IDLE's own deadline).
 
 One command at a time: a watcher never pipelines.
+
+Connecting and logging in (the procedure around this protocol) is
+:mod:`pushproxy.watch.connect`; the errors and results it raises and returns
+are :mod:`pushproxy.watch.upstream_types` (re-exported here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import socket
 import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
-from typing import Literal as TypingLiteral
 
 from aioimaplib import AUTH, LOGOUT, NONAUTH, IMAP4ClientProtocol
 
-from pushproxy.config import UpstreamConfig
 from pushproxy.imap.assemble import MalformedResponse, ResponseAssembler
-from pushproxy.imap.commands import CommandPart, Literal, astring
+from pushproxy.imap.commands import CommandPart, Literal
 from pushproxy.imap.data import Response, parse_capabilities, read_response
+from pushproxy.watch.upstream_types import (
+    AuthenticationFailed,
+    CommandFailed,
+    CommandResult,
+    ConnectionLost,
+    LoginCredentials,
+    TemporaryLoginFailure,
+    UpstreamError,
+)
 
 __all__ = [
     "AuthenticationFailed",
@@ -53,87 +60,10 @@ __all__ = [
     "TemporaryLoginFailure",
     "UpstreamError",
     "WatcherProtocol",
-    "make_tls_context",
-    "open_connection",
 ]
 
-# NO response codes (RFC 5530) that say "try again later", not "wrong credentials".
-_TEMPORARY_CODES = frozenset({"UNAVAILABLE", "LIMIT", "INUSE", "SERVERBUG"})
 _MAX_QUEUED = 2000  # unsolicited responses queued before reading from the socket pauses
 _LITERAL_MINUS_MAX = 4096  # RFC 7888: LITERAL- allows non-synchronizing literals up to 4096 bytes
-
-
-class UpstreamError(Exception):
-    """Something went wrong with the upstream connection (transient: reconnect later)."""
-
-
-class ConnectionLost(UpstreamError):
-    """The server closed the connection or said BYE."""
-
-
-class CommandFailed(UpstreamError):
-    """A command was answered NO or BAD."""
-
-    def __init__(self, command: str, status: Response) -> None:
-        super().__init__(f"{command} failed: {status.text}")
-        self.status = status
-
-
-class AuthenticationFailed(Exception):
-    """Upstream refused the credentials: do not retry them."""
-
-
-class TemporaryLoginFailure(UpstreamError):
-    """Upstream refused the login for a reason that may go away (NO [UNAVAILABLE], ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LoginCredentials:
-    """How to log in upstream.  ``authzid``: SASL PLAIN authorization identity (master users)."""
-
-    login: str
-    secret: str
-    mechanism: TypingLiteral["login", "plain"] = "login"
-    authzid: str | None = None
-
-    def __repr__(self) -> str:  # never show the secret
-        extra = f", authzid={self.authzid!r}" if self.authzid else ""
-        return f"LoginCredentials(login={self.login!r}, mechanism={self.mechanism}{extra})"
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    untagged: list[Response]
-    status: Response  # the tagged response
-
-    @property
-    def ok(self) -> bool:
-        return self.status.kind == "OK"
-
-
-def make_tls_context(upstream: UpstreamConfig) -> ssl.SSLContext:
-    """The client TLS context for upstream connections (shared by all watchers)."""
-    ctx = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(upstream.ca_file) if upstream.ca_file else None
-    )
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not upstream.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def _set_keepalive(transport: asyncio.BaseTransport) -> None:
-    """TCP keepalive: a dead peer (NAT timeout, pulled cable) is noticed within minutes."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 120)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 30)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
 
 
 class _Pending:
@@ -144,36 +74,6 @@ class _Pending:
         self.name = name
         self.future = future
         self.untagged: list[Response] = []
-
-
-async def open_connection(
-    upstream: UpstreamConfig, tls_context: ssl.SSLContext | None, *, command_timeout: float
-) -> WatcherProtocol:
-    """Connect (TLS or STARTTLS as configured) and read the greeting; not yet logged in."""
-    loop = asyncio.get_running_loop()
-    server_name = upstream.server_name or upstream.host
-    implicit_tls = upstream.security == "tls"
-    if upstream.security != "none" and tls_context is None:
-        tls_context = make_tls_context(upstream)
-    async with asyncio.timeout(upstream.connect_timeout):
-        transport, protocol = await loop.create_connection(
-            lambda: WatcherProtocol(command_timeout),
-            upstream.host,
-            upstream.port,
-            ssl=tls_context if implicit_tls else None,
-            server_hostname=server_name if implicit_tls else None,
-        )
-    _set_keepalive(transport)
-    try:
-        async with asyncio.timeout(upstream.connect_timeout):
-            await protocol.wait_greeting()
-            if upstream.security == "starttls":
-                assert tls_context is not None
-                await protocol.starttls(tls_context, server_name)
-    except BaseException:
-        protocol.abort()
-        raise
-    return protocol
 
 
 class WatcherProtocol(IMAP4ClientProtocol):
@@ -341,8 +241,14 @@ class WatcherProtocol(IMAP4ClientProtocol):
         for fut in done:
             fut.result()  # raises ConnectionLost
 
-    async def command(self, *parts: CommandPart, timeout: float | None = None, check: bool = False) -> CommandResult:
-        """Run ``<tag> <parts...>``; CommandFailed on NO/BAD when ``check``."""
+    async def command(
+        self, *parts: CommandPart, response: bytes | None = None, timeout: float | None = None, check: bool = False
+    ) -> CommandResult:
+        """Run ``<tag> <parts...>``; CommandFailed on NO/BAD when ``check``.
+
+        ``response``: a line sent once the server asks for it with a
+        continuation request (AUTHENTICATE without SASL-IR).
+        """
         first = parts[0]
         name = first.split(b" ", 1)[0].decode("ascii", "replace").upper() if isinstance(first, bytes) else "?"
         pending = self._start(name)
@@ -362,6 +268,11 @@ class WatcherProtocol(IMAP4ClientProtocol):
                         chunks.append(part.data)
                     else:
                         chunks.append(part)
+                if response is not None:
+                    chunks.append(b"\r\n")
+                    self._write(b"".join(chunks))
+                    await self._await_continuation()
+                    chunks = [response]
                 chunks.append(b"\r\n")
                 self._write(b"".join(chunks))
                 status = await pending.future
@@ -373,59 +284,13 @@ class WatcherProtocol(IMAP4ClientProtocol):
             raise CommandFailed(name, status)
         return result
 
-    # ------------------------------------------------------------------ login
+    # ------------------------------------------------------------------ login (see pushproxy.watch.connect)
 
-    async def login(self, creds: LoginCredentials) -> None:
-        """LOGIN or AUTHENTICATE PLAIN; then learn the capabilities.
-
-        Raises AuthenticationFailed for a refusal that retrying will not fix,
-        TemporaryLoginFailure for NO [UNAVAILABLE] and friends.
-        """
-        if not self.capabilities:
-            await self.refresh_capabilities()
-        use_plain = creds.mechanism == "plain" or "LOGINDISABLED" in self.capabilities
-        if use_plain and "AUTH=PLAIN" not in self.capabilities:
-            raise TemporaryLoginFailure("upstream offers neither LOGIN nor AUTHENTICATE PLAIN here")
-        try:
-            if use_plain:
-                result = await self._authenticate_plain(creds)
-            else:
-                result = await self.command(b"LOGIN ", astring(creds.login), b" ", astring(creds.secret))
-        except CommandFailed as exc:  # NO/BAD before the continuation
-            result = CommandResult([], exc.status)
-        status = result.status
-        if not result.ok:
-            code = status.code or ""
-            if status.kind == "NO" and code in _TEMPORARY_CODES:
-                raise TemporaryLoginFailure(f"upstream login refused for now ({code})")
-            # NO [AUTHENTICATIONFAILED], any other NO, or BAD: retrying the same
-            # credentials would fail again (and count against the account's lockout).
-            raise AuthenticationFailed(f"upstream refused the login ({status.kind} {code})".strip())
+    def logged_in(self, capabilities: Iterable[str] | None) -> None:
+        """The login succeeded; ``capabilities`` if its answer listed them."""
         self.state = AUTH
-        caps = None
-        for resp in [status, *result.untagged]:
-            caps = parse_capabilities(resp) or caps
-        if caps is not None:
-            self.capabilities = set(caps)
-        else:
-            await self.refresh_capabilities()
-
-    async def _authenticate_plain(self, creds: LoginCredentials) -> CommandResult:
-        authzid = (creds.authzid or "").encode("utf-8")
-        blob = base64.b64encode(authzid + b"\0" + creds.login.encode("utf-8") + b"\0" + creds.secret.encode("utf-8"))
-        if "SASL-IR" in self.capabilities:
-            return await self.command(b"AUTHENTICATE PLAIN ", blob)
-        pending = self._start("AUTHENTICATE")
-        try:
-            async with asyncio.timeout(self.command_timeout):
-                self._write(pending.tag + b" AUTHENTICATE PLAIN\r\n")
-                await self._await_continuation()
-                self._write(blob + b"\r\n")
-                status = await pending.future
-        finally:
-            if self._pending is pending:
-                self._pending = None
-        return CommandResult(pending.untagged, status)
+        if capabilities is not None:
+            self.capabilities = set(capabilities)
 
     async def refresh_capabilities(self) -> set[str]:
         result = await self.command(b"CAPABILITY", check=True)

@@ -48,6 +48,7 @@ from pushproxy.config import Config
 from pushproxy.events import MailEvent
 from pushproxy.retry import Backoff
 from pushproxy.store.base import Store
+from pushproxy.watch.connect import login, open_connection
 from pushproxy.watch.credentials import CredentialProvider
 from pushproxy.watch.detection import WatchSpec
 from pushproxy.watch.pacing import ConnectLimiter
@@ -58,7 +59,6 @@ from pushproxy.watch.upstream import (
     LoginCredentials,
     UpstreamError,
     WatcherProtocol,
-    open_connection,
 )
 from pushproxy.watch.watching import Detector
 
@@ -203,7 +203,7 @@ class Watcher:
                     )
                     self._conn = conn
                     async with asyncio.timeout(self._watch.command_timeout * 2):
-                        await conn.login(creds)
+                        await login(conn, creds)
                     connected_at = time.monotonic()
                     self.connections += 1
                     reconnect_now = await self._connected(conn, creds)

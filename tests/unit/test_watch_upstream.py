@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from pushproxy.config import UpstreamConfig
+from pushproxy.watch.connect import login, open_connection
 from pushproxy.watch.upstream import (
     AuthenticationFailed,
     ConnectionLost,
@@ -17,7 +18,6 @@ from pushproxy.watch.upstream import (
     TemporaryLoginFailure,
     UpstreamError,
     WatcherProtocol,
-    open_connection,
 )
 
 pytestmark = pytest.mark.timeout(20)
@@ -86,7 +86,7 @@ async def test_login_with_synchronizing_literal() -> None:
 
     async with FakeServer(script) as upstream:
         conn = await open_connection(upstream, None, command_timeout=2)
-        await conn.login(LoginCredentials("alice", password))
+        await login(conn, LoginCredentials("alice", password))
         assert "NOTIFY" in conn.capabilities
         await conn.logout()
 
@@ -107,7 +107,7 @@ async def test_login_with_literal_plus_and_capability_command() -> None:
 
     async with FakeServer(script) as upstream:
         conn = await open_connection(upstream, None, command_timeout=2)
-        await conn.login(LoginCredentials("usér", 'a"b'))
+        await login(conn, LoginCredentials("usér", 'a"b'))
         assert conn.capabilities == {"IMAP4REV1", "IDLE"}
         conn.abort()
 
@@ -131,7 +131,7 @@ async def test_login_refusals(answer: bytes, error: type[Exception]) -> None:
     async with FakeServer(script) as upstream:
         conn = await open_connection(upstream, None, command_timeout=2)
         with pytest.raises(error):
-            await conn.login(LoginCredentials("alice", "pw"))
+            await login(conn, LoginCredentials("alice", "pw"))
         conn.abort()
 
 
@@ -147,7 +147,7 @@ async def test_authenticate_plain_without_sasl_ir() -> None:
 
     async with FakeServer(script) as upstream:
         conn = await open_connection(upstream, None, command_timeout=2)
-        await conn.login(LoginCredentials("admin", "adminpw", mechanism="plain", authzid="alice"))
+        await login(conn, LoginCredentials("admin", "adminpw", mechanism="plain", authzid="alice"))
         conn.abort()
 
 
@@ -174,7 +174,7 @@ async def test_idle_ends_on_interesting_response_and_sends_done() -> None:
 
     async with FakeServer(script) as upstream:
         conn = await open_connection(upstream, None, command_timeout=2)
-        await conn.login(LoginCredentials("alice", "pw"))
+        await login(conn, LoginCredentials("alice", "pw"))
         got = await conn.idle(time.monotonic() + 10, asyncio.Event(), lambda r: r.kind == "EXISTS")
         assert [r.raw for r in got] == [b"* 3 RECENT\r\n", b"* 4 EXISTS\r\n", b"* 4 RECENT\r\n"]
         await conn.command(b"NOOP")  # the stream is in step after IDLE
@@ -193,7 +193,7 @@ async def test_idle_wake_and_deadline() -> None:
 
     async with FakeServer(script) as upstream:
         conn = await open_connection(upstream, None, command_timeout=2)
-        await conn.login(LoginCredentials("alice", "pw"))
+        await login(conn, LoginCredentials("alice", "pw"))
         wake = asyncio.Event()
         asyncio.get_running_loop().call_later(0.1, wake.set)
         assert await conn.idle(time.monotonic() + 30, wake, lambda r: False) == []
@@ -215,7 +215,7 @@ async def test_bye_during_idle_raises_at_once() -> None:
 
     async with FakeServer(script) as upstream:
         conn = await open_connection(upstream, None, command_timeout=5)
-        await conn.login(LoginCredentials("alice", "pw"))
+        await login(conn, LoginCredentials("alice", "pw"))
         start = time.monotonic()
         with pytest.raises(ConnectionLost):
             await conn.idle(time.monotonic() + 60, asyncio.Event(), lambda r: False)
@@ -230,7 +230,7 @@ async def test_silent_server_times_out() -> None:
 
     async with FakeServer(script) as upstream:
         conn = await open_connection(upstream, None, command_timeout=2)
-        await conn.login(LoginCredentials("alice", "pw"))
+        await login(conn, LoginCredentials("alice", "pw"))
         conn.command_timeout = 0.2
         with pytest.raises(TimeoutError):
             await conn.command(b"NOOP")
