@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pushproxy.config import UpstreamConfig
 from pushproxy.watch.connect import open_connection
-from pushproxy.watch.upstream import UpstreamError
+from pushproxy.watch.upstream_types import UpstreamError
 
 __all__ = ["CachedUpstreamProbe", "ProbeResult", "probe_upstream"]
 

@@ -69,11 +69,17 @@ class OxEventError(ValueError):
     """The document is not a valid ox driver event (the message is safe to show the sender)."""
 
 
-def _int_field(doc: dict[str, Any], name: str, *, required: bool) -> int | None:
+def _present(doc: dict[str, Any], name: str, *, required: bool) -> Any:
+    """The field's value; None when absent or null, which a required field may not be."""
     value = doc.get(name)
+    if value is None and required:
+        raise OxEventError(f"missing field {name!r}")
+    return value
+
+
+def _int_field(doc: dict[str, Any], name: str, *, required: bool) -> int | None:
+    value = _present(doc, name, required=required)
     if value is None:
-        if required:
-            raise OxEventError(f"missing field {name!r}")
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str) and value.isdigit():  # tolerate numbers sent as strings
@@ -83,10 +89,8 @@ def _int_field(doc: dict[str, Any], name: str, *, required: bool) -> int | None:
 
 
 def _str_field(doc: dict[str, Any], name: str, *, required: bool) -> str | None:
-    value = doc.get(name)
+    value = _present(doc, name, required=required)
     if value is None:
-        if required:
-            raise OxEventError(f"missing field {name!r}")
         return None
     if not isinstance(value, str):
         raise OxEventError(f"field {name!r} must be a string")

@@ -20,6 +20,7 @@ non-synchronising literal it announced) and reported once as
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 __all__ = [
     "Framer",
@@ -44,30 +45,19 @@ class FramingError(Exception):
     """The byte stream cannot be framed (e.g. an absurd literal size)."""
 
 
-class LiteralSpec:
-    __slots__ = ("binary", "nonsync", "size")
+# The frame classes are plain slotted dataclasses (not frozen: a frozen one's
+# __init__ goes through object.__setattr__, and the relay makes one per line).
 
-    def __init__(self, size: int, nonsync: bool, binary: bool) -> None:
-        self.size = size
-        self.nonsync = nonsync  # {n+} or {n-}: the sender does not wait for "+"
-        self.binary = binary
+
+@dataclass(slots=True, unsafe_hash=True)  # hashable by value; nothing mutates one after parsing
+class LiteralSpec:
+    size: int
+    nonsync: bool  # {n+} or {n-}: the sender does not wait for "+"
+    binary: bool
 
     @property
     def sync(self) -> bool:
         return not self.nonsync
-
-    def __repr__(self) -> str:
-        return f"LiteralSpec({self.size}, nonsync={self.nonsync}, binary={self.binary})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LiteralSpec) and (self.size, self.nonsync, self.binary) == (
-            other.size,
-            other.nonsync,
-            other.binary,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.size, self.nonsync, self.binary))
 
 
 def parse_literal_spec(line: bytes) -> LiteralSpec | None:
@@ -80,6 +70,7 @@ def parse_literal_spec(line: bytes) -> LiteralSpec | None:
     return LiteralSpec(int(m.group(2)), m.group(3) != b"", m.group(1) == b"~")
 
 
+@dataclass(slots=True)
 class Line:
     """A complete line, line end included, exactly as received.
 
@@ -87,44 +78,23 @@ class Line:
     previous line announced a literal (so it is not the start of a new one).
     """
 
-    __slots__ = ("continued", "data", "literal")
-
-    def __init__(self, data: bytes, literal: LiteralSpec | None, continued: bool) -> None:
-        self.data = data
-        self.literal = literal
-        self.continued = continued
-
-    def __repr__(self) -> str:
-        return f"Line({self.data!r}, literal={self.literal!r}, continued={self.continued})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Line) and (self.data, self.literal, self.continued) == (
-            other.data,
-            other.literal,
-            other.continued,
-        )
-
-    __hash__ = None  # type: ignore[assignment]
+    data: bytes
+    literal: LiteralSpec | None
+    continued: bool
 
 
+@dataclass(slots=True, repr=False)
 class LiteralChunk:
     """A piece of a literal's body; ``last`` marks the piece that completes it."""
 
-    __slots__ = ("data", "last")
-
-    def __init__(self, data: bytes, last: bool) -> None:
-        self.data = data
-        self.last = last
+    data: bytes
+    last: bool
 
     def __repr__(self) -> str:
         return f"LiteralChunk({len(self.data)} bytes, last={self.last})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LiteralChunk) and (self.data, self.last) == (other.data, other.last)
 
-    __hash__ = None  # type: ignore[assignment]
-
-
+@dataclass(slots=True, repr=False)
 class LinePart:
     """Server mode only: a piece of a line too long to buffer; forward it as is.
 
@@ -132,26 +102,15 @@ class LinePart:
     a literal follows.
     """
 
-    __slots__ = ("data", "end", "literal")
-
-    def __init__(self, data: bytes, end: bool, literal: LiteralSpec | None = None) -> None:
-        self.data = data
-        self.end = end
-        self.literal = literal
+    data: bytes
+    end: bool
+    literal: LiteralSpec | None = None
 
     def __repr__(self) -> str:
         return f"LinePart({len(self.data)} bytes, end={self.end}, literal={self.literal!r})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LinePart) and (self.data, self.end, self.literal) == (
-            other.data,
-            other.end,
-            other.literal,
-        )
 
-    __hash__ = None  # type: ignore[assignment]
-
-
+@dataclass(slots=True, repr=False, eq=False)  # compared by identity, as before
 class LineTooLong:
     """Client mode only: a line over the limit was discarded.
 
@@ -162,12 +121,9 @@ class LineTooLong:
     the session's BAD instead.
     """
 
-    __slots__ = ("continued", "head", "skipped_literal")
-
-    def __init__(self, head: bytes, continued: bool, skipped_literal: int) -> None:
-        self.head = head
-        self.continued = continued
-        self.skipped_literal = skipped_literal
+    head: bytes
+    continued: bool
+    skipped_literal: int
 
     def __repr__(self) -> str:
         return f"LineTooLong({self.head[:20]!r}..., skipped_literal={self.skipped_literal})"
@@ -316,6 +272,10 @@ class Framer:
     def _emit_line(self, line: bytes, events: list[LineFrame]) -> None:
         spec = self._literal_of(line)
         events.append(Line(line, spec, self._continued))
+        self._announced(spec)
+
+    def _announced(self, spec: LiteralSpec | None) -> None:
+        """The line just emitted announced the literal ``spec`` (or none): what the next bytes are."""
         if spec is not None and spec.size:
             self._literal_left = spec.size
             self._literal_discard = False
@@ -355,12 +315,7 @@ class Framer:
             if spec is not None and not self._continued and not self._server_line_takes_literal(self._head):
                 spec = None
             events.append(LinePart(piece, end=True, literal=spec))
-            if spec is not None and spec.size:
-                self._literal_left = spec.size
-                self._literal_discard = False
-                self._continued = False
-            else:
-                self._continued = spec is not None
+            self._announced(spec)
         else:
             skipped = spec.size if spec is not None and spec.nonsync else 0
             events.append(LineTooLong(self._head, self._continued, skipped))

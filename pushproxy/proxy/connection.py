@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IDelayedCall
@@ -57,16 +57,7 @@ class UpstreamProtocol(protocol.Protocol):
         # the client's pipelined commands it releases (those that waited for a login's
         # outcome), as the client sent them.
         client = self.client
-        out, held = client.client_out, client.upstream_out
-        out.gather()
-        held.gather()
-        try:
-            client.session.upstream_data(data)
-        except Exception as exc:  # a bug, never the peer's doing: one line, a BYE, no traceback
-            client.session.internal_error("upstream", exc)
-        finally:
-            out.flush()
-            held.flush()
+        client.feed_session("upstream", data, client.both_outboxes)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.client.upstream_lost(reason)
@@ -97,6 +88,8 @@ class ClientProtocol(protocol.Protocol):
         self._pending_upstream: list[bytes] = []
         self.client_out = tx.Outbox(None)
         self.upstream_out = tx.Outbox(None)  # its transport is set once upstream is connected
+        self._upstream_outbox = (self.upstream_out,)
+        self.both_outboxes = (self.client_out, self.upstream_out)
         self._timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
         self._upstream_lost = False
@@ -129,15 +122,8 @@ class ClientProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         phase = self._phase
         if phase is _Phase.SESSION:
-            out = self.upstream_out
             # What the session sends upstream for this chunk leaves in one write.
-            out.gather()
-            try:
-                self.session.client_data(data)
-            except Exception as exc:  # a bug, never the peer's doing: one line, a BYE, no traceback
-                self.session.internal_error("client", exc)
-            finally:
-                out.flush()
+            self.feed_session("client", data, self._upstream_outbox)
         elif phase is _Phase.PREFIX_CHECK:
             self._check_prefix(data)
         elif phase is _Phase.PROXY_HEADER:
@@ -156,6 +142,21 @@ class ClientProtocol(protocol.Protocol):
             _unhook(self.upstream.transport)
             self.upstream.transport.loseConnection()
         self._finish()
+
+    def feed_session(self, side: Literal["client", "upstream"], data: bytes, outboxes: tuple[tx.Outbox, ...]) -> None:
+        """Hand the session a chunk read from ``side``; what it writes to ``outboxes`` meanwhile leaves in one go."""
+        for out in outboxes:
+            out.gather()
+        try:
+            if side == "client":
+                self.session.client_data(data)
+            else:
+                self.session.upstream_data(data)
+        except Exception as exc:  # a bug, never the peer's doing: one line, a BYE, no traceback
+            self.session.internal_error(side, exc)
+        finally:
+            for out in outboxes:
+                out.flush()
 
     # -- before the session ----------------------------------------------------------
     def _read_proxy_header(self, data: bytes) -> None:

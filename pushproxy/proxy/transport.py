@@ -66,15 +66,7 @@ def write_sequence(transport: Any, parts: Sequence[bytes | memoryview]) -> None:
     if len(parts) == 1 and type(parts[0]) is bytes:
         write(transport, parts[0])
         return
-    if (
-        transport.__class__ in _PLAIN
-        and not transport.TLS
-        and not transport._tempDataLen
-        and not transport.dataBuffer
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-    ):
+    if transport.__class__ in _PLAIN and not transport.TLS and _can_send_now(transport):
         try:
             sent = transport.socket.sendmsg(parts)
         except OSError:
@@ -96,15 +88,20 @@ def _after(parts: Sequence[bytes | memoryview], sent: int) -> bytes:
     return b""
 
 
-def _send_plain(transport: Any, data: bytes) -> None:
-    """Send on a plain TCP transport now if nothing is queued; queue the rest in Twisted."""
-    if (
+def _can_send_now(transport: Any) -> bool:
+    """A plain TCP transport with nothing queued in Twisted that is open for writing."""
+    return (
         not transport._tempDataLen
         and not transport.dataBuffer
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
-    ):
+    )
+
+
+def _send_plain(transport: Any, data: bytes) -> None:
+    """Send on a plain TCP transport now if nothing is queued; queue the rest in Twisted."""
+    if _can_send_now(transport):
         try:
             sent = transport.socket.send(data)
         except OSError:

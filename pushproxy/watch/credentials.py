@@ -27,7 +27,7 @@ from typing import Literal
 from pushproxy.config import Config, ConfigError
 from pushproxy.store.base import Store, StoredCredential
 from pushproxy.store.vault import VaultError
-from pushproxy.watch.upstream import LoginCredentials
+from pushproxy.watch.upstream_types import LoginCredentials
 
 __all__ = [
     "CredentialProvider",

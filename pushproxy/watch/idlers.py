@@ -23,12 +23,8 @@ from pushproxy.imap.data import Response
 from pushproxy.retry import Backoff
 from pushproxy.watch.connect import login, open_connection
 from pushproxy.watch.pacing import ConnectLimiter
-from pushproxy.watch.upstream import (
-    AuthenticationFailed,
-    LoginCredentials,
-    UpstreamError,
-    WatcherProtocol,
-)
+from pushproxy.watch.upstream import WatcherProtocol
+from pushproxy.watch.upstream_types import AuthenticationFailed, LoginCredentials, UpstreamError
 
 __all__ = ["ExtraIdler"]
 

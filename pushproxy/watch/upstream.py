@@ -25,7 +25,7 @@ One command at a time: a watcher never pipelines.
 
 Connecting and logging in (the procedure around this protocol) is
 :mod:`pushproxy.watch.connect`; the errors and results it raises and returns
-are :mod:`pushproxy.watch.upstream_types` (re-exported here).
+are :mod:`pushproxy.watch.upstream_types`.
 """
 
 from __future__ import annotations
@@ -41,26 +41,9 @@ from aioimaplib import AUTH, LOGOUT, NONAUTH, IMAP4ClientProtocol
 from pushproxy.imap.assemble import MalformedResponse, ResponseAssembler
 from pushproxy.imap.commands import CommandPart, Literal
 from pushproxy.imap.data import Response, parse_capabilities, read_response
-from pushproxy.watch.upstream_types import (
-    AuthenticationFailed,
-    CommandFailed,
-    CommandResult,
-    ConnectionLost,
-    LoginCredentials,
-    TemporaryLoginFailure,
-    UpstreamError,
-)
+from pushproxy.watch.upstream_types import CommandFailed, CommandResult, ConnectionLost, UpstreamError
 
-__all__ = [
-    "AuthenticationFailed",
-    "CommandFailed",
-    "CommandResult",
-    "ConnectionLost",
-    "LoginCredentials",
-    "TemporaryLoginFailure",
-    "UpstreamError",
-    "WatcherProtocol",
-]
+__all__ = ["WatcherProtocol"]
 
 _MAX_QUEUED = 2000  # unsolicited responses queued before reading from the socket pauses
 _LITERAL_MINUS_MAX = 4096  # RFC 7888: LITERAL- allows non-synchronizing literals up to 4096 bytes

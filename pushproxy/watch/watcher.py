@@ -53,13 +53,8 @@ from pushproxy.watch.credentials import CredentialProvider
 from pushproxy.watch.detection import WatchSpec
 from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.tracker import MailboxTracker, Outcome
-from pushproxy.watch.upstream import (
-    AuthenticationFailed,
-    ConnectionLost,
-    LoginCredentials,
-    UpstreamError,
-    WatcherProtocol,
-)
+from pushproxy.watch.upstream import WatcherProtocol
+from pushproxy.watch.upstream_types import AuthenticationFailed, ConnectionLost, LoginCredentials, UpstreamError
 from pushproxy.watch.watching import Detector
 
 __all__ = ["STATES", "MailboxResolver", "Watcher", "WatcherState"]

@@ -32,7 +32,8 @@ from pushproxy.imap.fetch import parse_fetch
 from pushproxy.watch.idlers import ExtraIdler
 from pushproxy.watch.pacing import PollSchedule
 from pushproxy.watch.tracker import MailboxTracker, Outcome
-from pushproxy.watch.upstream import CommandFailed, LoginCredentials, WatcherProtocol
+from pushproxy.watch.upstream import WatcherProtocol
+from pushproxy.watch.upstream_types import CommandFailed, LoginCredentials
 
 if TYPE_CHECKING:
     from pushproxy.watch.watcher import Watcher
@@ -139,6 +140,21 @@ class Detector:
         if self._caught_up:
             lacking = not self.notify or "IDLE" not in self.conn.capabilities
             self.w.set_mode(polling=lacking and bool(polled))
+
+    def _mark_missing(self, box: str, why: str, text: str) -> None:
+        """``box`` cannot be watched (yet): poll it until it can; ``why`` is logged once (``%s`` box, text)."""
+        if box not in self.missing:
+            log.info("watcher %s: " + why, self.account, box, text)
+        self.missing.add(box)
+        self._update_schedule()
+
+    def _mark_present(self, box: str) -> bool:
+        """``box`` answered; True if it was missing until now."""
+        if box not in self.missing:
+            return False
+        self.missing.discard(box)
+        self._update_schedule()
+        return True
 
     def _activity(self, box: str, when: float) -> None:
         """An extra IDLE connection saw something in ``box``: examine it (no STATUS needed first)."""
@@ -274,14 +290,9 @@ class Detector:
                         continue
             self.t.note(resp)
         if not result.ok:
-            if box not in self.missing:
-                log.info("watcher %s: cannot watch %s (yet): %s", self.account, box, result.status.text)
-            self.missing.add(box)
-            self._update_schedule()
+            self._mark_missing(box, "cannot watch %s (yet): %s", result.status.text)
             return None
-        if box in self.missing:
-            self.missing.discard(box)
-            self._update_schedule()
+        if self._mark_present(box):
             if self.notify:
                 log.info("watcher %s: %s exists now; reconnecting to include it in NOTIFY", self.account, box)
                 self.reconnect_now = True
@@ -293,14 +304,9 @@ class Detector:
         result = await self.conn.command(command)
         if not result.ok:
             # A failed SELECT/EXAMINE leaves no mailbox selected (RFC 9051 6.3.2).
-            if box not in self.missing:
-                log.info("watcher %s: cannot EXAMINE %s: %s", self.account, box, result.status.text)
-            self.missing.add(box)
-            self._update_schedule()
+            self._mark_missing(box, "cannot EXAMINE %s: %s", result.status.text)
             return False
-        if box in self.missing:
-            self.missing.discard(box)
-            self._update_schedule()
+        self._mark_present(box)
         select_data: list[Response] = []
         for resp in result.untagged:
             if resp.kind == "STATUS":

@@ -23,7 +23,7 @@ from pushproxy.watch.detection import (
     normalise_mailboxes,
 )
 from pushproxy.watch.pacing import ConnectLimiter
-from pushproxy.watch.upstream import LoginCredentials
+from pushproxy.watch.upstream_types import LoginCredentials
 
 # --------------------------------------------------------------------------- new_messages
 

@@ -11,13 +11,13 @@ import pytest
 
 from pushproxy.config import UpstreamConfig
 from pushproxy.watch.connect import login, open_connection
-from pushproxy.watch.upstream import (
+from pushproxy.watch.upstream import WatcherProtocol
+from pushproxy.watch.upstream_types import (
     AuthenticationFailed,
     ConnectionLost,
     LoginCredentials,
     TemporaryLoginFailure,
     UpstreamError,
-    WatcherProtocol,
 )
 
 pytestmark = pytest.mark.timeout(20)
