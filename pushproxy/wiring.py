@@ -103,7 +103,7 @@ async def build(app: App) -> None:
         app.components.append(dispatcher)
         app.dispatcher = dispatcher
         supervisor = Supervisor(cfg, store, dispatcher.submit, master_style=cfg.watch.master_login, watching=host)
-        host.follow(supervisor.registration_changed)
+        host.follow(supervisor.registration_changed, supervisor.relist_subscribed)
         app.supervisor = supervisor
         credentials = supervisor
 

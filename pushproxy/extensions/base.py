@@ -18,7 +18,15 @@ watchers, dispatcher, CLI, wiring) never names a protocol.
   (no I/O yet: the watchers use an attached extension's watch hooks).
 - ``start()`` / ``stop()``: build and stop senders and background tasks.
 - ``watched_mailboxes(account)`` / ``watched_accounts()``: which mailboxes of
-  an account the extension wants watched (the supervisor merges them).
+  an account the extension wants watched (the supervisor merges them).  A
+  request may also ask for the account's subscribed mailboxes: its watcher
+  then lists them (``LIST (SUBSCRIBED)`` / ``LSUB``) when it connects, every
+  ``subscribed_refresh`` seconds and after ``core.relist_subscribed(account)``,
+  and hands them to ``subscribed_listed(account, items)``; the extension
+  decides what of them it wants watched.
+- ``observed_commands`` / ``command_succeeded(name, session)``: client
+  commands relayed upstream (e.g. SUBSCRIBE) whose tagged OK the extension
+  wants to hear of; the relay itself is not delayed.
 - ``on_event(event)`` / ``flush()``: every mail event, after the core's
   de-duplication and ``\\Seen`` skip (``pushproxy.push.dispatch``).
 - ``check_files(report)``: what ``check-config`` checks of its files.
@@ -33,7 +41,7 @@ from __future__ import annotations
 
 import argparse
 from abc import ABC
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
     from pushproxy.config import Config
     from pushproxy.config_check import FileReport
     from pushproxy.events import MailEvent
+    from pushproxy.imap.data import ListItem
     from pushproxy.store.base import Store
     from pushproxy.store.schema import SchemaPart
 
@@ -129,6 +138,9 @@ class WatchRequest:
     # False: this request alone does not start a watcher when the proxy starts (e.g. a
     # registration still being verified); the user's next login does.
     at_startup: bool = True
+    # Not None: also list the account's subscribed mailboxes on its watcher's connection (at
+    # connect, then every this many seconds) and hand them to ``subscribed_listed``.
+    subscribed_refresh: float | None = None
 
 
 class Core(Protocol):
@@ -143,6 +155,9 @@ class Core(Protocol):
     async def registration_changed(self, account: str, session_id: str | None = None) -> None:
         """Tell the watchers that the account's registrations changed (added, renewed, removed)."""
 
+    def relist_subscribed(self, account: str) -> None:
+        """The account's subscribed mailboxes may have changed: its watcher lists them again soon."""
+
 
 @dataclass
 class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses override what they need
@@ -152,6 +167,8 @@ class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses overr
     capabilities: tuple[bytes, ...] = ()  # advertised once authenticated
     pre_auth_capabilities: tuple[bytes, ...] = ()  # advertised before login too
     commands: dict[str, Handler] = field(default_factory=dict)  # upper-case name -> handler
+    # Relayed client commands (upper case) whose tagged OK calls command_succeeded.
+    observed_commands: tuple[str, ...] = ()
 
     core: Core = field(init=False, repr=False)  # set by attach()
 
@@ -182,6 +199,14 @@ class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses overr
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         """:meth:`watched_mailboxes` for every account it has registrations of (the start-up path)."""
         return {}
+
+    async def subscribed_listed(self, account: str, items: Sequence[ListItem]) -> None:
+        """The account's subscribed mailboxes, as its watcher just listed them (see ``WatchRequest``)."""
+        return None
+
+    async def command_succeeded(self, name: str, session: SessionContext) -> None:
+        """A client command of ``observed_commands`` was relayed and upstream answered OK."""
+        return None
 
     async def on_event(self, event: MailEvent) -> None:
         """A mail event, already de-duplicated and without ``\\Seen`` messages; must not block for long."""
@@ -247,7 +272,10 @@ class ExtensionRegistry:
     def __init__(self, extensions: list[Extension] | None = None) -> None:
         self.extensions: list[Extension] = list(extensions or [])
         self.handlers: dict[str, Handler] = {}
+        self.observers: dict[bytes, list[Extension]] = {}  # relayed command name -> who hears of its OK
         for ext in self.extensions:
+            for observed in ext.observed_commands:
+                self.observers.setdefault(observed.upper().encode("ascii"), []).append(ext)
             for name, handler in ext.commands.items():
                 if name.upper() in self.handlers:
                     raise ValueError(f"command {name} claimed by two extensions")

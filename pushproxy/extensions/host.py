@@ -2,15 +2,18 @@
 
 It also answers the watchers' question "which mailboxes of this account are
 watched, and where is every change wanted?" by merging what every extension
-asks for (:meth:`ExtensionHost.spec`).
+asks for (:meth:`ExtensionHost.spec`), and hands the account's subscribed
+mailboxes, when a watcher listed them, to the extensions
+(:meth:`ExtensionHost.listed`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pushproxy.config import Config
 from pushproxy.extensions.base import Extension, RegistrationChanged, WatchRequest
+from pushproxy.imap.data import ListItem
 from pushproxy.store.base import Store
 from pushproxy.watch.detection import WatchSpec
 
@@ -19,9 +22,11 @@ def merge_requests(requests: Sequence[WatchRequest]) -> WatchSpec | None:
     """One watch spec for all the extensions' requests; None when none asks for anything."""
     if not requests:
         return None
+    refresh = [r.subscribed_refresh for r in requests if r.subscribed_refresh is not None]
     return WatchSpec.of(
         [box for request in requests for box in request.mailboxes],
         [box for request in requests for box in request.changes],
+        list_subscribed=min(refresh) if refresh else None,
     )
 
 
@@ -33,6 +38,7 @@ class ExtensionHost:
         self.store = store
         self.extensions = list(extensions)
         self._follow: RegistrationChanged | None = None
+        self._relist: Callable[[str], None] | None = None
         for ext in self.extensions:
             ext.attach(self)
 
@@ -55,9 +61,20 @@ class ExtensionHost:
             extensions.append(ext)
         return cls(config, store, extensions)
 
-    def follow(self, registration_changed: RegistrationChanged) -> None:
-        """Where registration changes go (the watcher supervisor, built after the extensions)."""
+    def follow(self, registration_changed: RegistrationChanged, relist: Callable[[str], None] | None = None) -> None:
+        """Where registration changes and relisting requests go (the watcher supervisor, built after the extensions)."""
         self._follow = registration_changed
+        self._relist = relist
+
+    def relist_subscribed(self, account: str) -> None:
+        if self._relist is not None:
+            self._relist(account)
+
+    async def listed(self, account: str, items: Sequence[ListItem]) -> WatchSpec | None:
+        """A watcher listed the account's subscribed mailboxes: tell the extensions; the spec now."""
+        for ext in self.extensions:
+            await ext.subscribed_listed(account, items)
+        return await self.spec(account)
 
     async def registration_changed(self, account: str, session_id: str | None = None) -> None:
         if self._follow is not None:

@@ -25,7 +25,7 @@ LOGIN_COMMANDS = frozenset({b"LOGIN", b"AUTHENTICATE"})
 class Pending:
     """A command forwarded upstream and awaiting its tagged response."""
 
-    __slots__ = ("capture", "held", "login", "own", "sasl_waiting", "tag")
+    __slots__ = ("capture", "held", "login", "observed", "own", "sasl_waiting", "tag")
 
     def __init__(self, tag: bytes, *, login: bool = False, own: bool = False) -> None:
         self.tag = tag
@@ -34,6 +34,7 @@ class Pending:
         self.capture: tuple[str, bytes] | None = None  # ("login" | "sasl", bytes) for the watchers
         self.sasl_waiting = False  # AUTHENTICATE PLAIN without initial response
         self.held: list[bytes] = []  # untagged responses of a login exchange, rewritten at its end
+        self.observed: bytes | None = None  # its name, when an extension wants to hear of its OK
 
 
 class CommandLedger:

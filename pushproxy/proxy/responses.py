@@ -19,6 +19,7 @@ from pushproxy.imap.parse import StatusResponse, parse_status_response
 from pushproxy.proxy.capture import credentials_of
 from pushproxy.proxy.handshake import Action, has_capability_code, rewrite_code, rewrite_untagged
 from pushproxy.proxy.ledger import Pending
+from pushproxy.proxy.own import SessionContextImpl
 from pushproxy.proxy.state import CommandMode, SessionState
 
 log = logging.getLogger("pushproxy.session")
@@ -126,6 +127,8 @@ class UpstreamResponses(SessionState):
             return
         if pending.own:
             return
+        if pending.observed is not None and status.status == b"OK":
+            self._observed_ok(pending.observed)
         if self._awaiting_literal is pending:
             # Upstream refused the command before asking for its literal.
             self._awaiting_literal = None
@@ -153,6 +156,12 @@ class UpstreamResponses(SessionState):
             line = rewrite_code(line, status, self.policy, self.facts)
         self._out_client.append(line)
         self._drained()
+
+    def _observed_ok(self, name: bytes) -> None:
+        """Tell the extensions observing this command of its OK (off the relay: a task each)."""
+        ctx = SessionContextImpl(self)  # type: ignore[arg-type]
+        for ext in self.extensions.observers.get(name, ()):
+            self._spawn(ext.command_succeeded(name.decode("ascii"), ctx))
 
     def _authenticated_by(self, capture: tuple[str, bytes]) -> None:
         creds = credentials_of(capture)

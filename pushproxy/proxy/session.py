@@ -41,7 +41,7 @@ from pushproxy.proxy.local import LocalAnswers
 from pushproxy.proxy.own import OwnCommands, SessionContextImpl
 from pushproxy.proxy.penalty import AuthPenalty
 from pushproxy.proxy.responses import UpstreamResponses
-from pushproxy.proxy.routing import ClientCommands
+from pushproxy.proxy.routing import ClientCommands, routes_for
 from pushproxy.proxy.state import CommandMode, SessionIO, SessionSettings
 
 __all__ = ["Session", "SessionIO", "SessionSettings"]
@@ -81,6 +81,7 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
         self.extensions = extensions
         # Command names as they come off the wire (upper-cased bytes): no str per command.
         self._extension_names = frozenset(name.encode("ascii") for name in extensions.handlers)
+        self._routes = routes_for(frozenset(extensions.observers))
         self.credentials = credentials
         self._on_intercepted = on_intercepted
         self._penalty = penalty

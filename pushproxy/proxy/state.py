@@ -69,6 +69,7 @@ class SessionState:
     settings: SessionSettings
     extensions: ExtensionRegistry
     _extension_names: frozenset[bytes]  # the intercepted command names, as bytes
+    _routes: dict[bytes, Callable[..., None]]  # command name -> route (see routing.routes_for)
     credentials: CredentialSink
     facts: ConnectionFacts
     policy: CapabilityPolicy

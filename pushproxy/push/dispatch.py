@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 from pushproxy import metrics
@@ -29,7 +29,7 @@ _DEDUP_TTL = 3600.0
 _DEDUP_MAX = 200_000
 
 
-def mailbox_matches(registered: list[str], mailbox: str) -> bool:
+def mailbox_matches(registered: Collection[str], mailbox: str) -> bool:
     """INBOX matches case-insensitively; other names exactly (they are case-sensitive in IMAP)."""
     if is_inbox(mailbox):
         return any(is_inbox(m) for m in registered)

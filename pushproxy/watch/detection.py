@@ -51,12 +51,17 @@ def normalise_mailboxes(names: Iterable[str]) -> tuple[str, ...]:
 class WatchSpec:
     mailboxes: tuple[str, ...]  # normalised (see normalise_mailboxes), never empty
     changes: frozenset[str] = field(default_factory=frozenset)  # subset wanting Expunge / FlagChange
+    # Not None: the watcher lists the account's subscribed mailboxes at connect and every this
+    # many seconds, for the extensions to choose from (``ExtensionHost.listed``).
+    list_subscribed: float | None = None
 
     @classmethod
-    def of(cls, mailboxes: Iterable[str], changes: Iterable[str] = ()) -> WatchSpec:
+    def of(
+        cls, mailboxes: Iterable[str], changes: Iterable[str] = (), list_subscribed: float | None = None
+    ) -> WatchSpec:
         boxes = normalise_mailboxes(mailboxes) or ("INBOX",)
         wanted = frozenset(normalise_mailboxes(changes)) & frozenset(boxes)
-        return cls(boxes, wanted)
+        return cls(boxes, wanted, list_subscribed)
 
     @property
     def primary(self) -> str:

@@ -37,6 +37,7 @@ from pushproxy import metrics
 from pushproxy.accounts import normalise_account
 from pushproxy.config import Config, ConfigError
 from pushproxy.events import MailEvent
+from pushproxy.imap.data import ListItem
 from pushproxy.store.base import Store, StoreUnavailable
 from pushproxy.watch.connect import make_tls_context
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
@@ -72,6 +73,9 @@ class WatchSource(Protocol):
     async def spec(self, account: str) -> WatchSpec | None: ...
 
     async def specs(self) -> dict[str, WatchSpec]: ...
+
+    async def listed(self, account: str, items: list[ListItem]) -> WatchSpec | None:
+        """A watcher listed the account's subscribed mailboxes (``WatchSpec.list_subscribed``); the spec now."""
 
 
 class _AccountLock:
@@ -222,7 +226,16 @@ class Supervisor:
                 return
             await self._ensure(account, spec, changed)
 
+    def relist_subscribed(self, account: str) -> None:
+        """A client (un)subscribed through the proxy: the account's watcher lists its mailboxes again."""
+        watcher = self._watchers.get(normalise_account(account))
+        if watcher is not None:
+            watcher.relist()
+
     # ------------------------------------------------------------------ internals
+
+    async def _listed(self, account: str, items: list[ListItem]) -> WatchSpec | None:
+        return await self._watching.listed(account, items)
 
     @contextlib.asynccontextmanager
     async def _lock(self, account: str) -> AsyncIterator[None]:
@@ -292,6 +305,7 @@ class Supervisor:
             limiter=self._limiter,
             tls_context=self._tls,
             on_state=self._state_changed,
+            on_listed=self._listed,
         )
         self._watchers[account] = watcher
         self._count(watcher.state, +1)

@@ -21,6 +21,12 @@ Per connection (:class:`~pushproxy.watch.upstream.WatcherProtocol`, after login)
 4. IDLE on the primary mailbox (EXAMINEd: the watcher never changes flags),
    re-issued every ``watch.idle_refresh``.
 
+When the spec asks for it (``WatchSpec.list_subscribed``), the account's
+subscribed mailboxes are listed (:mod:`~pushproxy.watch.subscribed`) right
+after login, every ``list_subscribed`` seconds and when :meth:`Watcher.relist`
+asks, and handed to ``on_listed`` (the extensions), which answers with the spec
+now: a changed one is used at once at login, and by reconnecting later on.
+
 The detection itself is :class:`~pushproxy.watch.tracker.MailboxTracker`
 (pure); this module only performs the commands it asks for.
 
@@ -40,24 +46,32 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from pushproxy import metrics
 from pushproxy.config import Config
 from pushproxy.events import MailEvent
+from pushproxy.imap.data import ListItem
 from pushproxy.retry import Backoff
 from pushproxy.store.base import Store
 from pushproxy.watch.connect import login, open_connection
 from pushproxy.watch.credentials import CredentialProvider
 from pushproxy.watch.detection import WatchSpec
 from pushproxy.watch.pacing import ConnectLimiter
+from pushproxy.watch.subscribed import list_subscribed
 from pushproxy.watch.tracker import MailboxTracker, Outcome
 from pushproxy.watch.upstream import WatcherProtocol
-from pushproxy.watch.upstream_types import AuthenticationFailed, ConnectionLost, LoginCredentials, UpstreamError
+from pushproxy.watch.upstream_types import (
+    AuthenticationFailed,
+    CommandFailed,
+    ConnectionLost,
+    LoginCredentials,
+    UpstreamError,
+)
 from pushproxy.watch.watching import Detector
 
-__all__ = ["STATES", "MailboxResolver", "Watcher", "WatcherState"]
+__all__ = ["STATES", "Listed", "Watcher", "WatcherState"]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +79,8 @@ WatcherState = Literal["connecting", "idle", "polling", "backoff", "auth_failed"
 STATES: tuple[WatcherState, ...] = ("connecting", "idle", "polling", "backoff", "auth_failed", "stopped")
 
 StateCallback = Callable[["Watcher", WatcherState, WatcherState], None]
-# Per connection, after login: the mailboxes to watch (e.g. the account's subscribed ones, via LSUB).
-MailboxResolver = Callable[[WatcherProtocol], Awaitable[Iterable[str]]]
+# (account, its subscribed mailboxes as just listed) -> the spec now (None: keep the current one).
+Listed = Callable[[str, list[ListItem]], Awaitable[WatchSpec | None]]
 
 _STABLE_AFTER = 30.0  # a connection that lived this long resets the backoff
 _TRANSIENT = (UpstreamError, OSError, TimeoutError)
@@ -87,7 +101,7 @@ class Watcher:
         limiter: ConnectLimiter,
         tls_context: ssl.SSLContext | None = None,
         on_state: StateCallback | None = None,
-        resolve_mailboxes: MailboxResolver | None = None,
+        on_listed: Listed | None = None,
     ) -> None:
         self.account = account
         self.spec = spec
@@ -99,7 +113,9 @@ class Watcher:
         self._limiter = limiter
         self._tls = tls_context
         self._on_state = on_state
-        self._resolve = resolve_mailboxes
+        self._on_listed = on_listed
+        self._relist = False  # relist() asked for a listing
+        self._next_list: float | None = None  # monotonic time of the next periodic listing
         self.state: WatcherState = "connecting"
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -122,6 +138,12 @@ class Watcher:
     def mark_auth_failed(self) -> None:
         """Known to be refused upstream (a stale stored credential): wait for a new login, do not start."""
         self._set_state("auth_failed")
+
+    def relist(self) -> None:
+        """List the subscribed mailboxes again soon (a client (un)subscribed through the proxy)."""
+        if self.spec.list_subscribed is not None:
+            self._relist = True
+            self._wake.set()
 
     def poke(self) -> None:
         """Retry now if waiting in backoff (e.g. new credentials arrived)."""
@@ -236,14 +258,41 @@ class Watcher:
 
     async def _connected(self, conn: WatcherProtocol, creds: LoginCredentials) -> bool:
         """One logged-in connection, until it fails or the watcher stops; True: reconnect at once."""
-        spec = self.spec
-        if self._resolve is not None:
-            spec = WatchSpec.of(await self._resolve(conn), spec.changes)
-        detector = Detector(self, conn, MailboxTracker(self.account, spec), creds)
+        await self.refresh_mailboxes(conn)
+        detector = Detector(self, conn, MailboxTracker(self.account, self.spec), creds)
         try:
             return await detector.run()
         finally:
             await detector.close()
+
+    @property
+    def next_list(self) -> float | None:
+        """When the subscribed mailboxes are due to be listed again (monotonic), if ever."""
+        return 0.0 if self._relist else self._next_list
+
+    async def refresh_mailboxes(self, conn: WatcherProtocol) -> bool:
+        """List the subscribed mailboxes if the spec asks for it; True when the spec changed.
+
+        A refused listing keeps the mailboxes watched so far (one log line);
+        a timeout or a lost connection is the connection's failure (reconnect).
+        """
+        self._relist = False
+        every = self.spec.list_subscribed
+        if every is None or self._on_listed is None:
+            self._next_list = None
+            return False
+        self._next_list = time.monotonic() + max(1.0, every)
+        try:
+            items = await list_subscribed(conn)
+        except CommandFailed as exc:
+            log.info("watcher %s: %s; still watching %s", self.account, exc, ", ".join(self.spec.mailboxes))
+            return False
+        spec = await self._on_listed(self.account, items)
+        if spec is None or spec == self.spec:
+            return False
+        log.info("watcher %s: mailboxes now %s", self.account, ", ".join(spec.mailboxes))
+        self.spec = spec
+        return True
 
     @property
     def stopping(self) -> bool:

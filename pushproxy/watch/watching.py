@@ -205,6 +205,9 @@ class Detector:
             next_poll = self.schedule.next_due()
             if next_poll is not None:
                 deadline = min(deadline, next_poll)
+            next_list = self.w.next_list
+            if next_list is not None:
+                deadline = min(deadline, next_list)
             self._first_hit = None
             if can_idle:
                 responses = await conn.idle(deadline, wake, self._interesting)
@@ -223,6 +226,10 @@ class Detector:
             if await self._settle():
                 self.schedule.activity(time.monotonic())
             if self.reconnect_now:
+                return True
+            next_list = self.w.next_list
+            if next_list is not None and next_list <= time.monotonic() and await self.w.refresh_mailboxes(conn):
+                log.info("watcher %s: reconnecting to watch the new set of mailboxes", self.account)
                 return True
         await conn.logout(min(self._watch.command_timeout, _LOGOUT_TIMEOUT))
         return False

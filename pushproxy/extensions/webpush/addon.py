@@ -7,10 +7,12 @@ so that the config loader can read this module cheaply.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pushproxy.events import MailEvent
 from pushproxy.extensions.base import Extension, SessionContext, WatchRequest, admin_command, admin_group
+from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes
 from pushproxy.extensions.webpush.schema import WEBPUSH
 
 if TYPE_CHECKING:
@@ -19,7 +21,11 @@ if TYPE_CHECKING:
     from pushproxy.extensions.webpush.delivery import WebPushDelivery
     from pushproxy.extensions.webpush.extension import WebPushExtension
     from pushproxy.extensions.webpush.sender import WebPushSender
+    from pushproxy.imap.data import ListItem
     from pushproxy.store.base import WebPushSubscription
+
+# Relayed commands after which the account's subscribed mailboxes may differ.
+MAILBOX_COMMANDS = ("SUBSCRIBE", "UNSUBSCRIBE", "CREATE", "DELETE", "RENAME")
 
 
 class WebPush(Extension):
@@ -31,9 +37,12 @@ class WebPush(Extension):
         self.sender: WebPushSender | None = None
         self.delivery: WebPushDelivery | None = None
         self.handlers: WebPushExtension | None = None
+        self.mailboxes = WatchedMailboxes(["INBOX"], 1)  # webpush.mailboxes, set by configure()
 
     def configure(self, config: Config) -> bool:
         self.config = config
+        self.mailboxes = WatchedMailboxes(config.webpush.mailboxes, config.webpush.max_mailboxes)
+        self.observed_commands = MAILBOX_COMMANDS if self.mailboxes.subscribed else ()
         return config.webpush.enabled
 
     async def start(self) -> None:
@@ -48,8 +57,10 @@ class WebPush(Extension):
         keyring = await VapidKeyring.load(cfg.vapid_key_path(), store)
         self.sender = WebPushSender(cfg.webpush, keyring, metrics=PrometheusWebPushMetrics())
         await self.sender.start()
-        self.delivery = WebPushDelivery(cfg, store, self.sender)
-        commands = WebPushCommands(cfg, store, keyring, self.sender, self.core.registration_changed)
+        self.delivery = WebPushDelivery(cfg, store, self.sender, mailbox_filter=self.mailboxes.pushed)
+        commands = WebPushCommands(
+            cfg, store, keyring, self.sender, self.core.registration_changed, watched=self.mailboxes.of
+        )
         self.handlers = WebPushExtension(commands)
         self.commands = dict(self.handlers.commands)
 
@@ -59,22 +70,34 @@ class WebPush(Extension):
         if self.sender is not None:
             await self.sender.close()
 
-    def _watch(self, subs: list[WebPushSubscription]) -> WatchRequest:
+    def _watch(self, account: str, subs: list[WebPushSubscription]) -> WatchRequest:
         # Every change is pushed to WebPush subscriptions (issue 13): no event selection.
-        boxes = tuple(self.config.webpush.mailboxes)
+        boxes = self.mailboxes.of(account)
+        refresh = self.config.webpush.mailboxes_refresh if self.mailboxes.subscribed else None
         # Only subscriptions still being verified: the user's next login starts the watcher.
-        return WatchRequest(boxes, boxes, at_startup=any(sub.active for sub in subs))
+        return WatchRequest(boxes, boxes, at_startup=any(sub.active for sub in subs), subscribed_refresh=refresh)
 
     async def watched_mailboxes(self, account: str) -> WatchRequest | None:
         """Subscriptions (active or still being verified) watch ``webpush.mailboxes``, every change there."""
         subs = await self.core.store.subscriptions_for_account(account)
-        return self._watch(subs) if subs else None
+        if not subs:
+            self.mailboxes.forget(account)
+            return None
+        return self._watch(account, subs)
 
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         by_account: dict[str, list[WebPushSubscription]] = {}
         for sub in await self.core.store.list_subscriptions():
             by_account.setdefault(sub.account, []).append(sub)
-        return {account: self._watch(subs) for account, subs in by_account.items()}
+        return {account: self._watch(account, subs) for account, subs in by_account.items()}
+
+    async def subscribed_listed(self, account: str, items: Sequence[ListItem]) -> None:
+        self.mailboxes.listed(account, items)
+
+    async def command_succeeded(self, name: str, session: SessionContext) -> None:
+        """A client (un)subscribed, created, deleted or renamed a mailbox: list the account's again."""
+        if session.account is not None:
+            self.core.relist_subscribed(session.account)
 
     async def on_event(self, event: MailEvent) -> None:
         if self.delivery is not None:

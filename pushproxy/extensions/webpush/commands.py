@@ -25,7 +25,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import yarl
@@ -53,6 +53,7 @@ from pushproxy.extensions.webpush.grammar import (
     vapid_response,
     webpush_response,
 )
+from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes
 from pushproxy.extensions.webpush.maintenance import SubscriptionMaintenance, is_expired
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
 from pushproxy.extensions.webpush.sender import WebPushSender, endpoint_tag
@@ -120,8 +121,11 @@ class WebPushCommands(SubscriptionMaintenance):
         *,
         clock: Callable[[], float] = time.time,
         sweep_interval: float | None = None,
+        watched: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
         self.config = config
+        # The account's WebPush mailboxes (webpush.mailboxes), for the baseline at WEBPUSH time.
+        self.watched = watched or (lambda account: WatchedMailboxes(config.webpush.mailboxes, 1).of(account))
         self.store = store
         self.keyring = keyring
         self.sender = sender
@@ -238,7 +242,7 @@ class WebPushCommands(SubscriptionMaintenance):
             )
             await self.store.put_subscription(sub)  # durable before the OK and before the push
         # Mail from now on must reach the subscription once acknowledged (see extensions/baseline.py).
-        await record_baseline(ctx, self.store, account, cfg.mailboxes)
+        await record_baseline(ctx, self.store, account, self.watched(account))
         log.info(
             "webpush %s/%s %s: %s, waiting for ACKWEBPUSH",
             account,

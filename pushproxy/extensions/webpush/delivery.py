@@ -32,6 +32,7 @@ from pushproxy import metrics
 from pushproxy.config import Config
 from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
 from pushproxy.extensions.webpush.changes import MAX_DELAY, QUIET, PendingChanges
+from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes
 from pushproxy.extensions.webpush.payload import (
     PayloadResult,
     PayloadTooLarge,
@@ -40,7 +41,6 @@ from pushproxy.extensions.webpush.payload import (
     sync_payload,
 )
 from pushproxy.extensions.webpush.sender import Urgency, WebPushResult, WebPushSender, endpoint_tag
-from pushproxy.push.dispatch import mailbox_matches
 from pushproxy.store.base import Store, WebPushSubscription
 
 log = logging.getLogger("pushproxy.webpush")
@@ -122,18 +122,15 @@ class WebPushDelivery:
         self.store = store
         self.sender = sender
         self.clock = clock
-        # Which mailboxes' events reach the subscriptions: a fixed webpush.mailboxes
-        # list, or (mode "subscribed") what the watcher side says per account.
-        self.mailbox_filter = mailbox_filter or self._configured_mailboxes
+        # Which mailboxes' events reach the subscriptions: a fixed webpush.mailboxes list, or
+        # (mode "subscribed") the account's subscribed ones as last listed (the extension's
+        # WatchedMailboxes; without it, INBOX alone).
+        self.mailbox_filter = mailbox_filter or WatchedMailboxes(config.webpush.mailboxes, 1).pushed
         self.quiet = quiet
         self.max_delay = max_delay
         self._pending: dict[tuple[str, str], PendingChanges] = {}
         self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._sending: set[asyncio.Future[list[None]]] = set()
-
-    def _configured_mailboxes(self, account: str, mailbox: str) -> bool:
-        boxes = self.config.webpush.mailboxes
-        return mailbox_matches(boxes, mailbox) if isinstance(boxes, list) else True
 
     async def deliver(self, event: MailEvent) -> None:
         if not self.mailbox_filter(event.account, event.mailbox):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
+from pushproxy.accounts import is_inbox
 from pushproxy.config_types import Duration, _Section
 
 
@@ -25,7 +27,20 @@ class WebPushConfig(_Section):
     verification_per_account_per_hour: int = Field(20, ge=1)
     timeout: Duration = 10.0
     retry_budget: int = Field(5, ge=0)
-    mailboxes: list[str] = Field(default_factory=lambda: ["INBOX"])
+    # "subscribed": the account's subscribed mailboxes at the upstream, minus \\Junk and \\Trash
+    # (listed by its watcher, again after (UN)SUBSCRIBE/CREATE/DELETE/RENAME through the proxy and
+    # every mailboxes_refresh); or a fixed list.  INBOX is always included.
+    mailboxes: Literal["subscribed"] | list[str] = "subscribed"
+    mailboxes_refresh: Duration = Field(900.0, gt=0)
+    max_mailboxes: int = Field(50, ge=1)  # watched per account in "subscribed" mode (INBOX included)
+
+    @field_validator("mailboxes")
+    @classmethod
+    def _mailboxes(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            names = [name for name in v if name]
+            return names if any(is_inbox(name) for name in names) else ["INBOX", *names]
+        return v
 
     @field_validator("subject")
     @classmethod
