@@ -83,6 +83,9 @@ StateCallback = Callable[["Watcher", WatcherState, WatcherState], None]
 Listed = Callable[[str, list[ListItem]], Awaitable[WatchSpec | None]]
 
 _STABLE_AFTER = 30.0  # a connection that lived this long resets the backoff
+# relist() lists at most this often: a client toggling a subscription in a loop must not
+# turn into a LIST (and a reconnect, when the set changes) for each command.
+MIN_RELIST_INTERVAL = 5.0
 _TRANSIENT = (UpstreamError, OSError, TimeoutError)
 
 
@@ -116,6 +119,7 @@ class Watcher:
         self._on_listed = on_listed
         self._relist = False  # relist() asked for a listing
         self._next_list: float | None = None  # monotonic time of the next periodic listing
+        self._listed_at = 0.0  # monotonic time of the last listing
         self.state: WatcherState = "connecting"
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -143,7 +147,8 @@ class Watcher:
         """List the subscribed mailboxes again soon (a client (un)subscribed through the proxy)."""
         if self.spec.list_subscribed is not None:
             self._relist = True
-            self._wake.set()
+            if self.state in ("idle", "polling"):
+                self._wake.set()  # not in backoff: that wait stays as long as it is
 
     def poke(self) -> None:
         """Retry now if waiting in backoff (e.g. new credentials arrived)."""
@@ -268,7 +273,10 @@ class Watcher:
     @property
     def next_list(self) -> float | None:
         """When the subscribed mailboxes are due to be listed again (monotonic), if ever."""
-        return 0.0 if self._relist else self._next_list
+        if self._relist:
+            soon = self._listed_at + MIN_RELIST_INTERVAL
+            return soon if self._next_list is None else min(soon, self._next_list)
+        return self._next_list
 
     async def refresh_mailboxes(self, conn: WatcherProtocol) -> bool:
         """List the subscribed mailboxes if the spec asks for it; True when the spec changed.
@@ -281,7 +289,8 @@ class Watcher:
         if every is None or self._on_listed is None:
             self._next_list = None
             return False
-        self._next_list = time.monotonic() + max(1.0, every)
+        self._listed_at = time.monotonic()
+        self._next_list = self._listed_at + max(1.0, every)
         try:
             items = await list_subscribed(conn)
         except CommandFailed as exc:

@@ -8,6 +8,7 @@ when the client (un)subscribes through the proxy.  The fixture's Dovecot marks
 
 from __future__ import annotations
 
+import imaplib
 import re
 from collections.abc import Iterator
 
@@ -144,4 +145,22 @@ def test_a_pinned_list_ignores_subscriptions(dovecot: Dovecot, proxy_factory: Pr
     client.ok("SUBSCRIBE Work")  # pinned: nothing to refresh
     assert "mailboxes now" not in proxy.log_text()
     assert len(wait_pushes(standin, ss, 1)) >= 1
+    client.close()
+
+
+def test_subscriptions_made_elsewhere_are_seen_at_the_periodic_refresh(
+    dovecot: Dovecot, proxy_factory: ProxyFactory, standin
+) -> None:
+    proxy = start_proxy(proxy_factory, dovecot, mailboxes_refresh="1s")
+    client = RawImap(proxy.port)
+    client.login()
+    ss = subscribe_and_ack(client, standin, "phone")
+    seen = wait_connected_with(proxy, 0, "INBOX", absent=("Elsewhere",))
+    direct = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=10)
+    direct.login("alice", "alicepw")
+    assert direct.create("Elsewhere")[0] == "OK" and direct.subscribe("Elsewhere")[0] == "OK"  # not via the proxy
+    direct.logout()
+    wait_connected_with(proxy, seen, "Elsewhere")
+    dovecot.deliver("alice", make_message("from elsewhere"), mailbox="Elsewhere")
+    assert selected(push_for(standin, ss, "from elsewhere")) == b'"Elsewhere"'
     client.close()
