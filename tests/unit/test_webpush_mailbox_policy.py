@@ -14,7 +14,7 @@ from pushproxy.imap.data import ListItem, parse_list, read_response
 from pushproxy.imap.utf7 import encode_mailbox
 from pushproxy.proxy.session import Session, SessionSettings
 from pushproxy.watch.subscribed import list_subscribed
-from pushproxy.watch.upstream import CommandFailed, CommandResult
+from pushproxy.watch.upstream_types import CommandFailed, CommandResult
 from tests.unit.test_session import FakeIO, Sink
 
 
