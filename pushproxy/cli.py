@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     for extension in extension_classes():
         extension.cli(sub)  # its admin subcommands (apns, devices, subscriptions, vapid...)
+
+    cluster = sub.add_parser("cluster", help="several nodes on one PostgreSQL").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = cluster.add_parser("status", help="live nodes, accounts each owns, accounts nobody watches")
+    _config_arg(p)
+    p.set_defaults(run=_cluster_status)
     return parser
 
 
@@ -71,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pushproxy.app import run
 
             return run(cfg)
-        admin_run = getattr(args, "run", None)  # an extension's admin subcommand
+        admin_run = getattr(args, "run", None)  # an extension's (or the cluster's) admin subcommand
         if admin_run is not None:
             return int(admin_run(_load(args.config), args))
     except ConfigError as exc:
@@ -79,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _cluster_status(cfg: Config, _args: argparse.Namespace) -> int:
+    from pushproxy.cluster.status import cluster_status
+
+    return cluster_status(cfg)
 
 
 def check_config(cfg: Config, *, probe: bool) -> int:

@@ -147,6 +147,15 @@ class AdminConfig(_Section):
     _hp = field_validator("listen")(classmethod(lambda cls, v: _check_hostport(v)))
 
 
+class ClusterConfig(_Section):
+    """Several nodes on one PostgreSQL (``store.url: postgresql://...``); SQLite: one node owns everything."""
+
+    node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")  # default: host + listener
+    lease_ttl: Duration = Field(30.0, ge=3.0)  # a dead node's accounts are taken over after this
+    ledger_retention: Duration = Field(6 * 3600.0, gt=0)  # how long a sent push is remembered
+    address: str | None = None  # shown by `pushproxy cluster status`; default: host name + listener
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -189,6 +198,7 @@ class Config(BaseSettings):
     apns: ApnsConfig = Field(default_factory=ApnsConfig)
     webpush: WebPushConfig = Field(default_factory=WebPushConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 

@@ -32,6 +32,10 @@ pushproxy_webpush_subscriptions             gauge      state=inactive|active|sil
 pushproxy_webpush_verifications_total       counter    result=sent|acknowledged|expired
 pushproxy_webpush_payload_fallbacks_total   counter    level=flags|sync
 pushproxy_store_up                          gauge
+pushproxy_cluster_leases_held               gauge
+pushproxy_cluster_nodes_live                gauge
+pushproxy_cluster_takeovers_total           counter
+pushproxy_push_ledger_conflicts_total       counter
 process_*                                   various    (Linux: memory, CPU, open fds)
 ==========================================  =========  ======================================
 
@@ -65,6 +69,11 @@ What they mean:
   webpush_payload_fallbacks_total: payloads too large for the push service that
   fell back to a smaller notification level.
 - store_up: 1 if the last store operation succeeded, else 0.
+- cluster_leases_held: accounts this node watches under a lease;
+  cluster_nodes_live: nodes with a recent heartbeat (this one included);
+  cluster_takeovers_total: leases this node took from a node whose lease had
+  expired; push_ledger_conflicts_total: messages whose push another node (or
+  another source on this node) had already claimed.
 
 prometheus_client appends ``_created`` series to counters and histograms; they
 are left on (the default).
@@ -229,6 +238,20 @@ WEBPUSH_PAYLOAD_FALLBACKS = Counter(
 
 # --- store -------------------------------------------------------------------
 STORE_UP = Gauge("pushproxy_store_up", "1 if the last store operation succeeded, else 0.", registry=REGISTRY)
+
+# --- cluster (pushproxy.cluster) -------------------------------------------------
+CLUSTER_LEASES_HELD = Gauge(
+    "pushproxy_cluster_leases_held", "Accounts this node watches under a lease.", registry=REGISTRY
+)
+CLUSTER_NODES_LIVE = Gauge(
+    "pushproxy_cluster_nodes_live", "Nodes with a recent heartbeat, this one included.", registry=REGISTRY
+)
+CLUSTER_TAKEOVERS = Counter(
+    "pushproxy_cluster_takeovers", "Leases taken over from a node whose lease had expired.", registry=REGISTRY
+)
+PUSH_LEDGER_CONFLICTS = Counter(
+    "pushproxy_push_ledger_conflicts", "Message pushes already claimed in the shared ledger.", registry=REGISTRY
+)
 
 # Process metrics (memory, CPU, fds) read from /proc; a no-op elsewhere.
 ProcessCollector(registry=REGISTRY)

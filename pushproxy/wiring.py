@@ -102,7 +102,16 @@ async def build(app: App) -> None:
         dispatcher = Dispatcher(extensions)
         app.components.append(dispatcher)
         app.dispatcher = dispatcher
-        supervisor = Supervisor(cfg, store, dispatcher.submit, master_style=cfg.watch.master_login, watching=host)
+        from pushproxy.cluster import Cluster
+
+        # Leases, push ledger, registration feed: the same code on one SQLite node and on several
+        # PostgreSQL nodes.  Appended before the supervisor, so closed after it.
+        cluster = Cluster(cfg, store)
+        app.components.append(cluster)
+        submit = cluster.ledger.gate(dispatcher.submit)
+        supervisor = Supervisor(
+            cfg, store, submit, master_style=cfg.watch.master_login, watching=host, owns=cluster.leases.owns
+        )
         host.follow(supervisor.registration_changed, supervisor.relist_subscribed)
         app.supervisor = supervisor
         credentials = supervisor
@@ -125,7 +134,7 @@ async def build(app: App) -> None:
         else:
             from pushproxy.events.dovecot_ox import install_ox_endpoint
 
-            install_ox_endpoint(admin, read_secret_file(cfg.admin.ox_secret_file), dispatcher.submit)
+            install_ox_endpoint(admin, read_secret_file(cfg.admin.ox_secret_file), submit)
     await admin.start()
     app.admin = admin
     app.components.append(_Closing("admin", admin.stop))
@@ -133,5 +142,6 @@ async def build(app: App) -> None:
     service.start()
     app.service = service
     if supervisor is not None:
+        await cluster.start(supervisor)
         await supervisor.start()
         app.components.append(supervisor)

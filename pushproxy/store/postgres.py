@@ -100,10 +100,10 @@ class _Conn(SqlConn):
         self._conn = conn
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return list(await self._conn.fetch(sql, *args))
+        return list(await self._conn.fetch(POSTGRES.sql(sql), *args))
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return _rowcount(await self._conn.execute(sql, *args))
+        return _rowcount(await self._conn.execute(POSTGRES.sql(sql), *args))
 
 
 class PostgresBackend(SqlBackend):

@@ -42,6 +42,31 @@ CORE = SchemaPart(
                 created {real} NOT NULL
             )""",
         ),
+        # 3: several nodes: who is alive, who watches which account, which pushes were sent
+        (
+            """CREATE TABLE cluster_nodes (
+                node_id TEXT PRIMARY KEY,
+                address TEXT NOT NULL,
+                started {real} NOT NULL,
+                heartbeat {real} NOT NULL           -- database clock (epoch seconds)
+            )""",
+            """CREATE TABLE watch_leases (
+                account TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                expires {real} NOT NULL,            -- database clock
+                fence {bigint} NOT NULL             -- +1 whenever the lease changes hands
+            )""",
+            "CREATE INDEX watch_leases_by_owner ON watch_leases (owner)",
+            """CREATE TABLE push_ledger (
+                account TEXT NOT NULL,
+                mailbox TEXT NOT NULL,
+                uid {bigint} NOT NULL,
+                node TEXT NOT NULL,
+                claimed {real} NOT NULL,            -- database clock
+                PRIMARY KEY (account, mailbox, uid)
+            )""",
+            "CREATE INDEX push_ledger_by_claimed ON push_ledger (claimed)",
+        ),
     ),
     legacy_version=1,
 )

@@ -98,6 +98,7 @@ class Supervisor:
         credentials: CredentialProvider | None = None,
         master_style: MasterLoginStyle = "separator",
         watching: WatchSource | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -107,6 +108,8 @@ class Supervisor:
             watching = ExtensionHost.for_store(config, store)
         self._watching = watching
         self._emit = emit
+        # Several nodes: run a watcher only for accounts this node holds the lease of (pushproxy.cluster).
+        self._owns = owns
         self._credentials = credentials or make_provider(config, store, master_style=master_style)
         self._limiter = ConnectLimiter(config.watch.connect_rate)
         try:
@@ -202,6 +205,8 @@ class Supervisor:
         account = normalise_account(account)
         if self._closed:
             return
+        # Before any await: the client may log out (and its session end) while the store is read.
+        captured = self._captured(account, session_id)
         async with self._lock(account):
             spec = await self._spec(account)
             if spec is None:
@@ -212,7 +217,6 @@ class Supervisor:
                 await self._store.delete_mailbox_states(account)
                 log.info("watcher %s: no registrations left; stopped", account)
                 return
-            captured = self._captured(account, session_id)
             changed = False
             if captured is not None:
                 changed = await self._credentials.remember(account, captured.login, captured.secret)
@@ -231,6 +235,11 @@ class Supervisor:
         watcher = self._watchers.get(normalise_account(account))
         if watcher is not None:
             watcher.relist()
+
+    async def release(self, account: str) -> None:
+        """Stop the account's watcher, keeping its state: another node (or a later lease) takes it from there."""
+        async with self._lock(account):
+            await self._remove(account)
 
     # ------------------------------------------------------------------ internals
 
@@ -295,6 +304,8 @@ class Supervisor:
         self._launch(account, spec)
 
     def _launch(self, account: str, spec: WatchSpec, *, dormant: bool = False) -> None:
+        if self._owns is not None and not self._owns(account):
+            return  # another node watches it
         watcher = Watcher(
             account,
             spec,

@@ -31,6 +31,10 @@ EXPECTED_METRICS = {
     "pushproxy_webpush_verifications": "counter",
     "pushproxy_webpush_payload_fallbacks": "counter",
     "pushproxy_store_up": "gauge",
+    "pushproxy_cluster_leases_held": "gauge",
+    "pushproxy_cluster_nodes_live": "gauge",
+    "pushproxy_cluster_takeovers": "counter",
+    "pushproxy_push_ledger_conflicts": "counter",
 }
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)

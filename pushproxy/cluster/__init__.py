@@ -1,0 +1,61 @@
+"""Several nodes on one PostgreSQL: each account watched by one node, each message pushed once.
+
+PostgreSQL is the coordinator; there is no protocol between nodes:
+
+- :mod:`~pushproxy.cluster.leases`: per-account watcher leases (owner node,
+  expiry, fencing counter), spread by rendezvous hashing, renewed by
+  heartbeat, taken over after ``cluster.lease_ttl``;
+- :mod:`~pushproxy.cluster.ledger`: every new message is claimed in a shared
+  ledger before it is pushed (also Dovecot's ox events);
+- :mod:`~pushproxy.cluster.feed`: registration changes reach the owning node
+  within a second (LISTEN/NOTIFY, resync after a lost connection).
+
+With SQLite the same code runs on one node, which owns every lease; the
+feed then also stops a watcher whose last registration the senders or
+housekeeping removed.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from pushproxy.cluster.feed import RegistrationFeed
+from pushproxy.cluster.leases import LeaseManager, Watchers, wanted_owner
+from pushproxy.cluster.ledger import PushLedger
+from pushproxy.config import Config
+from pushproxy.store.sql import SqlStore
+
+__all__ = ["Cluster", "LeaseManager", "PushLedger", "RegistrationFeed", "default_node_id", "wanted_owner"]
+
+
+def _listener(config: Config) -> str:
+    return config.listen.imap or config.listen.imaps
+
+
+def default_node_id(config: Config) -> str:
+    """The host name and the IMAP listener: stable across restarts, distinct for two nodes on one host."""
+    port = _listener(config).rpartition(":")[2]
+    return f"{socket.gethostname()}:{port}" if port else socket.gethostname()
+
+
+class Cluster:
+    """This node's part: leases, ledger and registration feed, started and stopped together."""
+
+    def __init__(self, config: Config, store: SqlStore) -> None:
+        cfg = config.cluster
+        self.node_id = cfg.node_id or default_node_id(config)
+        address = cfg.address or f"{socket.gethostname()} {_listener(config)}"
+        self.leases = LeaseManager(store, self.node_id, address, cfg.lease_ttl, cfg.ledger_retention)
+        self.ledger = PushLedger(store, self.node_id)
+        self.feed = RegistrationFeed(store, self.leases.registration_changed, self.leases.resync)
+
+    async def start(self, watchers: Watchers) -> None:
+        """Take this node's share of the leases (before the supervisor starts its watchers), then follow."""
+        await self.leases.start()
+        self.leases.attach(watchers)
+        self.feed.start()
+
+    async def close(self) -> None:
+        await self.feed.close()
+        await self.ledger.close()
+        await self.leases.close()

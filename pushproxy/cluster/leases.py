@@ -1,0 +1,223 @@
+"""Which node watches which account: leases in the shared database, spread by rendezvous hashing.
+
+Every ``lease_ttl / 3`` each node, in a handful of queries whatever the
+number of accounts:
+
+1. heartbeats (``cluster_nodes``) and renews every lease it holds; a lease
+   it no longer holds (it was frozen or cut off past the TTL and another node
+   took it, or it simply expired) is *lost*: its watcher stops at once;
+2. computes the wanted owner of every account with registrations by
+   rendezvous hashing over the live nodes (heartbeat within the TTL), so
+   accounts spread evenly and a node joining or leaving moves only its
+   share;
+3. takes the leases of its accounts that are free or expired (a bounded
+   number per round: no thundering herd), and hands back (a bounded number
+   per round) the leases of accounts now wanted elsewhere or with no
+   registrations left.
+
+A lease is taken with one conditional upsert (it succeeds only when the row
+is absent, expired or already ours) and carries a fencing counter that
+grows with every change of hands.  Two nodes can still both believe they own
+an account for up to one round after a freeze: the push ledger
+(:mod:`pushproxy.cluster.ledger`) makes their pushes count once.
+
+With SQLite the same code runs with one node, which owns every lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from pushproxy import metrics
+from pushproxy.cluster.queries import ClusterStore
+from pushproxy.store.base import StoreUnavailable
+from pushproxy.store.sql import SqlStore
+
+log = logging.getLogger("pushproxy.cluster")
+
+TAKE_PER_ROUND = 500  # leases taken per round at most
+HANDOFF_PER_ROUND = 100  # leases handed to their wanted owner per round at most
+NODE_RETENTION = 7 * 86400.0  # nodes silent this long disappear from `cluster status`
+LEAVE_TIMEOUT = 5.0
+
+
+class Watchers(Protocol):
+    """What the lease manager asks of the watcher supervisor."""
+
+    async def registration_changed(self, account: str, session_id: str | None = None) -> None: ...
+
+    async def release(self, account: str) -> None: ...
+
+
+def wanted_owner(account: str, nodes: Sequence[str]) -> str | None:
+    """Rendezvous (highest random weight) hashing: the node with the highest score for the account."""
+    best: tuple[bytes, str] | None = None
+    for node in nodes:
+        score = hashlib.blake2b(f"{node}\0{account}".encode(), digest_size=8).digest()
+        if best is None or score > best[0]:
+            best = (score, node)
+    return None if best is None else best[1]
+
+
+class LeaseManager:
+    """This node's leases; the supervisor runs a watcher only for accounts in :meth:`owns`."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        node_id: str,
+        address: str,
+        lease_ttl: float,
+        ledger_retention: float,
+    ) -> None:
+        self._store = store
+        self._cluster = ClusterStore(store)
+        self.node_id = node_id
+        self._address = address
+        self._ttl = float(lease_ttl)
+        self._ledger_retention = float(ledger_retention)
+        self._held: dict[str, int] = {}  # account -> fence
+        self._live: list[str] = [node_id]
+        self._watchers: Watchers | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._round_lock = asyncio.Lock()
+        self._rounds = 0
+        self._renewed_at = 0.0  # monotonic time of the last successful renewal
+
+    @property
+    def interval(self) -> float:
+        return self._ttl / 3
+
+    def attach(self, watchers: Watchers) -> None:
+        self._watchers = watchers
+
+    def owns(self, account: str) -> bool:
+        return account in self._held
+
+    def held(self) -> dict[str, int]:
+        return dict(self._held)
+
+    async def start(self) -> None:
+        """One round now (so that the supervisor starts with its share), then one every TTL/3."""
+        await self.run_round()
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def close(self) -> None:
+        """Stop; hand every lease back so that the other nodes take over at once, not after the TTL."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._held.clear()
+        try:
+            async with asyncio.timeout(LEAVE_TIMEOUT):
+                await self._cluster.leave(self.node_id)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("cluster: could not hand back the leases at shutdown (%s); they expire by themselves", exc)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                async with asyncio.timeout(self._ttl):
+                    await self.run_round()
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.warning("cluster: lease round failed: %s", exc)
+                await self._expire_unrenewed()
+            except Exception:
+                log.exception("cluster: lease round failed")
+
+    async def _expire_unrenewed(self) -> None:
+        """Cut off from the database: past the TTL our leases may be another node's; stop their watchers."""
+        if self._held and time.monotonic() - self._renewed_at > self._ttl:
+            lost = list(self._held)
+            self._held.clear()
+            log.warning("cluster: leases not renewed for %.0f s: stopping %d watcher(s)", self._ttl, len(lost))
+            for account in lost:
+                await self._stop(account)
+            metrics.CLUSTER_LEASES_HELD.set(0)
+
+    async def run_round(self) -> None:
+        async with self._round_lock:
+            await self._round()
+
+    async def _round(self) -> None:
+        started = time.monotonic()
+        await self._cluster.heartbeat(self.node_id, self._address)
+        renewed = await self._cluster.renew(self.node_id, self._ttl)
+        self._renewed_at = started
+        for account in [a for a in self._held if a not in renewed]:
+            self._held.pop(account, None)
+            log.warning("cluster: lease of %s lost (this node was unreachable past the TTL); watcher stopped", account)
+            await self._stop(account)
+        self._held.update(renewed)
+
+        now, nodes = await self._cluster.nodes()
+        self._live = sorted({n.node_id for n in nodes if n.heartbeat > now - self._ttl} | {self.node_id})
+        wanted = set(await self._store.accounts_with_registrations())
+        leases = {lease.account: lease for lease in await self._cluster.leases()}
+
+        unwanted = [a for a in self._held if a not in wanted]
+        elsewhere = [a for a in self._held if a in wanted and wanted_owner(a, self._live) != self.node_id]
+        for account in unwanted + elsewhere[:HANDOFF_PER_ROUND]:
+            await self._hand_back(account)
+
+        mine = [
+            a
+            for a in sorted(wanted)
+            if a not in self._held
+            and wanted_owner(a, self._live) == self.node_id
+            and (a not in leases or leases[a].expires <= now)
+        ]
+        for account in mine[:TAKE_PER_ROUND]:
+            previous = leases.get(account)
+            if await self._take(account) and previous is not None and previous.owner != self.node_id:
+                metrics.CLUSTER_TAKEOVERS.inc()
+                log.info("cluster: took over %s from %s (lease expired)", account, previous.owner)
+
+        self._rounds += 1
+        if self._rounds % 30 == 1:
+            await self._cluster.prune_ledger(self._ledger_retention)
+            await self._cluster.prune_nodes(NODE_RETENTION)
+        metrics.CLUSTER_LEASES_HELD.set(len(self._held))
+        metrics.CLUSTER_NODES_LIVE.set(len(self._live))
+
+    async def registration_changed(self, account: str) -> None:
+        """An account's registrations changed (on any node): follow it at once if it is, or should be, ours."""
+        if account not in self._held and wanted_owner(account, self._live) == self.node_id:
+            if not await self._take(account):
+                return  # another node holds a live lease: it follows the change itself
+            return  # _take started the watcher with the current registrations
+        if account in self._held and self._watchers is not None:
+            await self._watchers.registration_changed(account)
+
+    async def resync(self) -> None:
+        """After missed notices (the listening connection was lost): re-read every held account."""
+        await self.run_round()
+        for account in list(self._held):
+            if self._watchers is not None:
+                await self._watchers.registration_changed(account)
+
+    async def _take(self, account: str) -> bool:
+        fence = await self._cluster.acquire(self.node_id, account, self._ttl)
+        if fence is None:
+            return False
+        self._held[account] = fence
+        if self._watchers is not None:
+            await self._watchers.registration_changed(account)
+        return True
+
+    async def _hand_back(self, account: str) -> None:
+        self._held.pop(account, None)
+        await self._stop(account)  # first, so that its last state is stored before the next owner reads it
+        await self._cluster.release(self.node_id, [account])
+
+    async def _stop(self, account: str) -> None:
+        if self._watchers is not None:
+            await self._watchers.release(account)

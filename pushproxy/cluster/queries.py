@@ -1,0 +1,142 @@
+"""The cluster's tables: node heartbeats, watch leases, the push ledger (queries written once, both back ends).
+
+Times are the database's clock (``epoch_now()``), so that nodes with skewed
+clocks agree on who is alive and which lease has expired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pushproxy.store.sql import SqlStore
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node_id: str
+    address: str
+    started: float
+    heartbeat: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    account: str
+    owner: str
+    expires: float
+    fence: int
+
+
+class ClusterStore:
+    """Coordination queries on the store's own database connections."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self._backend = store.backend
+
+    # --- nodes ------------------------------------------------------------------------
+    async def heartbeat(self, node_id: str, address: str) -> float:
+        """Record that this node is alive; the database's clock."""
+        async with self._backend.write() as conn:
+            (row,) = await conn.fetch(
+                """INSERT INTO cluster_nodes (node_id, address, started, heartbeat)
+                   VALUES ($1, $2, epoch_now(), epoch_now())
+                   ON CONFLICT (node_id) DO UPDATE SET address = excluded.address, heartbeat = excluded.heartbeat
+                   RETURNING heartbeat""",
+                node_id,
+                address,
+            )
+        return float(row["heartbeat"])
+
+    async def restarted(self, node_id: str) -> None:
+        async with self._backend.write() as conn:
+            await conn.execute("UPDATE cluster_nodes SET started = epoch_now() WHERE node_id = $1", node_id)
+
+    async def nodes(self) -> tuple[float, list[NodeInfo]]:
+        """The database's clock and every node that ever sent a heartbeat (until pruned)."""
+        async with self._backend.read() as conn:
+            (now,) = await conn.fetch("SELECT epoch_now() AS now")
+            rows = await conn.fetch("SELECT * FROM cluster_nodes ORDER BY node_id")
+        return float(now["now"]), [
+            NodeInfo(r["node_id"], r["address"], float(r["started"]), float(r["heartbeat"])) for r in rows
+        ]
+
+    async def leave(self, node_id: str) -> None:
+        """A clean shutdown: release every lease at once and stop counting as alive."""
+        async with self._backend.write() as conn:
+            await conn.execute("DELETE FROM watch_leases WHERE owner = $1", node_id)
+            await conn.execute("DELETE FROM cluster_nodes WHERE node_id = $1", node_id)
+
+    async def prune_nodes(self, older_than: float) -> int:
+        return await self._modify("DELETE FROM cluster_nodes WHERE heartbeat < epoch_now() - $1", older_than)
+
+    # --- leases -------------------------------------------------------------------------
+    async def leases(self) -> list[Lease]:
+        async with self._backend.read() as conn:
+            rows = await conn.fetch("SELECT * FROM watch_leases")
+        return [Lease(r["account"], r["owner"], float(r["expires"]), int(r["fence"])) for r in rows]
+
+    async def renew(self, node_id: str, ttl: float) -> dict[str, int]:
+        """Extend every unexpired lease of this node; account -> fence of the leases still held.
+
+        A lease that expired (the node was frozen or cut off for longer than
+        the TTL) is not renewed even if nobody took it: it must be taken
+        again, with a new fence, like by any other node.
+        """
+        async with self._backend.write() as conn:
+            rows = await conn.fetch(
+                """UPDATE watch_leases SET expires = epoch_now() + $2
+                   WHERE owner = $1 AND expires > epoch_now()
+                   RETURNING account, fence""",
+                node_id,
+                ttl,
+            )
+        return {r["account"]: int(r["fence"]) for r in rows}
+
+    async def acquire(self, node_id: str, account: str, ttl: float) -> int | None:
+        """Take the lease of ``account`` if it is free, expired or ours; its new fence, or None."""
+        async with self._backend.write() as conn:
+            rows = await conn.fetch(
+                """INSERT INTO watch_leases (account, owner, expires, fence) VALUES ($1, $2, epoch_now() + $3, 1)
+                   ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, expires = excluded.expires,
+                       fence = watch_leases.fence + 1
+                   WHERE watch_leases.expires <= epoch_now() OR watch_leases.owner = excluded.owner
+                   RETURNING fence""",
+                account,
+                node_id,
+                ttl,
+            )
+        return int(rows[0]["fence"]) if rows else None
+
+    async def release(self, node_id: str, accounts: Iterable[str]) -> None:
+        async with self._backend.write() as conn:
+            for account in accounts:
+                await conn.execute("DELETE FROM watch_leases WHERE owner = $1 AND account = $2", node_id, account)
+
+    # --- the push ledger ----------------------------------------------------------------
+    async def claim(self, node_id: str, account: str, mailbox: str, uids: Iterable[int]) -> set[int]:
+        """Claim the pushes of these messages; the UIDs this call claimed (the others were claimed before)."""
+        claimed: set[int] = set()
+        async with self._backend.write() as conn:
+            for uid in uids:
+                rows = await conn.fetch(
+                    """INSERT INTO push_ledger (account, mailbox, uid, node, claimed)
+                       VALUES ($1, $2, $3, $4, epoch_now())
+                       ON CONFLICT (account, mailbox, uid) DO NOTHING
+                       RETURNING uid""",
+                    account,
+                    mailbox,
+                    uid,
+                    node_id,
+                )
+                if rows:
+                    claimed.add(uid)
+        return claimed
+
+    async def prune_ledger(self, older_than: float) -> int:
+        return await self._modify("DELETE FROM push_ledger WHERE claimed < epoch_now() - $1", older_than)
+
+    async def _modify(self, sql: str, *args: object) -> int:
+        async with self._backend.write() as conn:
+            return await conn.execute(sql, *args)

@@ -1,0 +1,171 @@
+"""The base of the SQL store: the back-end interface, query helpers, registration-change notices.
+
+Queries use PostgreSQL's numbered placeholders and the common subset of
+SQLite and PostgreSQL; see :mod:`pushproxy.store.dialect`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from pushproxy.store.base import StoreUnavailable
+from pushproxy.store.dialect import Dialect
+from pushproxy.store.records import Row
+from pushproxy.store.schema import SqlConn
+from pushproxy.store.vault import Vault
+
+log = logging.getLogger("pushproxy.store")
+
+ORDER_TIMEOUT = 15.0  # waiting for this node's earlier writes to the same row
+
+# The channel on which every node hears that an account's registrations changed (PostgreSQL NOTIFY).
+REGISTRATIONS_CHANNEL = "pushproxy_registrations"
+_MAX_NOTIFY_PAYLOAD = 7000  # PostgreSQL allows < 8000 bytes; longer names: an empty payload means "all"
+
+RegistrationListener = Callable[[str | None], None]
+
+
+class SqlBackend(ABC):
+    """Connections to one database, and its dialect."""
+
+    dialect: Dialect
+
+    @abstractmethod
+    def describe(self) -> str:
+        """What the database is, for messages (never with a password)."""
+
+    @abstractmethod
+    async def connect(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def is_open(self) -> bool: ...
+
+    @abstractmethod
+    def read(self) -> AbstractAsyncContextManager[SqlConn]:
+        """A connection for reads (it sees every committed write)."""
+
+    @abstractmethod
+    def write(self) -> AbstractAsyncContextManager[SqlConn]:
+        """One transaction, committed (durably) when the block is left without an exception."""
+
+    @abstractmethod
+    def migration(self) -> AbstractAsyncContextManager[tuple[SqlConn, int]]:
+        """A write transaction that excludes every other process migrating; yields the legacy version."""
+
+    @abstractmethod
+    async def set_legacy_version(self, conn: SqlConn, version: int) -> None: ...
+
+
+class SqlBase:
+    """State and helpers shared by the query groups of :class:`~pushproxy.store.sql.SqlStore`."""
+
+    def __init__(self, backend: SqlBackend, vault: Vault) -> None:
+        self._backend = backend
+        self._vault = vault
+        # One FIFO lock per row being upserted (dropped when nobody holds or waits for it).
+        self._row_locks: weakref.WeakValueDictionary[Hashable, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._registration_listeners: list[RegistrationListener] = []
+
+    @property
+    def backend(self) -> SqlBackend:
+        return self._backend
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._backend.dialect
+
+    def add_registration_listener(self, listener: RegistrationListener) -> None:
+        """Call ``listener(account)`` after every committed change of an account's registrations
+        (or of its stored credential, which can make it watchable).
+
+        This covers every writer on this node: the IMAP extensions, the
+        senders pruning dead devices and subscriptions, housekeeping.  On
+        PostgreSQL the same change is also NOTIFYed on
+        :data:`REGISTRATIONS_CHANNEL` to every node, in the same transaction.
+        """
+        self._registration_listeners.append(listener)
+
+    # --- helpers ----------------------------------------------------------------
+    async def _fetch(self, sql: str, *args: Any) -> list[Row]:
+        async with self._backend.read() as conn:
+            return await conn.fetch(sql, *args)
+
+    async def _fetchone(self, sql: str, *args: Any) -> Row | None:
+        rows = await self._fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def _modify(self, sql: str, *args: Any) -> int:
+        """One write statement in its own committed transaction; rows changed."""
+        async with self._backend.write() as conn:
+            return await conn.execute(sql, *args)
+
+    @contextlib.asynccontextmanager
+    async def _in_call_order(self, row_key: Hashable) -> AsyncIterator[None]:
+        """Apply this node's writes to one row in the order they were called.
+
+        PostgreSQL runs pooled statements concurrently, so two upserts of the
+        same row could otherwise commit in either order.  That matters: a
+        watcher's mailbox state must never go back to an older UIDNEXT, and a
+        device re-registration must not be overwritten by an earlier one.
+        Writes to different rows still run in parallel.  Across nodes, commit
+        order rules.
+        """
+        lock = self._row_locks.get(row_key)
+        if lock is None:
+            lock = self._row_locks[row_key] = asyncio.Lock()
+        try:
+            async with asyncio.timeout(ORDER_TIMEOUT):
+                await lock.acquire()
+        except TimeoutError as exc:
+            raise StoreUnavailable("timed out waiting for earlier writes to the same row") from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    async def _change_registrations(self, sql: str, *args: Any, account: str | None = None) -> int:
+        """One write that adds, changes or removes registrations; rows changed.
+
+        With ``account`` the statement changes that account's rows; without,
+        it must return the changed rows' ``account`` (``RETURNING account``).
+        """
+        async with self._backend.write() as conn:
+            if account is None:
+                rows = await conn.fetch(sql, *args)
+                count, accounts = len(rows), {r["account"] for r in rows}
+            else:
+                count = await conn.execute(sql, *args)
+                accounts = {account} if count else set()
+            await self._notify(conn, accounts)
+        self._registrations_changed(accounts)
+        return count
+
+    async def _notify(self, conn: SqlConn, accounts: Iterable[str]) -> None:
+        """Tell the other nodes, at commit (inside the caller's write transaction)."""
+        if self.dialect.notify is None:
+            return
+        for account in accounts:
+            payload = account if len(account.encode()) <= _MAX_NOTIFY_PAYLOAD else ""
+            await conn.execute(self.dialect.notify, REGISTRATIONS_CHANNEL, payload)
+
+    def _registrations_changed(self, accounts: Iterable[str]) -> None:
+        for account in accounts:
+            for listener in self._registration_listeners:
+                try:
+                    listener(account)
+                except Exception:  # a listener's bug must not fail the write that already committed
+                    log.exception("registration listener failed")

@@ -1,0 +1,143 @@
+"""WebPush subscriptions and VAPID key metadata (the WEBPUSH extension's tables), for every SQL back end.
+
+Push endpoints are capability URLs and auth secrets are keys: both are
+vault-encrypted, the associated data naming the row.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pushproxy.store.base import VapidKey, WebPushSubscription
+from pushproxy.store.records import auth_aad, endpoint_aad, subscription_from_row, vapid_key_from_row
+from pushproxy.store.sql_base import SqlBase
+
+# Advisory lock key serialising VAPID key changes across nodes (spells "pushvapi").
+_VAPID_LOCK_KEY = 0x7075736876617069
+
+
+class WebPushQueries(SqlBase):
+    # --- WebPush subscriptions ----------------------------------------------
+    async def put_subscription(self, sub: WebPushSubscription) -> None:
+        now = time.time()
+        endpoint = self._vault.encrypt(sub.endpoint.encode(), endpoint_aad(sub.account, sub.sub_id))
+        auth = self._vault.encrypt(sub.auth.encode(), auth_aad(sub.account, sub.sub_id))
+        async with self._in_call_order(("subscription", sub.account, sub.sub_id)):
+            await self._change_registrations(
+                """INSERT INTO webpush_subscriptions (account, sub_id, endpoint, p256dh, auth, vapid_key_id,
+                       active, ack_token_hash, ack_expires, silenced_until, silenced_session, want_changes,
+                       created, updated, last_success, failures)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                   ON CONFLICT (account, sub_id) DO UPDATE SET
+                       endpoint = excluded.endpoint, p256dh = excluded.p256dh, auth = excluded.auth,
+                       vapid_key_id = excluded.vapid_key_id, active = excluded.active,
+                       ack_token_hash = excluded.ack_token_hash, ack_expires = excluded.ack_expires,
+                       silenced_until = excluded.silenced_until, silenced_session = excluded.silenced_session,
+                       want_changes = excluded.want_changes,
+                       -- a replacement that does not say when it was created keeps the original time
+                       created = CASE WHEN CAST($17 AS BOOLEAN) THEN excluded.created
+                                      ELSE webpush_subscriptions.created END,
+                       updated = excluded.updated, last_success = excluded.last_success,
+                       failures = excluded.failures""",
+                sub.account,
+                sub.sub_id,
+                endpoint,
+                sub.p256dh,
+                auth,
+                sub.vapid_key_id,
+                bool(sub.active),
+                sub.ack_token_hash,
+                sub.ack_expires,
+                sub.silenced_until,
+                sub.silenced_session,
+                bool(sub.want_changes),
+                sub.created or now,
+                sub.updated or now,
+                sub.last_success,
+                sub.failures,
+                bool(sub.created),
+                account=sub.account,
+            )
+
+    async def get_subscription(self, account: str, sub_id: str) -> WebPushSubscription | None:
+        row = await self._fetchone(
+            "SELECT * FROM webpush_subscriptions WHERE account = $1 AND sub_id = $2", account, sub_id
+        )
+        return None if row is None else subscription_from_row(row, self._vault)
+
+    async def subscriptions_for_account(self, account: str) -> list[WebPushSubscription]:
+        return await self.list_subscriptions(account)
+
+    async def list_subscriptions(self, account: str | None = None) -> list[WebPushSubscription]:
+        rows = await self._fetch(
+            """SELECT * FROM webpush_subscriptions WHERE (CAST($1 AS TEXT) IS NULL OR account = $1)
+               ORDER BY account, created, sub_id""",
+            account,
+        )
+        return [subscription_from_row(r, self._vault) for r in rows]
+
+    async def delete_subscription(self, account: str, sub_id: str) -> bool:
+        count = await self._change_registrations(
+            "DELETE FROM webpush_subscriptions WHERE account = $1 AND sub_id = $2", account, sub_id, account=account
+        )
+        return count > 0
+
+    async def count_subscriptions(self, account: str) -> int:
+        row = await self._fetchone("SELECT count(*) AS n FROM webpush_subscriptions WHERE account = $1", account)
+        return int(row["n"]) if row else 0
+
+    async def find_subscription_by_ack(self, account: str, token_hash: bytes) -> WebPushSubscription | None:
+        row = await self._fetchone(
+            "SELECT * FROM webpush_subscriptions WHERE account = $1 AND ack_token_hash = $2 LIMIT 1",
+            account,
+            token_hash,
+        )
+        return None if row is None else subscription_from_row(row, self._vault)
+
+    async def expire_inactive_subscriptions(self, now: float) -> int:
+        return await self._change_registrations(
+            """DELETE FROM webpush_subscriptions
+               WHERE NOT active AND ack_expires IS NOT NULL AND ack_expires <= $1
+               RETURNING account""",
+            now,
+        )
+
+    async def clear_session_silences(self, session_id: str) -> int:
+        return await self._modify(
+            "UPDATE webpush_subscriptions SET silenced_session = NULL WHERE silenced_session = $1", session_id
+        )
+
+    # --- VAPID key metadata -----------------------------------------------------
+    async def vapid_keys(self) -> list[VapidKey]:
+        rows = await self._fetch("SELECT * FROM vapid_keys ORDER BY created, key_id")
+        return [vapid_key_from_row(r) for r in rows]
+
+    async def add_vapid_key(self, key: VapidKey, make_current: bool = True) -> None:
+        """Insert (or update by key_id).  ``key.current`` is ignored: ``make_current`` decides.
+
+        The first key always becomes current, so there is exactly one current
+        key as soon as there is any.  Nodes changing keys at once are
+        serialised (otherwise both could find "no current key" and one would
+        fail on the unique index).
+        """
+        async with self._backend.write() as conn:
+            if self.dialect.xact_lock is not None:
+                await conn.execute(self.dialect.xact_lock, _VAPID_LOCK_KEY)
+            if make_current:
+                await conn.execute("UPDATE vapid_keys SET current = FALSE WHERE current AND key_id <> $1", key.key_id)
+                current = True
+            else:
+                other = await conn.fetch("SELECT key_id FROM vapid_keys WHERE current AND key_id <> $1", key.key_id)
+                current = not other
+            await conn.execute(
+                """INSERT INTO vapid_keys (key_id, public_key, private_key_path, created, current)
+                   VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (key_id) DO UPDATE SET public_key = excluded.public_key,
+                       private_key_path = excluded.private_key_path, created = excluded.created,
+                       current = excluded.current""",
+                key.key_id,
+                key.public_key,
+                key.private_key_path,
+                key.created or time.time(),
+                current,
+            )

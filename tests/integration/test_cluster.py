@@ -1,0 +1,250 @@
+"""Leases, push ledger and registration feed of several nodes, in-process, on a real PostgreSQL (and SQLite).
+
+Each "node" is its own store (its own connection pool) with its own lease
+manager, as separate processes would have; rounds are driven by the test
+(``run_round``) so that what happens in between is under its control.
+The multi-process tests with a real Dovecot are in test_cluster_nodes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from pushproxy import metrics
+from pushproxy.cluster import LeaseManager, PushLedger, RegistrationFeed, wanted_owner
+from pushproxy.events import Expunge, MailEvent, MessageInfo, NewMail
+from pushproxy.store import SqliteStore, SqlStore, Vault
+from tests.support.store_records import device
+
+asyncpg = pytest.importorskip("asyncpg", reason="asyncpg is not installed: pip install 'pushproxy[postgres]'")
+
+from pushproxy.store.postgres import PostgresStore  # noqa: E402
+
+TTL = 3.0
+VAULT = Vault.generate()
+
+
+class FakeWatchers:
+    """Runs a "watcher" for an account exactly when the supervisor would: owned and registered."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.leases: LeaseManager | None = None
+        self.running: set[str] = set()
+
+    async def registration_changed(self, account: str, session_id: str | None = None) -> None:
+        assert self.leases is not None
+        if self.leases.owns(account) and await self.store.devices_for_account(account):
+            self.running.add(account)
+        else:
+            self.running.discard(account)
+
+    async def release(self, account: str) -> None:
+        self.running.discard(account)
+
+
+class Node:
+    def __init__(self, store: SqlStore, node_id: str) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.leases = LeaseManager(store, node_id, f"test {node_id}", TTL, 3600.0)
+        self.watchers = FakeWatchers(store)
+        self.watchers.leases = self.leases
+        self.leases.attach(self.watchers)
+        self.feed = RegistrationFeed(store, self.leases.registration_changed, self.leases.resync)
+
+    async def round(self) -> None:
+        await self.leases.run_round()
+        # What the supervisor does at start and after each round: watchers for held accounts.
+        for account in self.leases.held():
+            await self.watchers.registration_changed(account)
+
+
+NodeFactory = Callable[[str], Awaitable[Node]]
+
+
+@pytest.fixture
+async def pg_nodes(postgres_dsn: str) -> AsyncIterator[NodeFactory]:
+    made: list[Node] = []
+
+    async def make(node_id: str) -> Node:
+        store = PostgresStore(postgres_dsn, VAULT, max_size=4)
+        await store.open()
+        node = Node(store, node_id)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        await node.feed.close()
+        await node.store.close()
+
+
+async def register(store: SqlStore, accounts: list[str]) -> None:
+    for i, account in enumerate(accounts):
+        await store.upsert_device(device(account, "aps", f"{i:064x}"))
+
+
+async def until(
+    predicate: Callable[[], bool], timeout: float, step: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        if step is not None:
+            await step()
+        await asyncio.sleep(0.05)
+
+
+def assert_exclusive_cover(nodes: list[Node], accounts: list[str]) -> None:
+    held = [set(n.leases.held()) for n in nodes]
+    assert set().union(*held) == set(accounts)
+    assert sum(len(h) for h in held) == len(accounts)  # nobody holds an account twice
+    assert [n.watchers.running for n in nodes] == held
+
+
+ACCOUNTS = [f"user{i:02d}" for i in range(30)]
+
+
+async def balanced(nodes: list[Node]) -> None:
+    """Rounds on every node until each holds exactly its rendezvous share."""
+    live = sorted(n.node_id for n in nodes)
+
+    def done() -> bool:
+        return all(set(n.leases.held()) == {a for a in ACCOUNTS if wanted_owner(a, live) == n.node_id} for n in nodes)
+
+    async def step() -> None:
+        for n in nodes:
+            await n.round()
+
+    await until(done, 20, step)
+
+
+async def test_leases_spread_over_nodes_and_never_overlap(pg_nodes: NodeFactory) -> None:
+    n1 = await pg_nodes("n1")
+    await register(n1.store, ACCOUNTS)
+    await n1.round()
+    assert set(n1.leases.held()) == set(ACCOUNTS)  # alone: everything
+    n2, n3 = await pg_nodes("n2"), await pg_nodes("n3")
+    await balanced([n1, n2, n3])
+    assert_exclusive_cover([n1, n2, n3], ACCOUNTS)
+    assert all(len(n.leases.held()) >= 3 for n in (n1, n2, n3))  # 30 accounts over 3 nodes: a real share
+    async with n1.store.backend.read() as conn:
+        leases = await conn.fetch("SELECT account, owner FROM watch_leases")
+    assert {r["account"]: r["owner"] for r in leases} == {a: n.node_id for n in (n1, n2, n3) for a in n.leases.held()}
+
+
+async def test_dead_node_taken_over_after_ttl(pg_nodes: NodeFactory) -> None:
+    nodes = [await pg_nodes(f"n{i}") for i in (1, 2, 3)]
+    await register(nodes[0].store, ACCOUNTS)
+    await balanced(nodes)
+    dead = nodes.pop()
+    orphans = set(dead.leases.held())
+    takeovers = metrics.CLUSTER_TAKEOVERS._value.get()
+    started = time.monotonic()
+
+    async def step() -> None:
+        for n in nodes:
+            await n.round()
+
+    await until(lambda: set().union(*(n.leases.held() for n in nodes)) == set(ACCOUNTS), 3 * TTL, step)
+    assert time.monotonic() - started >= TTL - 0.5  # not before its leases expired
+    assert metrics.CLUSTER_TAKEOVERS._value.get() - takeovers == len(orphans)
+    assert_exclusive_cover(nodes, ACCOUNTS)
+
+
+async def test_frozen_node_notices_lost_leases_and_stops_watchers(pg_nodes: NodeFactory) -> None:
+    nodes = [await pg_nodes(f"n{i}") for i in (1, 2)]
+    await register(nodes[0].store, ACCOUNTS)
+    await balanced(nodes)
+    frozen, alive = nodes
+    assert frozen.watchers.running
+
+    async def step() -> None:
+        await alive.round()
+
+    await until(lambda: set(alive.leases.held()) == set(ACCOUNTS), 3 * TTL, step)
+    assert frozen.watchers.running  # it does not know yet: the ledger covers this window
+    await frozen.round()  # wakes up
+    assert frozen.watchers.running == set()
+    # It rejoins and gets its share back, handed over by the other node.
+    await balanced(nodes)
+    assert_exclusive_cover(nodes, ACCOUNTS)
+
+
+async def test_registration_reaches_the_owner_within_a_second(pg_nodes: NodeFactory) -> None:
+    a, b = await pg_nodes("na"), await pg_nodes("nb")
+    await register(a.store, ["seed"])
+    await balanced_pair(a, b)
+    for node in (a, b):
+        node.feed.start()
+        await asyncio.wait_for(node.feed.listening.wait(), 10)
+    account = next(f"new{i}" for i in range(100) if wanted_owner(f"new{i}", ["na", "nb"]) == "na")
+    started = time.monotonic()
+    await b.store.upsert_device(device(account, "aps", "ef" * 32))  # registered through the other node
+    await until(lambda: account in a.watchers.running, 1.0)
+    assert time.monotonic() - started < 1.0
+    assert account not in b.watchers.running
+    await b.store.remove_device(account, None, "ef" * 32)  # the last registration goes, on the other node
+    await until(lambda: account not in a.watchers.running, 1.0)
+
+
+async def balanced_pair(a: Node, b: Node) -> None:
+    for _ in range(3):
+        await a.round()
+        await b.round()
+
+
+async def test_push_ledger_one_push_per_message_across_nodes(pg_nodes: NodeFactory) -> None:
+    nodes = [await pg_nodes(f"n{i}") for i in (1, 2, 3)]
+    got: list[tuple[str, int]] = []
+    order: list[str] = []
+
+    def submit(event: MailEvent) -> None:
+        order.append(type(event).__name__)
+        if isinstance(event, NewMail):
+            got.extend((event.account, m.uid) for m in event.messages)
+
+    ledgers = [PushLedger(n.store, n.node_id) for n in nodes]
+    gates = [ledger.gate(submit) for ledger in ledgers]
+    conflicts = metrics.PUSH_LEDGER_CONFLICTS._value.get()
+    for uid in range(1, 41):
+        event = NewMail("alice", "INBOX", (MessageInfo(uid),))
+        for gate in gates:  # every node (or a watcher and the ox endpoint) reports it
+            gate(event)
+    gates[0](NewMail("alice", "inbox", (MessageInfo(1), MessageInfo(41))))  # INBOX in any case is INBOX
+    gates[0](Expunge("alice", "INBOX", (41,)))
+    for ledger in ledgers:
+        await ledger.flush()
+    assert sorted(got) == [("alice", uid) for uid in range(1, 42)]
+    assert metrics.PUSH_LEDGER_CONFLICTS._value.get() - conflicts == 40 * 2 + 1
+    assert order[-1] == "Expunge"  # after the account's earlier new mail, not before
+
+
+async def test_single_sqlite_node_stops_watcher_when_senders_remove_the_last_registration(tmp_path: Path) -> None:
+    """Issue 14 point 3: an APNs 410 (or WebPush 404/410, or housekeeping) removing the last registration
+    stops the watcher at once, not at the next restart."""
+    store = SqliteStore(tmp_path / "pp.db", VAULT)
+    await store.open()
+    node = Node(store, "solo")
+    try:
+        node.feed.start()
+        await register(store, ["alice", "bob"])
+        await node.round()
+        assert node.watchers.running == {"alice", "bob"}
+        await store.remove_device_token(f"{0:064x}", registered_before=time.time() + 1)  # the 410 path
+        await node.feed.drained()
+        assert node.watchers.running == {"bob"}
+        await store.expire_devices(time.time() + 1)  # housekeeping
+        await node.feed.drained()
+        assert node.watchers.running == set()
+        await node.round()
+        assert node.leases.held() == {}  # the lease goes too
+    finally:
+        await node.feed.close()
+        await store.close()
