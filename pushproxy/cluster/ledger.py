@@ -11,9 +11,9 @@ each message is pushed once.  Rows are pruned after
 ``cluster.ledger_retention``.
 
 Other events (expunges, flag changes) pass through, in order with the
-account's new-mail events.  If the database cannot be reached, the gate lets
-the event through (a possible duplicate beats a lost push) and says so once
-per outage.
+account's new-mail events.  If the claim fails (the database cannot be
+reached, or anything else), the gate lets the event through (a possible
+duplicate beats a lost push) and says so once per outage.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pushproxy import metrics
 from pushproxy.accounts import is_inbox
 from pushproxy.cluster.queries import ClusterStore
 from pushproxy.events import MailEvent, NewMail
-from pushproxy.store.base import StoreUnavailable
 from pushproxy.store.sql import SqlStore
 
 log = logging.getLogger("pushproxy.cluster")
@@ -83,7 +82,7 @@ class PushLedger:
         try:
             async with asyncio.timeout(CLAIM_TIMEOUT):
                 claimed = await self._cluster.claim(self._node_id, event.account, mailbox, uids)
-        except (StoreUnavailable, TimeoutError) as exc:
+        except Exception as exc:  # fail open, whatever went wrong (StoreUnavailable, timeouts, ...)
             if not self._degraded:
                 log.warning("push ledger unavailable (%s): pushing without claiming, duplicates possible", exc)
                 self._degraded = True

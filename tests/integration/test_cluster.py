@@ -9,6 +9,7 @@ The multi-process tests with a real Dovecot are in test_cluster_nodes.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from pushproxy import metrics
 from pushproxy.cluster import LeaseManager, PushLedger, RegistrationFeed, wanted_owner
 from pushproxy.events import Expunge, MailEvent, MessageInfo, NewMail
 from pushproxy.store import SqliteStore, SqlStore, Vault
+from tests.support.postgres import PostgresServer
 from tests.support.store_records import device
 
 asyncpg = pytest.importorskip("asyncpg", reason="asyncpg is not installed: pip install 'pushproxy[postgres]'")
@@ -248,3 +250,63 @@ async def test_single_sqlite_node_stops_watcher_when_senders_remove_the_last_reg
     finally:
         await node.feed.close()
         await store.close()
+
+
+class CuttableForwarder:
+    """A TCP forwarder to PostgreSQL that the test can cut (the database "unreachable")."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self.writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
+
+
+async def test_readiness_fails_while_postgresql_is_unreachable(
+    postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    """/readyz reports the store's ping (pushproxy.wiring): it must turn false when PostgreSQL cannot be reached."""
+    forwarder = CuttableForwarder(postgres_server.port)
+    port = await forwarder.start()
+    dsn = postgres_dsn.replace(f":{postgres_server.port}/", f":{port}/")
+    store = PostgresStore(dsn, VAULT)
+    await store.open()
+    try:
+        assert await store.ping()
+        await forwarder.cut()
+        assert not await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_push_ledger_fails_open_when_the_store_is_unreachable(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "pp.db", VAULT)
+    await store.open()
+    got: list[MailEvent] = []
+    gate = PushLedger(store, "solo").gate(got.append)
+    await store.close()  # every claim now fails
+    gate(NewMail("alice", "INBOX", (MessageInfo(7),)))
+    await asyncio.sleep(0)
+    await until(lambda: len(got) == 1, 5)  # pushed (a possible duplicate beats a lost push)
