@@ -10,6 +10,7 @@ short bounded quiet period shows that no late duplicate follows.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from tests.integration.test_xapplepush_proxy import RawClient, apns_config, regi
 from tests.support.apns_standin import ApnsStandin
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 from tests.support.dovecot import Dovecot, make_message
-from tests.support.proxy import ROOT, ProxyProcess
+from tests.support.proxy import ROOT, ProxyProcess, upstream_config
 
 pytest.importorskip("asyncpg", reason="asyncpg is not installed: pip install 'pushproxy[postgres]'")
 
@@ -93,22 +94,55 @@ def apns(certs: ApnsTestCerts) -> Iterator[ApnsStandin]:
     standin.stop()
 
 
+def start_node(made: list[ProxyProcess], dovecot: Dovecot, config: dict[str, Any]) -> ProxyProcess:
+    """A started node; a listening port another program took between choosing and binding it is chosen anew
+    (the machine runs other test suites at the same time)."""
+    for attempt in range(3):
+        proxy = ProxyProcess(Path(tempfile.mkdtemp(prefix="pp-")), {"upstream": upstream_config(dovecot), **config})
+        try:
+            proxy.start()
+        except RuntimeError as exc:
+            proxy.stop()
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+            continue
+        made.append(proxy)
+        return proxy
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def cluster(
     postgres_dsn: str,
     dovecot: Dovecot,
-    proxy_factory: ProxyFactory,
     apns: ApnsStandin,
     certs: ApnsTestCerts,
     tmp_path: Path,
-) -> tuple[list[ProxyProcess], dict[str, Any]]:
+) -> Iterator[tuple[list[ProxyProcess], dict[str, Any]]]:
     # postgres_dsn first: its database is dropped only after the proxies have stopped.
     shared: dict[str, Any] = {
         "store": {"url": postgres_dsn},
         "watch": {"vault_key_file": str(tmp_path / "vault.key"), "backoff_min": 0.2, "backoff_max": 1.0},
         "apns": apns_config(certs, apns, debounce=0.1),
     }
-    nodes = [proxy_factory(dovecot, cluster={"node_id": f"node{i}", "lease_ttl": TTL}, **shared) for i in range(3)]
+    made: list[ProxyProcess] = []
+    try:
+        nodes = [
+            start_node(made, dovecot, {"cluster": {"node_id": f"node{i}", "lease_ttl": TTL}, **shared})
+            for i in range(3)
+        ]
+        yield prepared(nodes, dovecot), shared
+    finally:
+        for proxy in made:
+            proxy.stop()
+    # A node that logged an unhandled error failed, whatever the clients saw (as proxy_factory checks).
+    problems = [str(p.log_file) for p in made if "Traceback" in p.log_text() or "Unhandled Error" in p.log_text()]
+    assert not problems, f"pushproxy logged errors: {problems}"
+    for proxy in made:
+        shutil.rmtree(proxy.base_dir, ignore_errors=True)
+
+
+def prepared(nodes: list[ProxyProcess], dovecot: Dovecot) -> list[ProxyProcess]:
     for account in ACCOUNTS:
         dovecot.add_user(account, f"{account}pw")
     for i, account in enumerate(ACCOUNTS):  # registered through different nodes
@@ -127,7 +161,7 @@ def cluster(
         30,
         lambda: f"every account watched once: {watcher_states(nodes)}",
     )
-    return nodes, shared
+    return nodes
 
 
 def owner_with_most(nodes: list[ProxyProcess]) -> ProxyProcess:
