@@ -3,7 +3,7 @@
 Every source of events (the watchers, Dovecot's ``/events/dovecot-ox``
 endpoint, on any node) passes its new-mail events through
 :meth:`PushLedger.gate` before they reach the dispatcher.  The gate claims
-each message (account, mailbox, UID) with ``INSERT ... ON CONFLICT DO
+each message (account, mailbox, UIDVALIDITY, UID) with ``INSERT ... ON CONFLICT DO
 NOTHING``; only the messages this call claimed go on.  Two nodes that both
 believe they watch an account (a split brain after a freeze), a watcher and
 Dovecot reporting the same delivery, a watcher replaying after a takeover:
@@ -81,7 +81,7 @@ class PushLedger:
         mailbox = event.mailbox.upper() if is_inbox(event.mailbox) else event.mailbox
         try:
             async with asyncio.timeout(CLAIM_TIMEOUT):
-                claimed = await self._cluster.claim(self._node_id, event.account, mailbox, uids)
+                claimed = await self._cluster.claim(self._node_id, event.account, mailbox, event.uidvalidity, uids)
         except Exception as exc:  # fail open, whatever went wrong (StoreUnavailable, timeouts, ...)
             if not self._degraded:
                 log.warning("push ledger unavailable (%s): pushing without claiming, duplicates possible", exc)

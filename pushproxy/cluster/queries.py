@@ -115,18 +115,19 @@ class ClusterStore:
                 await conn.execute("DELETE FROM watch_leases WHERE owner = $1 AND account = $2", node_id, account)
 
     # --- the push ledger ----------------------------------------------------------------
-    async def claim(self, node_id: str, account: str, mailbox: str, uids: Iterable[int]) -> set[int]:
+    async def claim(self, node_id: str, account: str, mailbox: str, uidvalidity: int, uids: Iterable[int]) -> set[int]:
         """Claim the pushes of these messages; the UIDs this call claimed (the others were claimed before)."""
         claimed: set[int] = set()
         async with self._backend.write() as conn:
             for uid in uids:
                 rows = await conn.fetch(
-                    """INSERT INTO push_ledger (account, mailbox, uid, node, claimed)
-                       VALUES ($1, $2, $3, $4, epoch_now())
-                       ON CONFLICT (account, mailbox, uid) DO NOTHING
+                    """INSERT INTO push_ledger (account, mailbox, uidvalidity, uid, node, claimed)
+                       VALUES ($1, $2, $3, $4, $5, epoch_now())
+                       ON CONFLICT (account, mailbox, uidvalidity, uid) DO NOTHING
                        RETURNING uid""",
                     account,
                     mailbox,
+                    uidvalidity,
                     uid,
                     node_id,
                 )

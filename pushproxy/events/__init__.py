@@ -37,6 +37,7 @@ class NewMail:
     messages: tuple[MessageInfo, ...] = ()
     detected_at: float = field(default_factory=time.monotonic)
     source: str = "watcher"  # watcher | dovecot-ox | debug
+    uidvalidity: int = 0  # the mailbox's UIDVALIDITY when the source knows it (0: unknown)
 
     @property
     def uids(self) -> tuple[int, ...]:

@@ -114,7 +114,7 @@ def parse_ox_event(doc: object) -> NewMail | None:
     assert uid is not None
     if not 0 < uid <= _MAX_UID:
         raise OxEventError("field 'imap-uid' is out of range")
-    _int_field(doc, "imap-uidvalidity", required=False)
+    uidvalidity = _int_field(doc, "imap-uidvalidity", required=False)
     unseen = _int_field(doc, "unseen", required=False)
     subject = _str_field(doc, "subject", required=False)
     sender = _str_field(doc, "from", required=False)
@@ -125,6 +125,7 @@ def parse_ox_event(doc: object) -> NewMail | None:
         mailbox=canonical_mailbox(folder),
         messages=(MessageInfo(uid=uid, flags=flags, envelope=envelope),),
         source="dovecot-ox",
+        uidvalidity=uidvalidity if uidvalidity is not None and 0 < uidvalidity <= _MAX_UID else 0,
     )
 
 

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0  # one connection attempt
 OPERATION_TIMEOUT = 15.0  # a whole store call: waiting for a pooled connection + the statements
 STATEMENT_TIMEOUT_MS = 10_000  # server side, per statement
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 3_000  # server side: a transaction left idle (frozen node) is ended
 MIGRATION_STATEMENT_TIMEOUT_MS = 120_000  # waiting for another node's migration, then DDL
 MIGRATION_TIMEOUT = 150.0
 PING_TIMEOUT = 5.0
@@ -151,8 +152,11 @@ class PostgresBackend(SqlBackend):
                 server_settings={
                     "application_name": "pushproxy",
                     "statement_timeout": str(self._statement_timeout_ms),
-                    # A session that dies with a transaction open must not hold locks forever.
-                    "idle_in_transaction_session_timeout": str(self._statement_timeout_ms * 6),
+                    # Every transaction here is a few statements sent back to back: one idle
+                    # for seconds belongs to a node that froze or hung (SIGSTOP, a stalled VM)
+                    # while holding row locks (watch_leases, push_ledger). The server ends it
+                    # soon, so the live nodes can take those leases within cluster.lease_ttl.
+                    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
                 },
             )
 

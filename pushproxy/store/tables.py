@@ -60,10 +60,11 @@ CORE = SchemaPart(
             """CREATE TABLE push_ledger (
                 account TEXT NOT NULL,
                 mailbox TEXT NOT NULL,
+                uidvalidity {bigint} NOT NULL,      -- 0 when the event's source did not say
                 uid {bigint} NOT NULL,
                 node TEXT NOT NULL,
                 claimed {real} NOT NULL,            -- database clock
-                PRIMARY KEY (account, mailbox, uid)
+                PRIMARY KEY (account, mailbox, uidvalidity, uid)
             )""",
             "CREATE INDEX push_ledger_by_claimed ON push_ledger (claimed)",
         ),

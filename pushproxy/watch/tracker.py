@@ -240,7 +240,9 @@ class MailboxTracker:
             detected = trigger if trigger is not None else time.monotonic()
             # detected_at carries the notification time; the dispatcher observes
             # EVENT_DISPATCH_LATENCY once, for watcher and ox events alike.
-            out.events.append(NewMail(self.account, box, found.messages, detected_at=detected))
+            out.events.append(
+                NewMail(self.account, box, found.messages, detected_at=detected, uidvalidity=state.uidvalidity)
+            )
         if found.count:
             log.debug(
                 "watcher %s: %s: %d new (%d already seen), UIDNEXT %d -> %d",

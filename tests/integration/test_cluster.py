@@ -228,6 +228,25 @@ async def test_push_ledger_one_push_per_message_across_nodes(pg_nodes: NodeFacto
     assert order[-1] == "Expunge"  # after the account's earlier new mail, not before
 
 
+async def test_push_ledger_keys_on_uidvalidity(pg_nodes: NodeFactory) -> None:
+    """A mailbox recreated upstream (new UIDVALIDITY) reuses UIDs: its new messages are pushed again,
+    and Dovecot's ox event for a message the watcher already reported (same UIDVALIDITY) is not."""
+    node = await pg_nodes("n1")
+    got: list[tuple[int, int]] = []
+
+    def submit(event: MailEvent) -> None:
+        if isinstance(event, NewMail):
+            got.extend((event.uidvalidity, m.uid) for m in event.messages)
+
+    ledger = PushLedger(node.store, node.node_id)
+    gate = ledger.gate(submit)
+    gate(NewMail("alice", "INBOX", (MessageInfo(1), MessageInfo(2)), uidvalidity=100))
+    gate(NewMail("alice", "INBOX", (MessageInfo(2),), source="dovecot-ox", uidvalidity=100))
+    gate(NewMail("alice", "INBOX", (MessageInfo(1),), uidvalidity=200))
+    await ledger.flush()
+    assert got == [(100, 1), (100, 2), (200, 1)]
+
+
 async def test_single_sqlite_node_stops_watcher_when_senders_remove_the_last_registration(tmp_path: Path) -> None:
     """Issue 14 point 3: an APNs 410 (or WebPush 404/410, or housekeeping) removing the last registration
     stops the watcher at once, not at the next restart."""

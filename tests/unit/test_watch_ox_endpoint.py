@@ -125,9 +125,11 @@ async def test_other_events_are_accepted_and_ignored(endpoint: tuple[str, list[M
 def test_parse_ox_event() -> None:
     ev = parse_ox_event({**DOC, "folder": "inbox", "unseen": 0, "imap-uid": "17"})
     assert ev is not None and ev.mailbox == "INBOX" and ev.uids == (17,)
+    assert ev.uidvalidity == DOC["imap-uidvalidity"]  # the push ledger keys on it, like the watchers' events
     assert ev.messages[0].seen  # no unseen message left in the folder: this one was filed as read
     minimal = parse_ox_event({"user": "bob", "event": "messagenew", "folder": "Sent Messages", "imap-uid": 1})
     assert minimal is not None and minimal.messages[0].envelope == b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+    assert minimal.uidvalidity == 0  # not said: unknown
     with pytest.raises(OxEventError):
         parse_ox_event({**DOC, "user": "  "})
     with pytest.raises(OxEventError):

@@ -56,6 +56,7 @@ def test_exists_then_fetch_emits_new_unseen_mail_and_new_uidnext() -> None:
     assert len(out.events) == 1
     ev = out.events[0]
     assert isinstance(ev, NewMail) and ev.uids == (5,) and ev.detected_at == 100.0  # \Seen at delivery: no push
+    assert ev.uidvalidity == 7  # the push ledger's key includes it
     assert out.save is not None and out.save.uidnext == 7
     assert t.on_fetch("INBOX", [fetch(6, "\\Seen", seq=10)], None).events == []  # exactly once
 
