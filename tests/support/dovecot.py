@@ -527,6 +527,18 @@ class Dovecot:
         if self.running:
             self._wait_for_passdb(name, password)
 
+    def add_users(self, users: dict[str, str]) -> None:
+        """Add several users with one rewrite of the passwd file (one wait for auth to see it, not one per user)."""
+        for name, password in users.items():
+            self._check_credentials(name, password)
+        self.users.update(users)
+        if not self.base_dir.exists() or not users:
+            return
+        self._write_passwd_files()
+        if self.running:
+            for name, password in users.items():  # the first wait covers the reload; the rest return at once
+                self._wait_for_passdb(name, password)
+
     def deliver(self, rcpt: str, message: bytes | str, *, mailbox: str | None = None) -> None:
         """Deliver ``message`` to ``rcpt`` (user name or address) via LMTP.
 

@@ -66,6 +66,8 @@ class ProxyProcess:
     def start(self, timeout: float = 15) -> ProxyProcess:
         self.config_file.write_text(yaml.safe_dump(self.config))
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
+        # The log is appended to across restarts: only this run's lines say it is ready.
+        seen = len(self.log_text()) if self.log_file.exists() else 0
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pushproxy", "serve", "--config", str(self.config_file)],
@@ -78,7 +80,7 @@ class ProxyProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pushproxy exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if "pushproxy ready" in (text := self.log_text()) or "pushproxy started, but" in text:
+            if "pushproxy ready" in (text := self.log_text()[seen:]) or "pushproxy started, but" in text:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"pushproxy did not start in {timeout}s:\n{self.log_tail()}")
