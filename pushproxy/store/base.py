@@ -87,6 +87,12 @@ class StoreUnavailable(Exception):
 class Store(ABC):
     """Async persistence for registrations, subscriptions, credentials and watch state."""
 
+    @property
+    def shared_by_nodes(self) -> bool:
+        """True when several nodes may open this store at once (PostgreSQL): keys every
+        node must share are then checked against what the others recorded."""
+        return False
+
     # --- lifecycle -----------------------------------------------------------
     @abstractmethod
     async def open(self) -> None:

@@ -88,6 +88,10 @@ class SqlBase:
     def dialect(self) -> Dialect:
         return self._backend.dialect
 
+    @property
+    def shared_by_nodes(self) -> bool:
+        return self._backend.dialect.notify is not None  # the dialect that tells other nodes about changes
+
     def add_registration_listener(self, listener: RegistrationListener) -> None:
         """Call ``listener(account)`` after every committed change of an account's registrations
         (or of its stored credential, which can make it watchable).

@@ -18,7 +18,9 @@ import pytest
 
 from pushproxy import metrics
 from pushproxy.cluster import LeaseManager, PushLedger, RegistrationFeed, wanted_owner
+from pushproxy.config import ConfigError
 from pushproxy.events import Expunge, MailEvent, MessageInfo, NewMail
+from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.store import SqliteStore, SqlStore, Vault
 from tests.support.postgres import PostgresServer
 from tests.support.store_records import device
@@ -329,3 +331,25 @@ async def test_push_ledger_fails_open_when_the_store_is_unreachable(tmp_path: Pa
     gate(NewMail("alice", "INBOX", (MessageInfo(7),)))
     await asyncio.sleep(0)
     await until(lambda: len(got) == 1, 5)  # pushed (a possible duplicate beats a lost push)
+
+
+async def test_node_with_another_vapid_key_is_refused(pg_nodes: NodeFactory, tmp_path: Path) -> None:
+    """Issue 14 point 5: the VAPID key is shared like the vault key.
+
+    On one SQLite node a new key file simply becomes current."""
+    first, second = await pg_nodes("n1"), await pg_nodes("n2")
+    ring = await VapidKeyring.load(tmp_path / "a" / "vapid.pem", first.store)
+    copy = tmp_path / "b" / "vapid.pem"
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / "a" / "vapid.pem").read_bytes())
+    assert (await VapidKeyring.load(copy, second.store)).current.key_id == ring.current.key_id  # the same key: fine
+    with pytest.raises(ConfigError, match="not the cluster's current VAPID key"):
+        await VapidKeyring.load(tmp_path / "c" / "vapid.pem", second.store)  # a key of its own: refused
+    solo = SqliteStore(tmp_path / "solo.db", VAULT)
+    await solo.open()
+    try:
+        await VapidKeyring.load(tmp_path / "a" / "vapid.pem", solo)
+        replaced = await VapidKeyring.load(tmp_path / "c" / "vapid.pem", solo)
+        assert [k.key_id for k in await solo.vapid_keys() if k.current] == [replaced.current.key_id]
+    finally:
+        await solo.close()

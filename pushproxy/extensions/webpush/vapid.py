@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 
+from pushproxy.config import ConfigError
 from pushproxy.store.base import Store, VapidKey
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,8 @@ class VapidKeyring:
         if generated:
             log.info("generated a new VAPID key %s at %s", current.key_id, path)
         known = {k.key_id: k for k in await store.vapid_keys()}
+        if store.shared_by_nodes:
+            _refuse_another_nodes_key(path, current, known)
         keys = await asyncio.to_thread(_load_old_keys, path, current.key_id, known)
         for key_id, pair in keys.items():
             if key_id not in known:
@@ -249,6 +252,24 @@ class VapidKeyring:
         # Archive first: a crash between the two writes leaves both keys on disk.
         write_private_file(old_path, _private_pem(old.private_key))
         return old.moved_to(old_path), generate_key_file(self._path)
+
+
+def _refuse_another_nodes_key(path: Path, mine: VapidKeyPair, known: dict[str, VapidKey]) -> None:
+    """Several nodes on one database sign with one VAPID key: the one recorded as current.
+
+    A node with another key file would make its own key current and sign
+    with a key the push services never saw for the others' subscriptions;
+    on one node (SQLite) a replaced key file simply becomes current.
+    """
+    cluster_key = next((k for k in known.values() if k.current), None)
+    if cluster_key is None or cluster_key.key_id == mine.key_id:
+        return
+    raise ConfigError(
+        f"the VAPID key in {path} (key {mine.key_id}) is not the cluster's current VAPID key "
+        f"({cluster_key.key_id}): every node sharing a database must use the same "
+        "webpush.vapid_private_key_file (copy it from a running node; after `pushproxy vapid rotate` "
+        "on one node, copy its new key file to the others)"
+    )
 
 
 def _meta(pair: VapidKeyPair, current: bool, created: float | None = None) -> VapidKey:
