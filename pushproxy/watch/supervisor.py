@@ -205,8 +205,6 @@ class Supervisor:
         account = normalise_account(account)
         if self._closed:
             return
-        # Before any await: the client may log out (and its session end) while the store is read.
-        captured = self._captured(account, session_id)
         async with self._lock(account):
             spec = await self._spec(account)
             if spec is None:
@@ -217,6 +215,7 @@ class Supervisor:
                 await self._store.delete_mailbox_states(account)
                 log.info("watcher %s: no registrations left; stopped", account)
                 return
+            captured = self._captured(account, session_id)
             changed = False
             if captured is not None:
                 changed = await self._credentials.remember(account, captured.login, captured.secret)
