@@ -27,6 +27,8 @@ class FakeVapidStore:
     def __init__(self) -> None:
         self.keys: dict[str, VapidKey] = {}
 
+    shared_by_nodes = False  # one node: a replaced key file becomes current
+
     async def vapid_keys(self) -> list[VapidKey]:
         return list(self.keys.values())
 

@@ -22,10 +22,12 @@ from pushproxy.store.base import Store, VapidKey
 
 
 class FakeVapidStore:
-    """Just the two Store methods the keyring uses (upsert by key_id, one current)."""
+    """Just what of the Store the keyring uses (upsert by key_id, one current)."""
 
     def __init__(self) -> None:
         self.keys: dict[str, VapidKey] = {}
+
+    shared_by_nodes = False  # one node: a replaced key file becomes current
 
     async def vapid_keys(self) -> list[VapidKey]:
         return list(self.keys.values())
