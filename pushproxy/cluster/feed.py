@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pushproxy.retry import Backoff
 from pushproxy.store.sql import SqlStore
 from pushproxy.store.sql_base import REGISTRATIONS_CHANNEL
 
@@ -93,7 +94,7 @@ class RegistrationFeed:
     async def _listen(self, dsn: str) -> None:
         import asyncpg
 
-        delay = BACKOFF_MIN
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         first = True
         while True:
             conn: Any = None
@@ -106,7 +107,7 @@ class RegistrationFeed:
                 if not first:
                     self.push(None)  # notices sent while we were away are lost
                 first = False
-                delay = BACKOFF_MIN
+                backoff.reset()
                 self.listening.set()
                 while True:  # a dead connection (server restart, network) is noticed by the keepalive
                     await asyncio.sleep(KEEPALIVE_INTERVAL)
@@ -120,8 +121,7 @@ class RegistrationFeed:
                 self.listening.clear()
                 if conn is not None:
                     conn.terminate()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
+            await asyncio.sleep(backoff.next())
 
     def _notice(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self.push(payload)
