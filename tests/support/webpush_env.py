@@ -19,6 +19,7 @@ from pushproxy.extensions.base import Reply, UpstreamCommandError
 from pushproxy.extensions.webpush.commands import WebPushCommands
 from pushproxy.extensions.webpush.delivery import WebPushDelivery
 from pushproxy.extensions.webpush.extension import WebPushExtension
+from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.sender import WebPushSender
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.parse import Command, StatusResponse, parse_command
@@ -141,9 +142,10 @@ async def make_env(tmp_path: Path, standin: PushStandin, **webpush: Any) -> WebP
         registrations.append((account, session_id))
 
     clock = Clock()
-    ext = WebPushExtension(WebPushCommands(config, store, keyring, sender, registration_changed))
+    process = WebPushProcess()  # shared by the handlers and the delivery, as the extension's start does
+    ext = WebPushExtension(WebPushCommands(config, store, keyring, sender, registration_changed, process))
     ext.handlers.clock = clock
-    delivery = WebPushDelivery(config, store, sender, clock=clock)
+    delivery = WebPushDelivery(config, store, sender, process, clock=clock)
     return WebPushEnv(config, store, keyring, sender, standin, ext, delivery, clock, registrations)
 
 

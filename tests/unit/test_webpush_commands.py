@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pushproxy.extensions.webpush.delivery import INSTANCE_ID, SILENCED_FOR_SESSION, session_silence_key
+from pushproxy.extensions.webpush.process import SILENCED_FOR_SESSION, WebPushProcess
 from pushproxy.imap.parse import Atom, Command
 from pushproxy.store import WebPushSubscription
 from tests.support.push_standin import Answer, PushStandin
@@ -483,7 +483,7 @@ async def test_silence_until_the_connection_ends(env: WebPushEnv) -> None:
     assert (reply.status, reply.text) == ("OK", "SILWEBPUSH completed")
     assert lines == [webpush_line("s", ss.endpoint, str(SILENCED_FOR_SESSION))]
     sub = await env.store.get_subscription("alice", "s")
-    assert sub is not None and sub.silenced_session == session_silence_key("s-one")
+    assert sub is not None and sub.silenced_session == env.delivery.process.session_silence_key("s-one")
     _, lines = await env.run("LWEBPUSH", other)  # seen from another connection too
     assert lines == [webpush_line("s", ss.endpoint, "4294967295")]
     await env.ext.session_closed(other)  # not the silencing connection
@@ -540,10 +540,29 @@ async def test_a_silence_of_an_earlier_process_does_not_count(env: WebPushEnv) -
     ss = env.standin.new_subscription()
     sub = await env.activate(ctx, "s", ss)
     sub.silenced_session = "0123456789abcdef:sess-1"
-    assert not sub.silenced_session.startswith(INSTANCE_ID)
+    assert not sub.silenced_session.startswith(env.delivery.process.instance_id)
     await env.store.put_subscription(sub)
     _, lines = await env.run("LWEBPUSH s", ctx)
     assert lines == [webpush_line("s", ss.endpoint, "0")]
+
+
+async def test_processes_share_neither_silences_nor_locks(env: WebPushEnv) -> None:
+    # Instance id and account locks are the process object's (made in the extension's start),
+    # not module globals: a second process object in the same interpreter is another proxy.
+    ctx = FakeContext(session_id="s-one")
+    ss = env.standin.new_subscription()
+    await env.activate(ctx, "s", ss)
+    await env.run("SILWEBPUSH s", ctx)
+    sub = await env.store.get_subscription("alice", "s")
+    assert sub is not None
+    mine, other = env.delivery.process, WebPushProcess()
+    assert env.ext.handlers.process is mine
+    assert mine.silence_remaining(sub, env.clock()) == SILENCED_FOR_SESSION
+    assert other.instance_id != mine.instance_id
+    assert other.silence_remaining(sub, env.clock()) == 0
+    assert mine.account_lock("alice") is mine.account_lock("alice")
+    assert other.account_lock("alice") is not mine.account_lock("alice")
+    assert WebPushProcess("fixed").session_silence_key("s-1") == "fixed:s-1"
 
 
 # --- maintenance ------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class WebPush(Extension):
         from pushproxy.extensions.webpush.delivery import WebPushDelivery
         from pushproxy.extensions.webpush.extension import WebPushExtension
         from pushproxy.extensions.webpush.metrics import PrometheusWebPushMetrics
+        from pushproxy.extensions.webpush.process import WebPushProcess
         from pushproxy.extensions.webpush.sender import WebPushSender
         from pushproxy.extensions.webpush.vapid import VapidKeyring
 
@@ -57,9 +58,10 @@ class WebPush(Extension):
         keyring = await VapidKeyring.load(cfg.vapid_key_path(), store)
         self.sender = WebPushSender(cfg.webpush, keyring, metrics=PrometheusWebPushMetrics())
         await self.sender.start()
-        self.delivery = WebPushDelivery(cfg, store, self.sender, mailbox_filter=self.mailboxes.pushed)
+        process = WebPushProcess()  # this process's instance id and account locks, shared by both
+        self.delivery = WebPushDelivery(cfg, store, self.sender, process, mailbox_filter=self.mailboxes.pushed)
         commands = WebPushCommands(
-            cfg, store, keyring, self.sender, self.core.registration_changed, watched=self.mailboxes.of
+            cfg, store, keyring, self.sender, self.core.registration_changed, process, watched=self.mailboxes.of
         )
         self.handlers = WebPushExtension(commands)
         self.commands = dict(self.handlers.commands)

@@ -34,11 +34,6 @@ from pushproxy import metrics
 from pushproxy.config import Config
 from pushproxy.extensions.base import Reply, SessionContext, login_and_parse
 from pushproxy.extensions.baseline import record_baseline
-from pushproxy.extensions.webpush.delivery import (
-    account_lock,
-    session_silence_key,
-    state_of,
-)
 from pushproxy.extensions.webpush.grammar import (
     Acknowledge,
     Silence,
@@ -55,6 +50,7 @@ from pushproxy.extensions.webpush.grammar import (
 )
 from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes
 from pushproxy.extensions.webpush.maintenance import SubscriptionMaintenance, is_expired
+from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
 from pushproxy.extensions.webpush.sender import WebPushSender, endpoint_tag
 from pushproxy.extensions.webpush.ssrf import EndpointRefused
@@ -118,6 +114,7 @@ class WebPushCommands(SubscriptionMaintenance):
         keyring: VapidKeyring,
         sender: WebPushSender,
         registration_changed: RegistrationChanged,
+        process: WebPushProcess,
         *,
         clock: Callable[[], float] = time.time,
         sweep_interval: float | None = None,
@@ -130,6 +127,7 @@ class WebPushCommands(SubscriptionMaintenance):
         self.keyring = keyring
         self.sender = sender
         self.registration_changed = registration_changed
+        self.process = process
         self.clock = clock
         expiry = config.webpush.ack_expiry
         self._sweep_interval = sweep_interval or min(_MAX_SWEEP_INTERVAL, max(_MIN_SWEEP_INTERVAL, expiry / 4))
@@ -185,7 +183,7 @@ class WebPushCommands(SubscriptionMaintenance):
             log.info("webpush %s/%s: endpoint refused (%s)", account, request.sub_id, refusal)
             return Reply("NO", f"Endpoint refused: {refusal}")
         current_key = self.keyring.current
-        async with account_lock(account):
+        async with self.process.account_lock(account):
             now = self.clock()
             existing = await self._expire_account(account, now)
             old = existing.get(request.sub_id)
@@ -210,7 +208,7 @@ class WebPushCommands(SubscriptionMaintenance):
                 # ACK: the push already sent still holds the valid token).  The answer still
                 # shows the key and the state.
                 ctx.reply_untagged(vapid_response(current_key.public_key_b64))
-                ctx.reply_untagged(webpush_response(old.sub_id, old.endpoint, state_of(old, now)))
+                ctx.reply_untagged(webpush_response(old.sub_id, old.endpoint, self.process.state_of(old, now)))
                 return Reply("OK", "WEBPUSH completed")
             refusal = self.limiter.refusal(account, _endpoint_key(request.endpoint))
             if refusal is not None:
@@ -270,7 +268,7 @@ class WebPushCommands(SubscriptionMaintenance):
         return None
 
     async def _unsubscribe(self, account: str, sub_id: str, ctx: SessionContext) -> Reply:
-        async with account_lock(account):
+        async with self.process.account_lock(account):
             deleted = await self.store.delete_subscription(account, sub_id)
             self._undelivered.pop((account, sub_id), None)
         if deleted:
@@ -290,7 +288,7 @@ class WebPushCommands(SubscriptionMaintenance):
         log.info("webpush %s: verification push not delivered (%s: %s)", who, result.outcome, result.detail)
         if result.outcome != "delete":
             return  # the client can send WEBPUSH again; unacknowledged, it expires
-        async with account_lock(sub.account):
+        async with self.process.account_lock(sub.account):
             current = await self.store.get_subscription(sub.account, sub.sub_id)
             if current is None or current.ack_token_hash != sub.ack_token_hash:
                 return  # replaced meanwhile: the push service's answer is about an older version
@@ -302,7 +300,7 @@ class WebPushCommands(SubscriptionMaintenance):
     @_after_login("ACKWEBPUSH", parse_ackwebpush)
     async def ackwebpush(self, account: str, request: Acknowledge, ctx: SessionContext) -> Reply:
         digest = token_hash(request.token)
-        async with account_lock(account):
+        async with self.process.account_lock(account):
             now = self.clock()
             sub = await self.store.find_subscription_by_ack(account, digest)
             if sub is None or sub.active or (request.sub_id is not None and request.sub_id != sub.sub_id):
@@ -321,7 +319,7 @@ class WebPushCommands(SubscriptionMaintenance):
             await self.store.put_subscription(sub)
         metrics.WEBPUSH_VERIFICATIONS.labels(result="acknowledged").inc()
         log.info("webpush %s/%s %s: acknowledged, active", account, sub.sub_id, endpoint_tag(sub.endpoint))
-        ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, state_of(sub, now)))
+        ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, self.process.state_of(sub, now)))
         await self._registration_changed(account, ctx.session_id)
         return Reply("OK", "ACKWEBPUSH completed")
 
@@ -336,19 +334,19 @@ class WebPushCommands(SubscriptionMaintenance):
         now = self.clock()
         for sub in subs:
             if not is_expired(sub, now):  # expired but not yet swept: gone for the client
-                ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, state_of(sub, now)))
+                ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, self.process.state_of(sub, now)))
         return Reply("OK", "LWEBPUSH completed")
 
     # --- SILWEBPUSH ---------------------------------------------------------------------
     @_after_login("SILWEBPUSH", parse_silwebpush)
     async def silwebpush(self, account: str, request: Silence, ctx: SessionContext) -> Reply:
-        async with account_lock(account):
+        async with self.process.account_lock(account):
             now = self.clock()
             sub = await self.store.get_subscription(account, request.sub_id)
             if sub is None or is_expired(sub, now):
                 return Reply("NO", "No such WEBPUSH subscription")
             if request.seconds is None:
-                sub.silenced_session = session_silence_key(ctx.session_id)
+                sub.silenced_session = self.process.session_silence_key(ctx.session_id)
                 sub.silenced_until = None
                 self._silencing_sessions.add(ctx.session_id)
             elif request.seconds == 0:
@@ -359,7 +357,7 @@ class WebPushCommands(SubscriptionMaintenance):
                 sub.silenced_until = now + request.seconds
             sub.updated = now
             await self.store.put_subscription(sub)
-        ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, state_of(sub, now)))
+        ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, self.process.state_of(sub, now)))
         return Reply("OK", "SILWEBPUSH completed")
 
     async def session_closed(self, session_id: str) -> None:
@@ -367,7 +365,7 @@ class WebPushCommands(SubscriptionMaintenance):
         if session_id not in self._silencing_sessions:
             return  # nothing to lift: no store write for the many sessions that never silenced
         self._silencing_sessions.discard(session_id)
-        lifted = await self.store.clear_session_silences(session_silence_key(session_id))
+        lifted = await self.store.clear_session_silences(self.process.session_silence_key(session_id))
         if lifted:
             log.debug("session %s ended: %d WEBPUSH silence(s) lifted", session_id, lifted)
 

@@ -14,18 +14,16 @@ Nothing but the verification push (sent by the WEBPUSH command handler) ever
 goes to an inactive subscription: that is what keeps the proxy from being a
 flood amplifier for arbitrary URLs.
 
-The helpers at the top (silence state, per-account locks) are shared with the
-WEBPUSH command handlers, which live in the same process.
+The silence state and the per-account locks are shared with the WEBPUSH
+command handlers through the process's
+:class:`~pushproxy.extensions.webpush.process.WebPushProcess`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import secrets
 import time
-import weakref
 from collections.abc import Callable, Sequence
 
 from pushproxy import metrics
@@ -40,56 +38,15 @@ from pushproxy.extensions.webpush.payload import (
     new_mail_payload,
     sync_payload,
 )
+from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.sender import Urgency, WebPushResult, WebPushSender, endpoint_tag
 from pushproxy.store.base import Store, WebPushSubscription
 
 log = logging.getLogger("pushproxy.webpush")
 
-SILENCED_FOR_SESSION = 4294967295  # the state field while silenced until a connection ends
 # A success is written back at most this often per subscription: every push
 # would otherwise cost a synchronous (fsync'd) store write.
 LAST_SUCCESS_RESOLUTION = 60.0
-
-# Session ids are random per connection but not per process; a silence bound
-# to a session of an earlier run of the proxy (which ended without lifting it,
-# e.g. on a crash) must not silence forever.  So silences are stored as
-# "<instance>:<session id>" and only this instance's silences count.  Pinned
-# interpretation for several proxy processes on one database: a silence only
-# holds in the process that owns the connection.
-INSTANCE_ID = secrets.token_hex(8)
-
-_account_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-
-def account_lock(account: str) -> asyncio.Lock:
-    """One lock per account, shared by the command handlers and the delivery.
-
-    The store offers whole-record writes only, so every read-modify-write of
-    a subscription holds this lock; unused locks disappear with their last user.
-    """
-    lock = _account_locks.get(account)
-    if lock is None:
-        lock = asyncio.Lock()
-        _account_locks[account] = lock
-    return lock
-
-
-def session_silence_key(session_id: str) -> str:
-    return f"{INSTANCE_ID}:{session_id}"
-
-
-def silence_remaining(sub: WebPushSubscription, now: float) -> int:
-    """Seconds of silence left (0 = not silenced); SILENCED_FOR_SESSION while bound to a live connection."""
-    if sub.silenced_session is not None and sub.silenced_session.startswith(INSTANCE_ID + ":"):
-        return SILENCED_FOR_SESSION
-    if sub.silenced_until is not None and sub.silenced_until > now:
-        return min(SILENCED_FOR_SESSION, math.ceil(sub.silenced_until - now))
-    return 0
-
-
-def state_of(sub: WebPushSubscription, now: float) -> int | None:
-    """The state field of ``* WEBPUSH``: None (NIL) while inactive, else the silence remaining."""
-    return silence_remaining(sub, now) if sub.active else None
 
 
 def same_version(a: WebPushSubscription, b: WebPushSubscription) -> bool:
@@ -112,6 +69,7 @@ class WebPushDelivery:
         config: Config,
         store: Store,
         sender: WebPushSender,
+        process: WebPushProcess,
         *,
         clock: Callable[[], float] = time.time,
         mailbox_filter: MailboxFilter | None = None,
@@ -121,6 +79,7 @@ class WebPushDelivery:
         self.config = config
         self.store = store
         self.sender = sender
+        self.process = process
         self.clock = clock
         # Which mailboxes' events reach the subscriptions: a fixed webpush.mailboxes list, or
         # (mode "subscribed") the account's subscribed ones as last listed (the extension's
@@ -197,7 +156,7 @@ class WebPushDelivery:
         """Every payload to every active, not silenced subscription; in order per subscription."""
         subs = await self.store.subscriptions_for_account(account)
         now = self.clock()
-        targets = [s for s in subs if s.active and silence_remaining(s, now) == 0]
+        targets = [s for s in subs if s.active and self.process.silence_remaining(s, now) == 0]
         if not targets:
             return
         for payload in payloads:
@@ -235,7 +194,7 @@ class WebPushDelivery:
         if outcome == "ok" and sent_to.failures == 0 and sent_to.last_success is not None:
             if now - sent_to.last_success < LAST_SUCCESS_RESOLUTION:
                 return  # nothing worth a store write
-        async with account_lock(sent_to.account):
+        async with self.process.account_lock(sent_to.account):
             current = await self.store.get_subscription(sent_to.account, sent_to.sub_id)
             if current is None or not same_version(current, sent_to):
                 return  # deleted or replaced while the push was in flight: the answer is about the old one

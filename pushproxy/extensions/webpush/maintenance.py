@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from pushproxy import metrics
-from pushproxy.extensions.webpush.delivery import account_lock, silence_remaining
+from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
 from pushproxy.store.base import Store, WebPushSubscription
 
@@ -27,6 +27,7 @@ def is_expired(sub: WebPushSubscription, now: float) -> bool:
 
 class SubscriptionMaintenance:
     store: Store
+    process: WebPushProcess
     limiter: VerificationLimiter
     clock: Callable[[], float]
     _undelivered: dict[tuple[str, str], bytes]
@@ -66,7 +67,7 @@ class SubscriptionMaintenance:
         expired_accounts = sorted({sub.account for sub in subs if is_expired(sub, now)})
         count = 0
         for account in expired_accounts:
-            async with account_lock(account):
+            async with self.process.account_lock(account):
                 before = len(await self.store.subscriptions_for_account(account))
                 after = len(await self._expire_account(account, now))
             count += before - after
@@ -84,13 +85,12 @@ class SubscriptionMaintenance:
                 log.warning("webpush maintenance failed: %s", type(exc).__name__)
             await asyncio.sleep(self._sweep_interval)
 
-    @staticmethod
-    def _census(subs: list[WebPushSubscription], now: float) -> None:
+    def _census(self, subs: list[WebPushSubscription], now: float) -> None:
         counts: Counter[str] = Counter()
         for sub in subs:
             if not sub.active:
                 counts["inactive"] += 1
-            elif silence_remaining(sub, now):
+            elif self.process.silence_remaining(sub, now):
                 counts["silenced"] += 1
             else:
                 counts["active"] += 1
