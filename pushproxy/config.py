@@ -14,7 +14,7 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -173,16 +174,14 @@ class RuntimeConfig(_Section):
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
+def _layered(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merged key by key, later ones winning (as pydantic-settings merges its sources)."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            below = out.get(key)
+            out[key] = _layered(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+    return out
 
 
 class Config(BaseSettings):
@@ -202,7 +201,6 @@ class Config(BaseSettings):
     log: LogConfig = Field(default_factory=LogConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
-    _yaml_data: ClassVar[dict[str, Any]] = {}
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="wrap")
@@ -247,7 +245,8 @@ class Config(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls, cls._yaml_data))
+        # The YAML file is not a source: load_config layers it under the environment itself.
+        return (init_settings, env_settings)
 
     @property
     def push_enabled(self) -> bool:
@@ -298,9 +297,10 @@ def load_config(path: Path | str | None, **overrides: Any) -> Config:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = raw
-    Config._yaml_data = data
     try:
-        return Config(**overrides)
+        # YAML, then PUSHPROXY_* variables over it, then the caller's overrides; validated
+        # once (model_validate: the settings sources are not consulted again).
+        return Config.model_validate(_layered(data, EnvSettingsSource(Config)(), overrides))
     except ValidationError as exc:
         lines = []
         from_env = 0
@@ -323,8 +323,6 @@ def load_config(path: Path | str | None, **overrides: Any) -> Config:
         else:
             where = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None
-    finally:
-        Config._yaml_data = {}
 
 
 def _env_section(section: str) -> dict[str, str]:
