@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -220,23 +221,22 @@ class WebPushCommands(SubscriptionMaintenance):
             # New, changed, still waiting for its ACK (a new token replaces the old one), or
             # acknowledged under an older VAPID key: a new version that must be acknowledged.
             token = secrets.token_urlsafe(TOKEN_BYTES)
-            sub = WebPushSubscription(
-                account=account,
-                sub_id=request.sub_id,
-                endpoint=request.endpoint,
-                p256dh=request.p256dh,
-                auth=request.auth,
-                vapid_key_id=current_key.key_id,  # the key that signs the verification push
-                active=False,
-                ack_token_hash=token_hash(token),
-                ack_expires=now + cfg.ack_expiry,
-                silenced_until=old.silenced_until if old else None,
-                silenced_session=old.silenced_session if old else None,
-                want_changes=old.want_changes if old else False,
-                created=old.created if old else now,
-                updated=now,
-                last_success=old.last_success if old else None,
-                failures=0,
+            version: dict[str, Any] = {
+                "endpoint": request.endpoint,
+                "p256dh": request.p256dh,
+                "auth": request.auth,
+                "vapid_key_id": current_key.key_id,  # the key that signs the verification push
+                "active": False,
+                "ack_token_hash": token_hash(token),
+                "ack_expires": now + cfg.ack_expiry,
+                "updated": now,
+                "failures": 0,
+            }
+            # A changed one keeps its silences, its changes option, creation and last success.
+            sub = (
+                dataclasses.replace(old, **version)
+                if old is not None
+                else WebPushSubscription(account=account, sub_id=request.sub_id, created=now, **version)
             )
             await self.store.put_subscription(sub)  # durable before the OK and before the push
         # Mail from now on must reach the subscription once acknowledged (see extensions/baseline.py).
