@@ -21,6 +21,7 @@ from tests.integration.test_webpush_proxy import (
     subscribe_and_ack,
     wait_pushes,
     wait_until,
+    wait_watching,
 )
 from tests.support.dovecot import Dovecot, make_message
 from tests.support.proxy import ProxyProcess
@@ -40,13 +41,16 @@ def connected_lines(proxy: ProxyProcess) -> list[str]:
 
 
 def wait_connected_with(proxy: ProxyProcess, after: int, *present: str, absent: tuple[str, ...] = ()) -> int:
-    """Until the watcher's connection number ``after + 1`` or later watches these mailboxes; their count."""
+    """Until the watcher's connection number ``after + 1`` or later watches these mailboxes and has
+    caught up with them (a mailbox seen for the first time is taken as it is then: mail delivered
+    before that is old); returns the number of connections so far."""
 
     def ready() -> bool:
         lines = connected_lines(proxy)[after:]
         return any(all(b in line for b in present) and not any(b in line for b in absent) for line in lines)
 
     wait_until(ready, timeout=30, what=f"a watcher connection watching {present} and not {absent}")
+    wait_watching(proxy)  # "connecting" until the catch-up is done (set before the line is logged)
     return len(connected_lines(proxy))
 
 
