@@ -1,4 +1,4 @@
-"""Every Prometheus metric of pushproxy, in one place.
+"""The core's Prometheus metrics, and the registry every extension's metrics are on.
 
 The metrics live on a dedicated :data:`REGISTRY` rather than prometheus_client's
 global one, so that tests can build as many applications as they like in one
@@ -6,7 +6,12 @@ process without "duplicated timeseries" errors.  ``/metrics`` on the admin
 listener (:mod:`pushproxy.admin`) exposes exactly this registry.
 
 The names below are an outside surface (dashboards and alerts depend on them):
-add metrics freely, never rename one.
+add metrics freely, never rename one.  Each extension defines its own metrics
+on :data:`REGISTRY` in its package (``pushproxy/extensions/<name>/metrics.py``:
+``pushproxy_apns_*``, ``pushproxy_webpush_*``) and reports its pushes and
+registrations here, under its own ``service`` / ``kind`` label value
+(:func:`known_service`).  :func:`exposition` imports every listed extension
+first, so ``/metrics`` always shows all of them.
 
 ==========================================  =========  ======================================
 name                                        type       labels
@@ -19,18 +24,14 @@ pushproxy_commands_intercepted_total        counter    command
 pushproxy_connections_refused_total         counter    reason=total|per_ip|proxy_header|timeout
 pushproxy_auth_failures_total               counter
 pushproxy_session_timeouts_total            counter    kind=preauth
-pushproxy_registrations                     gauge      kind=apns|webpush, state
+pushproxy_registrations                     gauge      kind=<extension's service>, state
 pushproxy_watchers                          gauge      state=connecting|idle|polling|backoff|
                                                        auth_failed|stopped
 pushproxy_watcher_reconnects_total          counter
 pushproxy_event_dispatch_latency_seconds    histogram
-pushproxy_pushes_total                      counter    service=apns|webpush, status
-pushproxy_push_failures_total               counter    service=apns|webpush, reason
-pushproxy_push_latency_seconds              histogram  service=apns|webpush
-pushproxy_apns_certificate_days_left        gauge
-pushproxy_webpush_subscriptions             gauge      state=inactive|active|silenced
-pushproxy_webpush_verifications_total       counter    result=sent|acknowledged|expired
-pushproxy_webpush_payload_fallbacks_total   counter    level=flags|sync
+pushproxy_pushes_total                      counter    service=apns|webpush|..., status
+pushproxy_push_failures_total               counter    service, reason
+pushproxy_push_latency_seconds              histogram  service
 pushproxy_store_up                          gauge
 pushproxy_cluster_leases_held               gauge
 pushproxy_cluster_nodes_live                gauge
@@ -62,12 +63,6 @@ What they mean:
   status code, or ``error`` when there was no response); push_failures_total:
   failed pushes by reason (APNs ``reason``, ``timeout``, ``gone``, ...);
   push_latency_seconds: one push request, send -> response.
-- apns_certificate_days_left: days until the APNs client certificate expires
-  (negative once expired).
-- webpush_subscriptions: Web Push subscriptions by state;
-  webpush_verifications_total: verification pushes by result;
-  webpush_payload_fallbacks_total: payloads too large for the push service that
-  fell back to a smaller notification level.
 - store_up: 1 if the last store operation succeeded, else 0.
 - cluster_leases_held: accounts this node watches under a lease;
   cluster_nodes_live: nodes with a recent heartbeat (this one included);
@@ -82,12 +77,12 @@ are left on (the default).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 __all__ = [
-    "APNS_CERTIFICATE_DAYS_LEFT",
     "AUTH_FAILURES",
     "COMMANDS_INTERCEPTED",
     "CONNECTIONS_REFUSED",
@@ -96,9 +91,7 @@ __all__ = [
     "PUSHES",
     "PUSH_FAILURES",
     "PUSH_LATENCY",
-    "PUSH_SERVICES",
     "REGISTRATIONS",
-    "REGISTRATION_KINDS",
     "REGISTRY",
     "SESSIONS_ACTIVE",
     "SESSIONS_TOTAL",
@@ -109,28 +102,31 @@ __all__ = [
     "WATCHERS",
     "WATCHER_RECONNECTS",
     "WATCHER_STATES",
-    "WEBPUSH_PAYLOAD_FALLBACKS",
-    "WEBPUSH_PAYLOAD_LEVELS",
-    "WEBPUSH_SUBSCRIPTIONS",
-    "WEBPUSH_SUBSCRIPTION_STATES",
-    "WEBPUSH_VERIFICATIONS",
-    "WEBPUSH_VERIFICATION_RESULTS",
     "exposition",
+    "known_service",
     "set_state_gauge",
+    "with_labels",
 ]
 
 REGISTRY = CollectorRegistry()
 
-# Label values known in advance.  Their series are created at import so that
-# they read 0 instead of being absent (absent series break rate() and alerts).
+M = TypeVar("M", Counter, Gauge)
+
+
+def with_labels(metric: M, values: Iterable[str]) -> M:
+    """``metric`` (one label) with a series for each of ``values`` created now.
+
+    Label values known in advance read 0 instead of being absent (absent
+    series break rate() and alerts).
+    """
+    for value in values:
+        metric.labels(value)
+    return metric
+
+
 SESSION_DIRECTIONS = ("client_to_upstream", "upstream_to_client")
 CONNECTION_REFUSAL_REASONS = ("total", "per_ip", "proxy_header", "timeout")
-REGISTRATION_KINDS = ("apns", "webpush")
-PUSH_SERVICES = ("apns", "webpush")
 WATCHER_STATES = ("connecting", "idle", "polling", "backoff", "auth_failed", "stopped")
-WEBPUSH_SUBSCRIPTION_STATES = ("inactive", "active", "silenced")
-WEBPUSH_VERIFICATION_RESULTS = ("sent", "acknowledged", "expired", "rate_limited")
-WEBPUSH_PAYLOAD_LEVELS = ("envelope", "sync")
 
 # Dispatch latency includes the debounce (1 s by default), hence the long tail.
 _DISPATCH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
@@ -139,50 +135,36 @@ _PUSH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # --- client sessions -------------------------------------------------------
 SESSIONS_ACTIVE = Gauge("pushproxy_sessions_active", "Client sessions open now.", registry=REGISTRY)
 SESSIONS_TOTAL = Counter("pushproxy_sessions", "Client sessions accepted.", registry=REGISTRY)
-SESSION_BYTES = Counter(
-    "pushproxy_session_bytes",
-    "Bytes relayed through client sessions.",
-    ["direction"],
-    registry=REGISTRY,
+SESSION_BYTES = with_labels(
+    Counter("pushproxy_session_bytes", "Bytes relayed through client sessions.", ["direction"], registry=REGISTRY),
+    SESSION_DIRECTIONS,
 )
-COMMANDS_INTERCEPTED = Counter(
-    "pushproxy_commands_intercepted",
-    "IMAP commands answered by a proxy extension instead of the upstream server.",
-    ["command"],
-    registry=REGISTRY,
-)
-CONNECTIONS_REFUSED = Counter(
-    "pushproxy_connections_refused",
-    "Client connections refused before a session started, by reason.",
-    ["reason"],
-    registry=REGISTRY,
+_INTERCEPTED_HELP = "IMAP commands answered by a proxy extension instead of the upstream server."
+COMMANDS_INTERCEPTED = Counter("pushproxy_commands_intercepted", _INTERCEPTED_HELP, ["command"], registry=REGISTRY)
+CONNECTIONS_REFUSED = with_labels(
+    Counter(
+        "pushproxy_connections_refused",
+        "Client connections refused before a session started, by reason.",
+        ["reason"],
+        registry=REGISTRY,
+    ),
+    CONNECTION_REFUSAL_REASONS,
 )
 AUTH_FAILURES = Counter("pushproxy_auth_failures", "Logins answered NO by the upstream server.", registry=REGISTRY)
-SESSION_TIMEOUTS = Counter(
-    "pushproxy_session_timeouts",
-    "Sessions closed by a deadline, by kind.",
-    ["kind"],
-    registry=REGISTRY,
+SESSION_TIMEOUTS = with_labels(
+    Counter("pushproxy_session_timeouts", "Sessions closed by a deadline, by kind.", ["kind"], registry=REGISTRY),
+    ("preauth",),
 )
 
 # --- registrations and watchers ---------------------------------------------
-REGISTRATIONS = Gauge(
-    "pushproxy_registrations",
-    "Push registrations in the store, by kind and state.",
-    ["kind", "state"],
-    registry=REGISTRY,
+_REGISTRATIONS_HELP = "Push registrations in the store, by kind and state."
+REGISTRATIONS = Gauge("pushproxy_registrations", _REGISTRATIONS_HELP, ["kind", "state"], registry=REGISTRY)
+WATCHERS = with_labels(
+    Gauge("pushproxy_watchers", "Upstream watcher connections, by state.", ["state"], registry=REGISTRY),
+    WATCHER_STATES,
 )
-WATCHERS = Gauge(
-    "pushproxy_watchers",
-    "Upstream watcher connections, by state.",
-    ["state"],
-    registry=REGISTRY,
-)
-WATCHER_RECONNECTS = Counter(
-    "pushproxy_watcher_reconnects",
-    "Watcher reconnects after a lost or failed upstream connection.",
-    registry=REGISTRY,
-)
+_RECONNECTS_HELP = "Watcher reconnects after a lost or failed upstream connection."
+WATCHER_RECONNECTS = Counter("pushproxy_watcher_reconnects", _RECONNECTS_HELP, registry=REGISTRY)
 EVENT_DISPATCH_LATENCY = Histogram(
     "pushproxy_event_dispatch_latency_seconds",
     "Time from an upstream change notification to the dispatch of its pushes.",
@@ -190,7 +172,7 @@ EVENT_DISPATCH_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
-# --- push delivery -----------------------------------------------------------
+# --- push delivery, every extension's (``service`` is the extension's label value) ---
 PUSHES = Counter(
     "pushproxy_pushes",
     "Push requests sent, by service and outcome (HTTP status, or 'error' without a response).",
@@ -210,31 +192,12 @@ PUSH_LATENCY = Histogram(
     buckets=_PUSH_BUCKETS,
     registry=REGISTRY,
 )
-APNS_CERTIFICATE_DAYS_LEFT = Gauge(
-    "pushproxy_apns_certificate_days_left",
-    "Days until the APNs client certificate expires (negative once expired).",
-    registry=REGISTRY,
-)
 
-# --- Web Push ----------------------------------------------------------------
-WEBPUSH_SUBSCRIPTIONS = Gauge(
-    "pushproxy_webpush_subscriptions",
-    "Web Push subscriptions, by state.",
-    ["state"],
-    registry=REGISTRY,
-)
-WEBPUSH_VERIFICATIONS = Counter(
-    "pushproxy_webpush_verifications",
-    "Web Push subscription verification pushes, by result.",
-    ["result"],
-    registry=REGISTRY,
-)
-WEBPUSH_PAYLOAD_FALLBACKS = Counter(
-    "pushproxy_webpush_payload_fallbacks",
-    "Web Push payloads that were too large and fell back to a smaller notification level.",
-    ["level"],
-    registry=REGISTRY,
-)
+
+def known_service(service: str) -> None:
+    """An extension's ``service`` label value (at its import): its latency series exist from the start."""
+    PUSH_LATENCY.labels(service=service)
+
 
 # --- store -------------------------------------------------------------------
 STORE_UP = Gauge("pushproxy_store_up", "1 if the last store operation succeeded, else 0.", registry=REGISTRY)
@@ -257,27 +220,6 @@ PUSH_LEDGER_CONFLICTS = Counter(
 ProcessCollector(registry=REGISTRY)
 
 
-def _init_known_labels() -> None:
-    for direction in SESSION_DIRECTIONS:
-        SESSION_BYTES.labels(direction=direction)
-    for reason in CONNECTION_REFUSAL_REASONS:
-        CONNECTIONS_REFUSED.labels(reason=reason)
-    SESSION_TIMEOUTS.labels(kind="preauth")
-    for service in PUSH_SERVICES:
-        PUSH_LATENCY.labels(service=service)
-    for state in WATCHER_STATES:
-        WATCHERS.labels(state=state)
-    for state in WEBPUSH_SUBSCRIPTION_STATES:
-        WEBPUSH_SUBSCRIPTIONS.labels(state=state)
-    for result in WEBPUSH_VERIFICATION_RESULTS:
-        WEBPUSH_VERIFICATIONS.labels(result=result)
-    for level in WEBPUSH_PAYLOAD_LEVELS:
-        WEBPUSH_PAYLOAD_FALLBACKS.labels(level=level)
-
-
-_init_known_labels()
-
-
 def set_state_gauge(gauge: Gauge, counts: Mapping[str, int], states: Iterable[str] = ()) -> None:
     """Set a one-label gauge from a full census ``{state: count}``.
 
@@ -292,6 +234,13 @@ def set_state_gauge(gauge: Gauge, counts: Mapping[str, int], states: Iterable[st
 
 
 def exposition(accept_header: str = "") -> tuple[bytes, str]:
-    """The registry in the exposition format the scraper asked for: (body, content type)."""
+    """The registry in the exposition format the scraper asked for: (body, content type).
+
+    Every listed extension is imported first (a no-op after the first time):
+    its metrics are defined in its package, and are shown even before it runs.
+    """
+    from pushproxy.extensions import extension_classes
+
+    extension_classes()
     encoder, content_type = choose_encoder(accept_header)
     return encoder(REGISTRY), content_type

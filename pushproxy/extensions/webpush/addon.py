@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pushproxy.events import MailEvent
 from pushproxy.extensions.base import Extension, SessionContext, WatchRequest, admin_command, admin_group
 from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes
+from pushproxy.extensions.webpush.metrics import PrometheusWebPushMetrics
 from pushproxy.extensions.webpush.schema import WEBPUSH
 
 if TYPE_CHECKING:
@@ -49,7 +50,6 @@ class WebPush(Extension):
         from pushproxy.extensions.webpush.commands import WebPushCommands
         from pushproxy.extensions.webpush.delivery import WebPushDelivery
         from pushproxy.extensions.webpush.extension import WebPushExtension
-        from pushproxy.extensions.webpush.metrics import PrometheusWebPushMetrics
         from pushproxy.extensions.webpush.process import WebPushProcess
         from pushproxy.extensions.webpush.sender import WebPushSender
         from pushproxy.extensions.webpush.vapid import VapidKeyring

@@ -31,10 +31,10 @@ from typing import Any, TypeVar
 
 import yarl
 
-from pushproxy import metrics
 from pushproxy.config import Config
 from pushproxy.extensions.base import Reply, SessionContext, login_and_parse
 from pushproxy.extensions.baseline import record_baseline
+from pushproxy.extensions.webpush import metrics
 from pushproxy.extensions.webpush.grammar import (
     Acknowledge,
     Silence,

@@ -26,9 +26,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from pushproxy import metrics
 from pushproxy.config import Config
 from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
+from pushproxy.extensions.webpush import metrics
 from pushproxy.extensions.webpush.changes import MAX_DELAY, QUIET, PendingChanges
 from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes
 from pushproxy.extensions.webpush.payload import (

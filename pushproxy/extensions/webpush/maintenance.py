@@ -12,9 +12,10 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
-from pushproxy import metrics
+from pushproxy.extensions.webpush import metrics
 from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
+from pushproxy.metrics import set_state_gauge
 from pushproxy.store.base import Store, WebPushSubscription
 
 log = logging.getLogger("pushproxy.webpush")
@@ -94,4 +95,4 @@ class SubscriptionMaintenance:
                 counts["silenced"] += 1
             else:
                 counts["active"] += 1
-        metrics.set_state_gauge(metrics.WEBPUSH_SUBSCRIPTIONS, counts, metrics.WEBPUSH_SUBSCRIPTION_STATES)
+        set_state_gauge(metrics.WEBPUSH_SUBSCRIPTIONS, counts, metrics.WEBPUSH_SUBSCRIPTION_STATES)

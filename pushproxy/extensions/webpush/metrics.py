@@ -1,15 +1,79 @@
-"""The Web Push sender's metrics on the shared registry of :mod:`pushproxy.metrics`."""
+"""The Web Push metrics, on the shared registry of :mod:`pushproxy.metrics`.
+
+=========================================  =========  ======================================
+name                                       type       labels
+=========================================  =========  ======================================
+pushproxy_webpush_subscriptions            gauge      state=inactive|active|silenced
+pushproxy_webpush_verifications_total      counter    result=sent|acknowledged|expired|
+                                                      rate_limited
+pushproxy_webpush_payload_fallbacks_total  counter    level=envelope|sync
+=========================================  =========  ======================================
+
+- webpush_subscriptions: Web Push subscriptions by state;
+  webpush_verifications_total: verification pushes by result;
+  webpush_payload_fallbacks_total: payloads too large for the push service that
+  fell back to a smaller notification level.
+
+Web Push requests are counted in the core's per-service metrics
+(``pushproxy_pushes_total``, ``pushproxy_push_failures_total``,
+``pushproxy_push_latency_seconds``) under ``service`` = :data:`SERVICE`.
+"""
 
 from __future__ import annotations
 
+from prometheus_client import Counter, Gauge
+
 from pushproxy import metrics
+
+__all__ = [
+    "SERVICE",
+    "WEBPUSH_PAYLOAD_FALLBACKS",
+    "WEBPUSH_PAYLOAD_LEVELS",
+    "WEBPUSH_SUBSCRIPTIONS",
+    "WEBPUSH_SUBSCRIPTION_STATES",
+    "WEBPUSH_VERIFICATIONS",
+    "WEBPUSH_VERIFICATION_RESULTS",
+    "PrometheusWebPushMetrics",
+]
+
+SERVICE = "webpush"  # its label value in the core's per-service metrics
+
+# Label values known in advance: their series read 0 instead of being absent.
+WEBPUSH_SUBSCRIPTION_STATES = ("inactive", "active", "silenced")
+WEBPUSH_VERIFICATION_RESULTS = ("sent", "acknowledged", "expired", "rate_limited")
+WEBPUSH_PAYLOAD_LEVELS = ("envelope", "sync")
+
+WEBPUSH_SUBSCRIPTIONS = metrics.with_labels(
+    Gauge("pushproxy_webpush_subscriptions", "Web Push subscriptions, by state.", ["state"], registry=metrics.REGISTRY),
+    WEBPUSH_SUBSCRIPTION_STATES,
+)
+WEBPUSH_VERIFICATIONS = metrics.with_labels(
+    Counter(
+        "pushproxy_webpush_verifications",
+        "Web Push subscription verification pushes, by result.",
+        ["result"],
+        registry=metrics.REGISTRY,
+    ),
+    WEBPUSH_VERIFICATION_RESULTS,
+)
+WEBPUSH_PAYLOAD_FALLBACKS = metrics.with_labels(
+    Counter(
+        "pushproxy_webpush_payload_fallbacks",
+        "Web Push payloads that were too large and fell back to a smaller notification level.",
+        ["level"],
+        registry=metrics.REGISTRY,
+    ),
+    WEBPUSH_PAYLOAD_LEVELS,
+)
+
+metrics.known_service(SERVICE)
 
 
 class PrometheusWebPushMetrics:
     def webpush_request(self, status: int | None, seconds: float) -> None:
-        metrics.PUSHES.labels(service="webpush", status=str(status) if status is not None else "error").inc()
-        metrics.PUSH_LATENCY.labels(service="webpush").observe(seconds)
+        metrics.PUSHES.labels(service=SERVICE, status=str(status) if status is not None else "error").inc()
+        metrics.PUSH_LATENCY.labels(service=SERVICE).observe(seconds)
 
     def webpush_result(self, outcome: str) -> None:
         if outcome != "ok":
-            metrics.PUSH_FAILURES.labels(service="webpush", reason=outcome).inc()
+            metrics.PUSH_FAILURES.labels(service=SERVICE, reason=outcome).inc()

@@ -13,9 +13,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from pushproxy import metrics
 from pushproxy.events import MailEvent, NewMail
 from pushproxy.extensions.base import Extension, WatchRequest, admin_command, admin_group
+from pushproxy.extensions.xapplepush.metrics import PrometheusApnsMetrics, set_registrations
 from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ class XApplePush(Extension):
 
     async def start(self) -> None:
         from pushproxy.extensions.xapplepush.apns import ApnsPusher
-        from pushproxy.extensions.xapplepush.metrics import PrometheusApnsMetrics
         from pushproxy.extensions.xapplepush.registration import XApplePushExtension
 
         store = self.core.store
@@ -128,7 +127,7 @@ class XApplePush(Extension):
         if expired:
             log.info("expired %d device registration(s) not renewed in time", expired)
         devices = await self.core.store.list_devices()
-        metrics.REGISTRATIONS.labels(kind="apns", state="active").set(len(devices))
+        set_registrations(len(devices))
 
     @classmethod
     def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:

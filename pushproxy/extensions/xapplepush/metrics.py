@@ -1,11 +1,44 @@
-"""What the APNs pusher reports, and its Prometheus implementation (the shared registry)."""
+"""The APNs metrics, on the shared registry of :mod:`pushproxy.metrics`.
+
+=========================================  =========  ======================
+name                                       type       labels
+=========================================  =========  ======================
+pushproxy_apns_certificate_days_left       gauge
+=========================================  =========  ======================
+
+- apns_certificate_days_left: days until the APNs client certificate expires
+  (negative once expired).
+
+APNs pushes and registrations are counted in the core's per-service metrics
+(``pushproxy_pushes_total``, ``pushproxy_push_failures_total``,
+``pushproxy_push_latency_seconds``, ``pushproxy_registrations``) under
+``service`` / ``kind`` = :data:`SERVICE`.
+"""
 
 from __future__ import annotations
 
 import re
 from typing import Protocol
 
-__all__ = ["ApnsMetrics", "PrometheusApnsMetrics"]
+from prometheus_client import Gauge
+
+from pushproxy import metrics
+
+__all__ = ["APNS_CERTIFICATE_DAYS_LEFT", "SERVICE", "ApnsMetrics", "PrometheusApnsMetrics", "set_registrations"]
+
+SERVICE = "apns"  # its label value in the core's per-service metrics
+
+APNS_CERTIFICATE_DAYS_LEFT = Gauge(
+    "pushproxy_apns_certificate_days_left",
+    "Days until the APNs client certificate expires (negative once expired).",
+    registry=metrics.REGISTRY,
+)
+
+metrics.known_service(SERVICE)
+
+
+def set_registrations(active: int) -> None:
+    metrics.REGISTRATIONS.labels(kind=SERVICE, state="active").set(active)
 
 
 class ApnsMetrics(Protocol):
@@ -25,28 +58,20 @@ class ApnsMetrics(Protocol):
 
 
 class PrometheusApnsMetrics:
-    """ApnsMetrics on the shared registry of :mod:`pushproxy.metrics`."""
+    """ApnsMetrics on the shared registry."""
 
     _REASON = re.compile(r"[A-Za-z]{1,40}")
 
     def sent(self, status: str) -> None:
-        from pushproxy import metrics
-
-        metrics.PUSHES.labels(service="apns", status=status).inc()
+        metrics.PUSHES.labels(service=SERVICE, status=status).inc()
 
     def failed(self, reason: str) -> None:
-        from pushproxy import metrics
-
         # Label values must stay few: anything that is not an APNs-style word is "other".
         label = reason if self._REASON.fullmatch(reason) else "other"
-        metrics.PUSH_FAILURES.labels(service="apns", reason=label).inc()
+        metrics.PUSH_FAILURES.labels(service=SERVICE, reason=label).inc()
 
     def latency(self, seconds: float) -> None:
-        from pushproxy import metrics
-
-        metrics.PUSH_LATENCY.labels(service="apns").observe(seconds)
+        metrics.PUSH_LATENCY.labels(service=SERVICE).observe(seconds)
 
     def cert_days_left(self, days: int) -> None:
-        from pushproxy import metrics
-
-        metrics.APNS_CERTIFICATE_DAYS_LEFT.set(days)
+        APNS_CERTIFICATE_DAYS_LEFT.set(days)
