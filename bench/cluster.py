@@ -42,7 +42,8 @@ import asyncpg  # noqa: E402
 
 from pushproxy.cluster import LeaseManager, PushLedger, RegistrationFeed  # noqa: E402
 from pushproxy.events import MailEvent, MessageInfo, NewMail  # noqa: E402
-from pushproxy.store import ApnsDevice, Vault  # noqa: E402
+from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries  # noqa: E402
+from pushproxy.store import Vault  # noqa: E402
 
 KEY_HEX = os.urandom(32).hex()  # the vault key every node shares
 from pushproxy.store.postgres import PostgresStore  # noqa: E402
@@ -143,7 +144,7 @@ async def driver(args: argparse.Namespace) -> dict[str, Any]:
         await store.open()
         accounts = [f"user{i:05d}" for i in range(args.accounts)]
         for i, account in enumerate(accounts):
-            await store.upsert_device(ApnsDevice(account, "aps", f"{i:064x}"))
+            await store.queries(ApnsQueries).upsert_device(ApnsDevice(account, "aps", f"{i:064x}"))
         await store.close()
         conn = await asyncpg.connect(dsn)
         nodes = [f"node{i}" for i in range(args.nodes)]

@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from pushproxy.config import Config, StoreConfig, UpstreamConfig, WatchConfig  # noqa: E402
 from pushproxy.events import MailEvent, NewMail  # noqa: E402
-from pushproxy.store import ApnsDevice, SqliteStore, Vault  # noqa: E402
+from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries  # noqa: E402
+from pushproxy.store import SqliteStore, Vault  # noqa: E402
 from pushproxy.store.sqlite import MEMORY  # noqa: E402
 from pushproxy.watch import Supervisor  # noqa: E402
 from pushproxy.watch.credentials import MasterCredentials  # noqa: E402
@@ -312,7 +313,7 @@ async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     users = [f"user{i:05d}" for i in range(n)]
     mailboxes = ["INBOX", "Sent", "Work"][: args.idle_connections]
     for i, user in enumerate(users):
-        await store.upsert_device(ApnsDevice(user, "aps", f"{i:064x}", mailboxes=mailboxes))
+        await store.queries(ApnsQueries).upsert_device(ApnsDevice(user, "aps", f"{i:064x}", mailboxes=mailboxes))
     config = Config(
         upstream=UpstreamConfig(host="127.0.0.1", port=child.port, security="none", connect_timeout=30),
         store=StoreConfig(url="sqlite:///:memory:"),

@@ -33,9 +33,9 @@ from pushproxy.config import WebPushConfig  # noqa: E402
 from pushproxy.events import MessageInfo  # noqa: E402
 from pushproxy.extensions.webpush import sender as webpush_mod  # noqa: E402
 from pushproxy.extensions.webpush.payload import new_mail_payload  # noqa: E402
+from pushproxy.extensions.webpush.store import VapidKey, WebPushSubscription  # noqa: E402
 from pushproxy.extensions.webpush.vapid import VapidKeyPair, VapidKeyring  # noqa: E402
 from pushproxy.imap.envelope import envelope_from_fields  # noqa: E402
-from pushproxy.store.base import Store, VapidKey, WebPushSubscription  # noqa: E402
 
 
 class MemoryVapidStore:
@@ -108,7 +108,7 @@ async def run(args: argparse.Namespace, info: dict[str, Any]) -> None:
     VapidKeyPair.sign_header = sign.wrap(VapidKeyPair.sign_header)  # type: ignore[method-assign]
 
     with tempfile.TemporaryDirectory() as tmp:
-        keyring = await VapidKeyring.load(Path(tmp) / "vapid.pem", cast(Store, MemoryVapidStore()))
+        keyring = await VapidKeyring.load(Path(tmp) / "vapid.pem", MemoryVapidStore())
     cfg = WebPushConfig(enabled=True, allow_private_endpoints=True, timeout=10.0, retry_budget=0)
     subs = [
         WebPushSubscription("bench", s["id"][:8], s["endpoint"], s["p256dh"], s["auth"], keyring.current.key_id)

@@ -5,7 +5,10 @@ named hooks that the core calls, and nothing else.  The core (session,
 watchers, dispatcher, CLI, wiring) never names a protocol.
 
 - ``schema``: its tables, a part of the store's schema with its own
-  numbered migrations (``pushproxy.store.schema``).
+  numbered migrations (``pushproxy.store.schema``) and the query naming its
+  registered accounts; its records and queries are in its package too (a
+  ``pushproxy.store.sql_base.Queries`` subclass, ``core.store.queries(cls)``).
+  Its metrics are on the shared registry (``pushproxy.metrics.REGISTRY``).
 - ``section`` / ``settings``: the extension's own section of the YAML (and
   its ``PUSHPROXY_<SECTION>__<KEY>`` variables), validated by its own model;
   ``configure(config)`` reads it and says whether the extension is enabled.

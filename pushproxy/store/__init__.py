@@ -1,21 +1,14 @@
 """Persistence: the :class:`Store` interface, its records, and the back ends.
 
-The back ends are imported when first used (PEP 562): the extensions' schema
-parts import :mod:`pushproxy.store.schema` while the back ends import the
-parts (``pushproxy.store.tables``).
+The back ends are imported when first used (PEP 562): extensions import
+:mod:`pushproxy.store.schema` and :mod:`pushproxy.store.sql_base` for their
+tables and queries, while the back ends import the extension list for the
+schema parts (``pushproxy.store.tables``).
 """
 
 from typing import TYPE_CHECKING, Any
 
-from pushproxy.store.base import (
-    ApnsDevice,
-    MailboxState,
-    Store,
-    StoredCredential,
-    StoreUnavailable,
-    VapidKey,
-    WebPushSubscription,
-)
+from pushproxy.store.base import MailboxState, Store, StoredCredential, StoreUnavailable
 from pushproxy.store.schema import StoreSchemaError
 from pushproxy.store.vault import Vault, VaultError
 
@@ -40,7 +33,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ApnsDevice",
     "MailboxState",
     "SqlStore",
     "SqliteStore",
@@ -48,9 +40,7 @@ __all__ = [
     "StoreSchemaError",
     "StoreUnavailable",
     "StoredCredential",
-    "VapidKey",
     "Vault",
     "VaultError",
-    "WebPushSubscription",
     "open_store",
 ]

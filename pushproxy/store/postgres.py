@@ -37,7 +37,6 @@ from pushproxy.store.dialect import POSTGRES
 from pushproxy.store.records import Row
 from pushproxy.store.schema import SCHEMA_VERSION, SchemaPart, SqlConn, StoreSchemaError
 from pushproxy.store.sql import SqlBackend, SqlStore
-from pushproxy.store.tables import DEFAULT_PARTS
 from pushproxy.store.vault import Vault
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend", "PostgresStore", "StoreSchemaError", "probe_server", "redact_dsn"]
@@ -243,7 +242,7 @@ class PostgresStore(SqlStore):
         max_size: int = 10,
         operation_timeout: float = OPERATION_TIMEOUT,
         statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
-        parts: Sequence[SchemaPart] = DEFAULT_PARTS,
+        parts: Sequence[SchemaPart] | None = None,
     ) -> None:
         backend = PostgresBackend(
             dsn,

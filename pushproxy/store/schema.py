@@ -1,8 +1,8 @@
 """Numbered schema migrations, per part, applied by every SQL back end.
 
 A :class:`SchemaPart` is a named, numbered list of migrations: the core has
-one, and each push protocol has its own (its tables can then move into its
-add-on package with it, numbered independently).  Migration N of a part
+one, and each extension with tables has its own (``Extension.schema``, in its
+package, numbered independently).  Migration N of a part
 brings that part from version N-1 to N; applied versions are rows of
 ``schema_migrations (part, version)``.  Never edit a released migration;
 append one.
@@ -64,6 +64,9 @@ class SchemaPart:
     migrations: tuple[tuple[Step, ...], ...]  # migrations[N-1] brings the part to version N
     # Seeded as applied up to this version when a legacy single-version database is adopted.
     legacy_version: int = 0
+    # SELECT of one column, ``account``: the accounts with push registrations in these tables
+    # (they are watched from the start; see Store.accounts_with_registrations).
+    registered_accounts: str | None = None
 
     @property
     def version(self) -> int:

@@ -5,9 +5,12 @@
 read, a committed write transaction, the exclusive migration transaction)
 and a :class:`~pushproxy.store.dialect.Dialect` for what cannot be written
 the same way in SQLite and PostgreSQL.  The back ends are
-:mod:`pushproxy.store.sqlite` and :mod:`pushproxy.store.postgres`; the
-query groups of the push protocols are :mod:`pushproxy.store.sql_apns` and
-:mod:`pushproxy.store.sql_webpush`.
+:mod:`pushproxy.store.sqlite` and :mod:`pushproxy.store.postgres`.
+
+Extensions bring their tables (``Extension.schema``: a
+:class:`~pushproxy.store.schema.SchemaPart`, migrated with the core's) and
+their queries (a :class:`~pushproxy.store.sql_base.Queries` subclass in
+their package, bound with :meth:`SqlStore.queries`).
 """
 
 from __future__ import annotations
@@ -15,25 +18,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import TypeVar
 
 from pushproxy.store.base import MailboxState, Store, StoredCredential
 from pushproxy.store.records import credential_aad, credential_from_row, mailbox_state_from_row
 from pushproxy.store.schema import SCHEMA_VERSION, SchemaPart, migrate
-from pushproxy.store.sql_apns import ApnsQueries
-from pushproxy.store.sql_base import SqlBackend
-from pushproxy.store.sql_webpush import WebPushQueries
-from pushproxy.store.tables import DEFAULT_PARTS
+from pushproxy.store.sql_base import Queries, SqlBackend, SqlBase
+from pushproxy.store.tables import parts_of_extensions
 from pushproxy.store.vault import Vault
 
 __all__ = ["SqlBackend", "SqlStore"]
 
+Q = TypeVar("Q", bound=Queries)
 
-class SqlStore(ApnsQueries, WebPushQueries, Store):
-    """:class:`Store` on any :class:`SqlBackend`."""
 
-    def __init__(self, backend: SqlBackend, vault: Vault, parts: Sequence[SchemaPart] = DEFAULT_PARTS) -> None:
+class SqlStore(SqlBase, Store):
+    """:class:`Store` on any :class:`SqlBackend`.
+
+    ``parts``: the schema parts to migrate, by default the core's and every
+    listed extension's (:func:`~pushproxy.store.tables.parts_of_extensions`).
+    """
+
+    def __init__(self, backend: SqlBackend, vault: Vault, parts: Sequence[SchemaPart] | None = None) -> None:
         super().__init__(backend, vault)
-        self._parts = tuple(parts)
+        self._parts = parts_of_extensions() if parts is None else tuple(parts)
         self._open_lock = asyncio.Lock()
 
     # --- lifecycle -----------------------------------------------------------
@@ -59,6 +67,9 @@ class SqlStore(ApnsQueries, WebPushQueries, Store):
 
     async def ping(self) -> bool:
         return await self._backend.ping()
+
+    def queries(self, kind: type[Q]) -> Q:
+        return kind(self)
 
     # --- credentials ----------------------------------------------------------
     async def put_credential(self, cred: StoredCredential) -> None:
@@ -114,11 +125,10 @@ class SqlStore(ApnsQueries, WebPushQueries, Store):
 
     # --- accounts -----------------------------------------------------------------
     async def accounts_with_registrations(self) -> list[str]:
-        rows = await self._fetch(
-            """SELECT account FROM apns_devices
-               UNION SELECT account FROM webpush_subscriptions WHERE active
-               ORDER BY account"""
-        )
+        selects = [part.registered_accounts for part in self._parts if part.registered_accounts]
+        if not selects:
+            return []
+        rows = await self._fetch(" UNION ".join(selects) + " ORDER BY account")
         return [r["account"] for r in rows]
 
     # --- keys shared by every node --------------------------------------------------

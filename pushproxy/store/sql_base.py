@@ -173,3 +173,32 @@ class SqlBase:
                     listener(account)
                 except Exception:  # a listener's bug must not fail the write that already committed
                     log.exception("registration listener failed")
+
+
+class Queries:
+    """The queries of an extension's tables, on a store's connections: ``store.queries(cls)``.
+
+    A subclass writes its queries once for every back end, with the store's
+    helpers below; it keeps no state of its own (row locks and registration
+    listeners are the store's, shared by every group).
+    """
+
+    def __init__(self, store: SqlBase) -> None:
+        self._backend = store.backend
+        self._vault = store._vault
+        self._shared_by_nodes = store.shared_by_nodes
+        self._fetch = store._fetch
+        self._fetchone = store._fetchone
+        self._modify = store._modify
+        self._in_call_order = store._in_call_order
+        self._change_registrations = store._change_registrations
+        self._notify = store._notify
+        self._registrations_changed = store._registrations_changed
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._backend.dialect
+
+    @property
+    def shared_by_nodes(self) -> bool:
+        return self._shared_by_nodes

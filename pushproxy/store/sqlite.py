@@ -22,7 +22,7 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +32,6 @@ from pushproxy.store.dialect import SQLITE
 from pushproxy.store.records import Row
 from pushproxy.store.schema import SCHEMA_VERSION, SchemaPart, SqlConn, StoreSchemaError
 from pushproxy.store.sql import SqlBackend, SqlStore
-from pushproxy.store.tables import DEFAULT_PARTS
 from pushproxy.store.vault import Vault
 
 __all__ = ["MEMORY", "SCHEMA_VERSION", "SqliteBackend", "SqliteStore", "StoreSchemaError"]
@@ -270,7 +269,7 @@ def _setup_reader(conn: sqlite3.Connection) -> None:
 class SqliteStore(SqlStore):
     """:class:`~pushproxy.store.sql.SqlStore` on one SQLite file (or ``:memory:``)."""
 
-    def __init__(self, path: Path, vault: Vault, parts: tuple[SchemaPart, ...] = DEFAULT_PARTS) -> None:
+    def __init__(self, path: Path, vault: Vault, parts: Sequence[SchemaPart] | None = None) -> None:
         super().__init__(SqliteBackend(path), vault, parts)
 
 

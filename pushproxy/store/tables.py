@@ -1,15 +1,13 @@
 """The schema parts: the core's here; each extension's in its own package (``Extension.schema``).
 
 Each part is numbered on its own (see :mod:`pushproxy.store.schema`).
-:data:`DEFAULT_PARTS` is the core's and the two push protocols' (their
-tables are shared by every node and read by the admin subcommands);
-:func:`parts_of_extensions` adds those of any other listed extension.
+:func:`parts_of_extensions` is the core's and every listed extension's,
+enabled or not: their tables are shared by every node and read by the admin
+subcommands.
 """
 
 from __future__ import annotations
 
-from pushproxy.extensions.webpush.schema import WEBPUSH
-from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
 from pushproxy.store.schema import SchemaPart
 
 CORE = SchemaPart(
@@ -73,16 +71,14 @@ CORE = SchemaPart(
 )
 
 
-__all__ = ["CORE", "DEFAULT_PARTS", "WEBPUSH", "XAPPLEPUSH", "parts_of_extensions"]
-
-DEFAULT_PARTS: tuple[SchemaPart, ...] = (CORE, XAPPLEPUSH, WEBPUSH)
+__all__ = ["CORE", "parts_of_extensions"]
 
 
 def parts_of_extensions() -> tuple[SchemaPart, ...]:
-    """:data:`DEFAULT_PARTS` and the schema part of every other extension in the list."""
+    """:data:`CORE` and the schema part of every extension in the list, in list order."""
     from pushproxy.extensions import extension_classes
 
-    parts = list(DEFAULT_PARTS)
+    parts = [CORE]
     for extension in extension_classes():
         if extension.schema is not None and extension.schema not in parts:
             parts.append(extension.schema)

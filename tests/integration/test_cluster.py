@@ -20,7 +20,9 @@ from pushproxy import metrics
 from pushproxy.cluster import LeaseManager, PushLedger, RegistrationFeed, wanted_owner
 from pushproxy.config import ConfigError
 from pushproxy.events import Expunge, MailEvent, MessageInfo, NewMail
+from pushproxy.extensions.webpush.store import WebPushQueries
 from pushproxy.extensions.webpush.vapid import VapidKeyring
+from pushproxy.extensions.xapplepush.store import ApnsQueries
 from pushproxy.store import SqliteStore, SqlStore, Vault
 from tests.support.postgres import PostgresServer
 from tests.support.store_records import device
@@ -43,7 +45,7 @@ class FakeWatchers:
 
     async def registration_changed(self, account: str, session_id: str | None = None) -> None:
         assert self.leases is not None
-        if self.leases.owns(account) and await self.store.devices_for_account(account):
+        if self.leases.owns(account) and await self.store.queries(ApnsQueries).devices_for_account(account):
             self.running.add(account)
         else:
             self.running.discard(account)
@@ -91,7 +93,7 @@ async def pg_nodes(postgres_dsn: str) -> AsyncIterator[NodeFactory]:
 
 async def register(store: SqlStore, accounts: list[str]) -> None:
     for i, account in enumerate(accounts):
-        await store.upsert_device(device(account, "aps", f"{i:064x}"))
+        await store.queries(ApnsQueries).upsert_device(device(account, "aps", f"{i:064x}"))
 
 
 async def until(
@@ -190,11 +192,15 @@ async def test_registration_reaches_the_owner_within_a_second(pg_nodes: NodeFact
         await asyncio.wait_for(node.feed.listening.wait(), 10)
     account = next(f"new{i}" for i in range(100) if wanted_owner(f"new{i}", ["na", "nb"]) == "na")
     started = time.monotonic()
-    await b.store.upsert_device(device(account, "aps", "ef" * 32))  # registered through the other node
+    await b.store.queries(ApnsQueries).upsert_device(
+        device(account, "aps", "ef" * 32)
+    )  # registered through the other node
     await until(lambda: account in a.watchers.running, 1.0)
     assert time.monotonic() - started < 1.0
     assert account not in b.watchers.running
-    await b.store.remove_device(account, None, "ef" * 32)  # the last registration goes, on the other node
+    await b.store.queries(ApnsQueries).remove_device(
+        account, None, "ef" * 32
+    )  # the last registration goes, on the other node
     await until(lambda: account not in a.watchers.running, 1.0)
 
 
@@ -260,10 +266,12 @@ async def test_single_sqlite_node_stops_watcher_when_senders_remove_the_last_reg
         await register(store, ["alice", "bob"])
         await node.round()
         assert node.watchers.running == {"alice", "bob"}
-        await store.remove_device_token(f"{0:064x}", registered_before=time.time() + 1)  # the 410 path
+        await store.queries(ApnsQueries).remove_device_token(
+            f"{0:064x}", registered_before=time.time() + 1
+        )  # the 410 path
         await node.feed.drained()
         assert node.watchers.running == {"bob"}
-        await store.expire_devices(time.time() + 1)  # housekeeping
+        await store.queries(ApnsQueries).expire_devices(time.time() + 1)  # housekeeping
         await node.feed.drained()
         assert node.watchers.running == set()
         await node.round()
@@ -338,18 +346,24 @@ async def test_node_with_another_vapid_key_is_refused(pg_nodes: NodeFactory, tmp
 
     On one SQLite node a new key file simply becomes current."""
     first, second = await pg_nodes("n1"), await pg_nodes("n2")
-    ring = await VapidKeyring.load(tmp_path / "a" / "vapid.pem", first.store)
+    ring = await VapidKeyring.load(tmp_path / "a" / "vapid.pem", first.store.queries(WebPushQueries))
     copy = tmp_path / "b" / "vapid.pem"
     copy.parent.mkdir()
     copy.write_bytes((tmp_path / "a" / "vapid.pem").read_bytes())
-    assert (await VapidKeyring.load(copy, second.store)).current.key_id == ring.current.key_id  # the same key: fine
+    assert (
+        await VapidKeyring.load(copy, second.store.queries(WebPushQueries))
+    ).current.key_id == ring.current.key_id  # the same key: fine
     with pytest.raises(ConfigError, match="not the cluster's current VAPID key"):
-        await VapidKeyring.load(tmp_path / "c" / "vapid.pem", second.store)  # a key of its own: refused
+        await VapidKeyring.load(
+            tmp_path / "c" / "vapid.pem", second.store.queries(WebPushQueries)
+        )  # a key of its own: refused
     solo = SqliteStore(tmp_path / "solo.db", VAULT)
     await solo.open()
     try:
-        await VapidKeyring.load(tmp_path / "a" / "vapid.pem", solo)
-        replaced = await VapidKeyring.load(tmp_path / "c" / "vapid.pem", solo)
-        assert [k.key_id for k in await solo.vapid_keys() if k.current] == [replaced.current.key_id]
+        await VapidKeyring.load(tmp_path / "a" / "vapid.pem", solo.queries(WebPushQueries))
+        replaced = await VapidKeyring.load(tmp_path / "c" / "vapid.pem", solo.queries(WebPushQueries))
+        assert [k.key_id for k in await solo.queries(WebPushQueries).vapid_keys() if k.current] == [
+            replaced.current.key_id
+        ]
     finally:
         await solo.close()

@@ -21,13 +21,14 @@ import pytest
 asyncpg = pytest.importorskip("asyncpg", reason="asyncpg is not installed: pip install 'pushproxy[postgres]'")
 
 from pushproxy.config import Config, ConfigError, StoreConfig, WatchConfig  # noqa: E402
+from pushproxy.extensions.webpush.store import VapidKey, WebPushQueries  # noqa: E402
+from pushproxy.extensions.xapplepush.store import ApnsQueries  # noqa: E402
 from pushproxy.store import (  # noqa: E402
     MailboxState,
     Store,
     StoredCredential,
     StoreSchemaError,
     StoreUnavailable,
-    VapidKey,
     Vault,
     VaultError,
     open_store,
@@ -35,13 +36,15 @@ from pushproxy.store import (  # noqa: E402
 from pushproxy.store.dialect import POSTGRES  # noqa: E402
 from pushproxy.store.postgres import SCHEMA_VERSION, PostgresStore, redact_dsn  # noqa: E402
 from pushproxy.store.schema import SchemaPart  # noqa: E402
-from pushproxy.store.tables import DEFAULT_PARTS  # noqa: E402
+from pushproxy.store.tables import parts_of_extensions  # noqa: E402
 from tests.support.dovecot import Dovecot, make_message  # noqa: E402
 from tests.support.postgres import PASSWORD as PG_PASSWORD  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 from tests.support.proxy import ProxyProcess, free_port  # noqa: E402
 from tests.support.push_standin import PushStandin  # noqa: E402
 from tests.support.store_records import AUTH, ENDPOINT, PASSWORD, TOKEN, device, subscription, vapid  # noqa: E402
+
+DEFAULT_PARTS = parts_of_extensions()  # the core's and every listed extension's schema part
 
 TABLES = {"apns_devices", "webpush_subscriptions", "credentials", "mailbox_state", "vapid_keys", "schema_version"}
 TABLES |= {"schema_migrations", "key_fingerprints"}
@@ -83,25 +86,25 @@ async def test_reopen_is_idempotent_and_durable(postgres_dsn: str, vault: Vault)
     s = PostgresStore(postgres_dsn, vault)
     await s.open()
     await s.open()  # a second open() on an open store is harmless
-    await s.upsert_device(device(last_registered=100.0))
-    await s.put_subscription(subscription(active=True))
+    await s.queries(ApnsQueries).upsert_device(device(last_registered=100.0))
+    await s.queries(WebPushQueries).put_subscription(subscription(active=True))
     await s.put_credential(StoredCredential("alice", "Alice", PASSWORD))
     await s.put_mailbox_state(MailboxState("alice", "INBOX", 7, 42, 1000))
-    await s.add_vapid_key(VapidKey("k1", "B" + "x" * 86, "/keys/k1.pem", 1.0, True))
+    await s.queries(WebPushQueries).add_vapid_key(VapidKey("k1", "B" + "x" * 86, "/keys/k1.pem", 1.0, True))
     await s.close()
     await s.close()  # closing twice is harmless
 
     for _ in range(2):
         s = PostgresStore(postgres_dsn, vault)
         await s.open()
-        assert [d.device_token for d in await s.list_devices()] == [TOKEN]
-        sub = await s.get_subscription("alice", "s1")
+        assert [d.device_token for d in await s.queries(ApnsQueries).list_devices()] == [TOKEN]
+        sub = await s.queries(WebPushQueries).get_subscription("alice", "s1")
         assert sub is not None and sub.endpoint == ENDPOINT and sub.auth == AUTH
         cred = await s.get_credential("alice")
         assert cred is not None and cred.secret == PASSWORD
         state = await s.get_mailbox_state("alice", "INBOX")
         assert state is not None and (state.uidvalidity, state.uidnext, state.highestmodseq) == (7, 42, 1000)
-        assert [k.key_id for k in await s.vapid_keys()] == ["k1"]
+        assert [k.key_id for k in await s.queries(WebPushQueries).vapid_keys()] == ["k1"]
         await s.close()
 
 
@@ -115,7 +118,7 @@ async def test_newer_schema_is_refused(postgres_dsn: str, vault: Vault, raw: Any
         await s.open()
     assert not await s.ping()
     with pytest.raises(StoreUnavailable):
-        await s.list_devices()
+        await s.queries(ApnsQueries).list_devices()
 
 
 async def test_failed_migration_is_rolled_back(
@@ -148,23 +151,28 @@ async def test_two_nodes_see_each_others_writes(postgres_dsn: str, vault: Vault)
     await a.open()
     await b.open()
     try:
-        await a.upsert_device(device("alice", "a1", TOKEN, last_registered=100.0))
-        await b.upsert_device(device("alice", "a1", TOKEN, last_registered=200.0))
-        (on_a,) = await a.list_devices()
+        await a.queries(ApnsQueries).upsert_device(device("alice", "a1", TOKEN, last_registered=100.0))
+        await b.queries(ApnsQueries).upsert_device(device("alice", "a1", TOKEN, last_registered=200.0))
+        (on_a,) = await a.queries(ApnsQueries).list_devices()
         assert on_a.first_registered == 100.0 and on_a.last_registered == 200.0
-        await b.put_subscription(subscription(active=True))
-        assert (await a.get_subscription("alice", "s1")) is not None
+        await b.queries(WebPushQueries).put_subscription(subscription(active=True))
+        assert (await a.queries(WebPushQueries).get_subscription("alice", "s1")) is not None
         await a.put_credential(StoredCredential("alice", "alice", PASSWORD))
         await b.mark_credential_stale("alice")
         cred = await a.get_credential("alice")
         assert cred is not None and cred.stale
-        await a.add_vapid_key(vapid("a", 1.0))
-        await b.add_vapid_key(vapid("b", 2.0))
-        assert [(k.key_id, k.current) for k in await a.vapid_keys()] == [("a", False), ("b", True)]
+        await a.queries(WebPushQueries).add_vapid_key(vapid("a", 1.0))
+        await b.queries(WebPushQueries).add_vapid_key(vapid("b", 2.0))
+        assert [(k.key_id, k.current) for k in await a.queries(WebPushQueries).vapid_keys()] == [
+            ("a", False),
+            ("b", True),
+        ]
         assert await b.accounts_with_registrations() == ["alice"]
-        assert await a.remove_device_token(TOKEN, registered_before=150.0) == 0  # b re-registered it at 200
-        assert await b.remove_device_token(TOKEN, registered_before=250.0) == 1
-        assert await a.list_devices() == []
+        assert (
+            await a.queries(ApnsQueries).remove_device_token(TOKEN, registered_before=150.0) == 0
+        )  # b re-registered it at 200
+        assert await b.queries(ApnsQueries).remove_device_token(TOKEN, registered_before=250.0) == 1
+        assert await a.queries(ApnsQueries).list_devices() == []
     finally:
         await a.close()
         await b.close()
@@ -176,7 +184,10 @@ async def test_concurrent_upserts_from_two_nodes(postgres_dsn: str, vault: Vault
     await b.open()
     try:
         upserts = asyncio.gather(
-            *((a if i % 2 else b).upsert_device(device(last_registered=float(i + 1))) for i in range(100))
+            *(
+                (a if i % 2 else b).queries(ApnsQueries).upsert_device(device(last_registered=float(i + 1)))
+                for i in range(100)
+            )
         )
         puts = asyncio.gather(
             *((a if i % 2 else b).put_credential(StoredCredential("alice", "alice", f"pw{i}")) for i in range(40))
@@ -184,7 +195,7 @@ async def test_concurrent_upserts_from_two_nodes(postgres_dsn: str, vault: Vault
         results, _ = await asyncio.gather(upserts, puts)
         firsts = {r.first_registered for r in results}
         assert len(firsts) == 1  # every upsert kept the first row's first_registered
-        (d,) = await a.list_devices()
+        (d,) = await a.queries(ApnsQueries).list_devices()
         assert d.first_registered in firsts
         cred = await b.get_credential("alice")
         assert cred is not None and cred.secret.startswith("pw")  # whichever won, it decrypts
@@ -198,13 +209,13 @@ async def test_one_nodes_writes_to_a_row_apply_in_call_order(store: PostgresStor
     await asyncio.gather(
         *(store.put_mailbox_state(MailboxState("alice", "INBOX", 1, i, i, updated=float(i))) for i in range(1, 101)),
         *(store.put_credential(StoredCredential("alice", "alice", f"pw{i}", updated=float(i))) for i in range(1, 51)),
-        *(store.put_subscription(subscription(failures=i)) for i in range(1, 51)),
+        *(store.queries(WebPushQueries).put_subscription(subscription(failures=i)) for i in range(1, 51)),
     )
     state = await store.get_mailbox_state("alice", "INBOX")
     assert state is not None and state.uidnext == 100 and state.highestmodseq == 100
     cred = await store.get_credential("alice")
     assert cred is not None and cred.secret == "pw50"
-    sub = await store.get_subscription("alice", "s1")
+    sub = await store.queries(WebPushQueries).get_subscription("alice", "s1")
     assert sub is not None and sub.failures == 50
     assert len(store._row_locks) == 0  # no lock kept once nobody waits
 
@@ -216,11 +227,13 @@ async def test_concurrent_vapid_rotation_from_two_nodes(postgres_dsn: str, vault
     try:
         await asyncio.gather(
             *(
-                (a if i % 2 else b).add_vapid_key(vapid(chr(ord("a") + i), float(i)), make_current=i % 3 == 0)
+                (a if i % 2 else b)
+                .queries(WebPushQueries)
+                .add_vapid_key(vapid(chr(ord("a") + i), float(i)), make_current=i % 3 == 0)
                 for i in range(12)
             )
         )
-        keys = await a.vapid_keys()
+        keys = await a.queries(WebPushQueries).vapid_keys()
         assert len(keys) == 12 and sum(k.current for k in keys) == 1
     finally:
         await a.close()
@@ -228,8 +241,8 @@ async def test_concurrent_vapid_rotation_from_two_nodes(postgres_dsn: str, vault
 
 
 async def test_vapid_one_current_enforced_by_db(store: PostgresStore, raw: Any) -> None:
-    await store.add_vapid_key(vapid("a", 1.0))
-    await store.add_vapid_key(vapid("b", 2.0), make_current=False)
+    await store.queries(WebPushQueries).add_vapid_key(vapid("a", 1.0))
+    await store.queries(WebPushQueries).add_vapid_key(vapid("b", 2.0), make_current=False)
     with pytest.raises(asyncpg.UniqueViolationError):
         await raw.execute("UPDATE vapid_keys SET current = true WHERE key_id = 'b'")
 
@@ -259,8 +272,8 @@ async def test_ping_recovers_after_connections_are_killed(store: PostgresStore, 
     )
     results = [await store.ping() for _ in range(3)]  # the first may see the dead connection
     assert results[-1] is True
-    await store.upsert_device(device())
-    assert len(await store.list_devices()) == 1
+    await store.queries(ApnsQueries).upsert_device(device())
+    assert len(await store.queries(ApnsQueries).list_devices()) == 1
 
 
 async def test_statement_timeout_is_store_unavailable(postgres_dsn: str, vault: Vault, raw: Any) -> None:
@@ -284,21 +297,21 @@ async def test_client_deadline_is_store_unavailable(postgres_dsn: str, vault: Va
         async with raw.transaction():
             await raw.execute("LOCK TABLE apns_devices IN ACCESS EXCLUSIVE MODE")
             with pytest.raises(StoreUnavailable):
-                await s.upsert_device(device())
-        await s.upsert_device(device(aps="after"))
-        assert [d.aps_account_id for d in await s.list_devices()] == ["after"]
+                await s.queries(ApnsQueries).upsert_device(device())
+        await s.queries(ApnsQueries).upsert_device(device(aps="after"))
+        assert [d.aps_account_id for d in await s.queries(ApnsQueries).list_devices()] == ["after"]
     finally:
         await s.close()
 
 
 async def test_cancelled_writes_leave_store_usable(store: PostgresStore) -> None:
-    tasks = [asyncio.create_task(store.upsert_device(device(aps=f"a{i}"))) for i in range(20)]
+    tasks = [asyncio.create_task(store.queries(ApnsQueries).upsert_device(device(aps=f"a{i}"))) for i in range(20)]
     await asyncio.sleep(0)
     for t in tasks[::2]:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await store.upsert_device(device(aps="after"))
-    assert "after" in {d.aps_account_id for d in await store.list_devices()}
+    await store.queries(ApnsQueries).upsert_device(device(aps="after"))
+    assert "after" in {d.aps_account_id for d in await store.queries(ApnsQueries).list_devices()}
 
 
 # --- secrets at rest ----------------------------------------------------------------
@@ -306,7 +319,7 @@ async def test_cancelled_writes_leave_store_usable(store: PostgresStore) -> None
 
 async def test_secrets_not_in_clear_in_tables(store: PostgresStore, raw: Any) -> None:
     await store.put_credential(StoredCredential("alice", "alice", PASSWORD))
-    await store.put_subscription(subscription())
+    await store.queries(WebPushQueries).put_subscription(subscription())
     rows = [
         *(await raw.fetch("SELECT * FROM credentials")),
         *(await raw.fetch("SELECT * FROM webpush_subscriptions")),
@@ -333,23 +346,23 @@ async def test_credential_bound_to_account(store: PostgresStore, raw: Any) -> No
 
 
 async def test_subscription_auth_bound_to_row(store: PostgresStore, raw: Any) -> None:
-    await store.put_subscription(subscription("alice", "s1"))
-    await store.put_subscription(subscription("bob", "s9"))
+    await store.queries(WebPushQueries).put_subscription(subscription("alice", "s1"))
+    await store.queries(WebPushQueries).put_subscription(subscription("bob", "s9"))
     await raw.execute(
         "UPDATE webpush_subscriptions SET auth = (SELECT auth FROM webpush_subscriptions WHERE account = 'alice') "
         "WHERE account = 'bob'"
     )
     with pytest.raises(VaultError):
-        await store.get_subscription("bob", "s9")
-    assert (await store.get_subscription("alice", "s1")) is not None
+        await store.queries(WebPushQueries).get_subscription("bob", "s9")
+    assert (await store.queries(WebPushQueries).get_subscription("alice", "s1")) is not None
 
 
 async def test_other_vault_key_cannot_decrypt(postgres_dsn: str, vault: Vault) -> None:
     s = PostgresStore(postgres_dsn, vault)
     await s.open()
     await s.put_credential(StoredCredential("alice", "alice", PASSWORD))
-    await s.put_subscription(subscription())
-    await s.upsert_device(device())
+    await s.queries(WebPushQueries).put_subscription(subscription())
+    await s.queries(ApnsQueries).upsert_device(device())
     await s.close()
     other = PostgresStore(postgres_dsn, Vault.generate())
     await other.open()
@@ -357,9 +370,9 @@ async def test_other_vault_key_cannot_decrypt(postgres_dsn: str, vault: Vault) -
         with pytest.raises(VaultError):
             await other.get_credential("alice")
         with pytest.raises(VaultError):
-            await other.get_subscription("alice", "s1")
+            await other.queries(WebPushQueries).get_subscription("alice", "s1")
         # Device tokens are secrets too (issue 9 item 9): unreadable rows are skipped, not pushed to.
-        assert await other.list_devices() == []
+        assert await other.queries(ApnsQueries).list_devices() == []
     finally:
         await other.close()
 
@@ -504,7 +517,7 @@ def test_two_proxy_nodes_share_postgres(
             )
         )
         try:
-            return await s.subscriptions_for_account("alice")
+            return await s.queries(WebPushQueries).subscriptions_for_account("alice")
         finally:
             await s.close()
 
@@ -529,7 +542,7 @@ async def test_legacy_single_version_database_is_adopted_and_converted(
     s = PostgresStore(postgres_dsn, vault)
     await s.open()
     try:
-        assert [(d.account, d.device_token, d.mailboxes) for d in await s.list_devices()] == [
+        assert [(d.account, d.device_token, d.mailboxes) for d in await s.queries(ApnsQueries).list_devices()] == [
             ("alice", TOKEN, ["INBOX"])
         ]
     finally:

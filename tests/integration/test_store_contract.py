@@ -17,6 +17,10 @@ from typing import Any
 
 import pytest
 
+from pushproxy.extensions.webpush.schema import WEBPUSH
+from pushproxy.extensions.webpush.store import VapidKey, WebPushQueries
+from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
+from pushproxy.extensions.xapplepush.store import ApnsQueries
 from pushproxy.store import (
     MailboxState,
     SqliteStore,
@@ -24,12 +28,14 @@ from pushproxy.store import (
     StoredCredential,
     StoreSchemaError,
     StoreUnavailable,
-    VapidKey,
     Vault,
 )
 from pushproxy.store.schema import SchemaPart
-from pushproxy.store.tables import CORE, DEFAULT_PARTS, WEBPUSH, XAPPLEPUSH
+from pushproxy.store.sql_base import Queries
+from pushproxy.store.tables import CORE, parts_of_extensions
 from tests.support.store_records import ENDPOINT, PASSWORD, TOKEN, device, subscription, vapid
+
+DEFAULT_PARTS = parts_of_extensions()  # the core's and every listed extension's schema part
 
 MakeStore = Callable[..., SqlStore]
 
@@ -67,77 +73,77 @@ async def raw_rows(store: SqlStore, sql: str) -> list[Any]:
 async def test_closed_store_raises_unavailable(store: SqlStore) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable):
-        await store.upsert_device(device())
+        await store.queries(ApnsQueries).upsert_device(device())
     with pytest.raises(StoreUnavailable):
         await store.get_credential("alice")
 
 
 async def test_upsert_device_insert_and_refresh(store: SqlStore) -> None:
-    first = await store.upsert_device(device(mailboxes=["INBOX"], last_registered=100.0))
+    first = await store.queries(ApnsQueries).upsert_device(device(mailboxes=["INBOX"], last_registered=100.0))
     assert first.first_registered == 100.0 and first.last_registered == 100.0
-    second = await store.upsert_device(
+    second = await store.queries(ApnsQueries).upsert_device(
         device(mailboxes=["INBOX", "Work"], subtopic="other", version=3, first_registered=150.0, last_registered=200.0)
     )
     assert second.first_registered == 100.0  # kept from the existing row
     assert second.last_registered == 200.0
     assert second.mailboxes == ["INBOX", "Work"]
     assert second.subtopic == "other" and second.version == 3
-    assert await store.devices_for_account("alice") == [second]
+    assert await store.queries(ApnsQueries).devices_for_account("alice") == [second]
 
 
 async def test_upsert_device_fills_times_and_lowercases_token(store: SqlStore) -> None:
-    stored = await store.upsert_device(device(token=TOKEN.upper()))
+    stored = await store.queries(ApnsQueries).upsert_device(device(token=TOKEN.upper()))
     assert stored.device_token == TOKEN
     assert stored.last_registered > 0 and stored.first_registered == stored.last_registered
 
 
 async def test_list_devices(store: SqlStore) -> None:
-    await store.upsert_device(device("alice", "a1", "01" * 32))
-    await store.upsert_device(device("alice", "a2", "01" * 32))
-    await store.upsert_device(device("bob", "b1", "02" * 32))
-    assert len(await store.list_devices()) == 3
-    assert {d.aps_account_id for d in await store.list_devices("alice")} == {"a1", "a2"}
-    assert [d.account for d in await store.devices_for_account("bob")] == ["bob"]
-    assert await store.devices_for_account("carol") == []
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a1", "01" * 32))
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a2", "01" * 32))
+    await store.queries(ApnsQueries).upsert_device(device("bob", "b1", "02" * 32))
+    assert len(await store.queries(ApnsQueries).list_devices()) == 3
+    assert {d.aps_account_id for d in await store.queries(ApnsQueries).list_devices("alice")} == {"a1", "a2"}
+    assert [d.account for d in await store.queries(ApnsQueries).devices_for_account("bob")] == ["bob"]
+    assert await store.queries(ApnsQueries).devices_for_account("carol") == []
 
 
 async def test_remove_device(store: SqlStore) -> None:
-    await store.upsert_device(device("alice", "a1", TOKEN))
-    await store.upsert_device(device("alice", "a2", TOKEN))
-    await store.upsert_device(device("bob", "b1", TOKEN))
-    assert await store.remove_device("alice", "a1", TOKEN) == 1
-    assert await store.remove_device("alice", "a1", TOKEN) == 0
-    await store.upsert_device(device("alice", "a1", TOKEN))
-    assert await store.remove_device("alice", None, TOKEN) == 2  # any aps_account_id
-    assert [d.account for d in await store.list_devices()] == ["bob"]
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a1", TOKEN))
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a2", TOKEN))
+    await store.queries(ApnsQueries).upsert_device(device("bob", "b1", TOKEN))
+    assert await store.queries(ApnsQueries).remove_device("alice", "a1", TOKEN) == 1
+    assert await store.queries(ApnsQueries).remove_device("alice", "a1", TOKEN) == 0
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a1", TOKEN))
+    assert await store.queries(ApnsQueries).remove_device("alice", None, TOKEN) == 2  # any aps_account_id
+    assert [d.account for d in await store.queries(ApnsQueries).list_devices()] == ["bob"]
 
 
 async def test_remove_device_token_everywhere(store: SqlStore) -> None:
-    await store.upsert_device(device("alice", "a1", TOKEN))
-    await store.upsert_device(device("bob", "b1", TOKEN))
-    await store.upsert_device(device("bob", "b1", "cd" * 32))
-    assert await store.remove_device_token(TOKEN.upper()) == 2
-    assert [d.device_token for d in await store.list_devices()] == ["cd" * 32]
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a1", TOKEN))
+    await store.queries(ApnsQueries).upsert_device(device("bob", "b1", TOKEN))
+    await store.queries(ApnsQueries).upsert_device(device("bob", "b1", "cd" * 32))
+    assert await store.queries(ApnsQueries).remove_device_token(TOKEN.upper()) == 2
+    assert [d.device_token for d in await store.queries(ApnsQueries).list_devices()] == ["cd" * 32]
 
 
 async def test_remove_device_token_410_timestamp(store: SqlStore) -> None:
     """Only registrations older than Apple's 410 timestamp go; a re-registered device stays."""
-    await store.upsert_device(device("alice", "a1", TOKEN, last_registered=1000.0))
-    await store.upsert_device(device("bob", "b1", TOKEN, last_registered=3000.0))
-    assert await store.remove_device_token(TOKEN, registered_before=2000.0) == 1
-    assert [d.account for d in await store.list_devices()] == ["bob"]
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a1", TOKEN, last_registered=1000.0))
+    await store.queries(ApnsQueries).upsert_device(device("bob", "b1", TOKEN, last_registered=3000.0))
+    assert await store.queries(ApnsQueries).remove_device_token(TOKEN, registered_before=2000.0) == 1
+    assert [d.account for d in await store.queries(ApnsQueries).list_devices()] == ["bob"]
     # re-registration after the timestamp makes it alive again
-    await store.upsert_device(device("bob", "b1", TOKEN, last_registered=5000.0))
-    assert await store.remove_device_token(TOKEN, registered_before=4000.0) == 0
-    assert len(await store.list_devices()) == 1
+    await store.queries(ApnsQueries).upsert_device(device("bob", "b1", TOKEN, last_registered=5000.0))
+    assert await store.queries(ApnsQueries).remove_device_token(TOKEN, registered_before=4000.0) == 0
+    assert len(await store.queries(ApnsQueries).list_devices()) == 1
 
 
 async def test_expire_devices(store: SqlStore) -> None:
-    await store.upsert_device(device("alice", "a1", "01" * 32, last_registered=100.0))
-    await store.upsert_device(device("alice", "a2", "02" * 32, last_registered=300.0))
-    assert await store.expire_devices(200.0) == 1
-    assert [d.aps_account_id for d in await store.list_devices()] == ["a2"]
-    assert await store.expire_devices(200.0) == 0
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a1", "01" * 32, last_registered=100.0))
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a2", "02" * 32, last_registered=300.0))
+    assert await store.queries(ApnsQueries).expire_devices(200.0) == 1
+    assert [d.aps_account_id for d in await store.queries(ApnsQueries).list_devices()] == ["a2"]
+    assert await store.queries(ApnsQueries).expire_devices(200.0) == 0
 
 
 async def test_subscription_round_trip(store: SqlStore) -> None:
@@ -153,69 +159,87 @@ async def test_subscription_round_trip(store: SqlStore) -> None:
         last_success=15.0,
         failures=3,
     )
-    await store.put_subscription(sub)
-    assert await store.get_subscription("alice", "s1") == sub
-    assert await store.get_subscription("alice", "nope") is None
-    assert await store.get_subscription("bob", "s1") is None
+    await store.queries(WebPushQueries).put_subscription(sub)
+    assert await store.queries(WebPushQueries).get_subscription("alice", "s1") == sub
+    assert await store.queries(WebPushQueries).get_subscription("alice", "nope") is None
+    assert await store.queries(WebPushQueries).get_subscription("bob", "s1") is None
 
 
 async def test_put_subscription_replaces_and_keeps_created(store: SqlStore) -> None:
-    await store.put_subscription(subscription(created=10.0, updated=10.0))
-    await store.put_subscription(subscription(endpoint=ENDPOINT + "2", active=True, created=0.0, updated=30.0))
-    got = await store.get_subscription("alice", "s1")
+    await store.queries(WebPushQueries).put_subscription(subscription(created=10.0, updated=10.0))
+    await store.queries(WebPushQueries).put_subscription(
+        subscription(endpoint=ENDPOINT + "2", active=True, created=0.0, updated=30.0)
+    )
+    got = await store.queries(WebPushQueries).get_subscription("alice", "s1")
     assert got is not None
     assert got.endpoint == ENDPOINT + "2" and got.active and got.created == 10.0 and got.updated == 30.0
-    assert await store.count_subscriptions("alice") == 1
+    assert await store.queries(WebPushQueries).count_subscriptions("alice") == 1
     fresh = subscription(sub_id="s2")
-    await store.put_subscription(fresh)
-    got2 = await store.get_subscription("alice", "s2")
+    await store.queries(WebPushQueries).put_subscription(fresh)
+    got2 = await store.queries(WebPushQueries).get_subscription("alice", "s2")
     assert got2 is not None and got2.created > 0 and got2.updated > 0
 
 
 async def test_list_count_delete_subscriptions(store: SqlStore) -> None:
-    await store.put_subscription(subscription("alice", "s1", created=1.0))
-    await store.put_subscription(subscription("alice", "s2", created=2.0))
-    await store.put_subscription(subscription("bob", "s1", created=3.0))
-    assert [s.sub_id for s in await store.subscriptions_for_account("alice")] == ["s1", "s2"]
-    assert len(await store.list_subscriptions()) == 3
-    assert [s.account for s in await store.list_subscriptions("bob")] == ["bob"]
-    assert await store.count_subscriptions("alice") == 2
-    assert await store.count_subscriptions("carol") == 0
-    assert await store.delete_subscription("alice", "s1") is True
-    assert await store.delete_subscription("alice", "s1") is False
-    assert await store.count_subscriptions("alice") == 1
-    assert await store.get_subscription("bob", "s1") is not None
+    await store.queries(WebPushQueries).put_subscription(subscription("alice", "s1", created=1.0))
+    await store.queries(WebPushQueries).put_subscription(subscription("alice", "s2", created=2.0))
+    await store.queries(WebPushQueries).put_subscription(subscription("bob", "s1", created=3.0))
+    assert [s.sub_id for s in await store.queries(WebPushQueries).subscriptions_for_account("alice")] == ["s1", "s2"]
+    assert len(await store.queries(WebPushQueries).list_subscriptions()) == 3
+    assert [s.account for s in await store.queries(WebPushQueries).list_subscriptions("bob")] == ["bob"]
+    assert await store.queries(WebPushQueries).count_subscriptions("alice") == 2
+    assert await store.queries(WebPushQueries).count_subscriptions("carol") == 0
+    assert await store.queries(WebPushQueries).delete_subscription("alice", "s1") is True
+    assert await store.queries(WebPushQueries).delete_subscription("alice", "s1") is False
+    assert await store.queries(WebPushQueries).count_subscriptions("alice") == 1
+    assert await store.queries(WebPushQueries).get_subscription("bob", "s1") is not None
 
 
 async def test_find_subscription_by_ack(store: SqlStore) -> None:
     h = hashlib.sha256(b"tok").digest()
-    await store.put_subscription(subscription("alice", "s1", ack_token_hash=h))
-    await store.put_subscription(subscription("alice", "s2", ack_token_hash=hashlib.sha256(b"other").digest()))
-    found = await store.find_subscription_by_ack("alice", h)
+    await store.queries(WebPushQueries).put_subscription(subscription("alice", "s1", ack_token_hash=h))
+    await store.queries(WebPushQueries).put_subscription(
+        subscription("alice", "s2", ack_token_hash=hashlib.sha256(b"other").digest())
+    )
+    found = await store.queries(WebPushQueries).find_subscription_by_ack("alice", h)
     assert found is not None and found.sub_id == "s1"
-    assert await store.find_subscription_by_ack("bob", h) is None  # bound to the account
-    assert await store.find_subscription_by_ack("alice", hashlib.sha256(b"nope").digest()) is None
+    assert await store.queries(WebPushQueries).find_subscription_by_ack("bob", h) is None  # bound to the account
+    assert (
+        await store.queries(WebPushQueries).find_subscription_by_ack("alice", hashlib.sha256(b"nope").digest()) is None
+    )
 
 
 async def test_expire_inactive_subscriptions(store: SqlStore) -> None:
-    await store.put_subscription(subscription(sub_id="old-pending", active=False, ack_expires=100.0))
-    await store.put_subscription(subscription(sub_id="new-pending", active=False, ack_expires=300.0))
-    await store.put_subscription(subscription(sub_id="active", active=True, ack_expires=100.0))
-    await store.put_subscription(subscription(sub_id="no-expiry", active=False, ack_expires=None))
-    assert await store.expire_inactive_subscriptions(200.0) == 1
-    assert {s.sub_id for s in await store.list_subscriptions()} == {"new-pending", "active", "no-expiry"}
+    await store.queries(WebPushQueries).put_subscription(
+        subscription(sub_id="old-pending", active=False, ack_expires=100.0)
+    )
+    await store.queries(WebPushQueries).put_subscription(
+        subscription(sub_id="new-pending", active=False, ack_expires=300.0)
+    )
+    await store.queries(WebPushQueries).put_subscription(subscription(sub_id="active", active=True, ack_expires=100.0))
+    await store.queries(WebPushQueries).put_subscription(
+        subscription(sub_id="no-expiry", active=False, ack_expires=None)
+    )
+    assert await store.queries(WebPushQueries).expire_inactive_subscriptions(200.0) == 1
+    assert {s.sub_id for s in await store.queries(WebPushQueries).list_subscriptions()} == {
+        "new-pending",
+        "active",
+        "no-expiry",
+    }
 
 
 async def test_clear_session_silences(store: SqlStore) -> None:
-    await store.put_subscription(subscription(sub_id="s1", silenced_session="sess-A", silenced_until=50.0))
-    await store.put_subscription(subscription(sub_id="s2", silenced_session="sess-A"))
-    await store.put_subscription(subscription(sub_id="s3", silenced_session="sess-B"))
-    assert await store.clear_session_silences("sess-A") == 2
-    subs = {s.sub_id: s for s in await store.list_subscriptions()}
+    await store.queries(WebPushQueries).put_subscription(
+        subscription(sub_id="s1", silenced_session="sess-A", silenced_until=50.0)
+    )
+    await store.queries(WebPushQueries).put_subscription(subscription(sub_id="s2", silenced_session="sess-A"))
+    await store.queries(WebPushQueries).put_subscription(subscription(sub_id="s3", silenced_session="sess-B"))
+    assert await store.queries(WebPushQueries).clear_session_silences("sess-A") == 2
+    subs = {s.sub_id: s for s in await store.queries(WebPushQueries).list_subscriptions()}
     assert subs["s1"].silenced_session is None and subs["s1"].silenced_until == 50.0
     assert subs["s2"].silenced_session is None
     assert subs["s3"].silenced_session == "sess-B"
-    assert await store.clear_session_silences("sess-A") == 0
+    assert await store.queries(WebPushQueries).clear_session_silences("sess-A") == 0
 
 
 async def test_credentials(store: SqlStore) -> None:
@@ -253,54 +277,74 @@ async def test_mailbox_state(store: SqlStore) -> None:
 
 async def test_accounts_with_registrations(store: SqlStore) -> None:
     assert await store.accounts_with_registrations() == []
-    await store.upsert_device(device("carol", "c1", "01" * 32))
-    await store.upsert_device(device("carol", "c2", "02" * 32))
-    await store.put_subscription(subscription("alice", "s1", active=True))
-    await store.put_subscription(subscription("alice", "s2", active=True))
-    await store.put_subscription(subscription("bob", "s1", active=False))  # pending: not counted
-    await store.put_subscription(subscription("carol", "s1", active=True))
+    await store.queries(ApnsQueries).upsert_device(device("carol", "c1", "01" * 32))
+    await store.queries(ApnsQueries).upsert_device(device("carol", "c2", "02" * 32))
+    await store.queries(WebPushQueries).put_subscription(subscription("alice", "s1", active=True))
+    await store.queries(WebPushQueries).put_subscription(subscription("alice", "s2", active=True))
+    await store.queries(WebPushQueries).put_subscription(
+        subscription("bob", "s1", active=False)
+    )  # pending: not counted
+    await store.queries(WebPushQueries).put_subscription(subscription("carol", "s1", active=True))
     await store.put_credential(StoredCredential("dave", "dave", "pw"))  # credentials alone: no
     assert await store.accounts_with_registrations() == ["alice", "carol"]
 
 
 async def test_vapid_keys_exactly_one_current(store: SqlStore) -> None:
-    assert await store.vapid_keys() == []
-    await store.add_vapid_key(vapid("a", 1.0), make_current=False)  # the first key is current anyway
-    assert [(k.key_id, k.current) for k in await store.vapid_keys()] == [("a", True)]
-    await store.add_vapid_key(vapid("b", 2.0), make_current=False)
-    assert [(k.key_id, k.current) for k in await store.vapid_keys()] == [("a", True), ("b", False)]
-    await store.add_vapid_key(vapid("c", 3.0))
-    assert [(k.key_id, k.current) for k in await store.vapid_keys()] == [("a", False), ("b", False), ("c", True)]
-    await store.add_vapid_key(vapid("a", 1.0), make_current=True)  # back to an older key
-    keys = await store.vapid_keys()
+    assert await store.queries(WebPushQueries).vapid_keys() == []
+    await store.queries(WebPushQueries).add_vapid_key(
+        vapid("a", 1.0), make_current=False
+    )  # the first key is current anyway
+    assert [(k.key_id, k.current) for k in await store.queries(WebPushQueries).vapid_keys()] == [("a", True)]
+    await store.queries(WebPushQueries).add_vapid_key(vapid("b", 2.0), make_current=False)
+    assert [(k.key_id, k.current) for k in await store.queries(WebPushQueries).vapid_keys()] == [
+        ("a", True),
+        ("b", False),
+    ]
+    await store.queries(WebPushQueries).add_vapid_key(vapid("c", 3.0))
+    assert [(k.key_id, k.current) for k in await store.queries(WebPushQueries).vapid_keys()] == [
+        ("a", False),
+        ("b", False),
+        ("c", True),
+    ]
+    await store.queries(WebPushQueries).add_vapid_key(vapid("a", 1.0), make_current=True)  # back to an older key
+    keys = await store.queries(WebPushQueries).vapid_keys()
     assert [(k.key_id, k.current) for k in keys] == [("a", True), ("b", False), ("c", False)]
     assert keys[0] == VapidKey("a", "B" + "a" * 86, "/keys/a.pem", 1.0, True)
-    await store.add_vapid_key(vapid("a", 1.0), make_current=False)  # re-adding the current key keeps it
-    assert sum(k.current for k in await store.vapid_keys()) == 1
+    await store.queries(WebPushQueries).add_vapid_key(
+        vapid("a", 1.0), make_current=False
+    )  # re-adding the current key keeps it
+    assert sum(k.current for k in await store.queries(WebPushQueries).vapid_keys()) == 1
 
 
 async def test_concurrent_writes(store: SqlStore) -> None:
     n = 200
     await asyncio.gather(
         *(
-            store.upsert_device(device(f"user{i % 20}", f"a{i}", f"{i:064x}", last_registered=float(i)))
+            store.queries(ApnsQueries).upsert_device(
+                device(f"user{i % 20}", f"a{i}", f"{i:064x}", last_registered=float(i))
+            )
             for i in range(n)
         ),
-        *(store.put_subscription(subscription(f"user{i}", f"s{i}", active=True)) for i in range(50)),
+        *(
+            store.queries(WebPushQueries).put_subscription(subscription(f"user{i}", f"s{i}", active=True))
+            for i in range(50)
+        ),
         *(store.put_credential(StoredCredential(f"user{i}", f"User{i}", f"pw{i}")) for i in range(50)),
         *(store.put_mailbox_state(MailboxState(f"user{i % 5}", "INBOX", 1, i)) for i in range(50)),
     )
-    assert len(await store.list_devices()) == n
-    assert len(await store.list_subscriptions()) == 50
+    assert len(await store.queries(ApnsQueries).list_devices()) == n
+    assert len(await store.queries(WebPushQueries).list_subscriptions()) == 50
     creds = await asyncio.gather(*(store.get_credential(f"user{i}") for i in range(50)))
     assert [c.secret for c in creds if c is not None] == [f"pw{i}" for i in range(50)]
     assert len(await store.accounts_with_registrations()) == 50
 
 
 async def test_concurrent_upserts_same_key(store: SqlStore) -> None:
-    results = await asyncio.gather(*(store.upsert_device(device(last_registered=float(i + 1))) for i in range(100)))
+    results = await asyncio.gather(
+        *(store.queries(ApnsQueries).upsert_device(device(last_registered=float(i + 1))) for i in range(100))
+    )
     assert all(r.first_registered == 1.0 for r in results)
-    devices = await store.list_devices()
+    devices = await store.queries(ApnsQueries).list_devices()
     assert len(devices) == 1 and devices[0].last_registered == 100.0
 
 
@@ -313,15 +357,15 @@ def _row_bytes(rows: list[Any]) -> bytes:
 
 async def test_device_tokens_encrypted_at_rest(store: SqlStore) -> None:
     """Issue 9 item 9: a device token addresses a user's phone; the table holds no token in clear."""
-    await store.upsert_device(device("alice", "a1", TOKEN))
-    await store.upsert_device(device("bob", "b1", TOKEN))
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a1", TOKEN))
+    await store.queries(ApnsQueries).upsert_device(device("bob", "b1", TOKEN))
     dump = _row_bytes(await raw_rows(store, "SELECT * FROM apns_devices"))
     assert b"alice" in dump  # sanity: the right rows
     assert TOKEN.encode() not in dump and bytes.fromhex(TOKEN) not in dump
     # Same token, two rows: each encrypted separately, found by one keyed hash.
     rows = await raw_rows(store, "SELECT token_hash, device_token FROM apns_devices")
     assert rows[0][0] == rows[1][0] and rows[0][1] != rows[1][1]
-    assert await store.remove_device_token(TOKEN) == 2
+    assert await store.queries(ApnsQueries).remove_device_token(TOKEN) == 2
 
 
 async def test_migration_encrypts_existing_device_tokens(make_store: MakeStore) -> None:
@@ -343,7 +387,7 @@ async def test_migration_encrypts_existing_device_tokens(make_store: MakeStore) 
     new = make_store()
     await new.open()
     try:
-        devices = await new.list_devices()
+        devices = await new.queries(ApnsQueries).list_devices()
         assert sorted((d.account, d.aps_account_id, d.device_token) for d in devices) == [
             ("alice", "aps0", TOKEN),
             ("bob", "aps1", TOKEN),
@@ -353,8 +397,8 @@ async def test_migration_encrypts_existing_device_tokens(make_store: MakeStore) 
         assert [d.first_registered for d in devices if d.aps_account_id == "aps2"] == [102.0]
         dump = _row_bytes(await raw_rows(new, "SELECT * FROM apns_devices"))
         assert TOKEN.encode() not in dump and b"cd" * 32 not in dump
-        assert await new.remove_device_token(TOKEN.upper()) == 2
-        assert [d.device_token for d in await new.list_devices()] == ["cd" * 32]
+        assert await new.queries(ApnsQueries).remove_device_token(TOKEN.upper()) == 2
+        assert [d.device_token for d in await new.queries(ApnsQueries).list_devices()] == ["cd" * 32]
         versions = await raw_rows(new, "SELECT part, max(version) FROM schema_migrations GROUP BY part ORDER BY part")
         assert [tuple(r) for r in versions] == [("core", CORE.version), ("webpush", 1), ("xapplepush", 2)]
     finally:
@@ -389,6 +433,38 @@ async def test_extension_parts_are_numbered_on_their_own(make_store: MakeStore) 
         await s.close()
 
 
+class RecorderQueries(Queries):
+    """A third extension's queries, written like the push extensions' (tests only)."""
+
+    async def record(self, account: str) -> None:
+        await self._change_registrations("INSERT INTO recorded (account) VALUES ($1)", account, account=account)
+
+    async def accounts(self) -> list[str]:
+        return [r["account"] for r in await self._fetch("SELECT account FROM recorded ORDER BY account")]
+
+
+async def test_an_extension_brings_its_queries_and_registered_accounts(make_store: MakeStore) -> None:
+    """Its tables, queries bound to the store, and its accounts watched: no edit of the core store."""
+    part = SchemaPart(
+        "recorder",
+        (("CREATE TABLE recorded (account TEXT NOT NULL)",),),
+        registered_accounts="SELECT account FROM recorded",
+    )
+    s = make_store(parts=(*DEFAULT_PARTS, part))
+    await s.open()
+    try:
+        changed: list[str | None] = []
+        s.add_registration_listener(changed.append)
+        recorder = s.queries(RecorderQueries)
+        await recorder.record("zoe")
+        await s.queries(ApnsQueries).upsert_device(device("alice"))
+        assert await recorder.accounts() == ["zoe"]
+        assert changed == ["zoe", "alice"]  # the store's listeners hear every extension's changes
+        assert await s.accounts_with_registrations() == ["alice", "zoe"]
+    finally:
+        await s.close()
+
+
 async def test_key_fingerprint_recorded_once(store: SqlStore) -> None:
     assert await store.claim_key_fingerprint("vault", "aaaa") == "aaaa"
     assert await store.claim_key_fingerprint("vault", "bbbb") == "aaaa"
@@ -397,11 +473,11 @@ async def test_key_fingerprint_recorded_once(store: SqlStore) -> None:
 
 async def test_device_token_bound_to_its_row(store: SqlStore) -> None:
     """A token blob copied into another row does not decrypt there; that row is skipped, the others stay."""
-    await store.upsert_device(device("alice", "a1", TOKEN))
-    await store.upsert_device(device("bob", "b1", "cd" * 32))
+    await store.queries(ApnsQueries).upsert_device(device("alice", "a1", TOKEN))
+    await store.queries(ApnsQueries).upsert_device(device("bob", "b1", "cd" * 32))
     async with store.backend.write() as conn:
         await conn.execute(
             """UPDATE apns_devices SET device_token = (SELECT device_token FROM apns_devices WHERE account = 'alice')
                WHERE account = 'bob'"""
         )
-    assert [(d.account, d.device_token) for d in await store.list_devices()] == [("alice", TOKEN)]
+    assert [(d.account, d.device_token) for d in await store.queries(ApnsQueries).list_devices()] == [("alice", TOKEN)]

@@ -14,7 +14,9 @@ import pytest
 
 from pushproxy.config import Config, StoreConfig, UpstreamConfig, WatchConfig, WebPushConfig
 from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
-from pushproxy.store import ApnsDevice, SqliteStore, StoredCredential, Vault, VaultError, WebPushSubscription
+from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
+from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
+from pushproxy.store import SqliteStore, StoredCredential, Vault, VaultError
 from pushproxy.watch import Supervisor
 from tests.support.dovecot import Dovecot, make_message
 from tests.support.dovecot_fixtures import DovecotFactory
@@ -96,7 +98,7 @@ async def supervisors() -> AsyncIterator[list[Supervisor]]:
 
 
 async def register(store: SqliteStore, account: str = "alice", mailboxes: list[str] | None = None) -> None:
-    await store.upsert_device(
+    await store.queries(ApnsQueries).upsert_device(
         ApnsDevice(account=account, aps_account_id="aps-1", device_token=TOKEN, mailboxes=mailboxes or ["INBOX"])
     )
 
@@ -438,7 +440,7 @@ async def test_registration_changes(dovecot: Dovecot, tmp_path: Path, store, sup
     assert sup.watcher("alice") is second
 
     await sup.session_closed("s1")
-    await store.remove_device("alice", None, TOKEN)
+    await store.queries(ApnsQueries).remove_device("alice", None, TOKEN)
     await sup.registration_changed("alice", None)
     assert sup.watcher("alice") is None
     assert sum(sup.status().values()) == 0
@@ -450,7 +452,7 @@ async def test_webpush_changes(dovecot: Dovecot, tmp_path: Path, store, supervis
     """want_changes subscriptions get Expunge / FlagChange events (QRESYNC)."""
     events = Events()
     sup = new_supervisor(supervisors, make_config(dovecot, tmp_path), store, events)
-    await store.put_subscription(
+    await store.queries(WebPushQueries).put_subscription(
         WebPushSubscription(
             account="alice",
             sub_id="sub1",

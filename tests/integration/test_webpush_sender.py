@@ -8,7 +8,6 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import cast
 
 import pytest
 
@@ -17,9 +16,9 @@ from pushproxy.events import MessageInfo
 from pushproxy.extensions.webpush.payload import MAX_PLAINTEXT, new_mail_payload
 from pushproxy.extensions.webpush.sender import WebPushSender
 from pushproxy.extensions.webpush.ssrf import PinnedResolver
+from pushproxy.extensions.webpush.store import VapidKey, WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.envelope import envelope_from_fields
-from pushproxy.store.base import Store, VapidKey, WebPushSubscription
 from tests.support.push_standin import Answer, PushStandin, StandinSubscription
 
 
@@ -56,7 +55,7 @@ def standin() -> Iterator[PushStandin]:
 
 @pytest.fixture
 async def keyring(tmp_path: Path) -> VapidKeyring:
-    return await VapidKeyring.load(tmp_path / "vapid.pem", cast(Store, FakeVapidStore()))
+    return await VapidKeyring.load(tmp_path / "vapid.pem", FakeVapidStore())
 
 
 def make_cfg(**kw) -> WebPushConfig:

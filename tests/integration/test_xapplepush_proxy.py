@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pushproxy.extensions.xapplepush.store import token_aad
 from pushproxy.store import Vault
-from pushproxy.store.records import token_aad
 from tests.support.apns_standin import ApnsStandin
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 from tests.support.dovecot import Dovecot, make_message

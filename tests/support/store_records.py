@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pushproxy.store import ApnsDevice, VapidKey, WebPushSubscription
+from pushproxy.extensions.webpush.store import VapidKey, WebPushSubscription
+from pushproxy.extensions.xapplepush.store import ApnsDevice
 
 TOKEN = "ab" * 32
 ENDPOINT = "https://push.example.net/wpush/v2/gAAAAABsecretcapabilitypath"

@@ -21,9 +21,10 @@ from pushproxy.extensions.webpush.delivery import WebPushDelivery
 from pushproxy.extensions.webpush.extension import WebPushExtension
 from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.sender import WebPushSender
+from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.parse import Command, StatusResponse, parse_command
-from pushproxy.store import SqliteStore, Vault, WebPushSubscription
+from pushproxy.store import SqliteStore, Vault
 from tests.support.push_standin import PushStandin, StandinSubscription
 
 
@@ -104,7 +105,7 @@ class WebPushEnv:
         reply, _ = await self.run(f"ACKWEBPUSH {self.last_token(ss)}", ctx)
         assert reply.status == "OK", reply
         assert ctx.account is not None
-        sub = await self.store.get_subscription(ctx.account, sub_id)
+        sub = await self.store.queries(WebPushQueries).get_subscription(ctx.account, sub_id)
         assert sub is not None and sub.active
         return sub
 
@@ -133,7 +134,7 @@ async def make_env(tmp_path: Path, standin: PushStandin, **webpush: Any) -> WebP
     config = Config(webpush=WebPushConfig(**settings))
     store = SqliteStore(tmp_path / "pp.db", Vault.generate())
     await store.open()
-    keyring = await VapidKeyring.load(tmp_path / "vapid.pem", store)
+    keyring = await VapidKeyring.load(tmp_path / "vapid.pem", store.queries(WebPushQueries))
     sender = WebPushSender(config.webpush, keyring, backoff_base=0.01, backoff_max=0.05)
     await sender.start()
     registrations: list[tuple[str, str | None]] = []

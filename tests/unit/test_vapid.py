@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from pushproxy.extensions.webpush import vapid as vapid_mod
+from pushproxy.extensions.webpush.store import VapidKey
 from pushproxy.extensions.webpush.vapid import VapidKeyPair, VapidKeyring, endpoint_origin
-from pushproxy.store.base import Store, VapidKey
+from pushproxy.store.base import Store
 
 
 class FakeVapidStore:

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from pushproxy.config import Config, ConfigError, WatchConfig
 from pushproxy.extensions.host import ExtensionHost
+from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
+from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.imap.fetch import FetchItems
-from pushproxy.store import ApnsDevice, SqliteStore, StoredCredential, Vault, WebPushSubscription
+from pushproxy.store import SqliteStore, StoredCredential, Vault
 from pushproxy.watch.credentials import MasterCredentials, MemoryCredentials, VaultCredentials, make_provider
 from pushproxy.watch.detection import (
     MAX_MESSAGES_PER_EVENT,
@@ -129,11 +131,15 @@ async def test_spec_for_account(store: SqliteStore) -> None:
     # Was spec_for_account(store, account, webpush_mailboxes) in watch/detection.py; the
     # extensions now say what they want watched and the host merges it (same assertions).
     assert await push_extensions(store, ["INBOX"]).spec("alice") is None
-    await store.upsert_device(ApnsDevice("alice", "a1", "aa" * 32, mailboxes=["Inbox", "Sent Messages"]))
-    await store.upsert_device(ApnsDevice("alice", "a2", "bb" * 32, mailboxes=["Notes"]))
+    await store.queries(ApnsQueries).upsert_device(
+        ApnsDevice("alice", "a1", "aa" * 32, mailboxes=["Inbox", "Sent Messages"])
+    )
+    await store.queries(ApnsQueries).upsert_device(ApnsDevice("alice", "a2", "bb" * 32, mailboxes=["Notes"]))
     spec = await push_extensions(store, ["INBOX", "Junk"]).spec("alice")
     assert spec == WatchSpec(("INBOX", "Notes", "Sent Messages"), frozenset())
-    await store.put_subscription(subscription("s1", active=False))  # still being verified: watched too
+    await store.queries(WebPushQueries).put_subscription(
+        subscription("s1", active=False)
+    )  # still being verified: watched too
     spec = await push_extensions(store, ["INBOX", "Junk"]).spec("alice")
     # Changed with issue 13: every WebPush subscription gets expunges and flag changes
     # in the WebPush mailboxes (was: only with want_changes, which nothing could set).

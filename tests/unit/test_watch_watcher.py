@@ -17,7 +17,8 @@ import pytest
 from pushproxy import metrics
 from pushproxy.config import Config, StoreConfig, UpstreamConfig, WatchConfig
 from pushproxy.events import MailEvent, NewMail
-from pushproxy.store import ApnsDevice, MailboxState, SqliteStore, Vault
+from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
+from pushproxy.store import MailboxState, SqliteStore, Vault
 from pushproxy.watch import Supervisor
 from pushproxy.watch.credentials import MasterCredentials
 
@@ -154,7 +155,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Callable[..., asyncio.Future[tupl
     made: list[tuple[asyncio.Server, Supervisor, SqliteStore]] = []
     store = SqliteStore(tmp_path / "pp.db", Vault.generate())
     await store.open()
-    await store.upsert_device(ApnsDevice("alice", "a", "ab" * 32))
+    await store.queries(ApnsQueries).upsert_device(ApnsDevice("alice", "a", "ab" * 32))
 
     async def make(fake: Fake, **watch: object) -> tuple[Fake, Supervisor, Events]:
         server = await asyncio.get_running_loop().create_server(lambda: FakeConn(fake), "127.0.0.1", 0)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pushproxy.extensions.webpush.process import SILENCED_FOR_SESSION, WebPushProcess
+from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.imap.parse import Atom, Command
-from pushproxy.store import WebPushSubscription
 from tests.support.push_standin import Answer, PushStandin
 from tests.support.webpush_env import (
     FakeContext,
@@ -99,7 +99,7 @@ async def test_create_answers_vapid_and_webpush_nil_then_sends_exactly_one_ack_p
     token = env.last_token(ss)
     assert len(token) >= 22  # >= 128 bits of base64url
 
-    sub = await env.store.get_subscription("alice", "sub-1")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "sub-1")
     assert sub is not None and not sub.active
     assert sub.ack_token_hash == sha256(token)  # only the hash is stored
     assert sub.ack_expires == pytest.approx(env.clock.now + env.config.webpush.ack_expiry)
@@ -119,14 +119,14 @@ async def test_ok_does_not_wait_for_the_push_service(env: WebPushEnv) -> None:
     records = await env.standin.wait_for(ss, 1, accepted_only=False)
     assert records[0].answered is None
     assert any(not t.done() for t in env.ext.handlers._background)
-    assert (await env.store.get_subscription("alice", "slow")) is not None
+    assert (await env.store.queries(WebPushQueries).get_subscription("alice", "slow")) is not None
 
 
 async def test_missing_auth_is_bad_with_that_reason(env: WebPushEnv) -> None:
     ss = env.standin.new_subscription()
     reply, lines = await env.run(f'WEBPUSH s "{ss.endpoint}" {ss.p256dh}', FakeContext())
     assert reply.status == "BAD" and "auth" in reply.text and lines == []
-    assert await env.store.count_subscriptions("alice") == 0
+    assert await env.store.queries(WebPushQueries).count_subscriptions("alice") == 0
 
 
 async def test_malformed_keys_are_bad(env: WebPushEnv) -> None:
@@ -144,7 +144,7 @@ async def test_update_with_a_changed_field_deactivates_and_needs_a_new_ack(env: 
     reply, lines = await env.subscribe(ctx, "s", ss2)
     assert reply.status == "OK"
     assert lines[1] == webpush_line("s", ss2.endpoint, "NIL")
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and not sub.active and sub.endpoint == ss2.endpoint
     token = env.last_token(ss2)
     reply, lines = await env.run(f"ACKWEBPUSH s {token}", ctx)
@@ -158,7 +158,7 @@ async def test_changing_only_the_auth_secret_deactivates(env: WebPushEnv) -> Non
     other_auth = env.standin.new_subscription().auth
     reply, _ = await env.run(f'WEBPUSH s "{ss.endpoint}" {ss.p256dh} {other_auth}', ctx)
     assert reply.status == "OK"
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and not sub.active and sub.auth == other_auth
 
 
@@ -172,7 +172,7 @@ async def test_resending_an_active_subscription_unchanged_keeps_it_active_withou
     assert lines == [b"VAPID " + env.keyring.current.public_key_b64.encode(), webpush_line("s", ss.endpoint, "0")]
     await env.settle()
     assert len(env.standin.records_for(ss)) == pushes
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and sub.active
 
 
@@ -261,7 +261,9 @@ async def test_verification_pushes_per_account_are_bounded(tmp_path: Path, stand
         replies = [(await env.subscribe(ctx, f"s{i}", t, wait=False))[0] for i, t in enumerate(targets)]
         assert [(r.status, r.code) for r in replies] == [("OK", None)] * 3 + [("NO", "LIMIT")] * 2
         assert "account" in replies[-1].text
-        assert await env.store.get_subscription("alice", "s4") is None  # nothing stored when refused
+        assert (
+            await env.store.queries(WebPushQueries).get_subscription("alice", "s4") is None
+        )  # nothing stored when refused
         await env.settle()
         assert sum(len(standin.records_for(t)) for t in targets) == 3
         reply, _ = await env.subscribe(FakeContext("bob", "b"), "s", targets[4])  # bob has his own budget
@@ -280,12 +282,12 @@ async def test_key_rotation_then_webpush_deactivates_and_reacks_under_the_new_ke
     reply, lines = await env.subscribe(ctx, "s", ss)
     assert reply.status == "OK"
     assert lines == [b"VAPID " + new_key.public_key_b64.encode(), webpush_line("s", ss.endpoint, "NIL")]
-    sub2 = await env.store.get_subscription("alice", "s")
+    sub2 = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub2 is not None and not sub2.active
     assert env.standin.records_for(ss)[-1].vapid_key == new_key.public_key_b64
     reply, _ = await env.run(f"ACKWEBPUSH {env.last_token(ss)}", ctx)
     assert reply.status == "OK"
-    sub3 = await env.store.get_subscription("alice", "s")
+    sub3 = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub3 is not None and sub3.active and sub3.vapid_key_id == new_key.key_id
 
 
@@ -299,7 +301,7 @@ async def test_delete_and_delete_unknown(env: WebPushEnv) -> None:
     env.registrations.clear()
     reply, lines = await env.run("WEBPUSH s NIL", ctx)
     assert (reply.status, lines) == ("OK", [])
-    assert await env.store.get_subscription("alice", "s") is None
+    assert await env.store.queries(WebPushQueries).get_subscription("alice", "s") is None
     assert env.registrations == [("alice", "sess-1")]
     reply, lines = await env.run("WEBPUSH never-seen NIL", ctx)
     assert (reply.status, lines) == ("OK", [])
@@ -318,7 +320,7 @@ async def test_ack_activates_once(env: WebPushEnv) -> None:
     reply, lines = await env.run(f"ACKWEBPUSH {token}", ctx)
     assert (reply.status, reply.text) == ("OK", "ACKWEBPUSH completed")
     assert lines == [webpush_line("s", ss.endpoint, "0")]
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and sub.active and sub.ack_token_hash is None and sub.ack_expires is None
     assert sub.vapid_key_id == env.keyring.current.key_id
     assert env.registrations == [("alice", "sess-1")]
@@ -350,7 +352,7 @@ async def test_ack_unknown_expired_and_other_accounts_token(env: WebPushEnv) -> 
     env.clock.advance(env.config.webpush.ack_expiry + 1)
     reply, _ = await env.run(f"ACKWEBPUSH {token}", alice)
     assert reply.status == "NO" and "expired" in reply.text
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and not sub.active
 
 
@@ -362,7 +364,7 @@ async def test_ack_verification_410_deletes_the_subscription(env: WebPushEnv) ->
     assert reply.status == "OK"
     await env.standin.wait_for(ss, 1, accepted_only=False)
     await env.settle()
-    assert await env.store.get_subscription("alice", "s") is None
+    assert await env.store.queries(WebPushQueries).get_subscription("alice", "s") is None
 
 
 # --- limit and refused endpoints ---------------------------------------------------------------------
@@ -392,7 +394,10 @@ async def test_limit_counts_unacknowledged_but_not_expired(tmp_path: Path, stand
         reply, _ = await env.subscribe(ctx, "s3", subs[3])
         assert reply.status == "OK"
         assert metric_value("pushproxy_webpush_verifications_total", {"result": "expired"}) == expired_before + 2
-        assert {s.sub_id for s in await env.store.subscriptions_for_account("alice")} == {"s0", "s3"}
+        assert {s.sub_id for s in await env.store.queries(WebPushQueries).subscriptions_for_account("alice")} == {
+            "s0",
+            "s3",
+        }
     finally:
         await close_env(env)
 
@@ -431,7 +436,7 @@ async def test_refused_endpoints_get_no_without_details(tmp_path: Path, standin:
         assert reply.text.startswith("Endpoint refused: ")
         assert "127.0.0.1" not in reply.text and "push.example" not in reply.text and "169.254" not in reply.text
         assert lines == []
-        assert await env.store.count_subscriptions("alice") == 0
+        assert await env.store.queries(WebPushQueries).count_subscriptions("alice") == 0
         assert env.registrations == []
     finally:
         await close_env(env)
@@ -482,7 +487,7 @@ async def test_silence_until_the_connection_ends(env: WebPushEnv) -> None:
     reply, lines = await env.run("SILWEBPUSH s", ctx)
     assert (reply.status, reply.text) == ("OK", "SILWEBPUSH completed")
     assert lines == [webpush_line("s", ss.endpoint, str(SILENCED_FOR_SESSION))]
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and sub.silenced_session == env.delivery.process.session_silence_key("s-one")
     _, lines = await env.run("LWEBPUSH", other)  # seen from another connection too
     assert lines == [webpush_line("s", ss.endpoint, "4294967295")]
@@ -541,7 +546,7 @@ async def test_a_silence_of_an_earlier_process_does_not_count(env: WebPushEnv) -
     sub = await env.activate(ctx, "s", ss)
     sub.silenced_session = "0123456789abcdef:sess-1"
     assert not sub.silenced_session.startswith(env.delivery.process.instance_id)
-    await env.store.put_subscription(sub)
+    await env.store.queries(WebPushQueries).put_subscription(sub)
     _, lines = await env.run("LWEBPUSH s", ctx)
     assert lines == [webpush_line("s", ss.endpoint, "0")]
 
@@ -553,7 +558,7 @@ async def test_processes_share_neither_silences_nor_locks(env: WebPushEnv) -> No
     ss = env.standin.new_subscription()
     await env.activate(ctx, "s", ss)
     await env.run("SILWEBPUSH s", ctx)
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None
     mine, other = env.delivery.process, WebPushProcess()
     assert env.ext.handlers.process is mine
@@ -583,7 +588,7 @@ async def test_sweep_deletes_expired_and_sets_the_gauge(env: WebPushEnv) -> None
     env.registrations.clear()
     env.clock.advance(env.config.webpush.ack_expiry + 1)
     assert await env.ext.handlers.sweep() == 2
-    remaining = await env.store.list_subscriptions()
+    remaining = await env.store.queries(WebPushQueries).list_subscriptions()
     assert sorted((s.account, s.sub_id) for s in remaining) == [("alice", "on"), ("bob", "quiet")]
     assert sorted(env.registrations) == [("alice", None), ("bob", None)]
     assert metric_value("pushproxy_webpush_subscriptions", {"state": "inactive"}) == 0
@@ -601,7 +606,7 @@ async def test_close_stops_background_work(env: WebPushEnv) -> None:
 async def test_store_row_is_a_plain_subscription(env: WebPushEnv) -> None:
     ss = env.standin.new_subscription()
     await env.subscribe(FakeContext(), "s", ss)
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert isinstance(sub, WebPushSubscription)
     assert (sub.endpoint, sub.p256dh, sub.auth) == (ss.endpoint, ss.p256dh, ss.auth)
     assert sub.want_changes is False and sub.failures == 0

@@ -10,8 +10,8 @@ import pytest
 
 from pushproxy.events import Expunge, FlagChange, MessageInfo, NewMail
 from pushproxy.extensions.webpush.payload import MAX_PLAINTEXT
+from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.imap.envelope import envelope_from_fields
-from pushproxy.store import WebPushSubscription
 from tests.support.push_standin import Answer, PushStandin, StandinSubscription
 from tests.support.webpush_env import FakeContext, WebPushEnv, close_env, make_env, metric_value
 
@@ -57,7 +57,7 @@ async def test_new_mail_goes_to_active_subscriptions(env: WebPushEnv) -> None:
     assert push.plaintext == b'* SELECT "INBOX"\r\n* 4392 UIDFETCH (FLAGS () ENVELOPE ' + ENVELOPE + b")\r\n"
     assert push.headers["Urgency"] == "high"
     assert push.headers["TTL"] == str(env.config.webpush.ttl)
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and sub.last_success is not None and sub.failures == 0
 
 
@@ -75,10 +75,10 @@ async def test_an_unacknowledged_subscription_never_gets_mail(env: WebPushEnv) -
     await env.settle()
     assert len(env.standin.records_for(ss)) == 1  # the verification push only
     await env.delivery.deliver(new_mail(7))
-    sub = await env.store.get_subscription("alice", "waiting")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "waiting")
     assert sub is not None
     sub.want_changes = True
-    await env.store.put_subscription(sub)
+    await env.store.queries(WebPushQueries).put_subscription(sub)
     await env.delivery.deliver(Expunge("alice", "INBOX", (7,)))
     await env.delivery.deliver(FlagChange("alice", "INBOX", ((7, ("\\Seen",)),)))
     await env.delivery.flush()
@@ -220,7 +220,7 @@ async def test_gone_deletes_the_subscription(env: WebPushEnv, status: int) -> No
     ss, _ = await active(env, "s")
     env.standin.program(ss, Answer.status(status))
     await env.delivery.deliver(new_mail(1))
-    assert await env.store.get_subscription("alice", "s") is None
+    assert await env.store.queries(WebPushQueries).get_subscription("alice", "s") is None
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -228,7 +228,7 @@ async def test_vapid_rejected_deactivates(env: WebPushEnv, status: int) -> None:
     ss, n = await active(env, "s")
     env.standin.program(ss, Answer.status(status))
     await env.delivery.deliver(new_mail(1))
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and not sub.active and sub.ack_token_hash is None
     assert sub.ack_expires == pytest.approx(env.clock.now + env.config.webpush.ack_expiry)
     await env.delivery.deliver(new_mail(2))
@@ -243,7 +243,7 @@ async def test_429_is_retried(env: WebPushEnv) -> None:
     await env.delivery.deliver(new_mail(1))
     records = env.standin.records_for(ss)[n:]
     assert [r.answered for r in records] == [429, 201]
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and sub.failures == 0
 
 
@@ -252,10 +252,10 @@ async def test_failures_are_counted_and_reset(env: WebPushEnv) -> None:
     env.standin.program(ss, Answer.status(500), Answer.status(500), Answer.status(400))
     await env.delivery.deliver(new_mail(1))  # 500, 500: retry budget (1) spent
     await env.delivery.deliver(new_mail(2))  # 400: dropped
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and sub.failures == 2 and sub.active
     await env.delivery.deliver(new_mail(3))
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and sub.failures == 0
 
 
@@ -291,13 +291,13 @@ async def test_answer_about_a_replaced_subscription_is_ignored(env: WebPushEnv) 
     await env.subscribe(FakeContext(), "s", replacement)  # replaced while the push hangs
     await task
     assert [r.answered for r in env.standin.records_for(ss)[n:]] == [None, 410]  # None: held, then 503
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert sub is not None and sub.endpoint == replacement.endpoint and sub.failures == 0
 
 
 async def test_empty_events_push_nothing(env: WebPushEnv) -> None:
     ss, n = await active(env, "s")
-    sub = await env.store.get_subscription("alice", "s")
+    sub = await env.store.queries(WebPushQueries).get_subscription("alice", "s")
     assert isinstance(sub, WebPushSubscription)
     await env.delivery.deliver(Expunge("alice", "INBOX", ()))
     await env.delivery.deliver(FlagChange("alice", "INBOX", ()))

@@ -15,6 +15,7 @@ from pushproxy.extensions.base import Extension, SessionContext, WatchRequest, a
 from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes
 from pushproxy.extensions.webpush.metrics import PrometheusWebPushMetrics
 from pushproxy.extensions.webpush.schema import WEBPUSH
+from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 
 if TYPE_CHECKING:
     from pushproxy.config import Config
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from pushproxy.extensions.webpush.extension import WebPushExtension
     from pushproxy.extensions.webpush.sender import WebPushSender
     from pushproxy.imap.data import ListItem
-    from pushproxy.store.base import WebPushSubscription
 
 # Relayed commands after which the account's subscribed mailboxes may differ.
 MAILBOX_COMMANDS = ("SUBSCRIBE", "UNSUBSCRIBE", "CREATE", "DELETE", "RENAME")
@@ -55,7 +55,7 @@ class WebPush(Extension):
         from pushproxy.extensions.webpush.vapid import VapidKeyring
 
         cfg, store = self.config, self.core.store
-        keyring = await VapidKeyring.load(cfg.vapid_key_path(), store)
+        keyring = await VapidKeyring.load(cfg.vapid_key_path(), store.queries(WebPushQueries))
         self.sender = WebPushSender(cfg.webpush, keyring, metrics=PrometheusWebPushMetrics())
         await self.sender.start()
         process = WebPushProcess()  # this process's instance id and account locks, shared by both
@@ -81,7 +81,7 @@ class WebPush(Extension):
 
     async def watched_mailboxes(self, account: str) -> WatchRequest | None:
         """Subscriptions (active or still being verified) watch ``webpush.mailboxes``, every change there."""
-        subs = await self.core.store.subscriptions_for_account(account)
+        subs = await self.core.store.queries(WebPushQueries).subscriptions_for_account(account)
         if not subs:
             self.mailboxes.forget(account)
             return None
@@ -89,7 +89,7 @@ class WebPush(Extension):
 
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         by_account: dict[str, list[WebPushSubscription]] = {}
-        for sub in await self.core.store.list_subscriptions():
+        for sub in await self.core.store.queries(WebPushQueries).list_subscriptions():
             by_account.setdefault(sub.account, []).append(sub)
         return {account: self._watch(account, subs) for account, subs in by_account.items()}
 

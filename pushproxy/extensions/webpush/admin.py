@@ -7,6 +7,7 @@ import time
 
 from pushproxy.admin_cli import when, with_store
 from pushproxy.config import Config
+from pushproxy.extensions.webpush.store import WebPushQueries
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.store.base import Store
 
@@ -15,7 +16,10 @@ def subscriptions_list(cfg: Config, args: argparse.Namespace) -> int:
     account: str | None = args.account
     from pushproxy.accounts import normalise_account
 
-    subs = with_store(cfg, lambda store: store.list_subscriptions(normalise_account(account) if account else None))
+    subs = with_store(
+        cfg,
+        lambda store: store.queries(WebPushQueries).list_subscriptions(normalise_account(account) if account else None),
+    )
     now = time.time()
     print(f"{'ACCOUNT':24} {'ID':38} {'STATE':9} {'LAST SUCCESS':21} FAILURES")
     for s in subs:
@@ -31,7 +35,7 @@ def vapid(cfg: Config, args: argparse.Namespace) -> int:
     action: str = args.action
 
     async def go(store: Store) -> int:
-        ring = await VapidKeyring.load(cfg.vapid_key_path(), store)
+        ring = await VapidKeyring.load(cfg.vapid_key_path(), store.queries(WebPushQueries))
         if action == "rotate":
             old = ring.current.key_id
             await ring.rotate()

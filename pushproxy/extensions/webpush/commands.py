@@ -55,9 +55,10 @@ from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
 from pushproxy.extensions.webpush.sender import WebPushSender, endpoint_tag
 from pushproxy.extensions.webpush.ssrf import EndpointRefused
+from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.parse import Command
-from pushproxy.store.base import Store, WebPushSubscription
+from pushproxy.store.base import Store
 
 log = logging.getLogger("pushproxy.webpush")
 
@@ -125,6 +126,7 @@ class WebPushCommands(SubscriptionMaintenance):
         # The account's WebPush mailboxes (webpush.mailboxes), for the baseline at WEBPUSH time.
         self.watched = watched or (lambda account: WatchedMailboxes(config.webpush.mailboxes, 1).of(account))
         self.store = store
+        self.subscriptions = store.queries(WebPushQueries)
         self.keyring = keyring
         self.sender = sender
         self.registration_changed = registration_changed
@@ -238,7 +240,7 @@ class WebPushCommands(SubscriptionMaintenance):
                 if old is not None
                 else WebPushSubscription(account=account, sub_id=request.sub_id, created=now, **version)
             )
-            await self.store.put_subscription(sub)  # durable before the OK and before the push
+            await self.subscriptions.put_subscription(sub)  # durable before the OK and before the push
         # Mail from now on must reach the subscription once acknowledged (see extensions/baseline.py).
         await record_baseline(ctx, self.store, account, self.watched(account))
         log.info(
@@ -269,7 +271,7 @@ class WebPushCommands(SubscriptionMaintenance):
 
     async def _unsubscribe(self, account: str, sub_id: str, ctx: SessionContext) -> Reply:
         async with self.process.account_lock(account):
-            deleted = await self.store.delete_subscription(account, sub_id)
+            deleted = await self.subscriptions.delete_subscription(account, sub_id)
             self._undelivered.pop((account, sub_id), None)
         if deleted:
             log.info("webpush %s/%s: deleted by the client", account, sub_id)
@@ -289,10 +291,10 @@ class WebPushCommands(SubscriptionMaintenance):
         if result.outcome != "delete":
             return  # the client can send WEBPUSH again; unacknowledged, it expires
         async with self.process.account_lock(sub.account):
-            current = await self.store.get_subscription(sub.account, sub.sub_id)
+            current = await self.subscriptions.get_subscription(sub.account, sub.sub_id)
             if current is None or current.ack_token_hash != sub.ack_token_hash:
                 return  # replaced meanwhile: the push service's answer is about an older version
-            await self.store.delete_subscription(sub.account, sub.sub_id)
+            await self.subscriptions.delete_subscription(sub.account, sub.sub_id)
         log.info("webpush %s: the push service does not know the endpoint; deleted", who)
         await self._registration_changed(sub.account, None)
 
@@ -302,7 +304,7 @@ class WebPushCommands(SubscriptionMaintenance):
         digest = token_hash(request.token)
         async with self.process.account_lock(account):
             now = self.clock()
-            sub = await self.store.find_subscription_by_ack(account, digest)
+            sub = await self.subscriptions.find_subscription_by_ack(account, digest)
             if sub is None or sub.active or (request.sub_id is not None and request.sub_id != sub.sub_id):
                 return Reply("NO", "Unknown or already used ACKWEBPUSH token")
             if sub.ack_expires is not None and sub.ack_expires <= now:
@@ -316,7 +318,7 @@ class WebPushCommands(SubscriptionMaintenance):
             sub.ack_expires = None
             sub.failures = 0
             sub.updated = now
-            await self.store.put_subscription(sub)
+            await self.subscriptions.put_subscription(sub)
         metrics.WEBPUSH_VERIFICATIONS.labels(result="acknowledged").inc()
         log.info("webpush %s/%s %s: acknowledged, active", account, sub.sub_id, endpoint_tag(sub.endpoint))
         ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, self.process.state_of(sub, now)))
@@ -327,9 +329,9 @@ class WebPushCommands(SubscriptionMaintenance):
     @_after_login("LWEBPUSH", parse_lwebpush)
     async def lwebpush(self, account: str, which: str | None, ctx: SessionContext) -> Reply:
         if which is None:
-            subs = await self.store.subscriptions_for_account(account)
+            subs = await self.subscriptions.subscriptions_for_account(account)
         else:
-            one = await self.store.get_subscription(account, which)
+            one = await self.subscriptions.get_subscription(account, which)
             subs = [one] if one is not None else []
         now = self.clock()
         for sub in subs:
@@ -342,7 +344,7 @@ class WebPushCommands(SubscriptionMaintenance):
     async def silwebpush(self, account: str, request: Silence, ctx: SessionContext) -> Reply:
         async with self.process.account_lock(account):
             now = self.clock()
-            sub = await self.store.get_subscription(account, request.sub_id)
+            sub = await self.subscriptions.get_subscription(account, request.sub_id)
             if sub is None or is_expired(sub, now):
                 return Reply("NO", "No such WEBPUSH subscription")
             if request.seconds is None:
@@ -356,7 +358,7 @@ class WebPushCommands(SubscriptionMaintenance):
                 sub.silenced_session = None
                 sub.silenced_until = now + request.seconds
             sub.updated = now
-            await self.store.put_subscription(sub)
+            await self.subscriptions.put_subscription(sub)
         ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, self.process.state_of(sub, now)))
         return Reply("OK", "SILWEBPUSH completed")
 
@@ -365,7 +367,7 @@ class WebPushCommands(SubscriptionMaintenance):
         if session_id not in self._silencing_sessions:
             return  # nothing to lift: no store write for the many sessions that never silenced
         self._silencing_sessions.discard(session_id)
-        lifted = await self.store.clear_session_silences(self.process.session_silence_key(session_id))
+        lifted = await self.subscriptions.clear_session_silences(self.process.session_silence_key(session_id))
         if lifted:
             log.debug("session %s ended: %d WEBPUSH silence(s) lifted", session_id, lifted)
 

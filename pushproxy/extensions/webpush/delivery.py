@@ -40,7 +40,8 @@ from pushproxy.extensions.webpush.payload import (
 )
 from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.sender import Urgency, WebPushResult, WebPushSender, endpoint_tag
-from pushproxy.store.base import Store, WebPushSubscription
+from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
+from pushproxy.store.base import Store
 
 log = logging.getLogger("pushproxy.webpush")
 
@@ -78,6 +79,7 @@ class WebPushDelivery:
     ) -> None:
         self.config = config
         self.store = store
+        self.subscriptions = store.queries(WebPushQueries)
         self.sender = sender
         self.process = process
         self.clock = clock
@@ -154,7 +156,7 @@ class WebPushDelivery:
 
     async def _send_all(self, account: str, payloads: Sequence[PayloadResult], urgency: Urgency, mailbox: str) -> None:
         """Every payload to every active, not silenced subscription; in order per subscription."""
-        subs = await self.store.subscriptions_for_account(account)
+        subs = await self.subscriptions.subscriptions_for_account(account)
         now = self.clock()
         targets = [s for s in subs if s.active and self.process.silence_remaining(s, now) == 0]
         if not targets:
@@ -195,14 +197,14 @@ class WebPushDelivery:
             if now - sent_to.last_success < LAST_SUCCESS_RESOLUTION:
                 return  # nothing worth a store write
         async with self.process.account_lock(sent_to.account):
-            current = await self.store.get_subscription(sent_to.account, sent_to.sub_id)
+            current = await self.subscriptions.get_subscription(sent_to.account, sent_to.sub_id)
             if current is None or not same_version(current, sent_to):
                 return  # deleted or replaced while the push was in flight: the answer is about the old one
             if outcome == "ok":
                 current.last_success = now
                 current.failures = 0
             elif outcome == "delete":
-                await self.store.delete_subscription(current.account, current.sub_id)
+                await self.subscriptions.delete_subscription(current.account, current.sub_id)
                 log.info("webpush %s: the push service says it is gone (%s); deleted", who, result.detail)
                 return
             elif outcome == "deactivate":
@@ -216,4 +218,4 @@ class WebPushDelivery:
             else:  # dropped, failed, refused, too_large even as SYNC
                 current.failures += 1
             current.updated = now
-            await self.store.put_subscription(current)
+            await self.subscriptions.put_subscription(current)

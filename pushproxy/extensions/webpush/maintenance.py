@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pushproxy.extensions.webpush import metrics
 from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
+from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.metrics import set_state_gauge
-from pushproxy.store.base import Store, WebPushSubscription
+from pushproxy.store.base import Store
 
 log = logging.getLogger("pushproxy.webpush")
 
@@ -29,6 +30,7 @@ def is_expired(sub: WebPushSubscription, now: float) -> bool:
 class SubscriptionMaintenance:
     store: Store
     process: WebPushProcess
+    subscriptions: WebPushQueries
     limiter: VerificationLimiter
     clock: Callable[[], float]
     _undelivered: dict[tuple[str, str], bytes]
@@ -44,9 +46,9 @@ class SubscriptionMaintenance:
         is thus created afresh (and must fit the limit).
         """
         remaining: dict[str, WebPushSubscription] = {}
-        for sub in await self.store.subscriptions_for_account(account):
+        for sub in await self.subscriptions.subscriptions_for_account(account):
             if is_expired(sub, now):
-                await self.store.delete_subscription(account, sub.sub_id)
+                await self.subscriptions.delete_subscription(account, sub.sub_id)
                 metrics.WEBPUSH_VERIFICATIONS.labels(result="expired").inc()
                 log.info("webpush %s/%s: not acknowledged in time; deleted", account, sub.sub_id)
             else:
@@ -61,7 +63,7 @@ class SubscriptionMaintenance:
         """
         self.limiter.prune()
         now = self.clock()
-        subs = await self.store.list_subscriptions()
+        subs = await self.subscriptions.list_subscriptions()
         live = {(s.account, s.sub_id) for s in subs if not is_expired(s, now)}
         for key in [k for k in self._undelivered if k not in live]:
             del self._undelivered[key]
@@ -69,7 +71,7 @@ class SubscriptionMaintenance:
         count = 0
         for account in expired_accounts:
             async with self.process.account_lock(account):
-                before = len(await self.store.subscriptions_for_account(account))
+                before = len(await self.subscriptions.subscriptions_for_account(account))
                 after = len(await self._expire_account(account, now))
             count += before - after
             await self._registration_changed(account, None)

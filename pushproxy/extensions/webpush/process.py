@@ -13,7 +13,7 @@ import math
 import secrets
 import weakref
 
-from pushproxy.store.base import WebPushSubscription
+from pushproxy.extensions.webpush.store import WebPushSubscription
 
 __all__ = ["SILENCED_FOR_SESSION", "WebPushProcess"]
 

@@ -46,4 +46,5 @@ WEBPUSH = SchemaPart(
         ),
     ),
     legacy_version=1,
+    registered_accounts="SELECT account FROM webpush_subscriptions WHERE active",
 )

@@ -34,9 +34,9 @@ from pushproxy.config import WebPushConfig
 from pushproxy.extensions.webpush.adapter import NoRedirectSession, post_encrypted
 from pushproxy.extensions.webpush.payload import MAX_PLAINTEXT, ack_payload
 from pushproxy.extensions.webpush.ssrf import ConnectRefused, EndpointRefused, PinnedResolver, ResolvedEndpoint
+from pushproxy.extensions.webpush.store import WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.retry import parse_retry_after, retry_delay
-from pushproxy.store.base import WebPushSubscription
 
 log = logging.getLogger(__name__)
 

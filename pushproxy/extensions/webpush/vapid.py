@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import yarl
 from cryptography.hazmat.primitives import serialization
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 
 from pushproxy.config import ConfigError
-from pushproxy.store.base import Store, VapidKey
+from pushproxy.extensions.webpush.store import VapidKey
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,21 @@ def _load_old_keys(path: Path, current_id: str, known: dict[str, VapidKey]) -> d
     return keys
 
 
+class VapidKeyStore(Protocol):
+    """Where the keyring keeps key metadata: ``store.queries(WebPushQueries)``."""
+
+    @property
+    def shared_by_nodes(self) -> bool: ...
+
+    async def vapid_keys(self) -> list[VapidKey]: ...
+
+    async def add_vapid_key(self, key: VapidKey, make_current: bool = True) -> None: ...
+
+
 class VapidKeyring:
     """The current VAPID key plus older keys still in use by some subscriptions."""
 
-    def __init__(self, path: Path, store: Store, current: VapidKeyPair, keys: dict[str, VapidKeyPair]) -> None:
+    def __init__(self, path: Path, store: VapidKeyStore, current: VapidKeyPair, keys: dict[str, VapidKeyPair]) -> None:
         self._path = path
         self._store = store
         self._current = current
@@ -193,7 +205,7 @@ class VapidKeyring:
         self._keys[current.key_id] = current
 
     @classmethod
-    async def load(cls, path: Path, store: Store) -> VapidKeyring:
+    async def load(cls, path: Path, store: VapidKeyStore) -> VapidKeyring:
         """Load (or on first start generate) the current key and every older key we still have."""
         path = path.expanduser()  # noqa: ASYNC240 - string manipulation, no IO
         # File IO (and fsync on first start) off the loop.

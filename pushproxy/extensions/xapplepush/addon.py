@@ -17,13 +17,13 @@ from pushproxy.events import MailEvent, NewMail
 from pushproxy.extensions.base import Extension, WatchRequest, admin_command, admin_group
 from pushproxy.extensions.xapplepush.metrics import PrometheusApnsMetrics, set_registrations
 from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
+from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 
 if TYPE_CHECKING:
     from pushproxy.config import Config
     from pushproxy.config_check import FileReport
     from pushproxy.extensions.xapplepush.apns import ApnsPusher
     from pushproxy.extensions.xapplepush.registration import XApplePushExtension
-    from pushproxy.store.base import ApnsDevice
 
 log = logging.getLogger("pushproxy.xapplepush")
 
@@ -55,20 +55,26 @@ class XApplePush(Extension):
         self.config = config
         return config.apns.enabled
 
+    @property
+    def devices(self) -> ApnsQueries:
+        return self.core.store.queries(ApnsQueries)
+
     async def start(self) -> None:
         from pushproxy.extensions.xapplepush.apns import ApnsPusher
         from pushproxy.extensions.xapplepush.registration import XApplePushExtension
 
-        store = self.core.store
+        devices = self.devices
 
         async def invalid_token(token: str, registered_before: float | None) -> None:
-            removed = await store.remove_device_token(token, registered_before)
+            removed = await devices.remove_device_token(token, registered_before)
             if removed:
                 log.info("removed %d registration(s) of a device APNs no longer knows", removed)
 
         self.pusher = ApnsPusher(self.config.apns, on_invalid_token=invalid_token, metrics=PrometheusApnsMetrics())
         await self.pusher.start()
-        self.handlers = XApplePushExtension(self.config, store, self.pusher.topic, self.core.registration_changed)
+        self.handlers = XApplePushExtension(
+            self.config, self.core.store, self.pusher.topic, self.core.registration_changed
+        )
         self.commands = dict(self.handlers.commands)
         self._housekeeping = asyncio.ensure_future(self._housekeeping_loop())
 
@@ -81,12 +87,12 @@ class XApplePush(Extension):
             await self.pusher.close()
 
     async def watched_mailboxes(self, account: str) -> WatchRequest | None:
-        devices = await self.core.store.devices_for_account(account)
+        devices = await self.devices.devices_for_account(account)
         return _devices_watch(devices) if devices else None
 
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         by_account: dict[str, list[ApnsDevice]] = {}
-        for device in await self.core.store.list_devices():
+        for device in await self.devices.list_devices():
             by_account.setdefault(device.account, []).append(device)
         return {account: _devices_watch(devices) for account, devices in by_account.items()}
 
@@ -96,7 +102,7 @@ class XApplePush(Extension):
 
         if not isinstance(event, NewMail) or self.pusher is None:
             return
-        for device in await self.core.store.devices_for_account(event.account):
+        for device in await self.devices.devices_for_account(event.account):
             if mailbox_matches(device.mailboxes, event.mailbox):
                 self.pusher.notify(device.device_token, device.aps_account_id, event.mailbox)
 
@@ -123,10 +129,10 @@ class XApplePush(Extension):
     async def expire_devices(self) -> None:
         """Device expiry and the registration gauge, once a minute."""
         now = time.time()
-        expired = await self.core.store.expire_devices(now - self.config.store.device_expiry)
+        expired = await self.devices.expire_devices(now - self.config.store.device_expiry)
         if expired:
             log.info("expired %d device registration(s) not renewed in time", expired)
-        devices = await self.core.store.list_devices()
+        devices = await self.devices.list_devices()
         set_registrations(len(devices))
 
     @classmethod

@@ -9,6 +9,7 @@ from pushproxy.admin_cli import open_store, run_async, short, when, with_store
 from pushproxy.config import Config, ConfigError
 from pushproxy.extensions.xapplepush.apns import ApnsPusher
 from pushproxy.extensions.xapplepush.apns_cert import inspect_credentials
+from pushproxy.extensions.xapplepush.store import ApnsQueries
 from pushproxy.store.base import Store
 
 
@@ -43,7 +44,9 @@ def devices_list(cfg: Config, args: argparse.Namespace) -> int:
     account: str | None = args.account
     from pushproxy.accounts import normalise_account
 
-    devices = with_store(cfg, lambda store: store.list_devices(normalise_account(account) if account else None))
+    devices = with_store(
+        cfg, lambda store: store.queries(ApnsQueries).list_devices(normalise_account(account) if account else None)
+    )
     print(f"{'ACCOUNT':24} {'APS-ACCOUNT-ID':38} {'TOKEN':10} {'LAST REGISTERED':21} MAILBOXES")
     for d in devices:
         print(
@@ -63,12 +66,13 @@ def devices_remove(cfg: Config, args: argparse.Namespace) -> int:
     async def remove(store: Store) -> int:
         acct = normalise_account(account)
         removed = 0
-        for d in await store.list_devices(acct):
+        devices = store.queries(ApnsQueries)
+        for d in await devices.list_devices(acct):
             if token_prefix and not d.device_token.startswith(token_prefix.lower()):
                 continue
             if aps_account_id and d.aps_account_id != aps_account_id:
                 continue
-            removed += await store.remove_device(acct, d.aps_account_id, d.device_token)
+            removed += await devices.remove_device(acct, d.aps_account_id, d.device_token)
         return removed
 
     removed = with_store(cfg, remove)
@@ -87,16 +91,17 @@ def apns_test(cfg: Config, args: argparse.Namespace) -> int:
 
     async def go() -> int:
         store = await open_store(cfg)
+        queries = store.queries(ApnsQueries)
         invalid: list[str] = []
 
         async def on_invalid(token: str, before: float | None) -> None:
             invalid.append(token)
-            await store.remove_device_token(token, before)
+            await queries.remove_device_token(token, before)
 
         pusher = ApnsPusher(cfg.apns, on_invalid_token=on_invalid)
         try:
             await pusher.start()
-            devices = await store.devices_for_account(normalise_account(account))
+            devices = await queries.devices_for_account(normalise_account(account))
             for d in devices:
                 pusher.notify(d.device_token, d.aps_account_id, canonical_mailbox(mailbox))
             await pusher.flush()

@@ -23,8 +23,9 @@ from pushproxy.extensions.xapplepush.command import (
     parse_registration,
 )
 from pushproxy.extensions.xapplepush.payload import short_token
+from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.imap.parse import Command, ParseError
-from pushproxy.store.base import ApnsDevice, Store
+from pushproxy.store.base import Store
 
 log = logging.getLogger("pushproxy.xapplepush")
 
@@ -53,6 +54,7 @@ class XApplePushExtension(Extension):
         )
         self.config = config
         self.store = store
+        self.devices = store.queries(ApnsQueries)
         self.topic = topic
         self.registration_changed = registration_changed
         self._background: set[asyncio.Task[None]] = set()
@@ -111,7 +113,7 @@ class XApplePushExtension(Extension):
 
     async def _store_device(self, device: ApnsDevice) -> bool:
         try:
-            await asyncio.wait_for(self.store.upsert_device(device), _STORE_TIMEOUT)
+            await asyncio.wait_for(self.devices.upsert_device(device), _STORE_TIMEOUT)
             await self._enforce_cap(device)
             return True
         except Exception as exc:
@@ -121,14 +123,14 @@ class XApplePushExtension(Extension):
 
     async def _enforce_cap(self, newest: ApnsDevice) -> None:
         cap = self.config.apns.max_devices_per_account
-        devices = await self.store.devices_for_account(newest.account)
+        devices = await self.devices.devices_for_account(newest.account)
         if len(devices) <= cap:
             return
         key = (newest.aps_account_id, newest.device_token)
         others = [d for d in devices if (d.aps_account_id, d.device_token) != key]
         others.sort(key=lambda d: d.last_registered)
         for old in others[: len(devices) - cap]:
-            await self.store.remove_device(old.account, old.aps_account_id, old.device_token)
+            await self.devices.remove_device(old.account, old.aps_account_id, old.device_token)
             log.warning(
                 "account %s has more than %d device registrations: evicted %s (least recently renewed)",
                 newest.account,
@@ -140,7 +142,7 @@ class XApplePushExtension(Extension):
         for delay in _STORE_RETRIES:
             await asyncio.sleep(delay)
             try:
-                await asyncio.wait_for(self.store.upsert_device(device), _STORE_TIMEOUT)
+                await asyncio.wait_for(self.devices.upsert_device(device), _STORE_TIMEOUT)
                 await self.registration_changed(device.account, None)
                 return
             except Exception as exc:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from pushproxy.extensions.xapplepush.store import token_aad
 from pushproxy.store.dialect import Dialect
-from pushproxy.store.records import token_aad
 from pushproxy.store.schema import SchemaPart, SqlConn
 from pushproxy.store.vault import Vault
 
@@ -74,4 +74,5 @@ XAPPLEPUSH = SchemaPart(
         ),
     ),
     legacy_version=1,
+    registered_accounts="SELECT account FROM apns_devices",
 )

@@ -1,23 +1,104 @@
-"""WebPush subscriptions and VAPID key metadata (the WEBPUSH extension's tables), for every SQL back end.
+"""Web Push subscriptions and VAPID key metadata: the records, and the queries of their tables (every SQL back end).
 
 Push endpoints are capability URLs and auth secrets are keys: both are
-vault-encrypted, the associated data naming the row.
+vault-encrypted, the associated data naming the row.  The tables and their
+migrations are :data:`pushproxy.extensions.webpush.schema.WEBPUSH`.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from pushproxy.store.base import VapidKey, WebPushSubscription
-from pushproxy.store.records import auth_aad, endpoint_aad, subscription_from_row, vapid_key_from_row
-from pushproxy.store.sql_base import SqlBase
+from pushproxy.store.records import Row, opt_float
+from pushproxy.store.sql_base import Queries
+from pushproxy.store.vault import Vault
+
+__all__ = ["VapidKey", "WebPushQueries", "WebPushSubscription"]
+
+
+@dataclass(slots=True)
+class WebPushSubscription:
+    """One WEBPUSH subscription. Key: (account, sub_id)."""
+
+    account: str
+    sub_id: str
+    endpoint: str
+    p256dh: str  # base64url, uncompressed P-256 point
+    auth: str  # base64url, 16 bytes; encrypted at rest
+    vapid_key_id: str  # which VAPID key signed / will sign for it
+    active: bool = False
+    ack_token_hash: bytes | None = None  # sha256 of the pending verification token
+    ack_expires: float | None = None  # unix time: inactive subscriptions expire then
+    silenced_until: float | None = None  # unix time
+    silenced_session: str | None = None  # silenced until this proxy session ends
+    want_changes: bool = False  # also expunges / flag changes, not only new mail
+    created: float = 0.0
+    updated: float = 0.0
+    last_success: float | None = None
+    failures: int = 0
+
+
+@dataclass(slots=True)
+class VapidKey:
+    key_id: str
+    public_key: str  # base64url uncompressed point (87 chars, starts with "B")
+    private_key_path: str  # PEM file, mode 0600; never the key itself
+    created: float
+    current: bool
+
+
+# Keep these exactly as they are: changing them makes every stored secret unreadable.
+def auth_aad(account: str, sub_id: str) -> bytes:
+    return b"webpush-auth\0" + account.encode() + b"\0" + sub_id.encode()
+
+
+def endpoint_aad(account: str, sub_id: str) -> bytes:
+    return b"webpush-endpoint\0" + account.encode() + b"\0" + sub_id.encode()
+
+
+def subscription_from_row(row: Row, vault: Vault) -> WebPushSubscription:
+    """Raises VaultError when the secrets cannot be decrypted (wrong key, moved row)."""
+    account, sub_id = row["account"], row["sub_id"]
+    token_hash = row["ack_token_hash"]
+    return WebPushSubscription(
+        account=account,
+        sub_id=sub_id,
+        endpoint=vault.decrypt(bytes(row["endpoint"]), endpoint_aad(account, sub_id)).decode(),
+        p256dh=row["p256dh"],
+        auth=vault.decrypt(bytes(row["auth"]), auth_aad(account, sub_id)).decode(),
+        vapid_key_id=row["vapid_key_id"],
+        active=bool(row["active"]),
+        ack_token_hash=None if token_hash is None else bytes(token_hash),
+        ack_expires=opt_float(row["ack_expires"]),
+        silenced_until=opt_float(row["silenced_until"]),
+        silenced_session=row["silenced_session"],
+        want_changes=bool(row["want_changes"]),
+        created=float(row["created"]),
+        updated=float(row["updated"]),
+        last_success=opt_float(row["last_success"]),
+        failures=int(row["failures"]),
+    )
+
+
+def vapid_key_from_row(row: Row) -> VapidKey:
+    return VapidKey(
+        key_id=row["key_id"],
+        public_key=row["public_key"],
+        private_key_path=row["private_key_path"],
+        created=float(row["created"]),
+        current=bool(row["current"]),
+    )
+
 
 # Advisory lock key serialising VAPID key changes across nodes (spells "pushvapi").
 _VAPID_LOCK_KEY = 0x7075736876617069
 
 
-class WebPushQueries(SqlBase):
-    # --- WebPush subscriptions ----------------------------------------------
+class WebPushQueries(Queries):
+    """The ``webpush_subscriptions`` and ``vapid_keys`` tables: ``store.queries(WebPushQueries)``."""
+
+    # --- subscriptions -------------------------------------------------------
     async def put_subscription(self, sub: WebPushSubscription) -> None:
         now = time.time()
         endpoint = self._vault.encrypt(sub.endpoint.encode(), endpoint_aad(sub.account, sub.sub_id))

@@ -1,7 +1,8 @@
-"""APNs device registrations (the XAPPLEPUSHSERVICE extension's table), written once for every SQL back end.
+"""APNs device registrations: the record, and the queries of the ``apns_devices`` table (every SQL back end).
 
 Device tokens address a user's phone: they are vault-encrypted (the
-associated data names the row) and found by a keyed hash.
+associated data names the row) and found by a keyed hash.  The table and its
+migrations are :data:`pushproxy.extensions.xapplepush.schema.XAPPLEPUSH`.
 """
 
 from __future__ import annotations
@@ -9,17 +10,63 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 
-from pushproxy.store.base import ApnsDevice
-from pushproxy.store.records import Row, device_from_row, token_aad, token_hash
-from pushproxy.store.sql_base import SqlBase
-from pushproxy.store.vault import VaultError
+from pushproxy.store.records import Row
+from pushproxy.store.sql_base import Queries
+from pushproxy.store.vault import Vault, VaultError
+
+__all__ = ["ApnsDevice", "ApnsQueries", "device_from_row", "token_aad", "token_hash"]
 
 log = logging.getLogger("pushproxy.store")
 
 
-class ApnsQueries(SqlBase):
-    # --- APNs devices --------------------------------------------------------
+@dataclass(slots=True)
+class ApnsDevice:
+    """One iOS Mail registration. Key: (account, aps_account_id, device_token)."""
+
+    account: str  # normalised login
+    aps_account_id: str
+    device_token: str  # hex, lower case
+    subtopic: str = "com.apple.mobilemail"
+    version: int = 2
+    mailboxes: list[str] = field(default_factory=lambda: ["INBOX"])
+    first_registered: float = 0.0  # unix time
+    last_registered: float = 0.0  # unix time
+
+
+# Keep these exactly as they are: changing them makes every stored token unreadable.
+def token_aad(account: str, aps_account_id: str) -> bytes:
+    return b"apns-token\0" + account.encode() + b"\0" + aps_account_id.encode()
+
+
+def token_hash(vault: Vault, device_token: str) -> bytes:
+    """The keyed hash that identifies a device token in the database (lower-case hex in, 32 bytes out)."""
+    return vault.keyed_hash(b"apns-token", device_token.lower().encode())
+
+
+def device_from_row(row: Row, vault: Vault) -> ApnsDevice:
+    """Raises VaultError when the token cannot be decrypted."""
+    account, aps_account_id = row["account"], row["aps_account_id"]
+    token = vault.decrypt(bytes(row["device_token"]), token_aad(account, aps_account_id)).decode()
+    mailboxes = row["mailboxes"]
+    if isinstance(mailboxes, str | bytes):  # JSON text (SQLite, asyncpg's default jsonb codec)
+        mailboxes = json.loads(mailboxes)
+    return ApnsDevice(
+        account=account,
+        aps_account_id=aps_account_id,
+        device_token=token,
+        subtopic=row["subtopic"],
+        version=int(row["version"]),
+        mailboxes=list(mailboxes),
+        first_registered=float(row["first_registered"]),
+        last_registered=float(row["last_registered"]),
+    )
+
+
+class ApnsQueries(Queries):
+    """The ``apns_devices`` table: ``store.queries(ApnsQueries)``."""
+
     async def upsert_device(self, device: ApnsDevice) -> ApnsDevice:
         last = device.last_registered or time.time()
         first = device.first_registered or last
