@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 import http_ece  # noqa: E402
 
-from pushproxy.config import WebPushConfig  # noqa: E402
 from pushproxy.events import MessageInfo  # noqa: E402
 from pushproxy.extensions.webpush import sender as webpush_mod  # noqa: E402
 from pushproxy.extensions.webpush.payload import new_mail_payload  # noqa: E402
+from pushproxy.extensions.webpush.settings import WebPushConfig  # noqa: E402
 from pushproxy.extensions.webpush.store import VapidKey, WebPushSubscription  # noqa: E402
 from pushproxy.extensions.webpush.vapid import VapidKeyPair, VapidKeyring  # noqa: E402
 from pushproxy.imap.envelope import envelope_from_fields  # noqa: E402

@@ -1,5 +1,12 @@
 """Configuration: one pydantic model per section of the YAML file.
 
+:class:`CoreConfig` has the core's sections; :data:`Config` adds one field
+per extension in :data:`pushproxy.extensions.EXTENSIONS` (``Extension.section``
+validated by ``Extension.settings``: ``apns``, ``webpush``, ...), built with
+pydantic's ``create_model`` from the same list ``wiring.py`` iterates.  Code
+that needs an extension's section reads it typed through that extension's
+accessor (e.g. ``webpush_settings(config)``) or :meth:`CoreConfig.section`.
+
 Every key can be overridden by ``PUSHPROXY_<SECTION>__<KEY>`` environment
 variables (environment wins over the file).  Unknown keys are errors.
 Durations accept numbers (seconds) or strings such as ``30s``, ``25m``, ``2h``,
@@ -9,24 +16,13 @@ in the YAML file itself.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
-from pydantic import (
-    BaseModel,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, SecretStr, create_model, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -36,10 +32,10 @@ from pydantic_settings import (
 
 # Re-exported: sections and extensions build on these.
 from pushproxy.config_types import Duration, _check_hostport, _Section, parse_duration, parse_hostport
-from pushproxy.extensions.webpush.settings import WebPushConfig
-from pushproxy.extensions.xapplepush.settings import ApnsConfig
 
-__all__ = ["ApnsConfig", "Config", "ConfigError", "Duration", "WebPushConfig", "parse_duration", "parse_hostport"]
+__all__ = ["Config", "ConfigError", "CoreConfig", "Duration", "parse_duration", "parse_hostport"]
+
+S = TypeVar("S", bound=BaseModel)
 
 
 class ListenConfig(_Section):
@@ -184,7 +180,9 @@ def _layered(*layers: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class Config(BaseSettings):
+class CoreConfig(BaseSettings):
+    """The core's sections; :data:`Config` is this plus every extension's section."""
+
     model_config = SettingsConfigDict(
         env_prefix="PUSHPROXY_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
     )
@@ -194,47 +192,17 @@ class Config(BaseSettings):
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
-    apns: ApnsConfig = Field(default_factory=ApnsConfig)
-    webpush: WebPushConfig = Field(default_factory=WebPushConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
-    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _extension_sections(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        """Sections owned by extensions (``Extension.section``): each validated by the extension's own model."""
-        from pushproxy.extensions import extension_classes
-
-        owned = {c.section: c.settings for c in extension_classes() if c.section and c.settings}
-        raw: dict[str, Any] = {}
-        if isinstance(data, dict):
-            data = dict(data)
-            for key in [k for k in data if isinstance(k, str) and k.lower() in owned]:
-                raw[key.lower()] = data.pop(key)
-        config = handler(data)
-        if not isinstance(config, Config):
-            return config
-        for section, model in owned.items():
-            values = dict(raw.get(section) or {})
-            values.update(_env_section(section))
-            try:
-                config._sections[section] = model.model_validate(values)
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"{section}.{'.'.join(str(p) for p in e['loc'])}: "
-                    + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
-                    for e in exc.errors()
-                )
-                raise ValueError(problems) from None
-        return config
-
-    def section(self, name: str) -> BaseModel | None:
-        """The validated section of an extension (see ``Extension.section``), None if no extension owns it."""
-        return self._sections.get(name)
+    def section(self, name: str, model: type[S]) -> S:
+        """An extension's section (``Extension.section``), typed as its model (``Extension.settings``)."""
+        value = getattr(self, name, None)
+        if not isinstance(value, model):
+            raise TypeError(f"config section {name!r} is not a {model.__name__} (is its extension listed?)")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -258,15 +226,33 @@ class Config(BaseSettings):
     def vault_key_path(self) -> Path:
         return self.watch.vault_key_file or self.store.state_dir / "vault.key"
 
-    def vapid_key_path(self) -> Path:
-        return self.webpush.vapid_private_key_file or self.store.state_dir / "vapid.pem"
-
     def master_password(self) -> str | None:
         if self.watch.master_password is not None:
             return self.watch.master_password.get_secret_value()
         if self.watch.master_password_file is not None:
             return read_secret_file(self.watch.master_password_file)
         return None
+
+
+def _with_extension_sections(core: type[CoreConfig]) -> type[CoreConfig]:
+    """``core`` plus one field per listed extension that has a section: its YAML key and env prefix."""
+    from pushproxy.extensions import extension_classes
+
+    fields: dict[str, Any] = {}
+    for extension in extension_classes():
+        if extension.section is not None and extension.settings is not None:
+            if extension.section in core.model_fields or extension.section in fields:
+                raise RuntimeError(f"config section {extension.section!r} claimed twice")
+            fields[extension.section] = (extension.settings, Field(default_factory=extension.settings))
+    config: type[CoreConfig] = create_model("Config", __base__=core, __module__=__name__, **fields)
+    config.__doc__ = "The whole configuration: the core's sections and every listed extension's."
+    return config
+
+
+if TYPE_CHECKING:
+    Config = CoreConfig  # extensions' sections are read through CoreConfig.section (typed)
+else:
+    Config = _with_extension_sections(CoreConfig)
 
 
 class ConfigError(Exception):
@@ -307,9 +293,6 @@ def load_config(path: Path | str | None, **overrides: Any) -> Config:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            if not loc:  # an extension's section (Config._extension_sections names the key)
-                lines.append(f"  {msg.removeprefix('Value error, ')}")
-                continue
             variable = _env_variable_for([str(p) for p in err["loc"]])
             if variable is not None:
                 from_env += 1
@@ -323,22 +306,6 @@ def load_config(path: Path | str | None, **overrides: Any) -> Config:
         else:
             where = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None
-
-
-def _env_section(section: str) -> dict[str, str]:
-    """``PUSHPROXY_<SECTION>__<KEY>`` variables of an extension's section (they override its YAML)."""
-    import os
-
-    prefix = f"PUSHPROXY_{section.upper()}__"
-    values: dict[str, Any] = {}
-    for name, value in os.environ.items():
-        if name.upper().startswith(prefix):
-            parsed: Any = value
-            if value.lstrip().startswith(("[", "{")):  # lists and mappings as JSON, like pydantic-settings
-                with contextlib.suppress(ValueError):
-                    parsed = json.loads(value)
-            values[name[len(prefix) :].lower()] = parsed
-    return values
 
 
 def _env_variable_for(loc: list[str]) -> str | None:
@@ -359,8 +326,6 @@ _URL_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]+)(@)")
 def masked_dict(config: Config) -> dict[str, Any]:
     """The effective configuration with secrets masked, for printing."""
     data = config.model_dump(mode="json")
-    for name, model in config._sections.items():
-        data[name] = model.model_dump(mode="json")
     for section in data.values():
         if not isinstance(section, dict):
             continue

@@ -1,9 +1,11 @@
 """The extensions of this proxy: the list the core iterates.
 
 Each entry is ``"module:Class"``; the module must be cheap to import (heavy
-dependencies are imported in the extension's ``start``), because the config
-loader reads every extension's ``section`` and ``settings``.  An extension is
-active when its ``configure(config)`` says so.
+dependencies are imported in the extension's ``start``) and must not import
+:mod:`pushproxy.config` at module level (``TYPE_CHECKING`` only), because
+:mod:`pushproxy.config` imports the list to build its model from every
+extension's ``section`` and ``settings``.  An extension is active when its
+``configure(config)`` says so.
 """
 
 from __future__ import annotations

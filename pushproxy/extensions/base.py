@@ -10,8 +10,10 @@ watchers, dispatcher, CLI, wiring) never names a protocol.
   ``pushproxy.store.sql_base.Queries`` subclass, ``core.store.queries(cls)``).
   Its metrics are on the shared registry (``pushproxy.metrics.REGISTRY``).
 - ``section`` / ``settings``: the extension's own section of the YAML (and
-  its ``PUSHPROXY_<SECTION>__<KEY>`` variables), validated by its own model;
-  ``configure(config)`` reads it and says whether the extension is enabled.
+  its ``PUSHPROXY_<SECTION>__<KEY>`` variables), validated by its own model:
+  ``pushproxy.config.Config`` gets one field per listed extension's section.
+  ``configure(config)`` reads it (typed: ``config.section(name, model)``) and
+  says whether the extension is enabled.
 - ``capabilities``, ``pre_auth_capabilities``, ``commands``: the atoms it
   adds and the IMAP commands it answers.  The session collects the whole
   command (literals included), waits until every earlier command has been
@@ -144,6 +146,8 @@ class WatchRequest:
     # Not None: also list the account's subscribed mailboxes on its watcher's connection (at
     # connect, then every this many seconds) and hand them to ``subscribed_listed``.
     subscribed_refresh: float | None = None
+    # True: NewMail events carry the whole message for a few small new messages (MessageInfo.body).
+    bodies: bool = False
 
 
 class Core(Protocol):
@@ -175,7 +179,7 @@ class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses overr
 
     core: Core = field(init=False, repr=False)  # set by attach()
 
-    section: ClassVar[str | None] = None  # its top-level YAML key, when the core does not declare it
+    section: ClassVar[str | None] = None  # its top-level YAML key: a field of pushproxy.config.Config
     settings: ClassVar[type[BaseModel] | None] = None  # the model of that section
     schema: ClassVar[SchemaPart | None] = None  # its tables: a numbered part of the store's schema
 

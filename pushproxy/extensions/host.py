@@ -27,6 +27,7 @@ def merge_requests(requests: Sequence[WatchRequest]) -> WatchSpec | None:
         [box for request in requests for box in request.mailboxes],
         [box for request in requests for box in request.changes],
         list_subscribed=min(refresh) if refresh else None,
+        bodies=any(request.bodies for request in requests),
     )
 
 

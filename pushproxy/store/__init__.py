@@ -6,8 +6,9 @@ tables and queries, while the back ends import the extension list for the
 schema parts (``pushproxy.store.tables``).
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pushproxy.lazy import lazy_attributes
 from pushproxy.store.base import MailboxState, Store, StoredCredential, StoreUnavailable
 from pushproxy.store.schema import StoreSchemaError
 from pushproxy.store.vault import Vault, VaultError
@@ -23,13 +24,7 @@ _LAZY = {
     "SqliteStore": "pushproxy.store.sqlite",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -5,10 +5,30 @@
 :mod:`~pushproxy.watch.detection` the sans-IO new-mail detection,
 :mod:`~pushproxy.watch.upstream` the upstream IMAP connection (aioimaplib's
 protocol in one small subclass).
+
+The names below are imported when first used (PEP 562): extensions import
+the sans-IO parts (``pushproxy.watch.detection``) while :mod:`pushproxy.config`
+imports the extensions, and the supervisor imports the config.
 """
 
-from pushproxy.watch.detection import WatchSpec
-from pushproxy.watch.supervisor import Supervisor
-from pushproxy.watch.watcher import STATES, Watcher, WatcherState
+from typing import TYPE_CHECKING
+
+from pushproxy.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from pushproxy.watch.detection import WatchSpec
+    from pushproxy.watch.supervisor import Supervisor
+    from pushproxy.watch.watcher import STATES, Watcher, WatcherState
+
+_LAZY = {
+    "WatchSpec": "pushproxy.watch.detection",
+    "Supervisor": "pushproxy.watch.supervisor",
+    "STATES": "pushproxy.watch.watcher",
+    "Watcher": "pushproxy.watch.watcher",
+    "WatcherState": "pushproxy.watch.watcher",
+}
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
+
 
 __all__ = ["STATES", "Supervisor", "WatchSpec", "Watcher", "WatcherState"]

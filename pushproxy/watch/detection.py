@@ -54,14 +54,19 @@ class WatchSpec:
     # Not None: the watcher lists the account's subscribed mailboxes at connect and every this
     # many seconds, for the extensions to choose from (``ExtensionHost.listed``).
     list_subscribed: float | None = None
+    bodies: bool = False  # fetch the whole message of a few small new messages into their NewMail
 
     @classmethod
     def of(
-        cls, mailboxes: Iterable[str], changes: Iterable[str] = (), list_subscribed: float | None = None
+        cls,
+        mailboxes: Iterable[str],
+        changes: Iterable[str] = (),
+        list_subscribed: float | None = None,
+        bodies: bool = False,
     ) -> WatchSpec:
         boxes = normalise_mailboxes(mailboxes) or ("INBOX",)
         wanted = frozenset(normalise_mailboxes(changes)) & frozenset(boxes)
-        return cls(boxes, wanted, list_subscribed)
+        return cls(boxes, wanted, list_subscribed, bodies)
 
     @property
     def primary(self) -> str:

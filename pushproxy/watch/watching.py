@@ -356,7 +356,7 @@ class Detector:
             log.info("watcher %s: UID FETCH in %s refused: %s", self.account, box, result.status.text)
             return False
         outcome = self.t.on_fetch(box, result.untagged, trigger, uidnext_hint)
-        if self.w.config.webpush.enabled:
+        if self.spec.bodies:
             await self._attach_bodies(outcome)
         await self.w.apply(outcome)
         return bool(outcome.events)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from pushproxy.config import ApnsConfig
 from pushproxy.extensions.xapplepush.apns import ApnsPusher
+from pushproxy.extensions.xapplepush.settings import ApnsConfig
 from tests.support.apns_standin import Answer, ApnsStandin
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from pushproxy.config import Config, StoreConfig, UpstreamConfig, WatchConfig, WebPushConfig
+from pushproxy.config import Config, StoreConfig, UpstreamConfig, WatchConfig
 from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
+from pushproxy.extensions.webpush.settings import WebPushConfig
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.store import SqliteStore, StoredCredential, Vault, VaultError

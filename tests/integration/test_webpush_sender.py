@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pushproxy.config import WebPushConfig
 from pushproxy.events import MessageInfo
 from pushproxy.extensions.webpush.payload import MAX_PLAINTEXT, new_mail_payload
 from pushproxy.extensions.webpush.sender import WebPushSender
+from pushproxy.extensions.webpush.settings import WebPushConfig
 from pushproxy.extensions.webpush.ssrf import PinnedResolver
 from pushproxy.extensions.webpush.store import VapidKey, WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pushproxy.config import Config, WebPushConfig
+from pushproxy.config import Config
 from pushproxy.extensions.base import Reply, UpstreamCommandError
 from pushproxy.extensions.webpush.commands import WebPushCommands
 from pushproxy.extensions.webpush.delivery import WebPushDelivery
 from pushproxy.extensions.webpush.extension import WebPushExtension
 from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.sender import WebPushSender
+from pushproxy.extensions.webpush.settings import WebPushConfig
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.parse import Command, StatusResponse, parse_command

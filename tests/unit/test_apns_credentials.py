@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pushproxy import metrics
-from pushproxy.config import ApnsConfig, ConfigError
+from pushproxy.config import ConfigError
 from pushproxy.extensions.xapplepush.apns import (
     ApnsPusher,
     PrometheusApnsMetrics,
@@ -18,6 +18,7 @@ from pushproxy.extensions.xapplepush.apns import (
     mailbox_hash,
     short_token,
 )
+from pushproxy.extensions.xapplepush.settings import ApnsConfig
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 
 

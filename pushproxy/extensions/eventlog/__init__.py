@@ -66,8 +66,7 @@ class EventLog(Extension):
         self._write = asyncio.Lock()
 
     def configure(self, config: Config) -> bool:
-        section = config.section("eventlog")
-        assert isinstance(section, EventLogSettings)
+        section = config.section("eventlog", EventLogSettings)
         self.options = section
         self.accounts = {normalise_account(a) for a in section.accounts}
         return section.path is not None
@@ -107,8 +106,7 @@ def _append(path: Path, line: str) -> None:
 
 
 def _show(config: Config, args: argparse.Namespace) -> int:
-    section = config.section("eventlog")
-    path = getattr(section, "path", None)
+    path = config.section("eventlog", EventLogSettings).path
     if path is None or not path.exists():
         print("no event log (eventlog.path unset or nothing recorded)")
         return 1

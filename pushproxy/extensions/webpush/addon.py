@@ -15,6 +15,7 @@ from pushproxy.extensions.base import Extension, SessionContext, WatchRequest, a
 from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes
 from pushproxy.extensions.webpush.metrics import PrometheusWebPushMetrics
 from pushproxy.extensions.webpush.schema import WEBPUSH
+from pushproxy.extensions.webpush.settings import SECTION, WebPushConfig, vapid_key_path, webpush_settings
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ MAILBOX_COMMANDS = ("SUBSCRIBE", "UNSUBSCRIBE", "CREATE", "DELETE", "RENAME")
 
 
 class WebPush(Extension):
+    section = SECTION
+    settings = WebPushConfig
     schema = WEBPUSH
 
     def __init__(self) -> None:
@@ -42,9 +45,10 @@ class WebPush(Extension):
 
     def configure(self, config: Config) -> bool:
         self.config = config
-        self.mailboxes = WatchedMailboxes(config.webpush.mailboxes, config.webpush.max_mailboxes)
+        settings = webpush_settings(config)
+        self.mailboxes = WatchedMailboxes(settings.mailboxes, settings.max_mailboxes)
         self.observed_commands = MAILBOX_COMMANDS if self.mailboxes.subscribed else ()
-        return config.webpush.enabled
+        return settings.enabled
 
     async def start(self) -> None:
         from pushproxy.extensions.webpush.commands import WebPushCommands
@@ -55,8 +59,8 @@ class WebPush(Extension):
         from pushproxy.extensions.webpush.vapid import VapidKeyring
 
         cfg, store = self.config, self.core.store
-        keyring = await VapidKeyring.load(cfg.vapid_key_path(), store.queries(WebPushQueries))
-        self.sender = WebPushSender(cfg.webpush, keyring, metrics=PrometheusWebPushMetrics())
+        keyring = await VapidKeyring.load(vapid_key_path(cfg), store.queries(WebPushQueries))
+        self.sender = WebPushSender(webpush_settings(cfg), keyring, metrics=PrometheusWebPushMetrics())
         await self.sender.start()
         process = WebPushProcess()  # this process's instance id and account locks, shared by both
         self.delivery = WebPushDelivery(cfg, store, self.sender, process, mailbox_filter=self.mailboxes.pushed)
@@ -75,9 +79,12 @@ class WebPush(Extension):
     def _watch(self, account: str, subs: list[WebPushSubscription]) -> WatchRequest:
         # Every change is pushed to WebPush subscriptions (issue 13): no event selection.
         boxes = self.mailboxes.of(account)
-        refresh = self.config.webpush.mailboxes_refresh if self.mailboxes.subscribed else None
+        refresh = webpush_settings(self.config).mailboxes_refresh if self.mailboxes.subscribed else None
         # Only subscriptions still being verified: the user's next login starts the watcher.
-        return WatchRequest(boxes, boxes, at_startup=any(sub.active for sub in subs), subscribed_refresh=refresh)
+        # Pushes carry a short message whole (issue 13): the watcher fetches it.
+        return WatchRequest(
+            boxes, boxes, at_startup=any(sub.active for sub in subs), subscribed_refresh=refresh, bodies=True
+        )
 
     async def watched_mailboxes(self, account: str) -> WatchRequest | None:
         """Subscriptions (active or still being verified) watch ``webpush.mailboxes``, every change there."""
@@ -114,7 +121,7 @@ class WebPush(Extension):
             await self.handlers.session_closed(session)
 
     def check_files(self, report: FileReport) -> None:
-        report.generated("webpush.vapid_private_key_file", self.config.vapid_key_path())
+        report.generated("webpush.vapid_private_key_file", vapid_key_path(self.config))
 
     @classmethod
     def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:

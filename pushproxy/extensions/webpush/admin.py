@@ -7,6 +7,7 @@ import time
 
 from pushproxy.admin_cli import when, with_store
 from pushproxy.config import Config
+from pushproxy.extensions.webpush.settings import vapid_key_path
 from pushproxy.extensions.webpush.store import WebPushQueries
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.store.base import Store
@@ -35,7 +36,7 @@ def vapid(cfg: Config, args: argparse.Namespace) -> int:
     action: str = args.action
 
     async def go(store: Store) -> int:
-        ring = await VapidKeyring.load(cfg.vapid_key_path(), store.queries(WebPushQueries))
+        ring = await VapidKeyring.load(vapid_key_path(cfg), store.queries(WebPushQueries))
         if action == "rotate":
             old = ring.current.key_id
             await ring.rotate()

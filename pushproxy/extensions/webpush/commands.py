@@ -54,6 +54,7 @@ from pushproxy.extensions.webpush.maintenance import SubscriptionMaintenance, is
 from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
 from pushproxy.extensions.webpush.sender import WebPushSender, endpoint_tag
+from pushproxy.extensions.webpush.settings import webpush_settings
 from pushproxy.extensions.webpush.ssrf import EndpointRefused
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring
@@ -124,7 +125,7 @@ class WebPushCommands(SubscriptionMaintenance):
     ) -> None:
         self.config = config
         # The account's WebPush mailboxes (webpush.mailboxes), for the baseline at WEBPUSH time.
-        self.watched = watched or (lambda account: WatchedMailboxes(config.webpush.mailboxes, 1).of(account))
+        self.watched = watched or (lambda account: WatchedMailboxes(webpush_settings(config).mailboxes, 1).of(account))
         self.store = store
         self.subscriptions = store.queries(WebPushQueries)
         self.keyring = keyring
@@ -132,10 +133,11 @@ class WebPushCommands(SubscriptionMaintenance):
         self.registration_changed = registration_changed
         self.process = process
         self.clock = clock
-        expiry = config.webpush.ack_expiry
+        settings = webpush_settings(config)
+        expiry = settings.ack_expiry
         self._sweep_interval = sweep_interval or min(_MAX_SWEEP_INTERVAL, max(_MIN_SWEEP_INTERVAL, expiry / 4))
         self.limiter = VerificationLimiter(
-            config.webpush.verification_per_endpoint_per_hour, config.webpush.verification_per_account_per_hour
+            settings.verification_per_endpoint_per_hour, settings.verification_per_account_per_hour
         )
         # (account, id) -> token hash of a verification push that was not delivered: an
         # identical WEBPUSH may then send a new one.  Bounded by the subscriptions.
@@ -180,7 +182,7 @@ class WebPushCommands(SubscriptionMaintenance):
         return await self._subscribe(account, request, ctx)
 
     async def _subscribe(self, account: str, request: Subscribe, ctx: SessionContext) -> Reply:
-        cfg = self.config.webpush
+        cfg = webpush_settings(self.config)
         refusal = await self._check_endpoint(request.endpoint)
         if refusal is not None:
             log.info("webpush %s/%s: endpoint refused (%s)", account, request.sub_id, refusal)
@@ -261,7 +263,7 @@ class WebPushCommands(SubscriptionMaintenance):
         if not endpoint.isascii() or not endpoint.isprintable():
             return "malformed endpoint URL"
         try:
-            async with asyncio.timeout(self.config.webpush.timeout + _ENDPOINT_CHECK_SLACK):
+            async with asyncio.timeout(webpush_settings(self.config).timeout + _ENDPOINT_CHECK_SLACK):
                 await self.sender.check_endpoint(endpoint)
         except EndpointRefused as exc:
             return exc.reason

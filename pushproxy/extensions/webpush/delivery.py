@@ -40,6 +40,7 @@ from pushproxy.extensions.webpush.payload import (
 )
 from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.sender import Urgency, WebPushResult, WebPushSender, endpoint_tag
+from pushproxy.extensions.webpush.settings import webpush_settings
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.store.base import Store
 
@@ -86,7 +87,7 @@ class WebPushDelivery:
         # Which mailboxes' events reach the subscriptions: a fixed webpush.mailboxes list, or
         # (mode "subscribed") the account's subscribed ones as last listed (the extension's
         # WatchedMailboxes; without it, INBOX alone).
-        self.mailbox_filter = mailbox_filter or WatchedMailboxes(config.webpush.mailboxes, 1).pushed
+        self.mailbox_filter = mailbox_filter or WatchedMailboxes(webpush_settings(config).mailboxes, 1).pushed
         self.quiet = quiet
         self.max_delay = max_delay
         self._pending: dict[tuple[str, str], PendingChanges] = {}
@@ -176,7 +177,7 @@ class WebPushDelivery:
         await asyncio.shield(sending)
 
     async def _send_one(self, sub: WebPushSubscription, data: bytes, urgency: Urgency, mailbox: str) -> None:
-        ttl = self.config.webpush.ttl
+        ttl = webpush_settings(self.config).ttl
         try:
             result = await self.sender.send(sub, data, urgency=urgency, ttl=ttl)
             if result.outcome == "too_large":
@@ -213,7 +214,7 @@ class WebPushDelivery:
                 # expires like any other unless the client sends WEBPUSH again.
                 current.active = False
                 current.ack_token_hash = None
-                current.ack_expires = now + self.config.webpush.ack_expiry
+                current.ack_expires = now + webpush_settings(self.config).ack_expiry
                 log.info("webpush %s: VAPID rejected (%s); deactivated", who, result.detail)
             else:  # dropped, failed, refused, too_large even as SYNC
                 current.failures += 1

@@ -30,9 +30,9 @@ from typing import Literal, Protocol
 import aiohttp
 from py_vapid import VapidException
 
-from pushproxy.config import WebPushConfig
 from pushproxy.extensions.webpush.adapter import NoRedirectSession, post_encrypted
 from pushproxy.extensions.webpush.payload import MAX_PLAINTEXT, ack_payload
+from pushproxy.extensions.webpush.settings import WebPushConfig
 from pushproxy.extensions.webpush.ssrf import ConnectRefused, EndpointRefused, PinnedResolver, ResolvedEndpoint
 from pushproxy.extensions.webpush.store import WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
 from pushproxy.accounts import is_inbox
 from pushproxy.config_types import Duration, _Section
+
+if TYPE_CHECKING:
+    from pushproxy.config import Config
+
+SECTION = "webpush"
 
 
 class WebPushConfig(_Section):
@@ -48,3 +53,13 @@ class WebPushConfig(_Section):
         if not (v.startswith("mailto:") or v.startswith("https://")):
             raise ValueError("webpush.subject must be a mailto: or https: URI (RFC 8292)")
         return v
+
+
+def webpush_settings(config: Config) -> WebPushConfig:
+    """``config.webpush``, typed."""
+    return config.section(SECTION, WebPushConfig)
+
+
+def vapid_key_path(config: Config) -> Path:
+    """The current VAPID key's file: ``webpush.vapid_private_key_file``, else ``vapid.pem`` in the state directory."""
+    return webpush_settings(config).vapid_private_key_file or config.store.state_dir / "vapid.pem"

@@ -1,6 +1,6 @@
 """VAPID (RFC 8292) keys: the keyring and ES256 JWT signing.
 
-The current key is a PEM file at the configured path (``config.vapid_key_path()``),
+The current key is a PEM file at the configured path (``vapid_key_path(config)``),
 generated on first start.  ``rotate()`` makes a new current key there and keeps
 the old one as ``<stem>-<key_id>.pem`` next to it: subscriptions acknowledged
 under the old key (``WebPushSubscription.vapid_key_id``) are still signed with it

@@ -17,6 +17,7 @@ from pushproxy.events import MailEvent, NewMail
 from pushproxy.extensions.base import Extension, WatchRequest, admin_command, admin_group
 from pushproxy.extensions.xapplepush.metrics import PrometheusApnsMetrics, set_registrations
 from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
+from pushproxy.extensions.xapplepush.settings import SECTION, ApnsConfig, apns_settings
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ def _devices_watch(devices: list[ApnsDevice]) -> WatchRequest:
 
 
 class XApplePush(Extension):
+    section = SECTION
+    settings = ApnsConfig
     schema = XAPPLEPUSH
 
     def __init__(self) -> None:
@@ -53,7 +56,7 @@ class XApplePush(Extension):
 
     def configure(self, config: Config) -> bool:
         self.config = config
-        return config.apns.enabled
+        return apns_settings(config).enabled
 
     @property
     def devices(self) -> ApnsQueries:
@@ -70,7 +73,9 @@ class XApplePush(Extension):
             if removed:
                 log.info("removed %d registration(s) of a device APNs no longer knows", removed)
 
-        self.pusher = ApnsPusher(self.config.apns, on_invalid_token=invalid_token, metrics=PrometheusApnsMetrics())
+        self.pusher = ApnsPusher(
+            apns_settings(self.config), on_invalid_token=invalid_token, metrics=PrometheusApnsMetrics()
+        )
         await self.pusher.start()
         self.handlers = XApplePushExtension(
             self.config, self.core.store, self.pusher.topic, self.core.registration_changed
@@ -111,7 +116,7 @@ class XApplePush(Extension):
             await self.pusher.flush()
 
     def check_files(self, report: FileReport) -> None:
-        apns = self.config.apns
+        apns = apns_settings(self.config)
         report.readable("apns.cert_file", apns.cert_file)
         report.readable("apns.key_file", apns.key_file, secret=True)
         report.readable("apns.p12_password_file", apns.p12_password_file, secret=True)

@@ -9,12 +9,13 @@ from pushproxy.admin_cli import open_store, run_async, short, when, with_store
 from pushproxy.config import Config, ConfigError
 from pushproxy.extensions.xapplepush.apns import ApnsPusher
 from pushproxy.extensions.xapplepush.apns_cert import inspect_credentials
+from pushproxy.extensions.xapplepush.settings import apns_settings
 from pushproxy.extensions.xapplepush.store import ApnsQueries
 from pushproxy.store.base import Store
 
 
 def apns_check(cfg: Config) -> int:
-    info = inspect_credentials(cfg.apns)
+    info = inspect_credentials(apns_settings(cfg))
     print(f"auth:      {info.auth}")
     print(f"topic:     {info.topic}")
     print(f"subject:   {info.subject}")
@@ -22,7 +23,7 @@ def apns_check(cfg: Config) -> int:
     if info.auth == "certificate":
         print(f"valid:     {info.not_before:%Y-%m-%d} .. {info.not_after:%Y-%m-%d}")
         print(f"days left: {info.days_left}")
-    print(f"service:   {'sandbox' if cfg.apns.sandbox else 'production'}")
+    print(f"service:   {'sandbox' if apns_settings(cfg).sandbox else 'production'}")
     problems = []
     if info.expired:
         problems.append("the certificate has expired: renew it (Apple Push Certificates Portal)")
@@ -86,7 +87,7 @@ def apns_test(cfg: Config, args: argparse.Namespace) -> int:
     mailbox: str = args.mailbox
     from pushproxy.accounts import canonical_mailbox, normalise_account
 
-    if not cfg.apns.enabled:
+    if not apns_settings(cfg).enabled:
         raise ConfigError("apns.enabled is false in this config")
 
     async def go() -> int:
@@ -98,7 +99,7 @@ def apns_test(cfg: Config, args: argparse.Namespace) -> int:
             invalid.append(token)
             await queries.remove_device_token(token, before)
 
-        pusher = ApnsPusher(cfg.apns, on_invalid_token=on_invalid)
+        pusher = ApnsPusher(apns_settings(cfg), on_invalid_token=on_invalid)
         try:
             await pusher.start()
             devices = await queries.devices_for_account(normalise_account(account))

@@ -25,7 +25,7 @@ from typing import Any
 from aioapns.common import NotificationRequest, PushType
 from aioapns.connection import APNsBaseConnectionPool
 
-from pushproxy.config import ApnsConfig, ConfigError
+from pushproxy.config import ConfigError
 from pushproxy.extensions.xapplepush.apns_cert import (
     CertificateInfo,
     inspect_credentials,
@@ -40,6 +40,7 @@ from pushproxy.extensions.xapplepush.apns_h2 import (
 )
 from pushproxy.extensions.xapplepush.metrics import ApnsMetrics, PrometheusApnsMetrics
 from pushproxy.extensions.xapplepush.payload import build_payload, mailbox_hash, short_token
+from pushproxy.extensions.xapplepush.settings import ApnsConfig
 from pushproxy.retry import retry_delay
 
 __all__ = [

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from pushproxy.config import ApnsConfig, ConfigError, read_secret_file
+from pushproxy.config import ConfigError, read_secret_file
+from pushproxy.extensions.xapplepush.settings import ApnsConfig
 
 # iOS Mail drops pushes whose topic does not start with one of these.
 TRUSTED_TOPIC_PREFIXES = ("com.apple.mail.", "com.apple.mobilemail.push.")

@@ -52,8 +52,9 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, NoAvailableStreamIDError
 
-from pushproxy.config import ApnsConfig, parse_hostport
+from pushproxy.config import parse_hostport
 from pushproxy.extensions.xapplepush.apns_cert import LoadedCredentials
+from pushproxy.extensions.xapplepush.settings import ApnsConfig
 from pushproxy.retry import parse_retry_after
 
 log = logging.getLogger("pushproxy.xapplepush.apns")

@@ -23,6 +23,7 @@ from pushproxy.extensions.xapplepush.command import (
     parse_registration,
 )
 from pushproxy.extensions.xapplepush.payload import short_token
+from pushproxy.extensions.xapplepush.settings import apns_settings
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.imap.parse import Command, ParseError
 from pushproxy.store.base import Store
@@ -122,7 +123,7 @@ class XApplePushExtension(Extension):
             return False
 
     async def _enforce_cap(self, newest: ApnsDevice) -> None:
-        cap = self.config.apns.max_devices_per_account
+        cap = apns_settings(self.config).max_devices_per_account
         devices = await self.devices.devices_for_account(newest.account)
         if len(devices) <= cap:
             return

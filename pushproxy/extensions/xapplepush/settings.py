@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
 from pushproxy.config_types import Duration, _check_hostport, _Section
+
+if TYPE_CHECKING:
+    from pushproxy.config import Config
+
+SECTION = "apns"
 
 
 class ApnsConfig(_Section):
@@ -31,3 +37,8 @@ class ApnsConfig(_Section):
     allow_expired: bool = False
 
     _ep = field_validator("endpoint")(classmethod(lambda cls, v: _check_hostport(v) if v else v))
+
+
+def apns_settings(config: Config) -> ApnsConfig:
+    """``config.apns``, typed."""
+    return config.section(SECTION, ApnsConfig)
