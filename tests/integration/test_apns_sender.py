@@ -17,6 +17,7 @@ from pushproxy.extensions.xapplepush.apns import ApnsPusher
 from pushproxy.extensions.xapplepush.settings import ApnsConfig
 from tests.support.apns_standin import Answer, ApnsStandin
 from tests.support.certs import ApnsTestCerts, make_apns_certs
+from tests.support.waiting import async_assert_quiet, async_wait_for
 
 TOKEN_A = "a1" * 32
 TOKEN_B = "b2" * 32
@@ -429,8 +430,7 @@ async def test_notify_after_close_is_ignored(standin: ApnsStandin, make_pusher: 
     await pusher.close()
     pusher.notify(TOKEN_A, ACCOUNT, "INBOX")
     await pusher.flush()
-    await asyncio.sleep(0.1)
-    assert standin.requests == []
+    await async_assert_quiet(lambda: standin.requests == [], period=0.1, what="no request after close")
 
 
 def test_standin_blocking_wait_for_times_out(standin: ApnsStandin) -> None:
@@ -510,10 +510,7 @@ async def test_connection_without_pong_is_closed_and_replaced(
     await pusher.flush()
     pool = pusher._pool
     assert pool is not None
-    deadline = time.monotonic() + 10
-    while pool.connections and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert pool.connections == []
+    await async_wait_for(lambda: pool.connections == [], 10, "the silent connection to be dropped")
     pusher.notify(TOKEN_B, ACCOUNT, "INBOX")
     await pusher.flush()
     assert [r.status for r in standin.requests] == [200, 200]

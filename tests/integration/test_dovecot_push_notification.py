@@ -9,7 +9,6 @@ stand-in while pushproxy has no watcher connection open: the event came from Dov
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tests.integration.test_xapplepush_proxy import ACCOUNT_ID, TOKEN_A, RawClie
 from tests.support.apns_standin import ApnsStandin
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 from tests.support.dovecot import make_message
+from tests.support.waiting import wait_for
 
 OX_SECRET = "ox-shared-secret"
 HTTP_NOTIFY = "/private/vendor/vendor.dovecot/http-notify"
@@ -72,10 +72,7 @@ def test_lmtp_delivery_pushes_through_the_ox_driver_without_a_watcher(
     assert proxy.stop() == 0
     proxy.log_file.write_text("")  # start() waits for a fresh "ready" line
     proxy.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and watcher_count(proxy) != 0:
-        time.sleep(0.1)
-    assert watcher_count(proxy) == 0, "a watcher runs: the push would not prove the ox path"
+    wait_for(lambda: watcher_count(proxy) == 0, 10, "no watcher: a push would not prove the ox path otherwise")
     assert "alice" not in dc.doveadm("who", check=False).stdout
 
     before = len(apns.requests_for(TOKEN_A))

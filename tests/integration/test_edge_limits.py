@@ -12,6 +12,7 @@ from pushproxy.proxy.proxyproto import SIGNATURE, build_header
 from tests.integration.test_xapplepush_proxy import RawClient
 from tests.support.dovecot import Dovecot
 from tests.support.proxy import upstream_config
+from tests.support.waiting import wait_for
 
 
 def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
@@ -132,13 +133,8 @@ def test_proxy_header_from_untrusted_peer_is_refused(dovecot: Dovecot, proxy_fac
 
 
 def _wait_dovecot_log(dc: Dovecot, needle: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = dc.log_tail(400)
-        if needle in text:
-            return text
-        time.sleep(0.05)
-    raise AssertionError(f"{needle!r} not in the Dovecot log:\n{dc.log_tail(40)}")
+    wait_for(lambda: needle in dc.log_tail(400), timeout, lambda: f"{needle!r} in the Dovecot log:\n{dc.log_tail(40)}")
+    return dc.log_tail(400)
 
 
 @pytest.mark.parametrize("mode", ["id", "proxy-v2"])

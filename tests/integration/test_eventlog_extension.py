@@ -12,24 +12,22 @@ import imaplib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 from tests.support.dovecot import Dovecot, make_message
+from tests.support.waiting import wait_for
 
 imaplib.Commands.setdefault("XEVENTLOG", ("AUTH", "SELECTED"))
 
 
 def records(path: Path, count: int, timeout: float = 15.0) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count:
-            return [json.loads(line) for line in lines]
-        assert time.monotonic() < deadline, f"{len(lines)} event(s) recorded, wanted {count}"
-        time.sleep(0.05)
+    def lines() -> list[str]:
+        return path.read_text().splitlines() if path.exists() else []
+
+    wait_for(lambda: len(lines()) >= count, timeout, lambda: f"{count} event(s) recorded; have {len(lines())}")
+    return [json.loads(line) for line in lines()]
 
 
 def test_eventlog_extension_records_a_dovecot_delivery(dovecot: Dovecot, proxy_factory, tmp_path: Path) -> None:

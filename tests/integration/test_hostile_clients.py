@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-import time
 from pathlib import Path
 
 from tests.integration.test_xapplepush_proxy import (  # noqa: F401  (fixtures)
@@ -19,6 +18,7 @@ from tests.integration.test_xapplepush_proxy import (  # noqa: F401  (fixtures)
 from tests.support.apns_standin import ApnsStandin
 from tests.support.certs import ApnsTestCerts
 from tests.support.dovecot import Dovecot, make_message
+from tests.support.waiting import wait_for
 
 
 def _credential_row(db: Path, account: str) -> tuple[object, ...] | None:
@@ -28,13 +28,10 @@ def _credential_row(db: Path, account: str) -> tuple[object, ...] | None:
 
 
 def _wait_credential(db: Path, account: str, timeout: float = 10) -> tuple[object, ...]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = _credential_row(db, account)
-        if row is not None:
-            return row
-        time.sleep(0.05)
-    raise AssertionError(f"no stored credential for {account}")
+    wait_for(lambda: _credential_row(db, account) is not None, timeout, f"a stored credential for {account}")
+    row = _credential_row(db, account)
+    assert row is not None
+    return row
 
 
 def test_duplicate_tag_takeover_leaves_alice_alice(

@@ -286,21 +286,22 @@ def test_sigterm_drains_and_exits_zero(dovecot: Dovecot, proxy_factory) -> None:
 
 def test_autologout_spares_idle_sessions(dovecot: Dovecot, proxy_factory) -> None:
     proxy = proxy_factory(dovecot, session={"autologout": "2s", "preauth_timeout": "2s"}, log={"format": "json"})
-    quiet = _raw(proxy.port)
-    _read_until(quiet, b"\r\n")
-    quiet.sendall(b"a1 LOGIN alice alicepw\r\n")
-    _read_until(quiet, b"a1 OK")
     idler = _raw(proxy.port)
     _read_until(idler, b"\r\n")
     idler.sendall(b"b1 LOGIN alice alicepw\r\nb2 SELECT INBOX\r\nb3 IDLE\r\n")
     _read_until(idler, b"+ ")
+    # Ordering instead of a sleep: this session's last command comes after the idler's IDLE, so
+    # by its autologout the idler has been without a command for longer.
+    quiet = _raw(proxy.port)
+    _read_until(quiet, b"\r\n")
+    quiet.sendall(b"a1 LOGIN alice alicepw\r\n")
+    _read_until(quiet, b"a1 OK")
+    preauth = _raw(proxy.port)  # its timeout runs meanwhile
+    _read_until(preauth, b"\r\n")
     out = _read_until(quiet, b"BYE", limit=10)
     assert b"Autologout" in out
-    time.sleep(1.0)
     idler.sendall(b"DONE\r\nb4 NOOP\r\n")
     _read_until(idler, b"b4 OK")
-    preauth = _raw(proxy.port)
-    _read_until(preauth, b"\r\n")
     assert b"BYE" in _read_until(preauth, b"BYE", limit=10)
     # JSON log lines: one object per line, no secrets.
     import json

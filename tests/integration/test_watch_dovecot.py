@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pushproxy import metrics
 from pushproxy.config import Config, StoreConfig, UpstreamConfig, WatchConfig
 from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
 from pushproxy.extensions.webpush.settings import WebPushConfig
@@ -21,6 +22,7 @@ from pushproxy.store import SqliteStore, StoredCredential, Vault, VaultError
 from pushproxy.watch import Supervisor
 from tests.support.dovecot import Dovecot, make_message
 from tests.support.dovecot_fixtures import DovecotFactory
+from tests.support.waiting import async_assert_quiet, async_wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -43,19 +45,25 @@ class Events:
         return [uid for e in self.new_mail(mailbox) for uid in e.uids]
 
     async def wait(self, pred: Callable[[], bool], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out; events so far: {[e for _, e in self.items]}")
-            await asyncio.sleep(0.02)
+        await async_wait_for(pred, timeout, lambda: f"events; so far: {[e for _, e in self.items]}")
 
 
 async def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    await async_wait_for(pred, timeout, what)
+
+
+def watcher_reconnects() -> float:
+    return metrics.REGISTRY.get_sample_value("pushproxy_watcher_reconnects_total") or 0.0
+
+
+async def wait_stored_uidnext(store: SqliteStore, mailbox: str, uidnext: int, account: str = "alice") -> None:
+    """Until the mailbox's stored state has reached ``uidnext`` (the state is stored right after the emit)."""
+
+    async def reached() -> bool:
+        state = await store.get_mailbox_state(account, mailbox)
+        return state is not None and state.uidnext >= uidnext
+
+    await async_wait_for(reached, 10.0, f"the stored UIDNEXT of {mailbox} to reach {uidnext}")
 
 
 def make_config(dc: Dovecot, tmp_path: Path, security: str = "starttls", **watch: Any) -> Config:
@@ -144,10 +152,13 @@ async def test_new_mail_in_inbox_via_notify(dovecot: Dovecot, tmp_path: Path, st
 
     await deliver(dovecot, "second")
     await events.wait(lambda: len(events.new_mail()) == 2)
-    await asyncio.sleep(1.0)
-    assert events.uids() == [1, 2]  # exactly once each
+    # Ordering, not a sleep: a third message is reported after anything still due for the first two.
+    await deliver(dovecot, "third")
+    await events.wait(lambda: len(events.uids()) >= 3)
+    assert events.uids() == [1, 2, 3]  # exactly once each
+    await wait_stored_uidnext(store, "INBOX", 4)
     state = await store.get_mailbox_state("alice", "INBOX")
-    assert state is not None and state.uidnext == 3
+    assert state is not None and state.uidnext == 4
     assert sup.status()["idle"] == 1
 
 
@@ -170,9 +181,10 @@ async def test_other_mailbox_via_notify(dovecot: Dovecot, tmp_path: Path, store:
     await events.wait(lambda: len(events.new_mail("INBOX")) == 1)
     await deliver(dovecot, "sent again", mailbox="Sent Messages")
     await events.wait(lambda: len(events.new_mail("Sent Messages")) == 2)
-    await asyncio.sleep(0.8)
+    await deliver(dovecot, "inbox again")  # reported after anything still due for the others
+    await events.wait(lambda: len(events.uids("INBOX")) >= 2)
     assert events.uids("Sent Messages") == [1, 2]
-    assert events.uids("INBOX") == [1]
+    assert events.uids("INBOX") == [1, 2]
     # the stored credential is bound to the normalised account, with the login as typed
     cred = await store.get_credential("alice")
     assert cred is not None and cred.login == "Alice" and not cred.stale
@@ -192,9 +204,11 @@ async def test_poll_path_without_notify(dovecot_factory: DovecotFactory, tmp_pat
     sent = await deliver(dc, "polled", mailbox="Sent Messages")
     await events.wait(lambda: len(events.new_mail("Sent Messages")) == 1, timeout=5)
     print(f"polled mailbox: delivery -> NewMail: {events.items[-1][0] - sent:.3f} s")
-    await asyncio.sleep(1.2)  # a couple more poll rounds: nothing new
+    # Another poll round must run to see a second message: it reports only that one.
+    await deliver(dc, "polled again", mailbox="Sent Messages")
+    await events.wait(lambda: len(events.uids("Sent Messages")) >= 2, timeout=5)
     assert events.uids("INBOX") == [1]
-    assert events.uids("Sent Messages") == [1]
+    assert events.uids("Sent Messages") == [1, 2]
     assert b'"polled"' in (events.new_mail("Sent Messages")[0].messages[0].envelope or b"")
 
 
@@ -217,7 +231,9 @@ async def test_tls_verification_failure_backs_off(dovecot: Dovecot, tmp_path: Pa
     await register(store)
     await sup.logged_in("alice", "alice", "alicepw", "s1")
     await wait_until(lambda: sup.status()["backoff"] == 1 or sup.status()["connecting"] == 1)
-    await asyncio.sleep(1.0)
+    # Two failed handshakes later (each one counts a reconnect), it still has not logged in.
+    reconnects = watcher_reconnects()
+    await wait_until(lambda: watcher_reconnects() >= reconnects + 2, 10, "two more attempts")
     assert sup.status()["idle"] == 0
     assert dovecot.login_attempts("alice") == 0  # never sent the password over an unverified channel
 
@@ -249,8 +265,9 @@ async def test_reconnect_after_kill_and_restart(dovecot: Dovecot, tmp_path: Path
     await wait_state(sup, "idle")
     await deliver(dovecot, "live again")
     await events.wait(lambda: events.uids() == [1, 2, 3, 4, 5], timeout=10)
-    await asyncio.sleep(0.8)
-    assert events.uids() == [1, 2, 3, 4, 5]  # each message exactly once
+    await deliver(dovecot, "and once more")  # reported after anything still due for the others
+    await events.wait(lambda: len(events.uids()) >= 6, timeout=10)
+    assert events.uids() == [1, 2, 3, 4, 5, 6]  # each message exactly once
     assert watcher.connections >= 3
 
 
@@ -280,13 +297,14 @@ async def test_proxy_restart_emits_missed_mail_once(dovecot: Dovecot, tmp_path: 
     assert b"missed 1" in subjects and b"missed 2" in subjects
     await sup2.close()
 
-    # a third start: nothing new, nothing emitted
+    # a third start: nothing new, nothing emitted (the next message is the first thing it reports)
     events3 = Events()
     sup3 = new_supervisor(supervisors, config, store, events3)
     await sup3.start()
     await wait_state(sup3, "idle")
-    await asyncio.sleep(0.5)
-    assert events3.items == []
+    await deliver(dovecot, "after the third start")
+    await events3.wait(lambda: len(events3.items) >= 1)
+    assert [(type(e), e.mailbox, e.uids) for _, e in events3.items] == [(NewMail, "INBOX", (4,))]
 
 
 async def test_seen_at_detection_is_skipped(dovecot: Dovecot, tmp_path: Path, store, supervisors) -> None:
@@ -313,37 +331,44 @@ async def test_seen_at_detection_is_skipped(dovecot: Dovecot, tmp_path: Path, st
     sup2 = new_supervisor(supervisors, config, store, events)
     await sup2.start()
     await events.wait(lambda: events.uids() == [2])
-    await asyncio.sleep(0.3)
-    assert events.uids() == [2]
+    await wait_stored_uidnext(store, "INBOX", 3)
     state = await store.get_mailbox_state("alice", "INBOX")
-    assert state is not None and state.uidnext == 3  # the seen one is passed over, not retried
+    assert state is not None and state.uidnext == 3  # the seen one is passed over
+    await deliver(dovecot, "next")  # the next detection does not retry it either
+    await events.wait(lambda: len(events.uids()) >= 2)
+    assert events.uids() == [2, 3]
 
 
 async def test_wrong_password_stops_without_retry_loop(dovecot: Dovecot, tmp_path: Path, store, supervisors) -> None:
     await register(store)
     await store.put_credential(StoredCredential(account="alice", login="alice", secret="wrong-password"))
     events = Events()
-    sup = new_supervisor(supervisors, make_config(dovecot, tmp_path, backoff_min=0.05, backoff_max=0.2), store, events)
+    fast_retries = make_config(dovecot, tmp_path, backoff_min=0.05, backoff_max=0.2)
+    sup = new_supervisor(supervisors, fast_retries, store, events)
     await sup.start()
     await wait_state(sup, "auth_failed")
     cred = await store.get_credential("alice")
     assert cred is not None and cred.stale
-    await asyncio.sleep(3.0)
+    # A retry loop would leave auth_failed for a backoff (at most 0.2 s) at least twice in this period.
+    only_failed = {**dict.fromkeys(sup.status(), 0), "auth_failed": 1}
+    await async_assert_quiet(lambda: sup.status() == only_failed, period=0.5, what="auth_failed, nothing else")
     attempts = await asyncio.to_thread(dovecot.login_attempts, "alice")
     assert 1 <= attempts <= 2, attempts
     assert sup.status()["auth_failed"] == 1
 
     # a proxy restart does not retry the stale credential either
-    sup2 = new_supervisor(supervisors, make_config(dovecot, tmp_path), store, events)
+    sup2 = new_supervisor(supervisors, fast_retries, store, events)
     await sup.close()
     await sup2.start()
     await wait_state(sup2, "auth_failed")
-    await asyncio.sleep(0.5)
+    await async_assert_quiet(lambda: sup2.status() == only_failed, what="auth_failed, nothing else")
     assert await asyncio.to_thread(dovecot.login_attempts, "alice") == attempts
 
     # the user's next successful login (new password) replaces the record and restarts the watcher
     await sup2.logged_in("alice", "alice", "alicepw", "s2")
     await wait_state(sup2, "idle")
+    # ordering: the one login since the restart is that successful one (no retry of the stale record)
+    assert await asyncio.to_thread(dovecot.login_attempts, "alice") == attempts + 1
     cred = await store.get_credential("alice")
     assert cred is not None and not cred.stale and cred.secret == "alicepw"
     await deliver(dovecot, "works again")
@@ -384,12 +409,15 @@ async def test_master_user_mode(dovecot_factory: DovecotFactory, tmp_path: Path,
 
 async def test_master_user_wrong_password(dovecot_factory: DovecotFactory, tmp_path: Path, store, supervisors) -> None:
     dc = dovecot_factory(master_user=("admin", "adminpw"))
-    config = make_config(dc, tmp_path, credentials="master", master_user="admin", master_password="nope")
+    master = {"credentials": "master", "master_user": "admin", "master_password": "nope"}
+    config = make_config(dc, tmp_path, backoff_min=0.05, backoff_max=0.2, **master)
     sup = new_supervisor(supervisors, config, store, Events())
     await register(store)
     await sup.start()
     await wait_state(sup, "auth_failed")
-    await asyncio.sleep(1.5)
+    # A retry loop would leave auth_failed for a backoff (at most 0.2 s) at least twice in this period.
+    only_failed = {**dict.fromkeys(sup.status(), 0), "auth_failed": 1}
+    await async_assert_quiet(lambda: sup.status() == only_failed, period=0.5, what="auth_failed, nothing else")
     assert sup.status()["auth_failed"] == 1
 
 
@@ -409,8 +437,9 @@ async def test_memory_mode_resumes_after_next_login(dovecot: Dovecot, tmp_path: 
     events2 = Events()
     sup2 = new_supervisor(supervisors, config, store, events2)
     await sup2.start()
-    await asyncio.sleep(0.3)
-    assert sum(sup2.status().values()) == 0 and events2.items == []
+    await async_assert_quiet(
+        lambda: sum(sup2.status().values()) == 0 and events2.items == [], what="no watcher before a login"
+    )
     await sup2.logged_in("alice", "alice", "alicepw", "s2")
     await events2.wait(lambda: events2.uids() == [1])
 
@@ -536,10 +565,7 @@ async def test_mailbox_created_later(
 
     await asyncio.to_thread(dc.create_mailbox, "alice", "Projects")
     # a poll round notices it (first sight: state recorded, nothing emitted)
-    deadline = time.monotonic() + 10
-    while await store.get_mailbox_state("alice", "Projects") is None:
-        assert time.monotonic() < deadline, "the new mailbox was not picked up"
-        await asyncio.sleep(0.05)
+    await wait_stored_uidnext(store, "Projects", 1)
     await deliver(dc, "project mail", mailbox="Projects")
     await events.wait(lambda: events.uids("Projects") == [1], timeout=5)
     watcher = sup.watcher("alice")
@@ -569,9 +595,9 @@ async def test_uidvalidity_change_on_dovecot(dovecot: Dovecot, tmp_path: Path, s
     sup2 = new_supervisor(supervisors, config, store, events2)
     await sup2.start()
     await wait_state(sup2, "idle")
-    await asyncio.sleep(0.5)
-    assert events2.items == []  # no flood for the rebuilt mailbox
+    assert events2.items == []  # no flood for the rebuilt mailbox (checked again below, after the next mail)
     new = await store.get_mailbox_state("alice", "Projects")
     assert old is not None and new is not None and new.uidvalidity != old.uidvalidity and new.uidnext == 4
     await deliver(dovecot, "after", mailbox="Projects")
-    await events2.wait(lambda: events2.uids("Projects") == [4])
+    await events2.wait(lambda: len(events2.items) >= 1)
+    assert [(type(e), e.mailbox, e.uids) for _, e in events2.items] == [(NewMail, "Projects", (4,))]

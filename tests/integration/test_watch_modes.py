@@ -111,8 +111,13 @@ async def test_several_idle_connections_without_notify(
     print(f"polled mailbox: delivery -> NewMail {events.items[-1][0] - sent:.3f} s")
     await deliver(dc, "inbox")
     await events.wait(lambda: events.uids("INBOX") == [1], timeout=5)
-    await asyncio.sleep(1.0)
-    assert [events.uids(b) for b in ("INBOX", "Notes", "Sent Messages", "Work")] == [[1], [1], [1], [1]]
+    # A second message everywhere: each connection (and a poll round) reports it after anything
+    # still due for the first ones, so this is "exactly once" without a fixed sleep.
+    boxes = ("INBOX", "Notes", "Sent Messages", "Work")
+    for box in boxes:
+        await deliver(dc, f"again to {box}", mailbox=box)
+    await events.wait(lambda: all(len(events.uids(b)) >= 2 for b in boxes), timeout=8)
+    assert [events.uids(b) for b in boxes] == [[1, 2], [1, 2], [1, 2], [1, 2]]
     assert watcher.connections == 1
     connects = [r.getMessage() for r in caplog.records if "connected (" in r.getMessage()]
     assert len(connects) == 1 and "IDLE+poll" in connects[0] and "IDLE connections: 3" in connects[0]

@@ -10,19 +10,21 @@ from __future__ import annotations
 import imaplib
 import re
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from pushproxy.extensions.webpush import changes
 from tests.support.dovecot import Dovecot, make_message
 from tests.support.proxy import ProxyProcess
 from tests.support.push_standin import Answer, PushStandin, ReceivedPush, StandinSubscription
+from tests.support.waiting import QUIET, assert_quiet, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 ProxyFactory = Callable[..., ProxyProcess]
+LIVE = ("connecting", "idle", "polling", "backoff")  # watcher states of a running watcher
 WATCH = {"poll_interval": 0.5, "backoff_min": 0.1, "backoff_max": 1.0, "command_timeout": 5.0}
 
 
@@ -112,11 +114,7 @@ def webpush_cmd(sub_id: str, ss: StandinSubscription) -> str:
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    wait_for(pred, timeout, what)
 
 
 def wait_pushes(standin: PushStandin, ss: StandinSubscription, n: int, timeout: float = 15.0) -> list[ReceivedPush]:
@@ -142,14 +140,7 @@ def subscribe_and_ack(client: RawImap, standin: PushStandin, sub_id: str) -> Sta
 
 def wait_watching(proxy: ProxyProcess) -> None:
     """Until the account's watcher waits for changes upstream (mail delivered from now on is new)."""
-    wait_until(
-        lambda: (
-            proxy.metric("pushproxy_watchers", {"state": "idle"})
-            + proxy.metric("pushproxy_watchers", {"state": "polling"})
-            >= 1
-        ),
-        what="the watcher to be ready",
-    )
+    proxy.wait_watching()
 
 
 def dispatched(proxy: ProxyProcess) -> float:
@@ -203,9 +194,7 @@ def test_getvapid_subscribe_ack_and_new_mail_push(dovecot: Dovecot, proxy_factor
         f'WEBPUSH a8282bf9-6102-4e1b-bb61-d26d0e532e65 "{ss.endpoint}" NIL'.encode(),
     ]
     pushes = wait_pushes(standin, ss, 1)
-    time.sleep(0.5)
-    pushes = standin.records_for(ss)
-    assert len(pushes) == 1, "exactly one verification push"
+    assert len(pushes) == 1, "exactly one verification push (checked again once the mail's push came)"
     token = ack_token(pushes[0])
     assert pushes[0].vapid_key == key and pushes[0].headers["Urgency"] == "high"
 
@@ -218,6 +207,8 @@ def test_getvapid_subscribe_ack_and_new_mail_push(dovecot: Dovecot, proxy_factor
     wait_watching(proxy)
     dovecot.deliver("alice", make_message("afternoon meeting", sender="Fred Foobar <foobar@blurdybloop.example>"))
     pushes = wait_pushes(standin, ss, 2)
+    # Ordering: a second verification push would have come before the mail's push.
+    assert len(pushes) == 2 and pushes[0].plaintext is not None and pushes[0].plaintext.startswith(b"* ACKWEBPUSH ")
     push = pushes[1]
     assert push.problems == []
     uid = uid_of(dovecot, "afternoon meeting")
@@ -252,9 +243,11 @@ def test_getvapid_subscribe_ack_and_new_mail_push(dovecot: Dovecot, proxy_factor
     assert client.ok("WEBPUSH never-was NIL") == []
     client.close()
     count = len(standin.records_for(ss))
+    # With no registration left the account's watcher stops; nothing can notice new mail after that.
+    proxy.wait_log("watcher alice: no registrations left; stopped")
+    wait_until(lambda: sum(proxy.metric("pushproxy_watchers", {"state": s}) for s in LIVE) == 0, what="no watcher")
     dovecot.deliver("alice", make_message("after delete"))
-    time.sleep(2.0)  # the watcher is stopped or finds nobody to push to
-    assert len(standin.records_for(ss)) == count
+    assert_quiet(lambda: len(standin.records_for(ss)) == count, what="no push after the delete")
 
 
 def test_lwebpush_star_unquoted(dovecot: Dovecot, proxy_factory: ProxyFactory, standin) -> None:
@@ -356,8 +349,8 @@ def test_410_prunes_429_is_retried_redirect_not_followed(
     dovecot.deliver("alice", make_message("second"))
     wait_pushes(standin, busy, 4)
     wait_pushes(standin, moved, 3)
-    time.sleep(0.5)
-    assert len(standin.records_for(gone)) == 2  # pruned: nothing more
+    # The others' pushes for "second" went out together with any to "gone".
+    assert_quiet(lambda: len(standin.records_for(gone)) == 2, what="nothing more to the pruned one")
     assert standin.redirect_hits == []  # never followed
     client.close()
 
@@ -380,8 +373,7 @@ def test_private_endpoints_refused(dovecot: Dovecot, proxy_factory: ProxyFactory
         assert status.startswith(b"NO Endpoint refused"), (endpoint, status)
         assert untagged == []
     assert client.ok("LWEBPUSH") == []
-    time.sleep(0.3)
-    assert standin.records == []
+    assert_quiet(lambda: standin.records == [], what="no verification push to a refused endpoint")
     client.close()
 
 
@@ -433,8 +425,8 @@ def test_verification_push_amplification_is_bounded(dovecot: Dovecot, proxy_fact
         statuses.append(status.split(b" ")[0:2])
         client.ok(f"WEBPUSH v{i} NIL")
     assert statuses == [[b"OK", b"WEBPUSH"]] * 4 + [[b"NO", b"[LIMIT]"]] * 6
-    time.sleep(0.5)
-    assert len(standin.records_for(victim)) == 5
+    wait_pushes(standin, victim, 5)
+    assert_quiet(lambda: len(standin.records_for(victim)) == 5, what="5 verification pushes, no more")
     # Other URLs: the account's own bound (20 per hour) applies; 5 were used above.
     results = []
     for i in range(16):
@@ -462,7 +454,8 @@ def test_unacknowledged_subscription_never_gets_mail_and_expires(
 
     dovecot.deliver("alice", make_message("secret content"))
     wait_pushes(standin, active, 2)
-    time.sleep(0.5)
+    # The event went to every target at once: a push to "waiting" would have come with the other.
+    assert_quiet(lambda: len(standin.records_for(waiting)) == 1, what="no mail for the unacknowledged one")
     pushes = standin.records_for(waiting)
     assert len(pushes) == 1 and pushes[0].plaintext is not None
     assert pushes[0].plaintext.startswith(b"* ACKWEBPUSH ")
@@ -561,7 +554,9 @@ def test_expunges_flags_and_a_500_message_move_rebuild_the_mailbox(
         return trial == upstream
 
     wait_until(rebuilt, timeout=30, what="the pushes to reproduce the upstream mailbox")
-    time.sleep(2.0)  # anything still coming would break the model or the bound
+    # Anything still coming would break the model or the bound; a burst still open would be
+    # flushed within its quiet time (no change for changes.QUIET seconds) after its last change.
+    assert_quiet(rebuilt, period=changes.QUIET + QUIET, what="the model to stay the upstream mailbox")
     pushes = standin.records_for(ss)[first:]
     assert rebuilt()
     assert all(p.problems == [] and p.plaintext is not None and len(p.plaintext) <= 3993 for p in pushes)

@@ -20,6 +20,7 @@ from pushproxy.extensions.webpush.store import VapidKey, WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.envelope import envelope_from_fields
 from tests.support.push_standin import Answer, PushStandin, StandinSubscription
+from tests.support.waiting import async_assert_quiet
 
 
 class FakeVapidStore:
@@ -241,8 +242,7 @@ async def test_redirect_is_not_followed(standin, sender, keyring) -> None:
     standin.program(ss, Answer.redirecting())
     result = await sender.send(subscription(ss, keyring), b"secret", urgency="high", ttl=60)
     assert result.outcome == "dropped" and result.status == 307
-    await asyncio.sleep(0.1)
-    assert standin.redirect_hits == []
+    await async_assert_quiet(lambda: standin.redirect_hits == [], period=0.1, what="the redirect not followed")
     assert len(standin.records_for(ss)) == 1
 
 

@@ -18,6 +18,7 @@ from pushproxy.store import Vault
 from tests.support.apns_standin import ApnsStandin
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 from tests.support.dovecot import Dovecot, make_message
+from tests.support.waiting import QUIET, assert_quiet, wait_for
 
 ACCOUNT_ID = "0715A26B-CA09-4730-A419-793000CA982E"
 TOKEN_A = "2918390218931890821908309283098109381029309829018310983092892829"
@@ -161,8 +162,11 @@ def test_ios_registration_exact_answer_and_push(
     before = len(apns.requests)
     for i in range(20):
         dovecot.deliver("alice", make_message(f"burst {i}"))
-    time.sleep(2.5)
-    assert 1 <= len(apns.requests) - before <= 2
+    # The watcher has seen all 20 (uids 2..21) once their state is stored; its pushes leave within a
+    # debounce window (0.3 s) after that, so a quiet period longer than the window shows them all.
+    wait_for(lambda: proxy.stored_uidnext("alice", "INBOX") == 22, what="the burst to be detected")
+    wait_for(lambda: len(apns.requests) > before, what="the burst's push")
+    assert_quiet(lambda: 1 <= len(apns.requests) - before <= 2, period=0.3 + QUIET, what="at most 2 pushes")
     c.close()
     assert "2918390218931890821908309283098109381029309829018310983092892829" not in proxy.log_text()
     assert "alicepw" not in proxy.log_text()
@@ -213,7 +217,7 @@ def test_cloned_devices_both_get_pushes_and_restart_keeps_them(
     proxy.start()
     assert len(devices_in_store(proxy.base_dir / "pushproxy.db")) == 2
     # After the restart the watcher resumes from the vault without any client login.
-    time.sleep(1.0)
+    proxy.wait_watching()
     dovecot.deliver("alice", make_message("to both"))
     apns.wait_for(1, timeout=10, token=TOKEN_A)
     apns.wait_for(1, timeout=10, token=TOKEN_B)
@@ -229,13 +233,11 @@ def test_apns_errors_prune_and_retry(dovecot: Dovecot, proxy_factory, apns: Apns
     db = proxy.base_dir / "pushproxy.db"
     apns.script(TOKEN_A, [429, 500, 200])
     apns.script(TOKEN_B, [410])
-    time.sleep(0.5)
+    proxy.wait_watching()
     dovecot.deliver("alice", make_message("errors"))
     assert len(apns.wait_for(3, timeout=20, token=TOKEN_A)) == 3  # retried until 200
     apns.wait_for(1, timeout=10, token=TOKEN_B)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(devices_in_store(db)) != 1:
-        time.sleep(0.1)
+    wait_for(lambda: len(devices_in_store(db)) == 1, 5, "the 410 device to be pruned")
     assert devices_in_store(db) == [("alice", ACCOUNT_ID, TOKEN_A)]
 
 
@@ -249,15 +251,13 @@ def test_bad_device_token_removed_and_hang_does_not_stall(dovecot: Dovecot, prox
         c.close()
     apns.always(TOKEN_A, "hang")
     apns.script(TOKEN_B, [400])
-    time.sleep(0.5)
+    proxy.wait_watching(count=2)
     dovecot.deliver("alice", make_message("to a hanging device"))
     dovecot.deliver("carol", make_message("to carol"))
     # carol's push goes out while alice's device hangs.
     apns.wait_for(1, timeout=5, token=TOKEN_B)
     db = proxy.base_dir / "pushproxy.db"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(t == TOKEN_B for _, _, t in devices_in_store(db)):
-        time.sleep(0.1)
+    wait_for(lambda: all(t != TOKEN_B for _, _, t in devices_in_store(db)), 5, "the 400 device to be removed")
     assert all(t != TOKEN_B for _, _, t in devices_in_store(db))
 
 

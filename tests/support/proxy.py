@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import imaplib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from typing import Any
 import yaml
 
 from tests.support.dovecot import Dovecot
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,12 +122,27 @@ class ProxyProcess:
         return "\n".join(self.log_text().splitlines()[-n:])
 
     def wait_log(self, needle: str, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in self.log_text():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{needle!r} not in the proxy log:\n{self.log_tail()}")
+        wait_for(lambda: needle in self.log_text(), timeout, lambda: f"{needle!r} in the proxy log:\n{self.log_tail()}")
+
+    def wait_watching(self, count: int = 1, timeout: float = 15) -> None:
+        """Until ``count`` watchers wait for changes upstream (mail delivered from now on is new to them)."""
+
+        def ready() -> float:
+            return self.metric("pushproxy_watchers", {"state": "idle"}) + self.metric(
+                "pushproxy_watchers", {"state": "polling"}
+            )
+
+        wait_for(lambda: ready() >= count, timeout, lambda: f"{count} watcher(s) ready:\n{self.log_tail()}")
+
+    def stored_uidnext(self, account: str, mailbox: str) -> int | None:
+        """The UIDNEXT the proxy stored for a mailbox (its SQLite store), None before first sight."""
+        url = str(self.config["store"]["url"])
+        assert url.startswith("sqlite:///"), url
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=5)) as db:
+            row = db.execute(
+                "SELECT uidnext FROM mailbox_state WHERE account = ? AND mailbox = ?", (account, mailbox)
+            ).fetchone()
+        return None if row is None else int(row[0])
 
     def imap(self, timeout: float = 10) -> imaplib.IMAP4:
         return imaplib.IMAP4("127.0.0.1", self.port, timeout=timeout)

@@ -6,7 +6,6 @@ faked but the client session (:class:`FakeContext`).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.parse import Command, StatusResponse, parse_command
 from pushproxy.store import SqliteStore, Vault
 from tests.support.push_standin import PushStandin, StandinSubscription
+from tests.support.waiting import async_wait_for
 
 
 class FakeContext:
@@ -112,11 +112,8 @@ class WebPushEnv:
 
     async def settle(self) -> None:
         """Wait for the extension's background work (verification pushes, gauge) to finish."""
-        for _ in range(500):
-            pending = [t for t in self.ext.handlers._background if not t.done()]
-            if not pending:
-                return
-            await asyncio.sleep(0.01)
+        background = self.ext.handlers._background
+        await async_wait_for(lambda: all(t.done() for t in background), 5.0, "the background work", 0.01)
 
 
 def sha256(text: str) -> bytes:
@@ -167,8 +164,4 @@ Predicate = Callable[[], bool]
 
 
 async def eventually(pred: Predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+    await async_wait_for(pred, timeout, what, 0.01)

@@ -21,6 +21,7 @@ from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.store import MailboxState, SqliteStore, Vault
 from pushproxy.watch import Supervisor
 from pushproxy.watch.credentials import MasterCredentials
+from tests.support.waiting import async_wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -144,10 +145,7 @@ class Events(list[MailEvent]):
 
 
 async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+    await async_wait_for(pred, timeout, interval=0.01)
 
 
 @pytest.fixture
@@ -209,7 +207,7 @@ async def test_uidvalidity_change_resets_without_a_flood(env) -> None:
     watcher = sup.watcher("alice")
     assert watcher is not None
     await until(lambda: watcher.connections == 2 and sup.status()["idle"] == 1)
-    await asyncio.sleep(0.2)
+    # "idle" comes after the catch-up (state stored); the next mail below is the ordering check.
     assert events.uids() == [2]  # no pushes for the rebuilt mailbox
     state = await watcher._store.get_mailbox_state("alice", "INBOX")
     assert state is not None and state.uidvalidity == fake.uidvalidity and state.uidnext == 6

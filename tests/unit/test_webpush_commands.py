@@ -5,7 +5,6 @@ Only the client session is a fake (it collects the untagged lines).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -84,8 +83,8 @@ async def test_create_answers_vapid_and_webpush_nil_then_sends_exactly_one_ack_p
     assert (reply.status, reply.text) == ("OK", "WEBPUSH completed")
     assert lines == [b"VAPID " + env.keyring.current.public_key_b64.encode(), webpush_line("sub-1", ss.endpoint, "NIL")]
 
-    records = await env.standin.wait_for(ss, 1)
-    await asyncio.sleep(0.1)
+    await env.standin.wait_for(ss, 1)
+    await env.settle()  # the verification push (and any second one) has been answered
     records = env.standin.records_for(ss)
     assert len(records) == 1
     push = records[0]
