@@ -15,8 +15,9 @@ import pytest
 
 from pushproxy.extensions.xapplepush.apns import ApnsPusher
 from pushproxy.extensions.xapplepush.settings import ApnsConfig
+from tests.support import apns_env
 from tests.support.apns_standin import Answer, ApnsStandin
-from tests.support.certs import ApnsTestCerts, make_apns_certs
+from tests.support.certs import ApnsTestCerts
 from tests.support.waiting import async_assert_quiet, async_wait_for
 
 TOKEN_A = "a1" * 32
@@ -28,15 +29,8 @@ def md5_upper(name: str) -> str:
     return hashlib.md5(name.encode("utf-8")).hexdigest().upper()
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> ApnsTestCerts:
-    return make_apns_certs(tmp_path_factory.mktemp("apns-certs"))
-
-
-@pytest.fixture
-def standin(certs: ApnsTestCerts) -> Iterator[ApnsStandin]:
-    with ApnsStandin(certs.server_cert, certs.server_key, client_ca=certs.ca_cert) as s:
-        yield s
+# the shared pytest fixtures (tests/support/apns_env.py): the stand-in in certificate mode is "standin" here
+certs, standin = apns_env.certs, apns_env.apns
 
 
 @pytest.fixture

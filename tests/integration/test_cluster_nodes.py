@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from pushproxy.cluster import wanted_owner
-from tests.integration.test_xapplepush_proxy import RawClient, apns_config, register
+from tests.support.apns_env import RawClient, apns_config, register
 from tests.support.apns_standin import ApnsStandin
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 from tests.support.dovecot import Dovecot, make_message

@@ -9,30 +9,20 @@ stand-in while pushproxy has no watcher connection open: the event came from Dov
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.integration.test_xapplepush_proxy import ACCOUNT_ID, TOKEN_A, RawClient, apns_config, register
+from tests.support import apns_env
+from tests.support.apns_env import ACCOUNT_ID, TOKEN_A, RawClient, apns_config, register
 from tests.support.apns_standin import ApnsStandin
-from tests.support.certs import ApnsTestCerts, make_apns_certs
+from tests.support.certs import ApnsTestCerts
 from tests.support.dovecot import make_message
 from tests.support.waiting import wait_for
 
 OX_SECRET = "ox-shared-secret"
 HTTP_NOTIFY = "/private/vendor/vendor.dovecot/http-notify"
 
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> ApnsTestCerts:
-    return make_apns_certs(tmp_path_factory.mktemp("apns-certs"))
-
-
-@pytest.fixture
-def apns(certs: ApnsTestCerts) -> Iterator[ApnsStandin]:
-    with ApnsStandin(certs.server_cert, certs.server_key, client_ca=certs.ca_cert) as standin:
-        yield standin
+# the shared pytest fixtures (tests/support/apns_env.py)
+certs, apns = apns_env.certs, apns_env.apns
 
 
 def watcher_count(proxy) -> float:

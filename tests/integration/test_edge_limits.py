@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pushproxy.proxy.proxyproto import SIGNATURE, build_header
-from tests.integration.test_xapplepush_proxy import RawClient
+from tests.support.apns_env import RawClient
 from tests.support.dovecot import Dovecot
 from tests.support.proxy import upstream_config
 from tests.support.waiting import wait_for

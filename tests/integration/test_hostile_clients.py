@@ -6,19 +6,15 @@ import base64
 import sqlite3
 from pathlib import Path
 
-from tests.integration.test_xapplepush_proxy import (  # noqa: F401  (fixtures)
-    TOKEN_A,
-    TOKEN_B,
-    RawClient,
-    apns,
-    apns_config,
-    certs,
-    register,
-)
+from tests.support import apns_env
+from tests.support.apns_env import TOKEN_A, TOKEN_B, RawClient, apns_config, register
 from tests.support.apns_standin import ApnsStandin
 from tests.support.certs import ApnsTestCerts
 from tests.support.dovecot import Dovecot, make_message
 from tests.support.waiting import wait_for
+
+# the shared pytest fixtures (tests/support/apns_env.py)
+certs, apns = apns_env.certs, apns_env.apns
 
 
 def _credential_row(db: Path, account: str) -> tuple[object, ...] | None:
@@ -37,8 +33,8 @@ def _wait_credential(db: Path, account: str, timeout: float = 10) -> tuple[objec
 def test_duplicate_tag_takeover_leaves_alice_alice(
     dovecot: Dovecot,
     proxy_factory,
-    apns: ApnsStandin,  # noqa: F811
-    certs: ApnsTestCerts,  # noqa: F811
+    apns: ApnsStandin,
+    certs: ApnsTestCerts,
 ) -> None:
     proxy = proxy_factory(dovecot, apns=apns_config(certs, apns))
     db = proxy.base_dir / "pushproxy.db"

@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from pushproxy.store import SqliteStore, Vault
-from pushproxy.watch import Supervisor
-from tests.integration.test_watch_dovecot import (
-    Events,
-    deliver,
-    make_config,
-    new_supervisor,
-    register,
-    wait_state,
-    wait_until,
-)
+from pushproxy.store import SqliteStore
+from tests.support import watching
 from tests.support.dovecot import Dovecot
 from tests.support.dovecot_fixtures import DovecotFactory
+from tests.support.watching import Events, deliver, make_config, new_supervisor, register, wait_state, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "pushproxy.db", Vault.generate())
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def supervisors() -> AsyncIterator[list[Supervisor]]:
-    made: list[Supervisor] = []
-    yield made
-    for sup in made:
-        await sup.close()
+# the shared pytest fixtures (tests/support/watching.py)
+vault, store, supervisors = watching.vault, watching.store, watching.supervisors
 
 
 async def test_non_ascii_mailbox_via_notify(

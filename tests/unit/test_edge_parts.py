@@ -9,7 +9,7 @@ from pushproxy.proxy import proxyproto
 from pushproxy.proxy.client_id import ClientAddress, merged_id_command
 from pushproxy.proxy.limits import ConnectionLimiter
 from pushproxy.proxy.penalty import AuthPenalty
-from tests.unit.test_session import make, settle
+from tests.support.sessions import Echo, FakeIO, make, new_session, settle
 
 ADDR = ClientAddress("203.0.113.7", 40000, "198.51.100.1", 143, "s1")
 
@@ -103,22 +103,8 @@ async def test_session_sends_the_client_address_before_the_first_login_and_swall
 async def test_session_holds_back_a_failed_login_for_the_penalty() -> None:
     pen = AuthPenalty(max_delay=0.2, reset_after=60)
     pen.failed("192.0.2.1")  # one earlier failure: 0.2 s (capped)
-    from pushproxy.extensions.base import ExtensionRegistry
-    from pushproxy.proxy.session import Session, SessionSettings
-    from tests.unit.test_session import FakeIO, Sink
-
     io = FakeIO()
-    s = Session(
-        io,
-        session_id="t",
-        peer="test",
-        client_tls=True,
-        settings=SessionSettings(),
-        extensions=ExtensionRegistry(),
-        credentials=Sink(),
-        client_ip="192.0.2.1",
-        penalty=pen,
-    )
+    s = new_session(io, client_tls=True, client_ip="192.0.2.1", penalty=pen)
     s.upstream_data(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n")
     s.client_data(b"a1 LOGIN alice wrong\r\na2 NOOP\r\n")
     s.upstream_data(b"a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
@@ -132,20 +118,8 @@ async def test_session_holds_back_a_failed_login_for_the_penalty() -> None:
 
 
 async def test_lazy_upstream_greets_from_the_proxy_and_opens_upstream_at_the_first_command() -> None:
-    from pushproxy.extensions.base import ExtensionRegistry
-    from pushproxy.proxy.session import Session, SessionSettings
-    from tests.unit.test_session import Echo, FakeIO, Sink
-
     io = FakeIO()
-    s = Session(
-        io,
-        session_id="t",
-        peer="test",
-        client_tls=False,
-        settings=SessionSettings(),
-        extensions=ExtensionRegistry([Echo()]),
-        credentials=Sink(),
-    )
+    s = new_session(io, [Echo()])
     s.greet([b"IMAP4rev1", b"AUTH=PLAIN", b"COMPRESS=DEFLATE"])
     assert bytes(io.client) == b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Proxy ready\r\n"
     assert not io.upstream_opened

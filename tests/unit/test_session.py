@@ -7,87 +7,8 @@ import base64
 
 import pytest
 
-from pushproxy.extensions.base import Extension, ExtensionRegistry, Reply, SessionContext
 from pushproxy.imap.capabilities import CapabilityPolicy, ConnectionFacts, rewrite_atoms
-from pushproxy.imap.parse import Command
-from pushproxy.proxy.session import Session, SessionSettings
-
-
-class FakeIO:
-    def __init__(self) -> None:
-        self.client = bytearray()
-        self.upstream = bytearray()
-        self.tls_started = False
-        self.closed = False
-        self.paused = False
-        self.upstream_opened = False
-
-    def to_client(self, data: bytes) -> None:
-        self.client += data
-
-    def to_upstream(self, data: bytes) -> None:
-        self.upstream += data
-
-    def start_client_tls(self) -> None:
-        self.tls_started = True
-
-    def start_upstream_tls(self) -> None:
-        pass
-
-    def pause_client(self) -> None:
-        self.paused = True
-
-    def resume_client(self) -> None:
-        self.paused = False
-
-    def close(self) -> None:
-        self.closed = True
-
-    def open_upstream(self) -> None:
-        self.upstream_opened = True
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.logins: list[tuple[str, str, str]] = []
-
-    async def logged_in(self, account: str, login: str, secret: str, session_id: str) -> None:
-        self.logins.append((account, login, secret))
-
-    async def session_closed(self, session_id: str) -> None:
-        pass
-
-
-class Echo(Extension):
-    def __init__(self) -> None:
-        super().__init__(name="echo", capabilities=(b"XECHO",), commands={"XECHO": self.handle})
-        self.seen: list[Command] = []
-
-    async def handle(self, cmd: Command, ctx: SessionContext) -> Reply:
-        self.seen.append(cmd)
-        await asyncio.sleep(0.01)
-        ctx.reply_untagged(b"XECHO " + b" ".join(a if isinstance(a, bytes) else str(a).encode() for a in cmd.args))
-        return Reply("OK", "XECHO done")
-
-
-def make(**settings: object) -> tuple[Session, FakeIO, Sink, Echo]:
-    io, sink, ext = FakeIO(), Sink(), Echo()
-    s = Session(
-        io,
-        session_id="t",
-        peer="test",
-        client_tls=False,
-        settings=SessionSettings(**settings),  # type: ignore[arg-type]
-        extensions=ExtensionRegistry([ext]),
-        credentials=sink,
-    )
-    s.upstream_data(b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN AUTH=CRAM-MD5 COMPRESS=DEFLATE STARTTLS] hi\r\n")
-    return s, io, sink, ext
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0.02)
+from tests.support.sessions import make, settle
 
 
 async def test_greeting_capabilities_are_rewritten() -> None:

@@ -15,11 +15,10 @@ import base64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pushproxy.extensions.base import Extension, ExtensionRegistry, Reply, SessionContext
+from pushproxy.extensions.base import Extension, Reply, SessionContext
 from pushproxy.imap.framing import Framer, Line
 from pushproxy.imap.parse import Command, is_valid_tag, split_tag_command
-from pushproxy.proxy.session import Session, SessionSettings
-from tests.unit.test_session import FakeIO, Sink
+from tests.support.sessions import FakeIO, Sink, new_session
 
 PASSWORDS = {b"alice": b"pw", b"bob": b"pw"}
 TAGS = [b"a", b"a", b"b", b"A1", b"PPI1", b"\xe9", b"x]"]
@@ -133,15 +132,7 @@ def _tagged_tags(client: bytes) -> list[bytes]:
 
 async def _run(lines: list[bytes], data: st.DataObject, hostile: bytes) -> None:
     io, sink, server = FakeIO(), Sink(), ModelServer(hostile)
-    s = Session(
-        io,
-        session_id="f",
-        peer="fuzz",
-        client_tls=True,
-        settings=SessionSettings(),
-        extensions=ExtensionRegistry([Quick()]),
-        credentials=sink,
-    )
+    s = new_session(io, [Quick()], client_tls=True, credentials=sink, session_id="f")
     client = b"".join(line + b"\r\n" for line in lines)
     upstream = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] model ready\r\n"
     sent_upstream = 0

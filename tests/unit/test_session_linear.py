@@ -15,7 +15,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from tests.unit.test_session import make, settle
+from tests.support.sessions import make, settle
 
 MB = 1 << 20
 WINDOW = 2000

@@ -5,10 +5,12 @@ Before, these paths were exercised only through a real Dovecot and a proxy proce
 
 from __future__ import annotations
 
-from pushproxy.extensions.base import Extension, ExtensionRegistry, Reply, SessionContext
+from typing import Any
+
+from pushproxy.extensions.base import Extension, Reply, SessionContext
 from pushproxy.imap.parse import Command
 from pushproxy.proxy.session import Session, SessionSettings
-from tests.unit.test_session import Echo, FakeIO, Sink, make, settle
+from tests.support.sessions import Echo, FakeIO, make, new_session, settle
 
 
 class RecordingIO(FakeIO):
@@ -20,19 +22,10 @@ class RecordingIO(FakeIO):
         self.upstream_tls = True
 
 
-def bare(**settings: object) -> tuple[Session, RecordingIO, Echo]:
+def bare(**settings: Any) -> tuple[Session, RecordingIO, Echo]:
     """A session that has not seen the upstream greeting yet."""
     io, ext = RecordingIO(), Echo()
-    s = Session(
-        io,
-        session_id="t",
-        peer="test",
-        client_tls=False,
-        settings=SessionSettings(**settings),  # type: ignore[arg-type]
-        extensions=ExtensionRegistry([ext]),
-        credentials=Sink(),
-    )
-    return s, io, ext
+    return new_session(io, [ext], settings=SessionSettings(**settings)), io, ext
 
 
 async def test_upstream_starttls_handshake_then_the_queued_client_command() -> None:
@@ -121,15 +114,7 @@ class Failing(Extension):
 
 async def test_a_failing_handler_gets_no_unavailable_and_the_stream_goes_on() -> None:
     io = FakeIO()
-    s = Session(
-        io,
-        session_id="t",
-        peer="test",
-        client_tls=False,
-        settings=SessionSettings(),
-        extensions=ExtensionRegistry([Failing()]),
-        credentials=Sink(),
-    )
+    s = new_session(io, [Failing()])
     s.upstream_data(b"* OK hi\r\n")
     s.client_data(b"a0 LOGIN alice pw\r\n")
     s.upstream_data(b"a0 OK Logged in\r\n")
@@ -145,15 +130,7 @@ async def test_client_starttls_refused_when_not_offered_or_already_tls() -> None
     await settle()
     assert bytes(io.client).endswith(b"a1 BAD STARTTLS is not available\r\n") and not io.tls_started
     io2 = FakeIO()
-    s2 = Session(
-        io2,
-        session_id="t",
-        peer="test",
-        client_tls=True,
-        settings=SessionSettings(starttls_offered=True),
-        extensions=ExtensionRegistry([]),
-        credentials=Sink(),
-    )
+    s2 = new_session(io2, client_tls=True, settings=SessionSettings(starttls_offered=True))
     s2.upstream_data(b"* OK hi\r\n")
     s2.client_data(b"a1 STARTTLS\r\n")
     await settle()

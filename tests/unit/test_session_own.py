@@ -8,7 +8,7 @@ import pytest
 
 from pushproxy.extensions.base import UpstreamCommandError
 from pushproxy.imap.assemble import DEFAULT_MAX_RESPONSE
-from tests.unit.test_session import make
+from tests.support.sessions import make
 
 
 async def logged_in():

@@ -12,10 +12,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pushproxy.extensions.base import ExtensionRegistry
-from pushproxy.proxy.session import Session, SessionSettings
+from pushproxy.proxy.session import Session
 from tests.support.framing import split_at
-from tests.unit.test_session import FakeIO, Sink
+from tests.support.sessions import FakeIO, new_session
 
 _ATOM = st.text(alphabet="abcXYZ0123456789.*\\<>[]", min_size=1, max_size=10).map(str.encode)
 _BODY = st.binary(max_size=200) | st.sampled_from([b"\r\n", b"{5}\r\n", b"t1 OK {3}\r\n* BYE\r\n", b"+ go\r\n"])
@@ -33,15 +32,7 @@ class RecordingIO(FakeIO):
 
 def _session() -> tuple[Session, RecordingIO]:
     io = RecordingIO()
-    s = Session(
-        io,
-        session_id="t",
-        peer="test",
-        client_tls=False,
-        settings=SessionSettings(),
-        extensions=ExtensionRegistry([]),
-        credentials=Sink(),
-    )
+    s = new_session(io)
     s.upstream_data(b"* PREAUTH [CAPABILITY IMAP4rev1 LITERAL+] logged in as alice\r\n")
     io.client.clear()
     io.client_writes.clear()

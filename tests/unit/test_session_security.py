@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from tests.unit.test_session import make, settle
+from tests.support.sessions import make, settle
 
 
 async def test_duplicate_tag_login_after_login_keeps_the_first_identity() -> None:

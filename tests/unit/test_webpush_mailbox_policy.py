@@ -15,7 +15,7 @@ from pushproxy.imap.utf7 import encode_mailbox
 from pushproxy.proxy.session import Session, SessionSettings
 from pushproxy.watch.subscribed import list_subscribed
 from pushproxy.watch.upstream_types import CommandFailed, CommandResult
-from tests.unit.test_session import FakeIO, Sink
+from tests.support.sessions import FakeIO, Sink
 
 
 def listing(*lines: bytes) -> list[ListItem]:
