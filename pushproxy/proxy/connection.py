@@ -9,7 +9,7 @@ first bytes, once the upstream's greeting capabilities are known).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import contextlib
 import logging
 import secrets
 import time
@@ -389,17 +389,5 @@ class ClientProtocol(protocol.Protocol):
 
 def _unhook(transport: Any) -> None:
     """Unregister the peer transport as producer (Twisted's TLS transport raises once closed)."""
-    try:
+    with contextlib.suppress(AttributeError):
         transport.unregisterProducer()
-    except AttributeError:
-        pass
-
-
-def in_networks(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if addr.version == 6 and addr.ipv4_mapped is not None:  # type: ignore[union-attr]
-        addr = addr.ipv4_mapped  # type: ignore[union-attr]
-    return any(addr in net for net in networks)

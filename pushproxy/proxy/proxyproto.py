@@ -1,4 +1,4 @@
-"""HAProxy PROXY protocol version 2, sans-IO: build a header, parse one.
+"""HAProxy PROXY protocol version 2, sans-IO: build a header, parse one, and who may send one.
 
 Spec: https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt section 2.2.
 Only the binary v2 form is spoken.  A parsed header yields the client's address
@@ -95,3 +95,14 @@ def parse_header(buf: bytes) -> tuple[ProxiedAddress | None, int] | None:
     else:
         return None, end  # UNSPEC / UDP / unix: keep the connection's own address
     return ProxiedAddress(str(src), sport, str(dst), dport), end
+
+
+def in_networks(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether ``ip`` (IPv4-mapped IPv6 counts as IPv4) is in one of ``networks``: may it send a header?"""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if addr.version == 6 and addr.ipv4_mapped is not None:  # type: ignore[union-attr]
+        addr = addr.ipv4_mapped  # type: ignore[union-attr]
+    return any(addr in net for net in networks)

@@ -14,7 +14,8 @@ from twisted.internet.interfaces import IListeningPort
 
 from pushproxy.config import Config, parse_hostport
 from pushproxy.extensions.base import CredentialSink, ExtensionRegistry
-from pushproxy.proxy.connection import ClientProtocol, in_networks
+from pushproxy.proxy import proxyproto
+from pushproxy.proxy.connection import ClientProtocol
 from pushproxy.proxy.limits import ConnectionLimiter
 from pushproxy.proxy.penalty import AuthPenalty
 from pushproxy.proxy.session import SessionSettings
@@ -88,7 +89,7 @@ class ProxyService:
         self.greeting_capabilities: list[bytes] | None = None
 
     def proxy_header_trusted(self, peer_ip: str) -> bool:
-        return bool(self._proxy_networks) and in_networks(peer_ip, self._proxy_networks)
+        return bool(self._proxy_networks) and proxyproto.in_networks(peer_ip, self._proxy_networks)
 
     def remember_capabilities(self, atoms: list[bytes]) -> None:
         self.greeting_capabilities = list(atoms)
