@@ -14,7 +14,10 @@ Prints:
 - time to full ownership at start (every account leased by a live node),
 - failover time after ``kill -9`` of the node holding most leases (until
   every account is leased by a survivor again; target <= lease_ttl + 5 s),
-- PostgreSQL transactions per second at steady state (target O(nodes), not
+- PostgreSQL transactions per second at steady state: with the fake mail
+  flowing (one ledger claim per reported event: it grows with the mail, as
+  pushes do) and with the mail paused, i.e. the coordination alone
+  (heartbeats, lease renewals, the registration feed; target O(nodes), not
   O(accounts): <= 50/s for 10,000 accounts),
 - duplicates (must be 0) and pushes in total.
 
@@ -86,8 +89,11 @@ async def node_main(dsn: str, node_id: str, ttl: float, mail_every: float, out: 
     for account in leases.held():
         await watchers.registration_changed(account)
     feed.start()
+    quiet = out.with_suffix(".quiet")  # the driver pauses the mail to measure coordination alone
     while True:  # the fake upstream: one new message per watched account and period
         await asyncio.sleep(mail_every)
+        if quiet.exists():
+            continue
         uid = int(time.time() // mail_every)  # the same message for every node that watches the account
         for account in list(watchers.running):
             gate(NewMail(account, "INBOX", (MessageInfo(uid),)))
@@ -156,6 +162,14 @@ async def driver(args: argparse.Namespace) -> dict[str, Any]:
         before, t0 = await xacts(conn), time.monotonic()
         await asyncio.sleep(args.steady)
         qps = (await xacts(conn) - before) / (time.monotonic() - t0)
+        # Coordination alone (heartbeats, lease renewals, the registration feed): no mail for a while.
+        quiet = out.with_suffix(".quiet")
+        quiet.touch()
+        await asyncio.sleep(args.mail_every + 1)
+        before, t0 = await xacts(conn), time.monotonic()
+        await asyncio.sleep(args.steady)
+        coordination_qps = (await xacts(conn) - before) / (time.monotonic() - t0)
+        quiet.unlink()
 
         held = {
             r["owner"]: r["n"] for r in await conn.fetch("SELECT owner, count(*) AS n FROM watch_leases GROUP BY owner")
@@ -184,7 +198,9 @@ async def driver(args: argparse.Namespace) -> dict[str, Any]:
         "leases_per_node_before_kill": held,
         "failover_after_kill_9_s": round(failover, 2),
         "failover_target_s": args.ttl + 5,
-        "postgres_transactions_per_s_steady": round(qps, 1),
+        "postgres_transactions_per_s_steady_with_mail": round(qps, 1),
+        "mail_events_per_s": round(args.accounts / args.mail_every, 1),
+        "postgres_transactions_per_s_coordination_only": round(coordination_qps, 1),
         "pushes": len(lines),
         "duplicates": duplicates,
     }

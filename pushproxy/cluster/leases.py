@@ -42,6 +42,8 @@ from pushproxy.store.sql import SqlStore
 log = logging.getLogger("pushproxy.cluster")
 
 TAKE_PER_ROUND = 500  # leases taken per round at most
+NEXT_BATCH_AFTER = 0.5  # seconds between batches of a large takeover (watchers start at watch.connect_rate)
+EXPIRY_GRACE = 0.2  # seconds after another node's lease expires before the round that may take it
 HANDOFF_PER_ROUND = 100  # leases handed to their wanted owner per round at most
 NODE_RETENTION = 7 * 86400.0  # nodes silent this long disappear from `cluster status`
 LEAVE_TIMEOUT = 5.0
@@ -89,6 +91,7 @@ class LeaseManager:
         self._round_lock = asyncio.Lock()
         self._rounds = 0
         self._renewed_at = 0.0  # monotonic time of the last successful renewal
+        self._wake_in = self.interval  # until the next round: sooner when another node's lease is about to expire
 
     @property
     def interval(self) -> float:
@@ -123,7 +126,8 @@ class LeaseManager:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self._wake_in)
+            self._wake_in = self.interval
             try:
                 async with asyncio.timeout(self._ttl):
                     await self.run_round()
@@ -163,6 +167,12 @@ class LeaseManager:
         wanted = set(await self._store.accounts_with_registrations())
         leases = {lease.account: lease for lease in await self._cluster.leases()}
 
+        # A live node renews every TTL/3, so its leases always expire more than a round ahead. One
+        # that expires sooner belongs to a node that stopped renewing (killed, frozen, cut off): the
+        # next round runs right after it expires instead of up to TTL/3 later (failover ~ TTL, not TTL * 4/3).
+        expiring = [lease.expires - now for lease in leases.values() if lease.owner != self.node_id]
+        self._wake_in = min([self.interval, *(d + EXPIRY_GRACE for d in expiring if d > 0)])
+
         unwanted = [a for a in self._held if a not in wanted]
         elsewhere = [a for a in self._held if a in wanted and wanted_owner(a, self._live) != self.node_id]
         for account in unwanted + elsewhere[:HANDOFF_PER_ROUND]:
@@ -175,11 +185,17 @@ class LeaseManager:
             and wanted_owner(a, self._live) == self.node_id
             and (a not in leases or leases[a].expires <= now)
         ]
-        for account in mine[:TAKE_PER_ROUND]:
+        taken = await self._cluster.acquire_many(self.node_id, mine[:TAKE_PER_ROUND], self._ttl)
+        if len(mine) > TAKE_PER_ROUND:  # more orphans than one batch: the next one soon, not a round later
+            self._wake_in = min(self._wake_in, NEXT_BATCH_AFTER)
+        self._held.update(taken)
+        for account in taken:
             previous = leases.get(account)
-            if await self._take(account) and previous is not None and previous.owner != self.node_id:
+            if previous is not None and previous.owner != self.node_id:
                 metrics.CLUSTER_TAKEOVERS.inc()
                 log.info("cluster: took over %s from %s (lease expired)", account, previous.owner)
+            if self._watchers is not None:
+                await self._watchers.registration_changed(account)
 
         self._rounds += 1
         if self._rounds % 30 == 1:

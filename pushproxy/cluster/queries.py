@@ -96,18 +96,27 @@ class ClusterStore:
 
     async def acquire(self, node_id: str, account: str, ttl: float) -> int | None:
         """Take the lease of ``account`` if it is free, expired or ours; its new fence, or None."""
+        return (await self.acquire_many(node_id, [account], ttl)).get(account)
+
+    async def acquire_many(self, node_id: str, accounts: Iterable[str], ttl: float) -> dict[str, int]:
+        """:meth:`acquire` for several accounts in one transaction (a takeover of hundreds is one round trip
+        per account, not one transaction each); account -> new fence of the leases taken."""
+        taken: dict[str, int] = {}
         async with self._backend.write() as conn:
-            rows = await conn.fetch(
-                """INSERT INTO watch_leases (account, owner, expires, fence) VALUES ($1, $2, epoch_now() + $3, 1)
-                   ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, expires = excluded.expires,
-                       fence = watch_leases.fence + 1
-                   WHERE watch_leases.expires <= epoch_now() OR watch_leases.owner = excluded.owner
-                   RETURNING fence""",
-                account,
-                node_id,
-                ttl,
-            )
-        return int(rows[0]["fence"]) if rows else None
+            for account in accounts:
+                rows = await conn.fetch(
+                    """INSERT INTO watch_leases (account, owner, expires, fence) VALUES ($1, $2, epoch_now() + $3, 1)
+                       ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, expires = excluded.expires,
+                           fence = watch_leases.fence + 1
+                       WHERE watch_leases.expires <= epoch_now() OR watch_leases.owner = excluded.owner
+                       RETURNING fence""",
+                    account,
+                    node_id,
+                    ttl,
+                )
+                if rows:
+                    taken[account] = int(rows[0]["fence"])
+        return taken
 
     async def release(self, node_id: str, accounts: Iterable[str]) -> None:
         async with self._backend.write() as conn:
