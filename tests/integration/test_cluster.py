@@ -18,6 +18,7 @@ import pytest
 
 from pushproxy import metrics
 from pushproxy.cluster import LeaseManager, PushLedger, RegistrationFeed, wanted_owner
+from pushproxy.cluster.leases import EXPIRY_GRACE
 from pushproxy.config import ConfigError
 from pushproxy.events import Expunge, MailEvent, MessageInfo, NewMail
 from pushproxy.extensions.webpush.store import WebPushQueries
@@ -367,3 +368,19 @@ async def test_node_with_another_vapid_key_is_refused(pg_nodes: NodeFactory, tmp
         ]
     finally:
         await solo.close()
+
+
+async def test_next_round_is_timed_to_a_silent_nodes_lease_expiry(pg_nodes: NodeFactory) -> None:
+    """Failover ~ lease_ttl: a node whose leases are not renewed is taken over right after they expire,
+    not up to a round (TTL/3) later."""
+    a, b = await pg_nodes("n1"), await pg_nodes("n2")
+    await register(a.store, ACCOUNTS)
+    await a.round()  # alone so far: a takes every account; then it falls silent (frozen, killed)
+    expires = max(lease.expires for lease in await a.leases._cluster.leases())
+    await b.round()
+    assert b.leases._wake_in == b.leases.interval  # nothing expires within a round yet
+    while len(b.leases.held()) < len(ACCOUNTS):  # what b's loop does between rounds
+        await asyncio.sleep(b.leases._wake_in)
+        await b.round()
+    now, _ = await b.leases._cluster.nodes()
+    assert expires <= now < expires + EXPIRY_GRACE + 0.5  # taken at the expiry, not a round later
