@@ -189,7 +189,11 @@ class MailboxTracker:
             out.events += self._changes(
                 box,
                 [u for u in info.vanished if u < state.uidnext],
-                {f.uid: f.flags for f in info.changed if f.uid is not None and f.uid < state.uidnext and f.flags},
+                {
+                    f.uid: f.flags
+                    for f in info.changed
+                    if f.uid is not None and f.uid < state.uidnext and f.flags is not None  # FLAGS () counts
+                },
                 trigger,
             )
         self._modseq = None if info.nomodseq else info.highestmodseq

@@ -7,8 +7,6 @@ test_uidvalidity_change_on_dovecot, test_webpush_changes, test_proxy_restart_emi
 
 from __future__ import annotations
 
-import pytest
-
 from pushproxy.events import Expunge, FlagChange, NewMail
 from pushproxy.imap.data import SelectInfo, StatusInfo, parse_select
 from pushproxy.imap.fetch import parse_fetch
@@ -198,11 +196,6 @@ def test_changes_dropped_on_reselect_and_caught_up_by_qresync() -> None:
     assert kinds[FlagChange].changes == ((2, ("\\Flagged",)),)  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: on_select drops a changed message whose flags are now empty (FLAGS ()), e.g. marked "
-    "unread elsewhere while another mailbox was selected; live (IDLE) the same change is reported",
-)
 def test_all_flags_cleared_while_away_is_a_flag_change() -> None:
     t = live()
     info = parse_select(
