@@ -59,6 +59,7 @@ def event_record(event: MailEvent) -> dict[str, Any]:
 class EventLog(Extension):
     section = "eventlog"
     settings = EventLogSettings
+    in_example_config = False  # test-only: not in what admins read
 
     def __init__(self) -> None:
         super().__init__(name="eventlog", capabilities=(b"XEVENTLOG",), commands={"XEVENTLOG": self.xeventlog})
