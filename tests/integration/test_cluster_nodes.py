@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tests.support.apns_standin import ApnsStandin
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 from tests.support.dovecot import Dovecot, make_message
 from tests.support.proxy import ROOT, ProxyProcess, upstream_config
+from tests.support.waiting import assert_quiet, wait_for
 
 pytest.importorskip("asyncpg", reason="asyncpg is not installed: pip install 'pushproxy[postgres]'")
 
@@ -45,14 +45,6 @@ def token(account: str) -> str:
 
 def metric_sum(nodes: list[ProxyProcess], name: str, labels: dict[str, str] | None = None) -> float:
     return sum(n.metric(name, labels) for n in nodes if n.proc is not None and n.proc.poll() is None)
-
-
-def wait(predicate: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what if isinstance(what, str) else what()}")
-        time.sleep(0.1)
 
 
 def watcher_states(nodes: list[ProxyProcess]) -> str:
@@ -73,12 +65,14 @@ def counts(standin: ApnsStandin) -> dict[str, int]:
 def deliver_round(dovecot: Dovecot, standin: ApnsStandin, n: int, timeout: float = 30.0) -> None:
     for account in ACCOUNTS:
         dovecot.deliver(account, make_message(f"round {n} for {account}"))
-    wait(lambda: all(c >= n for c in counts(standin).values()), timeout, f"round {n} pushes: {counts(standin)}")
+    wait_for(
+        lambda: all(c >= n for c in counts(standin).values()), timeout, lambda: f"round {n} pushes: {counts(standin)}"
+    )
 
 
 def assert_exactly(standin: ApnsStandin, n: int) -> None:
-    time.sleep(QUIET)  # a bounded quiet period: a duplicate would arrive within it
-    assert counts(standin) == dict.fromkeys(ACCOUNTS, n)
+    """n pushes per device, and still n after a bounded quiet period (a late duplicate would arrive within it)."""
+    assert_quiet(lambda: counts(standin) == dict.fromkeys(ACCOUNTS, n), QUIET, lambda: f"{n} each: {counts(standin)}")
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +144,12 @@ def prepared(nodes: list[ProxyProcess], dovecot: Dovecot) -> list[ProxyProcess]:
         assert b"a2 OK" in register(client, b"a2", token(account))
         client.close()
     shares = {f"node{i}": sum(1 for a in ACCOUNTS if wanted_owner(a, NODE_IDS) == f"node{i}") for i in range(3)}
-    wait(
+    wait_for(
         lambda: all(n.metric("pushproxy_cluster_leases_held") == shares[f"node{i}"] for i, n in enumerate(nodes)),
         30,
         f"every account leased by its rendezvous owner {shares}",
     )
-    wait(
+    wait_for(
         lambda: metric_sum(nodes, "pushproxy_watchers", {"state": "idle"}) == len(ACCOUNTS),
         30,
         lambda: f"every account watched once: {watcher_states(nodes)}",
@@ -185,15 +179,15 @@ def test_three_nodes_push_each_message_once_and_survive_kill_9(
     survivors = [n for n in nodes if n is not victim]
     for account in ACCOUNTS:  # round 5, delivered while nobody watches the victim's accounts
         dovecot.deliver(account, make_message(f"during the outage for {account}"))
-    wait(lambda: all(c >= 5 for c in counts(apns).values()), TTL + 30, lambda: f"takeover pushes: {counts(apns)}")
+    wait_for(lambda: all(c >= 5 for c in counts(apns).values()), TTL + 30, lambda: f"takeover pushes: {counts(apns)}")
     assert metric_sum(survivors, "pushproxy_cluster_takeovers_total") >= 1
     for n in (6, 7):
         deliver_round(dovecot, apns, n)
     assert_exactly(apns, 7)
 
     victim.start()  # rejoins and takes its share back
-    wait(lambda: victim.metric("pushproxy_cluster_leases_held") >= 1, 30, "the restarted node to take a share")
-    wait(
+    wait_for(lambda: victim.metric("pushproxy_cluster_leases_held") >= 1, 30, "the restarted node to take a share")
+    wait_for(
         lambda: (
             metric_sum(nodes, "pushproxy_cluster_leases_held") == len(ACCOUNTS)
             and metric_sum(nodes, "pushproxy_watchers", {"state": "idle"}) == len(ACCOUNTS)
@@ -216,7 +210,7 @@ def test_frozen_node_causes_no_duplicates_and_stops_its_watchers(
     others = [n for n in nodes if n is not frozen]
     frozen.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
     try:
-        wait(
+        wait_for(
             lambda: metric_sum(others, "pushproxy_cluster_leases_held") == len(ACCOUNTS),
             TTL + 20,
             "the others to take over the frozen node's accounts",
@@ -225,7 +219,7 @@ def test_frozen_node_causes_no_duplicates_and_stops_its_watchers(
     finally:
         frozen.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
     # It wakes up believing it watches its accounts: its IDLE connections may report round 2 too.
-    wait(
+    wait_for(
         lambda: (
             metric_sum(nodes, "pushproxy_cluster_leases_held") == len(ACCOUNTS)
             and metric_sum(nodes, "pushproxy_watchers", {"state": "idle"}) == len(ACCOUNTS)
