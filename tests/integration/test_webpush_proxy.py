@@ -355,6 +355,24 @@ def test_410_prunes_429_is_retried_redirect_not_followed(
     client.close()
 
 
+def test_the_last_subscription_gone_410_stops_the_watcher(
+    dovecot: Dovecot, proxy_factory: ProxyFactory, standin
+) -> None:
+    """Issue 14 point 3 on one node: a registration the push service reports gone (410) was the account's
+    last, so its watcher stops at once, not at the next restart."""
+    proxy = start_proxy(proxy_factory, dovecot)
+    client = RawImap(proxy.port)
+    client.login()
+    gone = subscribe_and_ack(client, standin, "gone")
+    client.close()
+    wait_watching(proxy)
+    standin.program(gone, Answer.status(410))
+    dovecot.deliver("alice", make_message("first"))
+    assert [p.answered for p in wait_pushes(standin, gone, 2)[1:]] == [410]
+    proxy.wait_log("watcher alice: no registrations left; stopped")
+    wait_until(lambda: sum(proxy.metric("pushproxy_watchers", {"state": s}) for s in LIVE) == 0, what="no watcher")
+
+
 # --- refusals and limits ------------------------------------------------------------------------------
 
 

@@ -174,6 +174,12 @@ def test_bad_device_token_removed_and_hang_does_not_stall(dovecot: Dovecot, prox
     db = proxy.base_dir / "pushproxy.db"
     wait_for(lambda: all(t != TOKEN_B for _, _, t in devices_in_store(db)), 5, "the 400 device to be removed")
     assert all(t != TOKEN_B for _, _, t in devices_in_store(db))
+    # It was carol's only device: her watcher stops at once (issue 14 point 3), alice's keeps running.
+    proxy.wait_log("watcher carol: no registrations left; stopped")
+    watching = ("idle", "polling", "connecting", "backoff")
+    wait_for(
+        lambda: sum(proxy.metric("pushproxy_watchers", {"state": s}) for s in watching) == 1, 5, "alice's watcher only"
+    )
 
 
 def test_ox_endpoint_injects_events(dovecot: Dovecot, proxy_factory, apns, certs, tmp_path: Path) -> None:
