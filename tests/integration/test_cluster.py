@@ -21,6 +21,7 @@ from pushproxy.cluster import LeaseManager, PushLedger, RegistrationFeed, wanted
 from pushproxy.cluster.leases import EXPIRY_GRACE
 from pushproxy.config import ConfigError
 from pushproxy.events import Expunge, MailEvent, MessageInfo, NewMail
+from pushproxy.extensions.webpush.ratelimit import VerificationLimiter, VerificationQueries
 from pushproxy.extensions.webpush.store import WebPushQueries
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.extensions.xapplepush.store import ApnsQueries
@@ -384,3 +385,23 @@ async def test_next_round_is_timed_to_a_silent_nodes_lease_expiry(pg_nodes: Node
         await b.round()
     now, _ = await b.leases._cluster.nodes()
     assert expires <= now < expires + EXPIRY_GRACE + 0.5  # taken at the expiry, not a round later
+
+
+async def test_verification_push_limits_hold_across_nodes_and_restarts(pg_nodes: NodeFactory, tmp_path: Path) -> None:
+    """The verification-push bounds (issue 9) are counted in the shared store: a client cannot multiply them
+    by reconnecting to another node, or by waiting for a restart; the rows name no account and no URL."""
+    a, b = await pg_nodes("n1"), await pg_nodes("n2")
+    on_a = VerificationLimiter(a.store.queries(VerificationQueries), per_endpoint=3, per_account=5)
+    on_b = VerificationLimiter(b.store.queries(VerificationQueries), per_endpoint=3, per_account=5)
+    url = "https://push.example/victim"
+    assert [await limiter.take("alice", url) for limiter in (on_a, on_b, on_a)] == [None, None, None]
+    refusal = await on_b.take("bob", url)  # another account, the same endpoint: its 4th within the hour
+    assert refusal is not None and "endpoint" in refusal
+    assert [await on_b.take("alice", f"{url}/{i}") for i in range(2)] == [None, None]
+    refusal = await on_a.take("alice", f"{url}/other")  # alice's 6th, on the node that counted 2 of them
+    assert refusal is not None and "account" in refusal
+    assert await on_a.take("carol", f"{url}/carol") is None  # others are still served
+    async with b.store.backend.read() as conn:
+        rows = await conn.fetch("SELECT * FROM webpush_verifications")
+    dump = b"".join(bytes(v) if isinstance(v, bytes) else str(v).encode() for r in rows for v in r.values())
+    assert b"alice" not in dump and b"push.example" not in dump

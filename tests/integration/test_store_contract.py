@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pushproxy.extensions.webpush.ratelimit import VerificationLimiter, VerificationQueries
 from pushproxy.extensions.webpush.schema import WEBPUSH
 from pushproxy.extensions.webpush.store import VapidKey, WebPushQueries
 from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
@@ -400,7 +401,8 @@ async def test_migration_encrypts_existing_device_tokens(make_store: MakeStore) 
         assert await new.queries(ApnsQueries).remove_device_token(TOKEN.upper()) == 2
         assert [d.device_token for d in await new.queries(ApnsQueries).list_devices()] == ["cd" * 32]
         versions = await raw_rows(new, "SELECT part, max(version) FROM schema_migrations GROUP BY part ORDER BY part")
-        assert [tuple(r) for r in versions] == [("core", CORE.version), ("webpush", 1), ("xapplepush", 2)]
+        # webpush 2: the verification counts (webpush_verifications)
+        assert [tuple(r) for r in versions] == [("core", CORE.version), ("webpush", 2), ("xapplepush", 2)]
     finally:
         await new.close()
 
@@ -481,3 +483,28 @@ async def test_device_token_bound_to_its_row(store: SqlStore) -> None:
                WHERE account = 'bob'"""
         )
     assert [(d.account, d.device_token) for d in await store.queries(ApnsQueries).list_devices()] == [("alice", TOKEN)]
+
+
+async def test_verification_counts_survive_a_restart_and_are_pruned(make_store: MakeStore) -> None:
+    """The verification-push bounds are counted in the store, not in the process (issue 9 item 5)."""
+    first = make_store()
+    await first.open()
+    try:
+        limiter = VerificationLimiter(first.queries(VerificationQueries), per_endpoint=2, per_account=10)
+        assert [await limiter.take("alice", "https://push.example/a") for _ in range(2)] == [None, None]
+    finally:
+        await first.close()
+    again = make_store()
+    await again.open()
+    try:
+        queries = again.queries(VerificationQueries)
+        limiter = VerificationLimiter(queries, per_endpoint=2, per_account=10)
+        refusal = await limiter.take("alice", "https://push.example/a")
+        assert refusal is not None and "endpoint" in refusal  # still 2 sends in the hour after the restart
+        key = queries.key("endpoint", "https://push.example/a")
+        assert await queries.count(key, 3600.0) == 2  # the refused one was not counted
+        assert await queries.prune(3600.0) == 0  # within the hour: kept
+        assert await queries.prune(0.0) == 4  # a window of 0: every row is older (2 sends x account + endpoint)
+        assert await limiter.take("alice", "https://push.example/a") is None
+    finally:
+        await again.close()

@@ -52,7 +52,7 @@ from pushproxy.extensions.webpush.grammar import (
 from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes
 from pushproxy.extensions.webpush.maintenance import SubscriptionMaintenance, is_expired
 from pushproxy.extensions.webpush.process import WebPushProcess
-from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
+from pushproxy.extensions.webpush.ratelimit import VerificationLimiter, VerificationQueries
 from pushproxy.extensions.webpush.sender import WebPushSender, endpoint_tag
 from pushproxy.extensions.webpush.settings import webpush_settings
 from pushproxy.extensions.webpush.ssrf import EndpointRefused
@@ -137,7 +137,9 @@ class WebPushCommands(SubscriptionMaintenance):
         expiry = settings.ack_expiry
         self._sweep_interval = sweep_interval or min(_MAX_SWEEP_INTERVAL, max(_MIN_SWEEP_INTERVAL, expiry / 4))
         self.limiter = VerificationLimiter(
-            settings.verification_per_endpoint_per_hour, settings.verification_per_account_per_hour
+            store.queries(VerificationQueries),
+            settings.verification_per_endpoint_per_hour,
+            settings.verification_per_account_per_hour,
         )
         # (account, id) -> token hash of a verification push that was not delivered: an
         # identical WEBPUSH may then send a new one.  Bounded by the subscriptions.
@@ -215,12 +217,11 @@ class WebPushCommands(SubscriptionMaintenance):
                 ctx.reply_untagged(vapid_response(current_key.public_key_b64))
                 ctx.reply_untagged(webpush_response(old.sub_id, old.endpoint, self.process.state_of(old, now)))
                 return Reply("OK", "WEBPUSH completed")
-            refusal = self.limiter.refusal(account, _endpoint_key(request.endpoint))
+            refusal = await self.limiter.take(account, _endpoint_key(request.endpoint))
             if refusal is not None:
                 log.info("webpush %s: verification push refused by the rate limit", account)
                 metrics.WEBPUSH_VERIFICATIONS.labels(result="rate_limited").inc()
                 return Reply("NO", refusal, "LIMIT")
-            self.limiter.record(account, _endpoint_key(request.endpoint))
             self._undelivered.pop((account, request.sub_id), None)
             # New, changed, still waiting for its ACK (a new token replaces the old one), or
             # acknowledged under an older VAPID key: a new version that must be acknowledged.

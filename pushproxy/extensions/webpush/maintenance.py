@@ -61,7 +61,7 @@ class SubscriptionMaintenance:
         The gauge is refreshed here only (at most a minute old): a census after
         every command would read every subscription of every account each time.
         """
-        self.limiter.prune()
+        await self.limiter.prune()
         now = self.clock()
         subs = await self.subscriptions.list_subscriptions()
         live = {(s.account, s.sub_id) for s in subs if not is_expired(s, now)}

@@ -1,4 +1,4 @@
-"""How many verification pushes the proxy sends, per endpoint and per account, per hour.
+"""How many verification pushes the proxy sends, per endpoint and per account, per hour -- on every node.
 
 The verification push (``* ACKWEBPUSH <token>``) is the one push that goes to
 a URL nobody has proved to control yet; without a bound, one session could
@@ -9,87 +9,88 @@ make the proxy POST to a third party's URL as fast as it can send WEBPUSH
 ``webpush.verification_per_account_per_hour``; beyond either, WEBPUSH gets
 ``NO [LIMIT]`` and nothing is stored or sent.
 
-The counts live in this process (a restart forgets them; with several nodes
-each node applies the bound).  Memory is bounded: a key only exists while it
-has sends in the last hour, and a new endpoint key can only appear when its
-account is under its own limit.
+The sends are rows of ``webpush_verifications`` in the store, so the bound
+holds across restarts and across the nodes sharing a PostgreSQL database (a
+client cannot multiply it by reconnecting to another node).  Rows name no
+account and no URL: the key is a keyed hash (vault key).  Check and record
+are one transaction; on PostgreSQL an advisory lock per key serialises nodes
+counting the same key.  Rows older than the window are pruned by the
+subscription maintenance.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from collections.abc import Callable
+from pushproxy.store.sql_base import Queries
+
+__all__ = ["WINDOW", "VerificationLimiter", "VerificationQueries"]
 
 WINDOW = 3600.0
 
 
-class SlidingWindow:
-    """At most ``limit`` events per key within ``window`` seconds."""
+class VerificationQueries(Queries):
+    """The ``webpush_verifications`` table (migration 2 of the webpush part)."""
 
-    def __init__(self, limit: int, window: float = WINDOW, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._events: dict[str, deque[float]] = {}
+    def key(self, kind: str, value: str) -> bytes:
+        return self._vault.keyed_hash(b"webpush-verification", f"{kind}\0{value}".encode())
 
-    def _recent(self, key: str, now: float) -> deque[float] | None:
-        events = self._events.get(key)
-        if events is None:
-            return None
-        while events and now - events[0] >= self.window:
-            events.popleft()
-        if not events:
-            del self._events[key]
-            return None
-        return events
+    async def take(self, keys: list[tuple[bytes, int]], window: float) -> int | None:
+        """Record one send under every key if each has fewer than its limit in ``window``;
+        else record nothing and return the index of the first key at its limit."""
+        async with self._backend.write() as conn:
+            if self.dialect.xact_lock is not None:
+                for lock in sorted({int.from_bytes(k[:8], "big", signed=True) for k, _ in keys}):
+                    await conn.execute(self.dialect.xact_lock, lock)
+            for index, (key, limit) in enumerate(keys):
+                (row,) = await conn.fetch(
+                    "SELECT count(*) AS n FROM webpush_verifications WHERE key_hash = $1 AND sent > epoch_now() - $2",
+                    key,
+                    window,
+                )
+                if int(row["n"]) >= limit:
+                    return index
+            for key, _ in keys:
+                await conn.execute("INSERT INTO webpush_verifications (key_hash, sent) VALUES ($1, epoch_now())", key)
+        return None
 
-    def allows(self, key: str) -> bool:
-        events = self._recent(key, self._clock())
-        return events is None or len(events) < self.limit
+    async def prune(self, window: float) -> int:
+        return await self._modify("DELETE FROM webpush_verifications WHERE sent <= epoch_now() - $1", window)
 
-    def record(self, key: str) -> None:
-        now = self._clock()
-        events = self._recent(key, now)
-        if events is None:
-            events = self._events[key] = deque(maxlen=self.limit)
-        events.append(now)
-
-    def prune(self) -> None:
-        """Forget keys with nothing in the window (called by the maintenance loop)."""
-        now = self._clock()
-        for key in list(self._events):
-            self._recent(key, now)
-
-    def __len__(self) -> int:
-        return len(self._events)
+    async def count(self, key: bytes, window: float) -> int:
+        row = await self._fetchone(
+            "SELECT count(*) AS n FROM webpush_verifications WHERE key_hash = $1 AND sent > epoch_now() - $2",
+            key,
+            window,
+        )
+        return int(row["n"]) if row is not None else 0
 
 
 class VerificationLimiter:
-    """The per-endpoint and per-account bounds together; endpoints are keyed as stored."""
+    """The per-account and per-endpoint bounds together; endpoints are keyed as stored."""
 
-    def __init__(self, per_endpoint: int, per_account: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.endpoints = SlidingWindow(per_endpoint, clock=clock)
-        self.accounts = SlidingWindow(per_account, clock=clock)
+    def __init__(self, queries: VerificationQueries, per_endpoint: int, per_account: int, window: float = WINDOW):
+        self._queries = queries
+        self.per_endpoint = per_endpoint
+        self.per_account = per_account
+        self.window = window
 
-    def refusal(self, account: str, endpoint: str) -> str | None:
-        """None when one more verification push may go out, else the reason for ``NO [LIMIT]``."""
-        if not self.accounts.allows(account):
+    async def take(self, account: str, endpoint: str) -> str | None:
+        """None when one more verification push may go out (and it is counted), else the reason for ``NO [LIMIT]``."""
+        keys = [
+            (self._queries.key("account", account), self.per_account),
+            (self._queries.key("endpoint", endpoint), self.per_endpoint),
+        ]
+        refused = await self._queries.take(keys, self.window)
+        if refused == 0:
             return (
                 f"Too many WEBPUSH verification pushes for this account "
-                f"(at most {self.accounts.limit} per hour); try again later"
+                f"(at most {self.per_account} per hour); try again later"
             )
-        if not self.endpoints.allows(endpoint):
+        if refused == 1:
             return (
                 f"Too many WEBPUSH verification pushes to this endpoint "
-                f"(at most {self.endpoints.limit} per hour); try again later"
+                f"(at most {self.per_endpoint} per hour); try again later"
             )
         return None
 
-    def record(self, account: str, endpoint: str) -> None:
-        self.accounts.record(account)
-        self.endpoints.record(endpoint)
-
-    def prune(self) -> None:
-        self.accounts.prune()
-        self.endpoints.prune()
+    async def prune(self) -> int:
+        return await self._queries.prune(self.window)

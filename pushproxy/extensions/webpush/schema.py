@@ -1,4 +1,4 @@
-"""WEBPUSH's tables: subscriptions and VAPID key metadata, numbered migrations of its own part."""
+"""WEBPUSH's tables: subscriptions, VAPID key metadata, verification counts; numbered migrations of its own part."""
 
 from __future__ import annotations
 
@@ -43,6 +43,14 @@ WEBPUSH = SchemaPart(
             )""",
             # At most one current key, enforced by the database.
             "CREATE UNIQUE INDEX vapid_keys_one_current ON vapid_keys (current) WHERE current = {true}",
+        ),
+        # 2: verification pushes sent in the last hour, counted by every node (keyed hashes, no names)
+        (
+            """CREATE TABLE webpush_verifications (
+                key_hash {blob} NOT NULL,           -- keyed hash (vault key) of the account or the endpoint
+                sent {real} NOT NULL                -- database clock
+            )""",
+            "CREATE INDEX webpush_verifications_by_key ON webpush_verifications (key_hash, sent)",
         ),
     ),
     legacy_version=1,
