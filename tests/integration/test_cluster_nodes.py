@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 
 from pushproxy.cluster import wanted_owner
+from tests.support import apns_env
 from tests.support.apns_env import RawClient, apns_config, register
 from tests.support.apns_standin import ApnsStandin
-from tests.support.certs import ApnsTestCerts, make_apns_certs
+from tests.support.certs import ApnsTestCerts
 from tests.support.dovecot import Dovecot, make_message
 from tests.support.proxy import ROOT, ProxyProcess, upstream_config
 from tests.support.waiting import assert_quiet, wait_for
@@ -75,17 +76,7 @@ def assert_exactly(standin: ApnsStandin, n: int) -> None:
     assert_quiet(lambda: counts(standin) == dict.fromkeys(ACCOUNTS, n), QUIET, lambda: f"{n} each: {counts(standin)}")
 
 
-@pytest.fixture(scope="module")
-def certs() -> ApnsTestCerts:
-    return make_apns_certs(Path(tempfile.mkdtemp(prefix="apns-certs-")))
-
-
-@pytest.fixture
-def apns(certs: ApnsTestCerts) -> Iterator[ApnsStandin]:
-    standin = ApnsStandin(certs.server_cert, certs.server_key, client_ca=certs.ca_cert)
-    standin.start()
-    yield standin
-    standin.stop()
+certs, apns = apns_env.certs, apns_env.apns  # the shared fixtures
 
 
 def start_node(made: list[ProxyProcess], dovecot: Dovecot, config: dict[str, Any]) -> ProxyProcess:
@@ -157,6 +148,18 @@ def prepared(nodes: list[ProxyProcess], dovecot: Dovecot) -> list[ProxyProcess]:
     return nodes
 
 
+def wait_one_watcher_per_account(nodes: list[ProxyProcess], what: str) -> None:
+    """Every account leased once and watched once, over all live nodes."""
+    wait_for(
+        lambda: (
+            metric_sum(nodes, "pushproxy_cluster_leases_held") == len(ACCOUNTS)
+            and metric_sum(nodes, "pushproxy_watchers", {"state": "idle"}) == len(ACCOUNTS)
+        ),
+        30,
+        lambda: f"{what}: {watcher_states(nodes)}",
+    )
+
+
 def owner_with_most(nodes: list[ProxyProcess]) -> ProxyProcess:
     return max(nodes, key=lambda n: n.metric("pushproxy_cluster_leases_held"))
 
@@ -187,14 +190,7 @@ def test_three_nodes_push_each_message_once_and_survive_kill_9(
 
     victim.start()  # rejoins and takes its share back
     wait_for(lambda: victim.metric("pushproxy_cluster_leases_held") >= 1, 30, "the restarted node to take a share")
-    wait_for(
-        lambda: (
-            metric_sum(nodes, "pushproxy_cluster_leases_held") == len(ACCOUNTS)
-            and metric_sum(nodes, "pushproxy_watchers", {"state": "idle"}) == len(ACCOUNTS)
-        ),
-        30,
-        "one watcher per account again",
-    )
+    wait_one_watcher_per_account(nodes, "one watcher per account again")
     for n in (8, 9, 10):
         deliver_round(dovecot, apns, n)
     assert_exactly(apns, 10)
@@ -219,14 +215,7 @@ def test_frozen_node_causes_no_duplicates_and_stops_its_watchers(
     finally:
         frozen.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
     # It wakes up believing it watches its accounts: its IDLE connections may report round 2 too.
-    wait_for(
-        lambda: (
-            metric_sum(nodes, "pushproxy_cluster_leases_held") == len(ACCOUNTS)
-            and metric_sum(nodes, "pushproxy_watchers", {"state": "idle"}) == len(ACCOUNTS)
-        ),
-        30,
-        "one watcher per account after the split brain",
-    )
+    wait_one_watcher_per_account(nodes, "one watcher per account after the split brain")
     assert_exactly(apns, 2)
     deliver_round(dovecot, apns, 3)
     assert_exactly(apns, 3)

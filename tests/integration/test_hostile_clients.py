@@ -118,14 +118,14 @@ def test_invalid_tags_and_huge_literals(dovecot: Dovecot, proxy_factory) -> None
 
 
 def test_duplicate_tag_takeover_cannot_reach_bobs_webpush_subscriptions(dovecot: Dovecot, proxy_factory) -> None:
-    from tests.integration.test_webpush_proxy import (
+    from tests.support.push_standin import PushStandin
+    from tests.support.webpush_proxy import (
         RawImap,
         start_proxy,
         subscribe_and_ack,
         wait_pushes,
         wait_until,
     )
-    from tests.support.push_standin import PushStandin
 
     with PushStandin() as standin:
         proxy = start_proxy(proxy_factory, dovecot)
@@ -155,7 +155,7 @@ def test_duplicate_tag_takeover_cannot_reach_bobs_webpush_subscriptions(dovecot:
 def test_capabilities_inside_the_login_response_are_the_authenticated_ones(dovecot: Dovecot, proxy_factory) -> None:
     # This Dovecot puts them in the tagged OK's code; an untagged "* CAPABILITY" inside
     # the exchange (other servers) is covered by the session unit tests.
-    from tests.integration.test_webpush_proxy import start_proxy
+    from tests.support.webpush_proxy import start_proxy
 
     proxy = start_proxy(proxy_factory, dovecot)
     c = RawClient(proxy.port)

@@ -466,7 +466,7 @@ def test_two_proxy_nodes_share_postgres(
     postgres_dsn: str, dovecot: Dovecot, proxy_factory: ProxyFactory, standin: PushStandin, tmp_path: Path
 ) -> None:
     # postgres_dsn first: its database is dropped only after the proxies have stopped.
-    from tests.integration.test_webpush_proxy import WATCH, RawImap, subscribe_and_ack, wait_pushes, wait_until
+    from tests.support.webpush_proxy import WATCH, RawImap, subscribe_and_ack, wait_pushes, wait_until
 
     shared = {
         "store": {"url": postgres_dsn},

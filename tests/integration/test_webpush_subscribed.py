@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import imaplib
 import re
-from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.test_webpush_proxy import (
+from tests.support import webpush_proxy
+from tests.support.dovecot import Dovecot, make_message
+from tests.support.proxy import ProxyProcess
+from tests.support.push_standin import PushStandin, ReceivedPush, StandinSubscription
+from tests.support.webpush_proxy import (
     ProxyFactory,
     RawImap,
     start_proxy,
@@ -23,17 +26,11 @@ from tests.integration.test_webpush_proxy import (
     wait_until,
     wait_watching,
 )
-from tests.support.dovecot import Dovecot, make_message
-from tests.support.proxy import ProxyProcess
-from tests.support.push_standin import PushStandin, ReceivedPush, StandinSubscription
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def standin() -> Iterator[PushStandin]:
-    with PushStandin() as s:
-        yield s
+standin = webpush_proxy.standin  # the shared fixture
 
 
 def connected_lines(proxy: ProxyProcess) -> list[str]:
