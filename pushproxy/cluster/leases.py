@@ -185,17 +185,14 @@ class LeaseManager:
             and wanted_owner(a, self._live) == self.node_id
             and (a not in leases or leases[a].expires <= now)
         ]
-        taken = await self._cluster.acquire_many(self.node_id, mine[:TAKE_PER_ROUND], self._ttl)
+        taken = await self._take(mine[:TAKE_PER_ROUND])
         if len(mine) > TAKE_PER_ROUND:  # more orphans than one batch: the next one soon, not a round later
             self._wake_in = min(self._wake_in, NEXT_BATCH_AFTER)
-        self._held.update(taken)
         for account in taken:
             previous = leases.get(account)
             if previous is not None and previous.owner != self.node_id:
                 metrics.CLUSTER_TAKEOVERS.inc()
                 log.info("cluster: took over %s from %s (lease expired)", account, previous.owner)
-            if self._watchers is not None:
-                await self._watchers.registration_changed(account)
 
         self._rounds += 1
         if self._rounds % 30 == 1:
@@ -207,7 +204,7 @@ class LeaseManager:
     async def registration_changed(self, account: str) -> None:
         """An account's registrations changed (on any node): follow it at once if it is, or should be, ours."""
         if account not in self._held and wanted_owner(account, self._live) == self.node_id:
-            if not await self._take(account):
+            if not await self._take([account]):
                 return  # another node holds a live lease: it follows the change itself
             return  # _take started the watcher with the current registrations
         if account in self._held and self._watchers is not None:
@@ -220,14 +217,14 @@ class LeaseManager:
             if self._watchers is not None:
                 await self._watchers.registration_changed(account)
 
-    async def _take(self, account: str) -> bool:
-        fence = await self._cluster.acquire(self.node_id, account, self._ttl)
-        if fence is None:
-            return False
-        self._held[account] = fence
+    async def _take(self, accounts: list[str]) -> list[str]:
+        """Take these accounts' leases where free or expired (one transaction) and start their watchers."""
+        taken = await self._cluster.acquire_many(self.node_id, accounts, self._ttl)
+        self._held.update(taken)
         if self._watchers is not None:
-            await self._watchers.registration_changed(account)
-        return True
+            for account in taken:
+                await self._watchers.registration_changed(account)
+        return list(taken)
 
     async def _hand_back(self, account: str) -> None:
         self._held.pop(account, None)

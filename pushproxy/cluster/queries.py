@@ -94,13 +94,9 @@ class ClusterStore:
             )
         return {r["account"]: int(r["fence"]) for r in rows}
 
-    async def acquire(self, node_id: str, account: str, ttl: float) -> int | None:
-        """Take the lease of ``account`` if it is free, expired or ours; its new fence, or None."""
-        return (await self.acquire_many(node_id, [account], ttl)).get(account)
-
     async def acquire_many(self, node_id: str, accounts: Iterable[str], ttl: float) -> dict[str, int]:
-        """:meth:`acquire` for several accounts in one transaction (a takeover of hundreds is one round trip
-        per account, not one transaction each); account -> new fence of the leases taken."""
+        """Take the leases of these accounts that are free, expired or ours, in one transaction (a takeover
+        of hundreds is one round trip per account, not one transaction each); account -> new fence."""
         taken: dict[str, int] = {}
         async with self._backend.write() as conn:
             for account in accounts:

@@ -25,6 +25,7 @@ from pushproxy.store.sql_base import Queries
 __all__ = ["WINDOW", "VerificationLimiter", "VerificationQueries"]
 
 WINDOW = 3600.0
+_RECENT_SENDS = "SELECT count(*) AS n FROM webpush_verifications WHERE key_hash = $1 AND sent > epoch_now() - $2"
 
 
 class VerificationQueries(Queries):
@@ -42,7 +43,7 @@ class VerificationQueries(Queries):
                     await conn.execute(self.dialect.xact_lock, lock)
             for index, (key, limit) in enumerate(keys):
                 (row,) = await conn.fetch(
-                    "SELECT count(*) AS n FROM webpush_verifications WHERE key_hash = $1 AND sent > epoch_now() - $2",
+                    _RECENT_SENDS,
                     key,
                     window,
                 )
@@ -57,7 +58,7 @@ class VerificationQueries(Queries):
 
     async def count(self, key: bytes, window: float) -> int:
         row = await self._fetchone(
-            "SELECT count(*) AS n FROM webpush_verifications WHERE key_hash = $1 AND sent > epoch_now() - $2",
+            _RECENT_SENDS,
             key,
             window,
         )
