@@ -1,14 +1,61 @@
-"""TLS settings for both legs: the proxy terminates TLS on each side."""
+"""TLS settings for both legs: the proxy terminates TLS on each side.
+
+ALPN on the client-facing side: a client that offers ALPN gets ``imap`` (the
+IANA-registered id; Delta Chat offers it on every port but 993) or, when it
+offers only other protocols, a fatal ``no_application_protocol`` alert and
+one log line (RFC 7301 3.2).  A client that offers none is served as before.
+Twisted 26 installs an ALPN callback on every server context and, with no
+acceptable protocols, aborts any handshake that offers one with an
+``internal_error`` alert and no log line: hence our own callback.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 
 from pushproxy.config import ConfigError, UpstreamConfig
+
+log = logging.getLogger("pushproxy.tls")
+
+IMAP_ALPN = b"imap"
+_SHOWN_PROTOCOLS = 4  # a refused client's offer, as logged: the first few names, each cut short
+
+
+class AlpnRefused(SSL.Error):
+    """The client offered ALPN protocols, none of them ``imap`` (the handshake fails with an alert)."""
+
+
+def select_alpn(conn: SSL.Connection, offered: Sequence[bytes]) -> bytes:
+    """The ALPN selection callback: ``imap`` if offered, else refuse the handshake with one log line."""
+    if IMAP_ALPN in offered:
+        return IMAP_ALPN
+    shown = ",".join(_printable(p) for p in offered[:_SHOWN_PROTOCOLS])
+    if len(offered) > _SHOWN_PROTOCOLS:
+        shown += ",..."
+    log.info("TLS refused for %s: ALPN offered %s, only imap is spoken here", _peer(conn), shown or "(empty)")
+    # pyOpenSSL turns an exception here into the fatal alert and re-raises it from the
+    # handshake; Twisted sends the alert and closes the connection for an SSL.Error, quietly,
+    # provided it carries an OpenSSL-style error queue (Twisted reads its last reason).
+    raise AlpnRefused([("SSL routines", "alpn_select", "no application protocol")])
+
+
+def _printable(protocol: bytes) -> str:
+    """A client-chosen protocol name made safe for one log line (cut short, escaped)."""
+    return protocol[:24].decode("ascii", "replace").encode("unicode_escape").decode()
+
+
+def _peer(conn: SSL.Connection) -> str:
+    try:
+        peer = conn.get_app_data().transport.getPeer()
+        return f"{peer.host}:{peer.port}"
+    except Exception:
+        return "a client"
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -30,12 +77,16 @@ def server_tls_options(cert_file: Path, key_file: Path | None) -> Any:
         raise ConfigError(f"invalid TLS certificate or key ({cert_file}): {exc}") from exc
     if not certs:
         raise ConfigError(f"{cert_file}: no PEM certificate found")
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=key,
         certificate=certs[0],
         extraCertChain=certs[1:],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableProtocols=[IMAP_ALPN],
     )
+    # The context is made once and cached by the options; ours replaces Twisted's callback.
+    options.getContext().set_alpn_select_callback(select_alpn)
+    return options
 
 
 def client_tls_options(cfg: UpstreamConfig) -> Any:
