@@ -33,6 +33,8 @@ pushproxy_pushes_total                      counter    service=apns|webpush|...,
 pushproxy_push_failures_total               counter    service, reason
 pushproxy_push_latency_seconds              histogram  service
 pushproxy_store_up                          gauge
+pushproxy_store_errors_total                counter    reason=full|read_only|busy|unreachable|
+                                                       damaged|unavailable
 pushproxy_cluster_leases_held               gauge
 pushproxy_cluster_nodes_live                gauge
 pushproxy_cluster_takeovers_total           counter
@@ -64,6 +66,11 @@ What they mean:
   failed pushes by reason (APNs ``reason``, ``timeout``, ``gone``, ...);
   push_latency_seconds: one push request, send -> response.
 - store_up: 1 if the last store operation succeeded, else 0.
+- store_errors_total: store operations that failed for a transient reason
+  (a full or read-only disk, a lock held by another process past the busy
+  timeout, an unreachable database server, ...); each episode is also one
+  WARNING in the log, and registration commands answer ``NO [UNAVAILABLE]``
+  with the reason meanwhile (see ``pushproxy/store/errors.py``).
 - cluster_leases_held: accounts this node watches under a lease;
   cluster_nodes_live: nodes with a recent heartbeat (this one included);
   cluster_takeovers_total: leases this node took from a node whose lease had
@@ -98,6 +105,7 @@ __all__ = [
     "SESSION_BYTES",
     "SESSION_DIRECTIONS",
     "SESSION_TIMEOUTS",
+    "STORE_ERRORS",
     "STORE_UP",
     "WATCHERS",
     "WATCHER_RECONNECTS",
@@ -201,6 +209,11 @@ def known_service(service: str) -> None:
 
 # --- store -------------------------------------------------------------------
 STORE_UP = Gauge("pushproxy_store_up", "1 if the last store operation succeeded, else 0.", registry=REGISTRY)
+_STORE_ERRORS_HELP = "Store operations that failed for a transient reason, by reason."
+STORE_ERRORS = with_labels(
+    Counter("pushproxy_store_errors", _STORE_ERRORS_HELP, ["reason"], registry=REGISTRY),
+    ("full", "read_only", "busy", "unreachable", "damaged", "unavailable"),
+)
 
 # --- cluster (pushproxy.cluster) -------------------------------------------------
 CLUSTER_LEASES_HELD = Gauge(

@@ -17,6 +17,7 @@ from pushproxy.imap.framing import Framer
 from pushproxy.imap.parse import ParseError, parse_command
 from pushproxy.proxy.own import SessionContextImpl
 from pushproxy.proxy.state import SessionState
+from pushproxy.store.errors import StoreUnavailable
 
 log = logging.getLogger("pushproxy.session")
 
@@ -91,6 +92,10 @@ class LocalAnswers(SessionState):
     async def _local(self, tag: bytes, fn: Callable[[], Awaitable[Reply]], name: str | None) -> None:
         try:
             reply = await fn()
+        except StoreUnavailable as exc:
+            # The store logged the episode once (pushproxy/store/errors.py); the client learns why.
+            log.debug("session %s: %s answered NO, %s (%s)", self.session_id, name, exc.reason, exc)
+            reply = Reply("NO", exc.reason, "UNAVAILABLE")
         except Exception:
             log.exception("session %s: handler for %s failed", self.session_id, name)
             # Transient faults must not become NO (iOS then waits a day): say BAD only

@@ -19,10 +19,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from pushproxy.store.errors import StoreUnavailable
+
 if TYPE_CHECKING:
     from pushproxy.store.sql_base import Queries
 
 Q = TypeVar("Q", bound="Queries")
+
+__all__ = ["MailboxState", "Store", "StoreUnavailable", "StoredCredential"]
 
 
 @dataclass(slots=True)
@@ -42,10 +46,6 @@ class MailboxState:
     uidnext: int
     highestmodseq: int | None = None
     updated: float = 0.0
-
-
-class StoreUnavailable(Exception):
-    """The back end cannot be reached right now (transient)."""
 
 
 class Store(ABC):

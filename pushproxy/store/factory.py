@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from pushproxy.config import Config, ConfigError
+from pushproxy.store.errors import STORE_DAMAGED, StoreUnavailable
 from pushproxy.store.schema import StoreSchemaError
 from pushproxy.store.sql import SqlStore
 from pushproxy.store.sqlite import MEMORY, SqliteStore
@@ -89,6 +90,13 @@ async def open_store(config: Config) -> SqlStore:
         await store.open()
     except StoreSchemaError as exc:
         raise ConfigError(str(exc)) from exc
+    except StoreUnavailable as exc:
+        if exc.reason == STORE_DAMAGED:
+            raise ConfigError(
+                f"the SQLite store {path} is damaged ({exc}); pushproxy left it untouched: restore it from a "
+                "backup (or move it away to start with an empty store, after which every device registers again)"
+            ) from exc
+        raise ConfigError(f"cannot open the SQLite store {path}: {exc.reason} ({exc})") from exc
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open the SQLite store {path}: {exc}") from exc
     log.info("store open: SQLite %s", path)

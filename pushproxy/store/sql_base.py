@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from pushproxy.store.base import StoreUnavailable
 from pushproxy.store.dialect import Dialect
+from pushproxy.store.errors import STORE_BUSY, StoreUnavailable
 from pushproxy.store.records import Row
 from pushproxy.store.schema import SqlConn
 from pushproxy.store.vault import Vault
@@ -135,7 +135,7 @@ class SqlBase:
             async with asyncio.timeout(ORDER_TIMEOUT):
                 await lock.acquire()
         except TimeoutError as exc:
-            raise StoreUnavailable("timed out waiting for earlier writes to the same row") from exc
+            raise StoreUnavailable("timed out waiting for earlier writes to the same row", STORE_BUSY) from exc
         try:
             yield
         finally:

@@ -18,23 +18,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
 import stat
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pushproxy.store.base import StoreUnavailable
 from pushproxy.store.dialect import SQLITE
+from pushproxy.store.errors import (
+    STORE_BUSY,
+    STORE_DAMAGED,
+    STORE_FULL,
+    STORE_READ_ONLY,
+    STORE_UNAVAILABLE,
+    FaultEpisodes,
+    StoreUnavailable,
+)
 from pushproxy.store.records import Row
 from pushproxy.store.schema import SCHEMA_VERSION, SchemaPart, SqlConn, StoreSchemaError
 from pushproxy.store.sql import SqlBackend, SqlStore
 from pushproxy.store.vault import Vault
 
-__all__ = ["MEMORY", "SCHEMA_VERSION", "SqliteBackend", "SqliteStore", "StoreSchemaError"]
+__all__ = ["MEMORY", "SCHEMA_VERSION", "SqliteBackend", "SqliteStore", "StoreSchemaError", "sqlite_fault"]
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +58,26 @@ PING_TIMEOUT = 5.0
 
 
 class _Worker:
-    """One thread owning one sqlite3 connection; calls run in submission order."""
+    """One thread owning one sqlite3 connection; calls run in submission order.
 
-    def __init__(self, name: str) -> None:
+    A call's SQLite error that is a store fault (:func:`sqlite_fault`) comes
+    back as :class:`StoreUnavailable` with its reason; it is classified on
+    the thread, which may look at the file system without blocking the loop.
+    """
+
+    def __init__(self, name: str, directory: Path | None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._directory = directory
         self.conn: sqlite3.Connection | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         # Submitted before the first await: even if the caller is cancelled, the call keeps its place in line.
-        future = self._executor.submit(fn, *args)
-        async with asyncio.timeout(CALL_TIMEOUT):
-            return await asyncio.wrap_future(future)
+        future = self._executor.submit(_classified, self._directory, fn, *args)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                return await asyncio.wrap_future(future)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"SQLite: no answer within {CALL_TIMEOUT:.0f} s", STORE_BUSY) from exc
 
     async def open(self, path: str, setup: Callable[[sqlite3.Connection], None]) -> None:
         def connect() -> sqlite3.Connection:
@@ -76,9 +95,76 @@ class _Worker:
     async def close(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
-            with contextlib.suppress(sqlite3.Error, TimeoutError):
+            with contextlib.suppress(sqlite3.Error, StoreUnavailable):
                 await self.run(conn.close)
         self._executor.shutdown(wait=False)
+
+
+def _classified(directory: Path | None, fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return fn(*args)
+    except sqlite3.DatabaseError as exc:
+        fault = sqlite_fault(exc, directory)
+        if fault is None:
+            raise
+        raise fault from exc
+
+
+# Primary result codes (the low byte of an extended code): https://sqlite.org/rescode.html
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
+
+
+def sqlite_fault(exc: sqlite3.DatabaseError, directory: Path | None) -> StoreUnavailable | None:
+    """The store fault an SQLite error is, or None when it is not one (a bug: a constraint, bad SQL).
+
+    A failed write on a file system that went read-only, or that filled up
+    between SQLite's checks, often comes back as a plain I/O error: the file
+    system (``statvfs`` of the database's directory) tells which.
+    """
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    detail = f"SQLite: {exc}"
+    if primary == _SQLITE_FULL:
+        return StoreUnavailable(detail, STORE_FULL)
+    if primary == _SQLITE_READONLY:
+        return StoreUnavailable(detail, STORE_READ_ONLY)
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StoreUnavailable(detail, STORE_BUSY)
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return StoreUnavailable(detail, STORE_DAMAGED)
+    if primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN):
+        return StoreUnavailable(detail, _file_system_state(directory))
+    return None
+
+
+def _file_system_state(directory: Path | None) -> str:
+    """Why writes in ``directory`` fail: statvfs first, then (ext4's emergency read-only state does
+    not show there) creating and removing a probe file, whose errno says it."""
+    if directory is None:
+        return STORE_UNAVAILABLE
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return STORE_UNAVAILABLE
+    if fs.f_flag & os.ST_RDONLY:
+        return STORE_READ_ONLY
+    if fs.f_bavail == 0 or fs.f_favail == 0:
+        return STORE_FULL
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pushproxy-probe-", dir=directory)
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            return STORE_READ_ONLY
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return STORE_FULL
+        return STORE_UNAVAILABLE
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return STORE_UNAVAILABLE
 
 
 class _Conn(SqlConn):
@@ -135,6 +221,8 @@ class SqliteBackend(SqlBackend):
         self._reader: _Worker | None = None
         self._turn = asyncio.Lock()
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) at open, to notice deletion
+        self._directory = None if self._in_memory else path.parent  # where a fault is diagnosed
+        self.faults = FaultEpisodes(f"SQLite store {path}", log)
 
     @property
     def _in_memory(self) -> bool:
@@ -150,11 +238,11 @@ class SqliteBackend(SqlBackend):
     async def connect(self) -> None:
         if not self._in_memory:
             self._file_id = await asyncio.to_thread(_prepare_db_file, self._path)
-        writer = _Worker("pushproxy-sqlite-writer")
+        writer = _Worker("pushproxy-sqlite-writer", self._directory)
         try:
             await writer.open(str(self._path), self._setup_writer)
             if not self._in_memory:
-                reader = _Worker("pushproxy-sqlite-reader")
+                reader = _Worker("pushproxy-sqlite-reader", self._directory)
                 await reader.open(str(self._path), _setup_reader)
                 self._reader = reader
         except BaseException:
@@ -165,6 +253,8 @@ class SqliteBackend(SqlBackend):
     def _setup_writer(self, conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if not self._in_memory:
+            # Before anything could write to it: a damaged file is refused as it is, never "repaired".
+            _check_integrity(conn, self._path)
             row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if row is None or str(row[0]).lower() != "wal":
                 log.warning("SQLite store %s: could not enable WAL mode", self._path)
@@ -209,8 +299,13 @@ class SqliteBackend(SqlBackend):
         worker = self._worker(self._reader)
         try:
             yield _Conn(worker)
-        except (sqlite3.OperationalError, TimeoutError) as exc:
-            raise StoreUnavailable(f"SQLite: {exc or type(exc).__name__}") from exc
+        except StoreUnavailable as exc:
+            self.faults.failed(exc)
+            raise
+        except sqlite3.OperationalError as exc:
+            fault = StoreUnavailable(f"SQLite: {exc}")
+            self.faults.failed(fault)
+            raise fault from exc
 
     def write(self) -> contextlib.AbstractAsyncContextManager[SqlConn]:
         return self._transaction(unavailable_on_error=True)
@@ -221,7 +316,9 @@ class SqliteBackend(SqlBackend):
             async with asyncio.timeout(TURN_TIMEOUT):
                 await self._turn.acquire()
         except TimeoutError as exc:
-            raise StoreUnavailable("SQLite: timed out waiting for the writer") from exc
+            fault = StoreUnavailable("SQLite: timed out waiting for the writer", STORE_BUSY)
+            self.faults.failed(fault)
+            raise fault from exc
         try:
             worker = self._worker(self._writer)
             conn = worker.conn
@@ -231,11 +328,17 @@ class SqliteBackend(SqlBackend):
                 yield _Conn(worker)
                 await worker.run(_commit, conn)
             except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error, TimeoutError, asyncio.CancelledError):
+                with contextlib.suppress(sqlite3.Error, StoreUnavailable, asyncio.CancelledError):
                     await worker.run(_rollback, conn)
-                if unavailable_on_error and isinstance(exc, sqlite3.OperationalError | TimeoutError):
-                    raise StoreUnavailable(f"SQLite: {exc or type(exc).__name__}") from exc
+                if isinstance(exc, StoreUnavailable):
+                    self.faults.failed(exc)
+                    raise
+                if unavailable_on_error and isinstance(exc, sqlite3.OperationalError):
+                    fault = StoreUnavailable(f"SQLite: {exc}")
+                    self.faults.failed(fault)
+                    raise fault from exc
                 raise
+            self.faults.succeeded()
         finally:
             self._turn.release()
 
@@ -259,6 +362,19 @@ class SqliteBackend(SqlBackend):
 
 def _commit(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
+
+
+def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise StoreUnavailable(STORE_DAMAGED) unless ``PRAGMA quick_check`` finds the file sound.
+
+    quick_check reads every page once (linear in the file's size; the
+    registrations database is small) and changes nothing.  A file that is
+    not a database at all fails already here, with SQLITE_NOTADB.
+    """
+    rows = conn.execute("PRAGMA quick_check(5)").fetchall()
+    problems = [str(row[0]) for row in rows]
+    if problems != ["ok"]:
+        raise StoreUnavailable(f"SQLite quick_check of {path}: {'; '.join(problems)}", STORE_DAMAGED)
 
 
 def _setup_reader(conn: sqlite3.Connection) -> None:

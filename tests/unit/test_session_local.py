@@ -5,11 +5,15 @@ Before, these paths were exercised only through a real Dovecot and a proxy proce
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 from pushproxy.extensions.base import Extension, Reply, SessionContext
 from pushproxy.imap.parse import Command
 from pushproxy.proxy.session import Session, SessionSettings
+from pushproxy.store.errors import STORE_FULL, StoreUnavailable
 from tests.support.sessions import Echo, FakeIO, make, new_session, settle
 
 
@@ -122,6 +126,29 @@ async def test_a_failing_handler_gets_no_unavailable_and_the_stream_goes_on() ->
     await settle()
     assert bytes(io.client).endswith(b"a1 NO [UNAVAILABLE] Internal error in the proxy, please retry\r\n")
     assert bytes(io.upstream).endswith(b"a2 NOOP\r\n") and not s.closed
+
+
+class StoreFull(Extension):
+    def __init__(self) -> None:
+        super().__init__(name="storefull", commands={"XREGISTER": self.handle})
+
+    async def handle(self, cmd: Command, ctx: SessionContext) -> Reply:
+        raise StoreUnavailable("SQLite: database or disk is full", STORE_FULL)
+
+
+async def test_a_store_fault_is_answered_with_its_reason_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    io = FakeIO()
+    s = new_session(io, [StoreFull()])
+    s.upstream_data(b"* OK hi\r\n")
+    s.client_data(b"a0 LOGIN alice pw\r\n")
+    s.upstream_data(b"a0 OK Logged in\r\n")
+    with caplog.at_level(logging.DEBUG):
+        s.client_data(b"a1 XREGISTER\r\na2 NOOP\r\n")
+        await settle()
+    assert bytes(io.client).endswith(b"a1 NO [UNAVAILABLE] store full\r\n")
+    assert bytes(io.upstream).endswith(b"a2 NOOP\r\n") and not s.closed
+    assert not any(r.exc_info for r in caplog.records)
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records)  # the store logs the episode
 
 
 async def test_client_starttls_refused_when_not_offered_or_already_tls() -> None:
