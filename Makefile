@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := dovecot-imapd dovecot-lmtpd isync openssl ca-certificates postgresql e2fsprogs
+APT_PACKAGES := dovecot-imapd dovecot-lmtpd isync openssl ca-certificates postgresql e2fsprogs prometheus
 PYTEST_ARGS ?=
 
 DOCKERD_PIDFILE ?= /run/pushproxy-docker-test-dockerd.pid

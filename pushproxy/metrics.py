@@ -37,6 +37,7 @@ pushproxy_store_errors_total                counter    reason=full|read_only|bus
                                                        damaged|unavailable
 pushproxy_cluster_leases_held               gauge
 pushproxy_cluster_nodes_live                gauge
+pushproxy_cluster_accounts_unwatched        gauge
 pushproxy_cluster_takeovers_total           counter
 pushproxy_push_ledger_conflicts_total       counter
 process_*                                   various    (Linux: memory, CPU, open fds)
@@ -73,9 +74,12 @@ What they mean:
   with the reason meanwhile (see ``pushproxy/store/errors.py``).
 - cluster_leases_held: accounts this node watches under a lease;
   cluster_nodes_live: nodes with a recent heartbeat (this one included);
-  cluster_takeovers_total: leases this node took from a node whose lease had
-  expired; push_ledger_conflicts_total: messages whose push another node (or
-  another source on this node) had already claimed.
+  cluster_accounts_unwatched: accounts with registrations and no unexpired
+  lease, i.e. no node watches them (as this node saw the leases at its last
+  lease round, after its own takeovers); cluster_takeovers_total: leases this
+  node took from a node whose lease had expired; push_ledger_conflicts_total:
+  messages whose push another node (or another source on this node) had
+  already claimed.
 
 prometheus_client appends ``_created`` series to counters and histograms; they
 are left on (the default).
@@ -221,6 +225,11 @@ CLUSTER_LEASES_HELD = Gauge(
 )
 CLUSTER_NODES_LIVE = Gauge(
     "pushproxy_cluster_nodes_live", "Nodes with a recent heartbeat, this one included.", registry=REGISTRY
+)
+CLUSTER_ACCOUNTS_UNWATCHED = Gauge(
+    "pushproxy_cluster_accounts_unwatched",
+    "Accounts with registrations that no node holds an unexpired lease for, at this node's last lease round.",
+    registry=REGISTRY,
 )
 CLUSTER_TAKEOVERS = Counter(
     "pushproxy_cluster_takeovers", "Leases taken over from a node whose lease had expired.", registry=REGISTRY

@@ -194,6 +194,9 @@ class LeaseManager:
                 metrics.CLUSTER_TAKEOVERS.inc()
                 log.info("cluster: took over %s from %s (lease expired)", account, previous.owner)
 
+        watched = {a for a, lease in leases.items() if lease.expires > now} | set(self._held)
+        metrics.CLUSTER_ACCOUNTS_UNWATCHED.set(len(wanted - watched))
+
         self._rounds += 1
         if self._rounds % 30 == 1:
             await self._cluster.prune_ledger(self._ledger_retention)

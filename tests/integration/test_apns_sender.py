@@ -50,6 +50,7 @@ class Recorder:
         self.failures: list[str] = []
         self.latencies: list[float] = []
         self.days: list[int] = []
+        self.expiries: list[float] = []
         self.delivered = asyncio.Event()
 
     async def on_invalid_token(self, token: str, registered_before: float | None) -> None:
@@ -68,6 +69,9 @@ class Recorder:
 
     def cert_days_left(self, days: int) -> None:
         self.days.append(days)
+
+    def cert_expires_at(self, timestamp: float) -> None:
+        self.expiries.append(timestamp)
 
 
 @pytest.fixture

@@ -166,6 +166,20 @@ async def test_dead_node_taken_over_after_ttl(pg_nodes: NodeFactory) -> None:
     assert_exclusive_cover(nodes, ACCOUNTS)
 
 
+async def test_accounts_no_node_watches_are_counted(pg_nodes: NodeFactory) -> None:
+    """pushproxy_cluster_accounts_unwatched: the 'registrations nobody watches' alert reads it."""
+    n1, n2 = await pg_nodes("n1"), await pg_nodes("n2")
+    await n2.round()  # live (a heartbeat), holds nothing yet
+    await register(n1.store, ACCOUNTS)
+    await n1.round()  # takes its own share only: n2's is nobody's until n2's next round
+    share_of_n2 = {a for a in ACCOUNTS if wanted_owner(a, ["n1", "n2"]) == "n2"}
+    assert share_of_n2 and set(n1.leases.held()) == set(ACCOUNTS) - share_of_n2
+    assert metrics.CLUSTER_ACCOUNTS_UNWATCHED._value.get() == len(share_of_n2)
+    await n2.round()
+    await n1.round()
+    assert metrics.CLUSTER_ACCOUNTS_UNWATCHED._value.get() == 0
+
+
 async def test_frozen_node_notices_lost_leases_and_stops_watchers(pg_nodes: NodeFactory) -> None:
     nodes = [await pg_nodes(f"n{i}") for i in (1, 2)]
     await register(nodes[0].store, ACCOUNTS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -187,12 +188,16 @@ async def test_start_refuses_untrusted_topic(certs: ApnsTestCerts) -> None:
 async def test_start_warns_when_expiring_soon(certs: ApnsTestCerts, caplog: pytest.LogCaptureFixture) -> None:
     class Metrics:
         days: list[int] = []
+        expiries: list[float] = []
 
         def sent(self, status: str) -> None: ...
         def failed(self, reason: str) -> None: ...
         def latency(self, seconds: float) -> None: ...
         def cert_days_left(self, days: int) -> None:
             self.days.append(days)
+
+        def cert_expires_at(self, timestamp: float) -> None:
+            self.expiries.append(timestamp)
 
     metrics = Metrics()
     pusher = ApnsPusher(ApnsConfig(cert_file=certs.expiring_cert, key_file=certs.expiring_key), _ignore, metrics)
@@ -202,6 +207,8 @@ async def test_start_warns_when_expiring_soon(certs: ApnsTestCerts, caplog: pyte
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "expires in" in r.getMessage()]
     assert warnings
     assert metrics.days and 9 <= metrics.days[0] <= 10
+    # The same expiry as a timestamp, for alert rules (pushproxy_apns_certificate_expiry_timestamp_seconds).
+    assert metrics.expiries and 9 * 86400 <= metrics.expiries[0] - time.time() <= 11 * 86400
 
 
 def test_constructor_raises_config_error_for_bad_files(tmp_path: Path) -> None:
@@ -228,7 +235,9 @@ def test_prometheus_adapter_uses_shared_registry() -> None:
     adapter.failed("weird reason with spaces")
     adapter.latency(0.25)
     adapter.cert_days_left(42)
+    adapter.cert_expires_at(1_800_000_000.0)
     assert value("pushproxy_pushes_total", service="apns", status="410") == before_sent + 1
     assert value("pushproxy_push_failures_total", service="apns", reason="Unregistered") == before_fail + 1
     assert value("pushproxy_push_failures_total", service="apns", reason="other") == before_other + 1
     assert value("pushproxy_apns_certificate_days_left") == 42
+    assert value("pushproxy_apns_certificate_expiry_timestamp_seconds") == 1_800_000_000.0

@@ -160,6 +160,7 @@ class ApnsPusher:
             return
         if self._metrics is not None:
             self._metrics.cert_days_left(info.days_left)
+            self._metrics.cert_expires_at(info.not_after.timestamp())
         if 0 <= info.days_left < EXPIRY_WARNING_DAYS:
             log.warning(
                 "APNs certificate (%s) expires in %d days, on %s: renew it before then",

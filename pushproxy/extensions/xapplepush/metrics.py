@@ -1,13 +1,18 @@
 """The APNs metrics, on the shared registry of :mod:`pushproxy.metrics`.
 
-=========================================  =========  ======================
-name                                       type       labels
-=========================================  =========  ======================
-pushproxy_apns_certificate_days_left       gauge
-=========================================  =========  ======================
+=====================================================  =========  ======
+name                                                   type       labels
+=====================================================  =========  ======
+pushproxy_apns_certificate_days_left                   gauge
+pushproxy_apns_certificate_expiry_timestamp_seconds    gauge
+=====================================================  =========  ======
 
 - apns_certificate_days_left: days until the APNs client certificate expires
-  (negative once expired).
+  (negative once expired);
+  apns_certificate_expiry_timestamp_seconds: when it expires (its notAfter, Unix
+  time), for alerts (``... - time() < 14 * 86400``). Both are set at start and
+  every 6 hours, with certificate auth only: they read 0 with a ``.p8`` token key
+  (which does not expire) or without APNs.
 
 APNs pushes and registrations are counted in the core's per-service metrics
 (``pushproxy_pushes_total``, ``pushproxy_push_failures_total``,
@@ -24,13 +29,25 @@ from prometheus_client import Gauge
 
 from pushproxy import metrics
 
-__all__ = ["APNS_CERTIFICATE_DAYS_LEFT", "SERVICE", "ApnsMetrics", "PrometheusApnsMetrics", "set_registrations"]
+__all__ = [
+    "APNS_CERTIFICATE_DAYS_LEFT",
+    "APNS_CERTIFICATE_EXPIRY",
+    "SERVICE",
+    "ApnsMetrics",
+    "PrometheusApnsMetrics",
+    "set_registrations",
+]
 
 SERVICE = "apns"  # its label value in the core's per-service metrics
 
 APNS_CERTIFICATE_DAYS_LEFT = Gauge(
     "pushproxy_apns_certificate_days_left",
     "Days until the APNs client certificate expires (negative once expired).",
+    registry=metrics.REGISTRY,
+)
+APNS_CERTIFICATE_EXPIRY = Gauge(
+    "pushproxy_apns_certificate_expiry_timestamp_seconds",
+    "When the APNs client certificate expires (Unix time; 0 without a certificate).",
     registry=metrics.REGISTRY,
 )
 
@@ -56,6 +73,9 @@ class ApnsMetrics(Protocol):
     def cert_days_left(self, days: int) -> None:
         """Days until the certificate expires (certificate auth only)."""
 
+    def cert_expires_at(self, timestamp: float) -> None:
+        """When the certificate expires, Unix time (certificate auth only)."""
+
 
 class PrometheusApnsMetrics:
     """ApnsMetrics on the shared registry."""
@@ -75,3 +95,6 @@ class PrometheusApnsMetrics:
 
     def cert_days_left(self, days: int) -> None:
         APNS_CERTIFICATE_DAYS_LEFT.set(days)
+
+    def cert_expires_at(self, timestamp: float) -> None:
+        APNS_CERTIFICATE_EXPIRY.set(timestamp)
