@@ -26,7 +26,8 @@ REQUIRED_ALERTS = {
     "APNs certificate expiring within 14 days": "PushproxyApnsCertificateExpiringSoon",
     "accounts with registrations that no node watches": "PushproxyAccountsUnwatched",
     "a node missing": "PushproxyNodeDown",
-    "the store unreachable or refusing writes": "PushproxyStoreDown",
+    "the store unreachable": "PushproxyStoreDown",
+    "the store refusing writes": "PushproxyStoreErrors",
     "push latency p99 over its objective": "PushproxyPushLatencyHigh",
     "connection limits being hit": "PushproxyConnectionLimitReached",
 }
