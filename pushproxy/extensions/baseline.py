@@ -18,7 +18,7 @@ from pushproxy.accounts import canonical_mailbox
 from pushproxy.extensions.base import SessionContext, UpstreamCommandError
 from pushproxy.imap.commands import mailbox_arg
 from pushproxy.imap.data import MalformedResponse, parse_status, read_response
-from pushproxy.store.base import MailboxState, Store
+from pushproxy.store.base import MailboxState, Store, StoreUnavailable
 
 log = logging.getLogger("pushproxy.extensions.baseline")
 
@@ -64,6 +64,8 @@ async def record_baseline(
             recorded += 1
         except UpstreamCommandError:
             return recorded
+        except StoreUnavailable as exc:  # the store logged the episode
+            log.debug("baseline of a mailbox of %s not recorded (%s)", account, exc.reason)
         except Exception as exc:
             log.warning("baseline of a mailbox of %s not recorded (%s)", account, type(exc).__name__)
     return recorded

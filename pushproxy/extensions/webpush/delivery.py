@@ -42,7 +42,7 @@ from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.sender import Urgency, WebPushResult, WebPushSender, endpoint_tag
 from pushproxy.extensions.webpush.settings import webpush_settings
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
-from pushproxy.store.base import Store
+from pushproxy.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("pushproxy.webpush")
 
@@ -185,6 +185,9 @@ class WebPushDelivery:
                 metrics.WEBPUSH_PAYLOAD_FALLBACKS.labels(level="sync").inc()
                 result = await self.sender.send(sub, sync_payload(mailbox), urgency=urgency, ttl=ttl)
             await self._apply(sub, result)
+        except StoreUnavailable as exc:
+            # Sent (or refused) all the same; only its outcome is not recorded (the store logged the episode).
+            log.debug("webpush %s/%s: outcome of a push not recorded: %s", sub.account, sub.sub_id, exc.reason)
         except Exception:
             # One subscription's trouble must not cancel the pushes to the others.
             log.exception("webpush %s/%s %s: delivery failed", sub.account, sub.sub_id, endpoint_tag(sub.endpoint))

@@ -17,7 +17,7 @@ from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.metrics import set_state_gauge
-from pushproxy.store.base import Store
+from pushproxy.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("pushproxy.webpush")
 
@@ -84,7 +84,9 @@ class SubscriptionMaintenance:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the store may be down for a while; try again next round
+            except StoreUnavailable as exc:  # logged once per episode by the store; try again next round
+                log.debug("webpush maintenance postponed: %s", exc.reason)
+            except Exception as exc:
                 log.warning("webpush maintenance failed: %s", type(exc).__name__)
             await asyncio.sleep(self._sweep_interval)
 

@@ -19,6 +19,7 @@ from pushproxy.extensions.xapplepush.metrics import PrometheusApnsMetrics, set_r
 from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
 from pushproxy.extensions.xapplepush.settings import SECTION, ApnsConfig, apns_settings
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
+from pushproxy.store.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from pushproxy.config import Config
@@ -127,6 +128,8 @@ class XApplePush(Extension):
         while True:
             try:
                 await self.expire_devices()
+            except StoreUnavailable as exc:  # logged once per episode by the store; try again next round
+                log.debug("housekeeping postponed: %s", exc.reason)
             except Exception:
                 log.exception("housekeeping failed")
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)

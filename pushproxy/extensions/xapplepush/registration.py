@@ -26,7 +26,7 @@ from pushproxy.extensions.xapplepush.payload import short_token
 from pushproxy.extensions.xapplepush.settings import apns_settings
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.imap.parse import Command, ParseError
-from pushproxy.store.base import Store
+from pushproxy.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("pushproxy.xapplepush")
 
@@ -117,6 +117,10 @@ class XApplePushExtension(Extension):
             await asyncio.wait_for(self.devices.upsert_device(device), _STORE_TIMEOUT)
             await self._enforce_cap(device)
             return True
+        except StoreUnavailable as exc:  # the store logged the episode; the answer is OK all the same
+            log.debug("storing a registration failed (%s); retrying in the background", exc.reason)
+            self._spawn(self._retry_store(device))
+            return False
         except Exception as exc:
             log.warning("storing a registration failed (%s); retrying in the background", type(exc).__name__)
             self._spawn(self._retry_store(device))
@@ -146,6 +150,8 @@ class XApplePushExtension(Extension):
                 await asyncio.wait_for(self.devices.upsert_device(device), _STORE_TIMEOUT)
                 await self.registration_changed(device.account, None)
                 return
+            except StoreUnavailable as exc:
+                log.debug("storing a registration failed again (%s)", exc.reason)
             except Exception as exc:
                 log.warning("storing a registration failed again (%s)", type(exc).__name__)
         log.error("gave up storing a registration for %s; the device re-registers within a day", device.account)
