@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from pushproxy.config import Config, StoreConfig, UpstreamConfig, WatchConfig  # noqa: E402
 from pushproxy.events import MailEvent, NewMail  # noqa: E402
+from pushproxy.extensions.manager import ExtensionManager  # noqa: E402
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries  # noqa: E402
 from pushproxy.store import SqliteStore, Vault  # noqa: E402
 from pushproxy.store.sqlite import MEMORY  # noqa: E402
@@ -338,7 +339,8 @@ async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
     gc.collect()
     rss0 = rss_bytes()
-    sup = Supervisor(config, store, emit, credentials=MasterCredentials("bench", "pw"))
+    watching = ExtensionManager.every(config, store)
+    sup = Supervisor(config, store, emit, credentials=MasterCredentials("bench", "pw"), watching=watching)
     t0 = time.monotonic()
     await sup.start()
     start_s = time.monotonic() - t0

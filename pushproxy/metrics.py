@@ -29,6 +29,7 @@ pushproxy_watchers                          gauge      state=connecting|idle|pol
                                                        auth_failed|stopped
 pushproxy_watcher_reconnects_total          counter
 pushproxy_event_dispatch_latency_seconds    histogram
+pushproxy_extension_errors_total            counter    extension, hook
 pushproxy_pushes_total                      counter    service=apns|webpush|..., status
 pushproxy_push_failures_total               counter    service, reason
 pushproxy_push_latency_seconds              histogram  service
@@ -60,6 +61,10 @@ What they mean:
   ``expired``, ...).
 - watchers: upstream watcher connections by state; watcher_reconnects_total:
   reconnects after a lost or failed upstream connection.
+- extension_errors_total: exceptions an extension's hook raised (``on_event``,
+  ``command XAPPLEPUSHSERVICE``, ``session_closed``, ...), each logged once and
+  caught by the extension manager (:mod:`pushproxy.extensions.manager`): the
+  core carried on without that extension's answer.  Any increase is a bug.
 - event_dispatch_latency_seconds: upstream change notification -> its pushes
   dispatched (includes the debounce delay).
 - pushes_total: push requests by service and outcome (``status`` is the HTTP
@@ -177,6 +182,10 @@ WATCHERS = with_labels(
 )
 _RECONNECTS_HELP = "Watcher reconnects after a lost or failed upstream connection."
 WATCHER_RECONNECTS = Counter("pushproxy_watcher_reconnects", _RECONNECTS_HELP, registry=REGISTRY)
+_EXTENSION_ERRORS_HELP = "Exceptions raised by an extension's hook, caught by the extension manager."
+EXTENSION_ERRORS = Counter(
+    "pushproxy_extension_errors", _EXTENSION_ERRORS_HELP, ["extension", "hook"], registry=REGISTRY
+)
 EVENT_DISPATCH_LATENCY = Histogram(
     "pushproxy_event_dispatch_latency_seconds",
     "Time from an upstream change notification to the dispatch of its pushes.",

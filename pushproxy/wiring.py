@@ -7,9 +7,12 @@ XAPPLEPUSHSERVICE with ``apns.enabled``, WEBPUSH with ``webpush.enabled``)
 the push flow is built, knowing extensions only through their hooks:
 
     watchers (Supervisor) ─┐
-    Dovecot ox endpoint  ──┴─> Dispatcher ─> every extension's on_event
-    sessions ─> every extension's commands ─> store, Supervisor
-    Supervisor ─> every extension's watched_mailboxes
+    Dovecot ox endpoint  ──┴─> Dispatcher ─> ExtensionManager ─> every extension's on_event
+    sessions ─> ExtensionManager ─> every extension's commands ─> store, Supervisor
+    Supervisor ─> ExtensionManager ─> every extension's watched_mailboxes
+
+Every call of an extension's hook goes through the
+:class:`~pushproxy.extensions.manager.ExtensionManager` (one error policy).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from pushproxy import metrics
 from pushproxy.admin import AdminServer
 from pushproxy.config import read_secret_file
-from pushproxy.extensions.base import CredentialSink, Extension, ExtensionRegistry, NullCredentialSink
+from pushproxy.extensions.base import CredentialSink, NullCredentialSink
+from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.proxy.server import ProxyService, SessionStats
 
 if TYPE_CHECKING:
@@ -75,16 +79,12 @@ class _Closing:
 
 async def build(app: App) -> None:
     cfg = app.config
-    extensions: list[Extension] = []
     credentials: CredentialSink = NullCredentialSink()
     supervisor: Any = None
     dispatcher: Any = None
 
-    from pushproxy.extensions import load_extensions
-
-    enabled = load_extensions(cfg)
-    if enabled:
-        from pushproxy.extensions.host import ExtensionHost
+    extensions = ExtensionManager.enabled_by(cfg)
+    if extensions:
         from pushproxy.push.dispatch import Dispatcher
         from pushproxy.store.factory import open_store
         from pushproxy.watch.supervisor import Supervisor
@@ -93,11 +93,9 @@ async def build(app: App) -> None:
         app.store = store
         app.components.append(store)
 
-        host = ExtensionHost(cfg, store, enabled)
-        for ext in host.extensions:
-            await ext.start()
-            app.components.append(_Closing(ext.name, ext.stop))  # stopped after the dispatcher's flush
-        extensions = host.extensions
+        extensions.attach(cfg, store)
+        app.components.append(extensions)  # stopped after the dispatcher's flush (those that started)
+        await extensions.start()
 
         dispatcher = Dispatcher(extensions)
         app.components.append(dispatcher)
@@ -110,13 +108,13 @@ async def build(app: App) -> None:
         app.components.append(cluster)
         submit = cluster.ledger.gate(dispatcher.submit)
         supervisor = Supervisor(
-            cfg, store, submit, master_style=cfg.watch.master_login, watching=host, owns=cluster.leases.owns
+            cfg, store, submit, master_style=cfg.watch.master_login, watching=extensions, owns=cluster.leases.owns
         )
-        host.follow(supervisor.registration_changed, supervisor.relist_subscribed)
+        extensions.follow(supervisor.registration_changed, supervisor.relist_subscribed)
         app.supervisor = supervisor
         credentials = supervisor
 
-    service = ProxyService(cfg, ExtensionRegistry(extensions), credentials, stats=PrometheusSessionStats())
+    service = ProxyService(cfg, extensions, credentials, stats=PrometheusSessionStats())
 
     async def readiness() -> dict[str, bool]:
         checks = {"listeners": bool(service.ports) and not service.draining}

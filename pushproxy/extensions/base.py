@@ -274,30 +274,3 @@ class NullCredentialSink:
 
     async def session_closed(self, session_id: str) -> None:
         return None
-
-
-class ExtensionRegistry:
-    """The extensions of this proxy, and the merged view the session uses."""
-
-    def __init__(self, extensions: list[Extension] | None = None) -> None:
-        self.extensions: list[Extension] = list(extensions or [])
-        self.handlers: dict[str, Handler] = {}
-        self.observers: dict[bytes, list[Extension]] = {}  # relayed command name -> who hears of its OK
-        for ext in self.extensions:
-            for observed in ext.observed_commands:
-                self.observers.setdefault(observed.upper().encode("ascii"), []).append(ext)
-            for name, handler in ext.commands.items():
-                if name.upper() in self.handlers:
-                    raise ValueError(f"command {name} claimed by two extensions")
-                self.handlers[name.upper()] = handler
-
-    @property
-    def post_auth_capabilities(self) -> tuple[bytes, ...]:
-        return tuple(c for ext in self.extensions for c in ext.capabilities)
-
-    @property
-    def pre_auth_capabilities(self) -> tuple[bytes, ...]:
-        return tuple(c for ext in self.extensions for c in ext.pre_auth_capabilities)
-
-    def __bool__(self) -> bool:
-        return bool(self.extensions)

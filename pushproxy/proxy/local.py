@@ -57,13 +57,12 @@ class LocalAnswers(SessionState):
         except ParseError as exc:
             self._local_reply(tag, Reply("BAD", f"Invalid arguments: {exc}"))
             return
-        handler = self.extensions.handlers[cmd.name]
         if self._on_intercepted is not None:
             self._on_intercepted(cmd.name)
         ctx = SessionContextImpl(self)  # type: ignore[arg-type]
 
         async def run() -> Reply:
-            return await handler(cmd, ctx)
+            return await self.extensions.answer(cmd, ctx)  # NO [UNAVAILABLE] if the handler raised
 
         self._run_local(tag, run, name=cmd.name)
 

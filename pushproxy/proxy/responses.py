@@ -159,9 +159,7 @@ class UpstreamResponses(SessionState):
 
     def _observed_ok(self, name: bytes) -> None:
         """Tell the extensions observing this command of its OK (off the relay: a task each)."""
-        ctx = SessionContextImpl(self)  # type: ignore[arg-type]
-        for ext in self.extensions.observers.get(name, ()):
-            self._spawn(ext.command_succeeded(name.decode("ascii"), ctx))
+        self._spawn(self.extensions.command_succeeded(name, SessionContextImpl(self)))  # type: ignore[arg-type]
 
     def _authenticated_by(self, capture: tuple[str, bytes]) -> None:
         creds = credentials_of(capture)

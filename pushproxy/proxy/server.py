@@ -13,7 +13,8 @@ from twisted.internet import protocol
 from twisted.internet.interfaces import IListeningPort
 
 from pushproxy.config import Config, parse_hostport
-from pushproxy.extensions.base import CredentialSink, ExtensionRegistry
+from pushproxy.extensions.base import CredentialSink
+from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.proxy import proxyproto
 from pushproxy.proxy.connection import ClientProtocol
 from pushproxy.proxy.limits import ConnectionLimiter
@@ -60,14 +61,14 @@ class ProxyService:
     def __init__(
         self,
         config: Config,
-        extensions: ExtensionRegistry | None = None,
+        extensions: ExtensionManager | None = None,
         credentials: CredentialSink | None = None,
         stats: SessionStats | None = None,
     ) -> None:
         from pushproxy.extensions.base import NullCredentialSink
 
         self.config = config
-        self.extensions = extensions or ExtensionRegistry()
+        self.extensions = extensions if extensions is not None else ExtensionManager()
         self.credentials: CredentialSink = credentials or NullCredentialSink()
         self.stats = stats or SessionStats()
         self.sessions: set[ClientProtocol] = set()

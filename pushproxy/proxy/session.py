@@ -31,7 +31,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from operator import attrgetter, is_
 
-from pushproxy.extensions.base import CredentialSink, ExtensionRegistry
+from pushproxy.extensions.base import CredentialSink
+from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.imap import response as r
 from pushproxy.imap.capabilities import CapabilityPolicy, ConnectionFacts
 from pushproxy.imap.framing import Framer, FramingError, Line
@@ -65,7 +66,7 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
         peer: str,
         client_tls: bool,
         settings: SessionSettings,
-        extensions: ExtensionRegistry,
+        extensions: ExtensionManager,
         credentials: CredentialSink,
         on_intercepted: Callable[[str], None] | None = None,
         client_ip: str = "",
@@ -80,8 +81,8 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
         self.settings = settings
         self.extensions = extensions
         # Command names as they come off the wire (upper-cased bytes): no str per command.
-        self._extension_names = frozenset(name.encode("ascii") for name in extensions.handlers)
-        self._routes = routes_for(frozenset(extensions.observers))
+        self._extension_names = extensions.command_names
+        self._routes = routes_for(extensions.observed_commands)
         self.credentials = credentials
         self._on_intercepted = on_intercepted
         self._penalty = penalty
@@ -287,12 +288,7 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
 
     async def finish(self) -> None:
         """After both connections are gone: tell the extensions and the credential sink."""
-        ctx = SessionContextImpl(self)
-        for ext in self.extensions.extensions:
-            try:
-                await ext.session_closed(ctx)
-            except Exception:
-                log.exception("session %s: %s.session_closed failed", self.session_id, ext.name)
+        await self.extensions.session_closed(SessionContextImpl(self))
         try:
             await self.credentials.session_closed(self.session_id)
         except Exception:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from pushproxy.extensions.base import CredentialSink, ExtensionRegistry, Reply
+from pushproxy.extensions.base import CredentialSink, Reply
+from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.imap.capabilities import CapabilityPolicy, ConnectionFacts
 from pushproxy.imap.framing import Framer
 from pushproxy.proxy.client_id import ClientAddress
@@ -67,7 +68,7 @@ class SessionState:
     io: SessionIO
     session_id: str
     settings: SessionSettings
-    extensions: ExtensionRegistry
+    extensions: ExtensionManager
     _extension_names: frozenset[bytes]  # the intercepted command names, as bytes
     _routes: dict[bytes, Callable[..., None]]  # command name -> route (see routing.routes_for)
     credentials: CredentialSink

@@ -3,9 +3,9 @@
 Events arrive from the watchers and from Dovecot's ox driver, possibly both for
 the same message, and again after a reconnect.  The dispatcher drops what it
 has already dispatched (by account, mailbox and UID, for a while), skips
-messages that were already ``\\Seen``, then hands each event to every
-extension's ``on_event`` (each decides whom it concerns; the dispatcher knows
-no protocol).  ``submit`` never blocks the caller; a slow or failing extension
+messages that were already ``\\Seen``, then hands each event to the extension
+manager (every extension's ``on_event``: each decides whom it concerns; the
+dispatcher knows no protocol).  ``submit`` never blocks the caller; a slow or failing extension
 never delays another extension or another account's events.
 """
 
@@ -15,13 +15,13 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import replace
+from typing import Protocol
 
 from pushproxy import metrics
 from pushproxy.accounts import is_inbox
 from pushproxy.events import MailEvent, NewMail
-from pushproxy.extensions.base import Extension
 
 log = logging.getLogger("pushproxy.dispatch")
 
@@ -36,9 +36,19 @@ def mailbox_matches(registered: Collection[str], mailbox: str) -> bool:
     return mailbox in registered
 
 
+class FanOut(Protocol):
+    """Where dispatched events go: :class:`pushproxy.extensions.manager.ExtensionManager` (every extension)."""
+
+    async def on_event(self, event: MailEvent) -> None:
+        """Hand the event to every extension; never raises (a failing extension is logged and counted)."""
+
+    async def flush(self) -> None:
+        """Wait until what the extensions queued has been sent."""
+
+
 class Dispatcher:
-    def __init__(self, extensions: Sequence[Extension]) -> None:
-        self.extensions = list(extensions)
+    def __init__(self, extensions: FanOut) -> None:
+        self.extensions = extensions
         self._seen: OrderedDict[tuple[str, str, int], float] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self.dispatched = 0  # events handed to the extensions (tests, debug)
@@ -80,10 +90,7 @@ class Dispatcher:
             seen.popitem(last=False)
 
     async def _process(self, event: MailEvent) -> None:
-        results = await asyncio.gather(*(ext.on_event(event) for ext in self.extensions), return_exceptions=True)
-        for ext, result in zip(self.extensions, results, strict=True):
-            if isinstance(result, Exception):
-                log.error("extension %s failed on an event for %s", ext.name, event.account, exc_info=result)
+        await self.extensions.on_event(event)  # a failing extension is logged and counted there
         self.dispatched += 1
         metrics.EVENT_DISPATCH_LATENCY.observe(max(0.0, time.monotonic() - event.detected_at))
 
@@ -91,8 +98,7 @@ class Dispatcher:
         """Wait for queued events, then for what the extensions queued (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        for ext in self.extensions:
-            await ext.flush()
+        await self.extensions.flush()
 
     async def close(self) -> None:
         try:

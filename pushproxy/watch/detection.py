@@ -2,7 +2,7 @@
 
 :class:`WatchSpec` says which mailboxes of an account are watched and for
 which of them expunges and flag changes are wanted too; it merges what the
-extensions ask for (:meth:`pushproxy.extensions.host.ExtensionHost.spec`).
+extensions ask for (:meth:`pushproxy.extensions.manager.ExtensionManager.spec`).
 
 :func:`new_messages` is the correctness core of new-mail detection: given the
 FETCH responses of ``UID FETCH <last uidnext>:*`` it keeps exactly the
@@ -52,7 +52,7 @@ class WatchSpec:
     mailboxes: tuple[str, ...]  # normalised (see normalise_mailboxes), never empty
     changes: frozenset[str] = field(default_factory=frozenset)  # subset wanting Expunge / FlagChange
     # Not None: the watcher lists the account's subscribed mailboxes at connect and every this
-    # many seconds, for the extensions to choose from (``ExtensionHost.listed``).
+    # many seconds, for the extensions to choose from (``ExtensionManager.listed``).
     list_subscribed: float | None = None
     bodies: bool = False  # fetch the whole message of a few small new messages into their NewMail
 

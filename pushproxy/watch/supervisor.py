@@ -68,7 +68,7 @@ class _Captured:
 
 
 class WatchSource(Protocol):
-    """Which mailboxes of an account to watch (the extensions decide: ``pushproxy.extensions.host``)."""
+    """Which mailboxes of an account to watch (the extensions decide: ``pushproxy.extensions.manager``)."""
 
     async def spec(self, account: str) -> WatchSpec | None: ...
 
@@ -97,15 +97,11 @@ class Supervisor:
         *,
         credentials: CredentialProvider | None = None,
         master_style: MasterLoginStyle = "separator",
-        watching: WatchSource | None = None,
+        watching: WatchSource,
         owns: Callable[[str], bool] | None = None,
     ) -> None:
         self._config = config
         self._store = store
-        if watching is None:  # tests, bench: whatever the registrations in the store ask for
-            from pushproxy.extensions.host import ExtensionHost
-
-            watching = ExtensionHost.for_store(config, store)
         self._watching = watching
         self._emit = emit
         # Several nodes: run a watcher only for accounts this node holds the lease of (pushproxy.cluster).

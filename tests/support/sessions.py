@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from pushproxy.extensions.base import Extension, ExtensionRegistry, Reply, SessionContext
+from pushproxy.extensions.base import Extension, Reply, SessionContext
+from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.imap.parse import Command
 from pushproxy.proxy.session import Session, SessionSettings
 
@@ -85,7 +86,7 @@ def new_session(
         peer="test",
         client_tls=client_tls,
         settings=settings if settings is not None else SessionSettings(),
-        extensions=ExtensionRegistry(list(extensions)),
+        extensions=ExtensionManager(list(extensions)),
         credentials=credentials if credentials is not None else Sink(),
         **session,
     )

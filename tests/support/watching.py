@@ -18,6 +18,7 @@ import pytest
 from pushproxy import metrics
 from pushproxy.config import Config, StoreConfig, UpstreamConfig, WatchConfig
 from pushproxy.events import MailEvent, NewMail
+from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.extensions.webpush.settings import WebPushConfig
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.store import SqliteStore, Vault
@@ -117,6 +118,7 @@ async def deliver(dc: Dovecot, subject: str, mailbox: str | None = None, user: s
 
 
 def new_supervisor(made: list[Supervisor], config: Config, store: SqliteStore, events: Events, **kw: Any) -> Supervisor:
+    kw.setdefault("watching", ExtensionManager.every(config, store))  # what the store's registrations ask
     sup = Supervisor(config, store, events, **kw)
     made.append(sup)
     return sup

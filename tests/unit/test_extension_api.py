@@ -12,7 +12,7 @@ from pushproxy import extensions
 from pushproxy.config import Config, ConfigError, CoreConfig, load_config
 from pushproxy.extensions.base import Extension, WatchRequest
 from pushproxy.extensions.eventlog import EventLog, EventLogSettings
-from pushproxy.extensions.host import merge_requests
+from pushproxy.extensions.manager import merge_requests
 from pushproxy.store import tables
 from pushproxy.store.schema import SchemaPart
 from pushproxy.watch.detection import WatchSpec

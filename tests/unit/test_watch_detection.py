@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pushproxy.config import Config, ConfigError, WatchConfig
-from pushproxy.extensions.host import ExtensionHost
+from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.imap.fetch import FetchItems
@@ -121,10 +121,12 @@ def subscription(sub_id: str, *, active: bool = True, want_changes: bool = False
     )
 
 
-def push_extensions(store: SqliteStore, webpush_mailboxes: list[str]) -> ExtensionHost:
+def push_extensions(store: SqliteStore, webpush_mailboxes: list[str]) -> ExtensionManager:
     """Both push extensions, attached to the store (what the supervisor asks what to watch)."""
     config = Config(apns={"enabled": True}, webpush={"enabled": True, "mailboxes": webpush_mailboxes})
-    return ExtensionHost.for_config(config, store)
+    extensions = ExtensionManager.enabled_by(config)
+    extensions.attach(config, store)
+    return extensions
 
 
 async def test_spec_for_account(store: SqliteStore) -> None:

@@ -17,6 +17,7 @@ import pytest
 from pushproxy import metrics
 from pushproxy.config import Config, StoreConfig, UpstreamConfig, WatchConfig
 from pushproxy.events import MailEvent, NewMail
+from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.store import MailboxState, SqliteStore, Vault
 from pushproxy.watch import Supervisor
@@ -171,7 +172,13 @@ async def env(tmp_path: Path) -> AsyncIterator[Callable[..., asyncio.Future[tupl
             watch=WatchConfig(**settings),  # type: ignore[arg-type]
         )
         events = Events()
-        sup = Supervisor(config, store, events, credentials=MasterCredentials("admin", "pw"))
+        sup = Supervisor(
+            config,
+            store,
+            events,
+            credentials=MasterCredentials("admin", "pw"),
+            watching=ExtensionManager.every(config, store),
+        )
         made.append((server, sup, store))
         await sup.start()
         return fake, sup, events

@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from pushproxy.config import Config
-from pushproxy.extensions.base import Extension, ExtensionRegistry, SessionContext
+from pushproxy.extensions.base import Extension, SessionContext
+from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes, pick_subscribed
 from pushproxy.imap.data import ListItem, parse_list, read_response
 from pushproxy.imap.utf7 import encode_mailbox
@@ -166,7 +167,7 @@ async def test_observed_commands_are_relayed_and_reported_after_ok_only() -> Non
         peer="test",
         client_tls=False,
         settings=SessionSettings(),
-        extensions=ExtensionRegistry([ext]),
+        extensions=ExtensionManager([ext]),
         credentials=Sink(),
     )
     s.upstream_data(b"* OK [CAPABILITY IMAP4rev1] hi\r\n")

@@ -1,0 +1,288 @@
+"""The extension manager: one object owns the extensions, their lifecycle and every call of their hooks.
+
+mitmproxy's ``AddonManager`` is the model.  The core never calls an extension
+itself: the session asks the manager for capabilities, command handlers and the
+hooks of a closing session; the push pipeline hands it every event; the watcher
+supervisor asks it which mailboxes to watch.  Every hook call goes through
+:meth:`ExtensionManager.safecall`, with one error policy: an exception raised by
+an extension is logged once with the extension's and the hook's name (no
+traceback, no message text: it may carry a token or an endpoint), counted in
+``pushproxy_extension_errors_total{extension,hook}``, and never reaches the
+core's caller, which gets the hook's neutral answer instead (no watch request,
+nothing done; a command gets ``NO [UNAVAILABLE]``, which clients retry).
+
+Two exceptions to "every hook": ``configure`` (a bad section is a config error,
+reported by ``check-config``) and ``start`` (an extension that cannot start,
+e.g. an unreadable APNs key, stops the proxy's start, as before).  A store
+fault (:class:`~pushproxy.store.base.StoreUnavailable`) in a watch query is
+passed on too: the supervisor then keeps the account's watcher as it is
+instead of reading "nothing wanted" from an outage.
+
+The manager is also the :class:`~pushproxy.extensions.base.Core` the
+extensions are attached to (config, store, ``registration_changed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pushproxy import metrics
+from pushproxy.extensions import extension_classes
+from pushproxy.extensions.base import Extension, Handler, RegistrationChanged, Reply, SessionContext, WatchRequest
+from pushproxy.store.base import StoreUnavailable
+from pushproxy.watch.detection import WatchSpec
+
+if TYPE_CHECKING:
+    from pushproxy.config import Config
+    from pushproxy.events import MailEvent
+    from pushproxy.imap.data import ListItem
+    from pushproxy.imap.parse import Command
+    from pushproxy.store.base import Store
+
+__all__ = ["ExtensionManager", "merge_requests"]
+
+log = logging.getLogger("pushproxy.extensions")
+
+_COMMAND_FAILED = Reply("NO", "Internal error in the proxy, please retry", "UNAVAILABLE")
+
+
+def merge_requests(requests: Sequence[WatchRequest]) -> WatchSpec | None:
+    """One watch spec for all the extensions' requests; None when none asks for anything."""
+    if not requests:
+        return None
+    refresh = [r.subscribed_refresh for r in requests if r.subscribed_refresh is not None]
+    return WatchSpec.of(
+        [box for request in requests for box in request.mailboxes],
+        [box for request in requests for box in request.changes],
+        list_subscribed=min(refresh) if refresh else None,
+        bodies=any(request.bodies for request in requests),
+    )
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame that raised (the log line's only pointer into the code)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rpartition('/pushproxy/')[2] or last.filename}:{last.lineno}"
+
+
+class ExtensionManager:
+    """The extensions of this proxy, in order, and the one way the core calls them."""
+
+    def __init__(self, extensions: Sequence[Extension] = ()) -> None:
+        self.extensions: list[Extension] = list(extensions)
+        self._config: Config | None = None
+        self._store: Store | None = None
+        self._follow: RegistrationChanged | None = None
+        self._relist: Callable[[str], None] | None = None
+        self._handlers: dict[bytes, tuple[Extension, Handler]] = {}
+        self._observers: dict[bytes, list[Extension]] = {}
+        self._started: list[Extension] = []
+        self._index()
+
+    def _index(self) -> None:
+        """Who answers which command and who hears of which relayed one (extensions may add commands in start)."""
+        handlers: dict[bytes, tuple[Extension, Handler]] = {}
+        observers: dict[bytes, list[Extension]] = {}
+        for ext in self.extensions:
+            for observed in ext.observed_commands:
+                observers.setdefault(observed.upper().encode("ascii"), []).append(ext)
+            for name, handler in ext.commands.items():
+                key = name.upper().encode("ascii")
+                if key in handlers:
+                    raise ValueError(f"command {name} claimed by two extensions")
+                handlers[key] = (ext, handler)
+        self._handlers, self._observers = handlers, observers
+
+    @classmethod
+    def enabled_by(cls, config: Config) -> ExtensionManager:
+        """The discovered extensions that ``config`` enables, configured (not attached, not started)."""
+        extensions = []
+        for extension_class in extension_classes():
+            ext = extension_class()
+            if ext.configure(config):
+                extensions.append(ext)
+        return cls(extensions)
+
+    @classmethod
+    def every(cls, config: Config, store: Store) -> ExtensionManager:
+        """Every discovered extension, enabled or not, configured and attached: what the store's registrations ask.
+
+        For tests and benchmarks that run watchers without a proxy.
+        """
+        extensions = []
+        for extension_class in extension_classes():
+            ext = extension_class()
+            ext.configure(config)
+            extensions.append(ext)
+        manager = cls(extensions)
+        manager.attach(config, store)
+        return manager
+
+    def __bool__(self) -> bool:
+        return bool(self.extensions)
+
+    def names(self) -> list[str]:
+        return [ext.name for ext in self.extensions]
+
+    # ------------------------------------------------------------------ the one error policy
+
+    async def safecall(
+        self, ext: Extension, hook: str, *args: Any, passthrough: tuple[type[Exception], ...] = ()
+    ) -> Any:
+        """``ext.<hook>(*args)``, awaited if it is a coroutine; None when it raised (logged once, counted)."""
+        try:
+            result = getattr(ext, hook)(*args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except passthrough:
+            raise
+        except Exception as exc:
+            self.failed(ext, hook, exc)
+            return None
+
+    def failed(self, ext: Extension, hook: str, exc: BaseException) -> None:
+        """The policy itself: one log line naming the extension and the hook, one count."""
+        log.error("extension %s: %s failed (%s at %s)", ext.name, hook, type(exc).__name__, _where(exc))
+        metrics.EXTENSION_ERRORS.labels(extension=ext.name, hook=hook).inc()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def attach(self, config: Config, store: Store) -> None:
+        """Give every extension the core's services (no I/O)."""
+        self._config, self._store = config, store
+        for ext in self.extensions:
+            ext.attach(self)
+
+    async def start(self) -> None:
+        """Start every extension in order; one that cannot start stops the proxy's start (its error is raised)."""
+        for ext in self.extensions:
+            await ext.start()
+            self._started.append(ext)
+        self._index()
+
+    async def stop(self) -> None:
+        """Stop every extension that started, in reverse order; a failing stop does not keep the others running."""
+        while self._started:
+            await self.safecall(self._started.pop(), "stop")
+
+    async def close(self) -> None:
+        """:meth:`stop` (the App stops its components with ``close``)."""
+        await self.stop()
+
+    # ------------------------------------------------------------------ Core: what extensions are given
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            raise RuntimeError("the extension manager is not attached")
+        return self._config
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the extension manager is not attached")
+        return self._store
+
+    def follow(self, registration_changed: RegistrationChanged, relist: Callable[[str], None] | None = None) -> None:
+        """Where registration changes and relisting requests go (the watcher supervisor, built after the extensions)."""
+        self._follow = registration_changed
+        self._relist = relist
+
+    async def registration_changed(self, account: str, session_id: str | None = None) -> None:
+        if self._follow is not None:
+            await self._follow(account, session_id)
+
+    def relist_subscribed(self, account: str) -> None:
+        if self._relist is not None:
+            self._relist(account)
+
+    # ------------------------------------------------------------------ the session's view
+
+    @property
+    def pre_auth_capabilities(self) -> tuple[bytes, ...]:
+        return tuple(c for ext in self.extensions for c in ext.pre_auth_capabilities)
+
+    @property
+    def post_auth_capabilities(self) -> tuple[bytes, ...]:
+        return tuple(c for ext in self.extensions for c in ext.capabilities)
+
+    @property
+    def command_names(self) -> frozenset[bytes]:
+        """Upper-case names of the commands the extensions answer (never forwarded upstream)."""
+        return frozenset(self._handlers)
+
+    @property
+    def observed_commands(self) -> frozenset[bytes]:
+        """Upper-case names of relayed commands whose tagged OK some extension wants to hear of."""
+        return frozenset(self._observers)
+
+    async def answer(self, cmd: Command, ctx: SessionContext) -> Reply:
+        """The reply of the extension that owns ``cmd.name`` (``NO [UNAVAILABLE]`` if its handler raised)."""
+        ext, handler = self._handlers[cmd.name.upper().encode("ascii")]
+        try:
+            return await handler(cmd, ctx)
+        except Exception as exc:
+            self.failed(ext, f"command {cmd.name}", exc)
+            return _COMMAND_FAILED
+
+    async def command_succeeded(self, name: bytes, ctx: SessionContext) -> None:
+        """A relayed command of ``observed_commands`` got its tagged OK."""
+        text = name.decode("ascii")
+        for ext in self._observers.get(name, ()):
+            await self.safecall(ext, "command_succeeded", text, ctx)
+
+    async def session_closed(self, ctx: SessionContext) -> None:
+        for ext in self.extensions:
+            await self.safecall(ext, "session_closed", ctx)
+
+    # ------------------------------------------------------------------ the push pipeline's fan-out
+
+    async def on_event(self, event: MailEvent) -> None:
+        """Every extension's ``on_event``, side by side: a slow one does not delay the others."""
+        await asyncio.gather(*(self.safecall(ext, "on_event", event) for ext in self.extensions))
+
+    async def flush(self) -> None:
+        for ext in self.extensions:
+            await self.safecall(ext, "flush")
+
+    # ------------------------------------------------------------------ the watchers' questions
+
+    async def spec(self, account: str) -> WatchSpec | None:
+        """Which mailboxes of ``account`` every extension wants watched, merged."""
+        requests = []
+        for ext in self.extensions:
+            request = await self.safecall(ext, "watched_mailboxes", account, passthrough=(StoreUnavailable,))
+            if request is not None:
+                requests.append(request)
+        return merge_requests(requests)
+
+    async def specs(self) -> dict[str, WatchSpec]:
+        """:meth:`spec` for every account some request wants watched at start-up (one bulk read per extension)."""
+        by_account: dict[str, list[WatchRequest]] = {}
+        for ext in self.extensions:
+            answered = await self.safecall(ext, "watched_accounts", passthrough=(StoreUnavailable,))
+            for account, request in (answered or {}).items():
+                by_account.setdefault(account, []).append(request)
+        specs = {}
+        for account in sorted(by_account):
+            if not any(request.at_startup for request in by_account[account]):
+                continue
+            spec = merge_requests(by_account[account])
+            if spec is not None:
+                specs[account] = spec
+        return specs
+
+    async def listed(self, account: str, items: Sequence[ListItem]) -> WatchSpec | None:
+        """A watcher listed the account's subscribed mailboxes: tell the extensions; the spec now."""
+        for ext in self.extensions:
+            await self.safecall(ext, "subscribed_listed", account, items, passthrough=(StoreUnavailable,))
+        return await self.spec(account)
