@@ -14,9 +14,10 @@ nothing done; a command gets ``NO [UNAVAILABLE]``, which clients retry).
 Two exceptions to "every hook": ``configure`` (a bad section is a config error,
 reported by ``check-config``) and ``start`` (an extension that cannot start,
 e.g. an unreadable APNs key, stops the proxy's start, as before).  A store
-fault (:class:`~pushproxy.store.base.StoreUnavailable`) in a watch query is
-passed on too: the supervisor then keeps the account's watcher as it is
-instead of reading "nothing wanted" from an outage.
+fault (:class:`~pushproxy.store.base.StoreUnavailable`, logged by the store)
+in a watch query or a command is passed on too: the supervisor then keeps the
+account's watcher as it is instead of reading "nothing wanted" from an outage,
+and the session answers ``NO [UNAVAILABLE] <reason>``.
 
 The manager is also the :class:`~pushproxy.extensions.base.Core` the
 extensions are attached to (config, store, ``registration_changed``).
@@ -230,6 +231,8 @@ class ExtensionManager:
         ext, handler = self._handlers[cmd.name.upper().encode("ascii")]
         try:
             return await handler(cmd, ctx)
+        except StoreUnavailable:
+            raise  # the session answers NO [UNAVAILABLE] <reason>; the store logged the episode
         except Exception as exc:
             self.failed(ext, f"command {cmd.name}", exc)
             return _COMMAND_FAILED
