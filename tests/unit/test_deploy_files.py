@@ -32,6 +32,9 @@ EXAMPLE_CONFIG = ROOT / "deploy" / "pushproxy.example.yaml"
 COMPOSE_CONFIG = ROOT / "deploy" / "compose" / "pushproxy.yaml"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_POSTGRES = ROOT / "deploy" / "compose" / "postgres.yml"
+COMPOSE_PROMETHEUS = ROOT / "deploy" / "compose" / "prometheus.yml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERT_RULES = ROOT / "deploy" / "prometheus" / "pushproxy-alerts.yml"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SYSTEMD_UNIT = ROOT / "deploy" / "systemd" / "pushproxy.service"
@@ -226,7 +229,7 @@ def test_compose_ports_match_config_and_image() -> None:
 
 def test_compose_files_work_with_compose_v1() -> None:
     """Compose v1.29 (Debian 12) rejects top-level name:, long-form env_file and depends_on.required."""
-    for path in (COMPOSE_FILE, COMPOSE_POSTGRES):
+    for path in (COMPOSE_FILE, COMPOSE_POSTGRES, COMPOSE_PROMETHEUS):
         data = yaml.safe_load(path.read_text())
         assert data["version"] == "2.4", path
         assert set(data) <= {"version", "services", "volumes", "networks"}, path
@@ -256,6 +259,52 @@ def test_compose_postgres_variant_and_no_committed_secrets() -> None:
             for entry in service.get("env_file", []):
                 path = entry["path"] if isinstance(entry, dict) else entry
                 assert not path.endswith(".example"), f"{name}: reads the example env file directly"
+
+
+def test_compose_prometheus_variant(tmp_path: Path) -> None:
+    """deploy/compose/prometheus.yml, statically: docker-test does not start it (that needs a Prometheus image:
+    the official one from a registry, or a stand-in built from Debian's package as for PostgreSQL -- not done
+    yet). tests/integration/test_prometheus.py runs the same rules in Debian's Prometheus against a real proxy."""
+    override = yaml.safe_load(COMPOSE_PROMETHEUS.read_text())
+    service = override["services"]["prometheus"]
+    assert re.fullmatch(r"\$\{PUSHPROXY_PROMETHEUS_IMAGE:-prom/prometheus:v2\.\d+\.\d+\}", service["image"])
+    assert service["depends_on"] == {"pushproxy": {"condition": "service_started"}}
+    assert "prometheus-data" in override["volumes"]
+    for port in service["ports"]:
+        assert port.startswith("127.0.0.1:"), f"prometheus publishes {port} beyond loopback (it has no auth)"
+    mounts: dict[str, Path] = {}
+    for volume in service["volumes"]:
+        source, target, *options = volume.split(":")
+        if source.startswith("."):
+            assert (ROOT / source).is_file(), f"bind-mount source {source} missing"
+            assert options == ["ro"], volume
+            mounts[target] = (ROOT / source).resolve()
+    assert "prometheus-data:/prometheus" in service["volumes"]
+    flags = dict(flag.removeprefix("--").split("=", 1) for flag in service["command"])
+    assert mounts[flags["config.file"]] == PROMETHEUS_CONFIG.resolve()
+    assert flags["storage.tsdb.path"] == "/prometheus"
+    assert flags["web.listen-address"].endswith(":" + service["ports"][0].rsplit(":", 1)[1])
+
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    assert [mounts[path] for path in config["rule_files"]] == [ALERT_RULES.resolve()]
+    # The rules select job="pushproxy"; the target is the compose service's admin listener.
+    _, admin_port = parse_hostport(load_config(COMPOSE_CONFIG).admin.listen)
+    assert [job["job_name"] for job in config["scrape_configs"]] == ["pushproxy"]
+    targets = [t for c in config["scrape_configs"][0]["static_configs"] for t in c["targets"]]
+    assert targets == [f"pushproxy:{admin_port}"]
+    assert "pushproxy" in _compose()["services"]
+    assert 'job="pushproxy"' in ALERT_RULES.read_text()
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian's prometheus package: make deps installs it)")
+    # promtool checks the rule files a config names too: point it at the file in the tree.
+    config["rule_files"] = [str(ALERT_RULES)]
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(yaml.safe_dump(config))
+    proc = subprocess.run([promtool, "check", "config", str(checked)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout + proc.stderr
 
 
 # --- Dockerfile ------------------------------------------------------------------
