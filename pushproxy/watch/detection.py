@@ -29,8 +29,10 @@ __all__ = [
 ]
 
 # A NewMail carries at most this many (the newest) messages: after a long
-# outage thousands may have arrived, and no push can show more than a few.
-MAX_MESSAGES_PER_EVENT = 100
+# outage thousands may have arrived.  Large enough that a Web Push burst at the
+# cap never fits its bounded pushes even in the compact form (it becomes one
+# SYNC: nothing is cut silently; see webpush/payload.py MAX_NEW_MAIL_PUSHES).
+MAX_MESSAGES_PER_EVENT = 2000
 
 
 def normalise_mailboxes(names: Iterable[str]) -> tuple[str, ...]:

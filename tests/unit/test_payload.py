@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -224,12 +225,15 @@ def test_new_mail_inserts_upstream_envelope_verbatim_and_omits_missing_ones() ->
     assert result.data.endswith(b"* 2 UIDFETCH (FLAGS (\\Seen))\r\n")
 
 
-def test_new_mail_falls_back_to_sync_when_envelopes_do_not_fit() -> None:
-    # Changed with issue 13: envelopes that do not fit used to give a FLAGS-only push;
-    # the draft knows the message, else UID + ENVELOPE, else SYNC.
+def test_new_mail_in_one_push_falls_back_to_flags_then_sync() -> None:
+    # Changed with issue 20: envelopes that do not fit one push give the compact FLAGS form
+    # (webpush-imap.md: "else FLAGS only; else the SYNC form"), which issue 13 had dropped;
+    # SYNC only when not even that fits.
     big_env = envelope_from_fields(None, "x" * 1500, None, None)
     msgs = [MessageInfo(uid=i, envelope=big_env) for i in (1, 2, 3)]
-    assert new_mail_payload("INBOX", msgs).data == b'* SELECT "INBOX"\r\n* SYNC\r\n'
+    compact = new_mail_payload("INBOX", msgs)
+    assert compact.level == "flags"
+    assert compact.data == b'* SELECT "INBOX"\r\n' + b"".join(b"* %d UIDFETCH (FLAGS ())\r\n" % i for i in (1, 2, 3))
     many = [MessageInfo(uid=i, flags=("\\Flagged",)) for i in range(1, 400)]
     sync = new_mail_payload("INBOX", many)
     assert sync.level == "sync"
@@ -256,9 +260,9 @@ def test_new_mail_never_exceeds_the_limit_and_never_splits_a_response(name, msgs
     assert decode_mailbox(responses[0][1].decode("ascii")) == name
     if result.level == "sync":
         assert responses[1:] == [[atom(b"SYNC")]]
-        # SYNC only when the FLAGS + ENVELOPE form really does not fit
-        envelope_form = new_mail_payload(name, msgs, limit=10**6)
-        assert len(envelope_form.data) > limit
+        # SYNC only when even the compact FLAGS form really does not fit
+        compact = [MessageInfo(uid=m.uid, flags=m.flags) for m in msgs]
+        assert len(new_mail_payload(name, compact, limit=10**6).data) > limit
         return
     fetches = responses[1:]
     assert [int(r[0][1]) for r in fetches] == [m.uid for m in msgs]  # every message, in order
@@ -267,10 +271,10 @@ def test_new_mail_never_exceeds_the_limit_and_never_splits_a_response(name, msgs
         items = resp[2]
         assert items[0] == atom(b"FLAGS")
         assert [f[1].decode() for f in items[1]] == list(msg.flags)
-        if msg.envelope is not None:
+        if msg.envelope is not None and result.level != "flags":
             assert items[2] == atom(b"ENVELOPE")
             assert len(items[3]) == 10
-        else:
+        else:  # no envelope, or the compact form (then for every message of the push)
             assert len(items) == 2
 
 
@@ -376,8 +380,9 @@ def test_long_message_falls_back_to_envelope_then_sync() -> None:
     long = new_mail_payload("INBOX", [MessageInfo(uid=7, envelope=env, body=b"x" * 4000)])
     assert long.level == "envelope" and b"BINARY" not in long.data and b"ENVELOPE" in long.data
     huge_env = envelope_from_fields(None, "x" * 5000, None, None)
-    sync = new_mail_payload("INBOX", [MessageInfo(uid=7, envelope=huge_env, body=b"x" * 4000)])
-    assert sync.level == "sync" and sync.data == b'* SELECT "INBOX"\r\n* SYNC\r\n'
+    # Changed with issue 20: then the compact form (was SYNC).
+    compact = new_mail_payload("INBOX", [MessageInfo(uid=7, envelope=huge_env, body=b"x" * 4000)])
+    assert compact.level == "flags" and compact.data == b'* SELECT "INBOX"\r\n* 7 UIDFETCH (FLAGS ())\r\n'
 
 
 def test_change_payloads_split_without_splitting_a_response() -> None:
@@ -398,3 +403,93 @@ def test_change_payloads_split_without_splitting_a_response() -> None:
                     vanished.update(range(int(lo), int(hi or lo) + 1))
     assert vanished == set(range(1, 4000, 2))
     assert [p.level for p in change_payloads("INBOX", range(1, 40000, 2), [])] == ["sync"]
+
+
+# --- bursts of new mail (issue 20 point 3) ----------------------------------------------------------
+
+
+def _realistic_envelope(n: int) -> bytes:
+    return envelope_from_fields(
+        "Mon, 7 Feb 1994 21:52:25 -0800",
+        f"Catch-up message number {n} about the quarterly report",
+        f'"Sender {n}" <sender{n}@example.org>',
+        f"<msg-{n}@example.org>",
+    )
+
+
+def _uids_in(pushes: list[bytes]) -> list[int]:
+    uids: list[int] = []
+    for data in pushes:
+        uids += [int(m) for m in re.findall(rb"^\* (\d+) UIDFETCH ", data, re.M)]
+    return uids
+
+
+@pytest.mark.parametrize(("count", "level"), [(20, "full"), (200, "flags")])
+def test_a_burst_goes_per_message_within_the_bound(count: int, level: str) -> None:
+    from pushproxy.extensions.webpush.payload import MAX_NEW_MAIL_PUSHES, new_mail_payloads
+
+    msgs = [MessageInfo(uid=1000 + i, envelope=_realistic_envelope(i)) for i in range(count)]
+    pushes = new_mail_payloads("INBOX", msgs)
+    assert 1 < len(pushes) <= MAX_NEW_MAIL_PUSHES
+    assert {p.level for p in pushes} == {level}  # 20: every envelope; 200: too many envelopes, compact
+    for push in pushes:
+        assert len(push.data) <= MAX_PLAINTEXT and push.data.startswith(b'* SELECT "INBOX"\r\n')
+        assert b"* SYNC" not in push.data
+        read_responses(push.data)  # each push parses on its own: no response split
+    assert _uids_in([p.data for p in pushes]) == [m.uid for m in msgs]  # every message once, in order
+    if level == "full":
+        assert all(b"ENVELOPE" in line for p in pushes for line in p.data.split(b"\r\n")[1:-1])
+
+
+def test_a_burst_takes_the_fewest_pushes_of_the_richest_form_that_fits() -> None:
+    from pushproxy.extensions.webpush.payload import new_mail_payloads
+
+    # One message too big for a push with its body keeps its envelope; the others keep theirs.
+    env = envelope_from_fields(None, "hi", "a@b", None)
+    msgs = [MessageInfo(uid=1, envelope=env, body=b"x" * 5000), MessageInfo(uid=2, envelope=env, body=b"short")]
+    (push,) = new_mail_payloads("INBOX", msgs)
+    assert push.level == "envelope"
+    assert b"* 1 UIDFETCH (FLAGS () ENVELOPE " in push.data and b"BINARY[] {5}\r\nshort)" in push.data
+    # As few pushes as the limit allows: each is filled before the next starts.
+    many = [MessageInfo(uid=i, envelope=_realistic_envelope(i)) for i in range(1, 30)]
+    pushes = new_mail_payloads("INBOX", many)
+    for a, b in itertools.pairwise(pushes):
+        first_of_next = b.data.split(b"\r\n", 1)[1].split(b"\r\n")[0] + b"\r\n"
+        assert len(a.data) + len(first_of_next) > MAX_PLAINTEXT
+
+
+def test_a_burst_beyond_the_bound_is_one_sync_and_a_capped_event_never_fits() -> None:
+    from pushproxy.extensions.webpush.payload import MAX_NEW_MAIL_PUSHES, new_mail_payloads
+    from pushproxy.watch.detection import MAX_MESSAGES_PER_EVENT
+
+    # The smallest messages there are (short UIDs, no flags) at the watcher's cap per event: one
+    # SYNC, so an event cut at the cap never shows its newest messages as if they were all.
+    smallest = [MessageInfo(uid=i) for i in range(1, MAX_MESSAGES_PER_EVENT + 1)]
+    assert [p.level for p in new_mail_payloads("a", smallest)] == ["sync"]
+    # Just within the bound: the compact form; one push more: SYNC.
+    lines = [MessageInfo(uid=100000 + i) for i in range(10000)]
+    per_push = (MAX_PLAINTEXT - len(b'* SELECT "INBOX"\r\n')) // len(b"* 100000 UIDFETCH (FLAGS ())\r\n")
+    fits = new_mail_payloads("INBOX", lines[: per_push * MAX_NEW_MAIL_PUSHES])
+    assert len(fits) == MAX_NEW_MAIL_PUSHES and b"* SYNC" not in fits[-1].data
+    assert [p.level for p in new_mail_payloads("INBOX", lines[: per_push * MAX_NEW_MAIL_PUSHES + 1])] == ["sync"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(mailbox_names, messages(), st.integers(min_value=60, max_value=MAX_PLAINTEXT), st.integers(1, 8))
+def test_new_mail_pushes_never_exceed_the_limit_or_the_bound(name, msgs, limit, max_pushes) -> None:
+    from pushproxy.extensions.webpush.payload import new_mail_payloads
+
+    try:
+        pushes = new_mail_payloads(name, msgs, limit=limit, max_pushes=max_pushes)
+    except PayloadTooLarge:
+        assert len(sync_payload(name)) > limit
+        return
+    assert 1 <= len(pushes) <= max_pushes
+    for push in pushes:
+        assert len(push.data) <= limit
+        responses = read_responses(push.data)
+        assert responses[0][0] == atom(b"SELECT")
+    if pushes[0].level == "sync":
+        assert len(pushes) == 1
+        return
+    assert _uids_in([p.data for p in pushes]) == [m.uid for m in msgs]

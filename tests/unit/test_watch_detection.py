@@ -65,10 +65,11 @@ def test_uidnext_hint_and_merging() -> None:
 
 
 def test_cap_keeps_newest() -> None:
-    many = [fi(uid) for uid in range(1, 1001)]
+    total = MAX_MESSAGES_PER_EVENT + 500  # the cap went from 100 to 2000 with issue 20 (per-message bursts)
+    many = [fi(uid) for uid in range(1, total + 1)]
     found = new_messages(many, from_uid=1)
     assert len(found.messages) == MAX_MESSAGES_PER_EVENT
-    assert found.messages[-1].uid == 1000 and found.uidnext == 1001 and found.count == 1000
+    assert found.messages[-1].uid == total and found.uidnext == total + 1 and found.count == total
 
 
 @settings(max_examples=200, deadline=None)

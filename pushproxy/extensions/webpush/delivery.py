@@ -35,7 +35,7 @@ from pushproxy.extensions.webpush.payload import (
     PayloadResult,
     PayloadTooLarge,
     change_payloads,
-    new_mail_payload,
+    new_mail_payloads,
     sync_payload,
 )
 from pushproxy.extensions.webpush.process import WebPushProcess
@@ -101,8 +101,8 @@ class WebPushDelivery:
         if isinstance(event, NewMail):
             await self._flush_key(key)  # changes before the new mail that follows them
             built = self._new_mail(event)
-            if built is not None:
-                await self._send_all(event.account, [built], "high", event.mailbox)
+            if built:
+                await self._send_all(event.account, built, "high", event.mailbox)
             return
         if (isinstance(event, Expunge) and not event.uids) or (isinstance(event, FlagChange) and not event.changes):
             return
@@ -148,12 +148,13 @@ class WebPushDelivery:
         if payloads:
             await self._send_all(account, payloads, "normal", mailbox)
 
-    def _new_mail(self, event: NewMail) -> PayloadResult | None:
+    def _new_mail(self, event: NewMail) -> list[PayloadResult]:
+        """The pushes of a batch of new mail: per message, bounded (see payload.new_mail_payloads)."""
         try:
-            return new_mail_payload(event.mailbox, event.messages)
+            return new_mail_payloads(event.mailbox, event.messages)
         except (PayloadTooLarge, ValueError) as exc:
             log.warning("webpush %s: no push for an event in a mailbox: %s", event.account, exc)
-        return None
+        return []
 
     async def _send_all(self, account: str, payloads: Sequence[PayloadResult], urgency: Urgency, mailbox: str) -> None:
         """Every payload to every active, not silenced subscription; in order per subscription."""

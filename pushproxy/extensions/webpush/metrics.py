@@ -6,13 +6,15 @@ name                                       type       labels
 pushproxy_webpush_subscriptions            gauge      state=inactive|active|silenced
 pushproxy_webpush_verifications_total      counter    result=sent|acknowledged|expired|
                                                       rate_limited
-pushproxy_webpush_payload_fallbacks_total  counter    level=envelope|sync
+pushproxy_webpush_payload_fallbacks_total  counter    level=envelope|flags|sync
 =========================================  =========  ======================================
 
 - webpush_subscriptions: Web Push subscriptions by state;
   webpush_verifications_total: verification pushes by result;
-  webpush_payload_fallbacks_total: payloads too large for the push service that
-  fell back to a smaller notification level.
+  webpush_payload_fallbacks_total: pushes sent in a smaller form than the
+  richest because the batch did not fit (``envelope``: without the message,
+  ``flags``: UIDs and flags only, ``sync``: ``* SYNC``), or that the push
+  service refused as too large (``sync``).
 
 Web Push requests are counted in the core's per-service metrics
 (``pushproxy_pushes_total``, ``pushproxy_push_failures_total``,
@@ -41,7 +43,7 @@ SERVICE = "webpush"  # its label value in the core's per-service metrics
 # Label values known in advance: their series read 0 instead of being absent.
 WEBPUSH_SUBSCRIPTION_STATES = ("inactive", "active", "silenced")
 WEBPUSH_VERIFICATION_RESULTS = ("sent", "acknowledged", "expired", "rate_limited")
-WEBPUSH_PAYLOAD_LEVELS = ("envelope", "sync")
+WEBPUSH_PAYLOAD_LEVELS = ("envelope", "flags", "sync")
 
 WEBPUSH_SUBSCRIPTIONS = metrics.with_labels(
     Gauge("pushproxy_webpush_subscriptions", "Web Push subscriptions, by state.", ["state"], registry=metrics.REGISTRY),

@@ -3,12 +3,14 @@
 What goes inside the aes128gcm envelope (webpush-imap.md, "What is pushed"):
 CRLF-terminated, UID-based IMAP responses grouped by mailbox, at most 3993
 bytes (RFC 8291: one 4096-byte record).  New mail carries, in order of
-preference while the push fits (draft -01): FLAGS, ENVELOPE and the message
-itself (``BINARY[]``, or ``BODY[]`` from an upstream without BINARY); else
-FLAGS and ENVELOPE; else ``* SYNC`` for the mailbox (issue 13: the draft has
-no FLAGS-only form; a SYNC makes the client look).  Changes
-(expunges, flag changes) may take several pushes (:func:`change_payloads`),
-bounded; a response is never split across pushes.
+preference while the pushes fit (draft -01, and webpush-imap.md "What is
+pushed"): FLAGS, ENVELOPE and the message itself (``BINARY[]``, or ``BODY[]``
+from an upstream without BINARY); else FLAGS and ENVELOPE; else FLAGS only
+(the compact form: every message's UID); else ``* SYNC`` for the mailbox.  A
+batch of new messages may take several pushes (:func:`new_mail_payloads`,
+at most :data:`MAX_NEW_MAIL_PUSHES`), and so may changes (expunges, flag
+changes: :func:`change_payloads`, at most :data:`MAX_CHANGE_PUSHES`); a
+response is never split across pushes.
 
 Pinned interpretation: mailbox names are sent in modified UTF-7 (RFC 3501
 5.1.3), since a push cannot know whether the client enabled UTF8=ACCEPT; names
@@ -29,9 +31,13 @@ from pushproxy.imap.utf7 import encode_mailbox
 
 MAX_PLAINTEXT = 3993  # RFC 8291 section 4: 4096 - 86 (header) - 16 (tag) - 1 (delimiter)
 
-PayloadLevel = Literal["full", "envelope", "sync"]
+PayloadLevel = Literal["full", "envelope", "flags", "sync"]
 # A burst of changes in one mailbox takes at most this many pushes; beyond, one SYNC push.
 MAX_CHANGE_PUSHES = 8
+# A batch of new messages in one mailbox (one event: catch-up after an outage, a failover, a restart, a big
+# delivery) takes at most this many pushes; beyond, one SYNC push.  In the compact form (UID and FLAGS,
+# ~30 bytes a message) 8 pushes hold about 1,000 messages.
+MAX_NEW_MAIL_PUSHES = 8
 
 # A flag is "\" atom or a keyword atom (RFC 9051): no atom-specials, no "]".
 _FLAG_RE = re.compile(rb"^\\?[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+$")
@@ -115,24 +121,70 @@ def _message_items(m: MessageInfo, with_envelope: bool, with_body: bool) -> byte
     return _uidfetch(m.uid, items)
 
 
-def new_mail_payload(mailbox: str, messages: Sequence[MessageInfo], limit: int = MAX_PLAINTEXT) -> PayloadResult:
-    """New messages, the richest form that fits ``limit`` (one level for the whole push).
+def _message_forms(m: MessageInfo) -> tuple[bytes, bytes, bytes]:
+    """The message's response at each level: full (FLAGS, ENVELOPE, message), envelope, flags."""
+    return _message_items(m, True, True), _message_items(m, True, False), _message_items(m, False, False)
 
-    ``full``: FLAGS, ENVELOPE and the message (where known); ``envelope``:
-    FLAGS and ENVELOPE (tried only when a message was known); else ``sync``.
-    Messages known by UID and flags only (no envelope) go as FLAGS.
+
+def new_mail_payloads(
+    mailbox: str,
+    messages: Sequence[MessageInfo],
+    limit: int = MAX_PLAINTEXT,
+    max_pushes: int = MAX_NEW_MAIL_PUSHES,
+) -> list[PayloadResult]:
+    """A batch of new messages as few pushes as fit ``limit``, richest form first, at most ``max_pushes``.
+
+    The whole batch is tried at each level in turn -- ``full`` (FLAGS,
+    ENVELOPE and the message where known), ``envelope`` (FLAGS and
+    ENVELOPE), ``flags`` (the compact form: UID and FLAGS) -- and packed in
+    UID order into as few pushes as fit, each starting with ``* SELECT``; the
+    first level that needs at most ``max_pushes`` pushes is sent.  At a level,
+    a message whose response alone does not fit a push takes its next smaller
+    form (one big message does not cost the others their envelopes).  When
+    even the compact form needs more than ``max_pushes`` pushes (or there are
+    no messages): one SYNC push.  A push's level is its smallest form.
     """
     if not messages:
-        return _sync_or_raise(mailbox, limit)
+        return [_sync_or_raise(mailbox, limit)]
     head = select_line(mailbox)
-    forms: list[tuple[PayloadLevel, bool]] = [("full", True)]
-    if any(m.body is not None for m in messages):
-        forms.append(("envelope", False))
-    for level, with_body in forms:
-        data = _fits([head, *(_message_items(m, True, with_body) for m in messages)], limit)
-        if data is not None:
-            return PayloadResult(data, level)
-    return _sync_or_raise(mailbox, limit)
+    room = limit - len(head)
+    per_message = [_message_forms(m) for m in messages]
+    levels: tuple[PayloadLevel, ...] = ("full", "envelope", "flags")
+    for floor in range(len(levels)):
+        chosen: list[tuple[PayloadLevel, bytes]] = []
+        for forms in per_message:
+            # The richest form at or below this level that fits a push on its own.
+            level = next((i for i in range(floor, len(levels)) if len(forms[i]) <= room), None)
+            if level is None:
+                break
+            chosen.append((levels[level], forms[level]))
+        else:
+            pushes = _pack(chosen, room)
+            if len(pushes) <= max_pushes:
+                return [PayloadResult(head + b"".join(r for _, r in p), _smallest(p, levels)) for p in pushes]
+    return [_sync_or_raise(mailbox, limit)]
+
+
+def _pack(responses: Sequence[tuple[PayloadLevel, bytes]], room: int) -> list[list[tuple[PayloadLevel, bytes]]]:
+    """In order, each push filled while the next response fits (every response fits alone)."""
+    pushes: list[list[tuple[PayloadLevel, bytes]]] = []
+    size = 0
+    for item in responses:
+        if not pushes or size + len(item[1]) > room:
+            pushes.append([])
+            size = 0
+        pushes[-1].append(item)
+        size += len(item[1])
+    return pushes
+
+
+def _smallest(push: Sequence[tuple[PayloadLevel, bytes]], levels: Sequence[PayloadLevel]) -> PayloadLevel:
+    return max((level for level, _ in push), key=levels.index)
+
+
+def new_mail_payload(mailbox: str, messages: Sequence[MessageInfo], limit: int = MAX_PLAINTEXT) -> PayloadResult:
+    """New messages in one push: :func:`new_mail_payloads` bounded to a single push."""
+    return new_mail_payloads(mailbox, messages, limit, max_pushes=1)[0]
 
 
 def uid_ranges(uids: Iterable[int]) -> list[bytes]:

@@ -103,7 +103,13 @@ class XApplePush(Extension):
         return {account: _devices_watch(devices) for account, devices in by_account.items()}
 
     async def on_event(self, event: MailEvent) -> None:
-        """New mail: a push to every device of the account that registered the mailbox."""
+        """New mail: a push to every device of the account that registered the mailbox.
+
+        One push per event, however many messages it holds: the APNs payload
+        only names the account, and iOS Mail fetches what is new itself, so a
+        batch of 200 (a catch-up) is one push, not 200 (unlike Web Push, whose
+        pushes carry the messages: webpush/payload.py new_mail_payloads).
+        """
         from pushproxy.push.dispatch import mailbox_matches
 
         if not isinstance(event, NewMail) or self.pusher is None:
