@@ -83,10 +83,14 @@ async def serve(config: Config) -> int:
 
 def run(config: Config) -> int:
     """Run the proxy in the foreground until SIGTERM/SIGINT; return the exit code."""
-    from pushproxy.reactor import install_asyncio_reactor, loop_name
+    from pushproxy.fdlimit import raise_soft_limit
+    from pushproxy.reactor import install_asyncio_reactor, loop_name, quiet_tls_teardown
 
+    limit = raise_soft_limit()
     loop = install_asyncio_reactor(config.runtime.event_loop)
-    log.info("event loop: %s", loop_name(loop))
+    quiet_tls_teardown(loop)
+    raised = f" (raised from {limit.raised_from})" if limit.raised_from is not None else ""
+    log.info("event loop: %s; file descriptors: at most %d%s", loop_name(loop), limit.soft, raised)
     from twisted.internet import defer
     from twisted.internet import reactor as _reactor
 

@@ -21,13 +21,19 @@ pushproxy_sessions_total                    counter
 pushproxy_session_bytes_total               counter    direction=client_to_upstream|
                                                        upstream_to_client
 pushproxy_commands_intercepted_total        counter    command
-pushproxy_connections_refused_total         counter    reason=total|per_ip|proxy_header|timeout
+pushproxy_connections_refused_total         counter    reason=total|per_ip|proxy_header|timeout|
+                                                       fd_limit
 pushproxy_auth_failures_total               counter
 pushproxy_session_timeouts_total            counter    kind=preauth
 pushproxy_registrations                     gauge      kind=<extension's service>, state
 pushproxy_watchers                          gauge      state=connecting|idle|polling|backoff|
                                                        auth_failed|stopped
 pushproxy_watcher_reconnects_total          counter
+pushproxy_watchers_wanted                   gauge
+pushproxy_watchers_up                       gauge
+pushproxy_watchers_logins_total             counter
+pushproxy_watchers_logins_in_flight         gauge
+pushproxy_watchers_connect_queue            gauge
 pushproxy_event_dispatch_latency_seconds    histogram
 pushproxy_extension_errors_total            counter    extension, hook
 pushproxy_pushes_total                      counter    service=apns|webpush|..., status
@@ -53,7 +59,8 @@ What they mean:
 - connections_refused_total: client connections closed with ``* BYE`` before a
   session started: over ``session.max_connections`` (total) or
   ``session.max_connections_per_ip`` (per_ip), a PROXY header that was invalid or
-  came from an untrusted peer (proxy_header), no PROXY header in time (timeout).
+  came from an untrusted peer (proxy_header), no PROXY header in time (timeout),
+  no file descriptor left to accept it (fd_limit: the listener pauses a second).
 - auth_failures_total: LOGIN / AUTHENTICATE answered NO by upstream (each one
   grows the client IP's auth penalty); session_timeouts_total: sessions closed
   for not logging in within ``session.preauth_timeout`` of connecting.
@@ -65,6 +72,12 @@ What they mean:
   ``command XAPPLEPUSHSERVICE``, ``session_closed``, ...), each logged once and
   caught by the extension manager (:mod:`pushproxy.extensions.manager`): the
   core carried on without that extension's answer.  Any increase is a bug.
+- watchers_up / watchers_wanted: watchers connected and watching / watchers this
+  node wants up (the "3,400/10,000 up" of the ramp's progress log line);
+  watchers_logins_total: watcher connections let through the connect gate
+  (``watch.connect_rate``: start, restart, takeover and reconnects all go through
+  it); watchers_logins_in_flight: those being opened and logged in now (at most
+  ``watch.connect_in_flight``); watchers_connect_queue: those waiting for it.
 - event_dispatch_latency_seconds: upstream change notification -> its pushes
   dispatched (includes the debounce delay).
 - pushes_total: push requests by service and outcome (``status`` is the HTTP
@@ -117,6 +130,11 @@ __all__ = [
     "STORE_ERRORS",
     "STORE_UP",
     "WATCHERS",
+    "WATCHERS_CONNECT_QUEUE",
+    "WATCHERS_LOGINS",
+    "WATCHERS_LOGINS_IN_FLIGHT",
+    "WATCHERS_UP",
+    "WATCHERS_WANTED",
     "WATCHER_RECONNECTS",
     "WATCHER_STATES",
     "exposition",
@@ -142,7 +160,7 @@ def with_labels(metric: M, values: Iterable[str]) -> M:
 
 
 SESSION_DIRECTIONS = ("client_to_upstream", "upstream_to_client")
-CONNECTION_REFUSAL_REASONS = ("total", "per_ip", "proxy_header", "timeout")
+CONNECTION_REFUSAL_REASONS = ("total", "per_ip", "proxy_header", "timeout", "fd_limit")
 WATCHER_STATES = ("connecting", "idle", "polling", "backoff", "auth_failed", "stopped")
 
 # Dispatch latency includes the debounce (1 s by default), hence the long tail.
@@ -185,6 +203,27 @@ WATCHER_RECONNECTS = Counter("pushproxy_watcher_reconnects", _RECONNECTS_HELP, r
 _EXTENSION_ERRORS_HELP = "Exceptions raised by an extension's hook, caught by the extension manager."
 EXTENSION_ERRORS = Counter(
     "pushproxy_extension_errors", _EXTENSION_ERRORS_HELP, ["extension", "hook"], registry=REGISTRY
+)
+WATCHERS_WANTED = Gauge(
+    "pushproxy_watchers_wanted",
+    "Watchers this node runs and wants up (every state but auth_failed and stopped).",
+    registry=REGISTRY,
+)
+WATCHERS_UP = Gauge("pushproxy_watchers_up", "Watchers connected and watching (idle or polling).", registry=REGISTRY)
+WATCHERS_LOGINS = Counter(
+    "pushproxy_watchers_logins",
+    "Watcher connections let through the connect gate (each a connect and a login attempt).",
+    registry=REGISTRY,
+)
+WATCHERS_LOGINS_IN_FLIGHT = Gauge(
+    "pushproxy_watchers_logins_in_flight",
+    "Watcher connections being opened and logged in now (bounded by the connect gate).",
+    registry=REGISTRY,
+)
+WATCHERS_CONNECT_QUEUE = Gauge(
+    "pushproxy_watchers_connect_queue",
+    "Watcher connections waiting for the connect gate (watch.connect_rate).",
+    registry=REGISTRY,
 )
 EVENT_DISPATCH_LATENCY = Histogram(
     "pushproxy_event_dispatch_latency_seconds",

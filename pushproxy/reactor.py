@@ -12,6 +12,7 @@ cross threads.  The loop itself is the standard one or uvloop
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 
@@ -49,3 +50,37 @@ def install_asyncio_reactor(kind: str = "auto") -> asyncio.AbstractEventLoop:
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def quiet_tls_teardown(loop: asyncio.AbstractEventLoop) -> None:
+    """Log a TLS connection's failure after it was given up as one DEBUG line, not an ERROR with a traceback.
+
+    A watcher that stops (SIGTERM, a lost lease, a changed registration) while
+    its TLS handshake is under way aborts the TCP transport; uvloop's SSL
+    protocol may still have a read queued, which then fails on the closed
+    handle (``RuntimeError: unable to perform operation on <TCPTransport
+    closed=True>``) and reaches the loop's exception handler as "Fatal error on
+    SSL protocol".  Nothing is lost: the connection was already abandoned.
+    Everything else goes to the default handler.
+    """
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        message = str(context.get("message", ""))
+        exc = context.get("exception")
+        transport = context.get("transport")
+        closed = transport is not None and _is_closing(transport)
+        given_up = (isinstance(exc, RuntimeError) and "closed" in str(exc)) or isinstance(exc, ConnectionError)
+        if "SSL" in message and (given_up or closed):
+            logging.getLogger("pushproxy.tls").debug("%s after the connection was given up: %r", message, exc)
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def _is_closing(transport: object) -> bool:
+    is_closing = getattr(transport, "is_closing", None)
+    try:
+        return bool(is_closing()) if callable(is_closing) else False
+    except Exception:
+        return False

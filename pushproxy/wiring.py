@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pushproxy import metrics
+from pushproxy import fdlimit, metrics
 from pushproxy.admin import AdminServer
 from pushproxy.config import read_secret_file
 from pushproxy.extensions.base import CredentialSink, NullCredentialSink
@@ -144,3 +144,4 @@ async def build(app: App) -> None:
         await cluster.start(supervisor)
         await supervisor.start()
         app.components.append(supervisor)
+    fdlimit.check(cfg, supervisor.wanted if supervisor is not None else 0)

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IListeningPort
 from pushproxy.config import Config, parse_hostport
 from pushproxy.extensions.base import CredentialSink
 from pushproxy.extensions.manager import ExtensionManager
-from pushproxy.proxy import proxyproto
+from pushproxy.proxy import listener, proxyproto
 from pushproxy.proxy.connection import ClientProtocol
 from pushproxy.proxy.limits import ConnectionLimiter
 from pushproxy.proxy.penalty import AuthPenalty
@@ -37,7 +37,7 @@ class SessionStats:
     def opened(self) -> None: ...
     def closed(self, bytes_in: int, bytes_out: int) -> None: ...
     def intercepted(self, command: str) -> None: ...
-    def refused(self, reason: str) -> None: ...  # total | per_ip | proxy_header | timeout
+    def refused(self, reason: str) -> None: ...  # total | per_ip | proxy_header | timeout | fd_limit
     def auth_failed(self) -> None: ...
     def timed_out(self, kind: str) -> None: ...  # preauth
 
@@ -108,16 +108,24 @@ class ProxyService:
     def start(self) -> None:
         reactor = _reactor()
         listen = self.config.listen
+
+        def refused() -> None:
+            self.stats.refused("fd_limit")
+
         if listen.imap:
             host, port = parse_hostport(listen.imap)
-            self.ports.append(reactor.listenTCP(port, _ClientFactory(self, False), interface=host))
+            factory = _ClientFactory(self, False)
+            self.ports.append(listener.listen(reactor, port, factory, interface=host, on_refused=refused))
         if listen.imaps:
             if self.server_tls is None:
                 from pushproxy.config import ConfigError
 
                 raise ConfigError("listen.imaps needs listen.tls_cert_file and listen.tls_key_file")
             host, port = parse_hostport(listen.imaps)
-            self.ports.append(reactor.listenSSL(port, _ClientFactory(self, True), self.server_tls, interface=host))
+            factory = _ClientFactory(self, True)
+            self.ports.append(
+                listener.listen(reactor, port, factory, interface=host, tls_options=self.server_tls, on_refused=refused)
+            )
         for p in self.ports:
             addr = p.getHost()
             log.info("listening on %s:%s", getattr(addr, "host", "?"), getattr(addr, "port", "?"))

@@ -97,6 +97,10 @@ class Store(ABC):
     @abstractmethod
     async def delete_mailbox_states(self, account: str) -> None: ...
 
+    async def last_activity(self) -> dict[str, float]:
+        """When each account's watch state last changed (epoch seconds): the watchers' start order."""
+        return {}
+
     # --- accounts -----------------------------------------------------------------
     @abstractmethod
     async def accounts_with_registrations(self) -> list[str]:

@@ -123,6 +123,10 @@ class SqlStore(SqlBase, Store):
     async def delete_mailbox_states(self, account: str) -> None:
         await self._modify("DELETE FROM mailbox_state WHERE account = $1", account)
 
+    async def last_activity(self) -> dict[str, float]:
+        rows = await self._fetch("SELECT account, MAX(updated) AS last FROM mailbox_state GROUP BY account")
+        return {row["account"]: float(row["last"]) for row in rows}
+
     # --- accounts -----------------------------------------------------------------
     async def accounts_with_registrations(self) -> list[str]:
         selects = [part.registered_accounts for part in self._parts if part.registered_accounts]

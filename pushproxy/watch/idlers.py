@@ -82,10 +82,13 @@ class ExtraIdler:
         while not self._stop.is_set():
             conn: WatcherProtocol | None = None
             try:
-                await self._limiter.acquire()
-                conn = await open_connection(self._config.upstream, self._tls, command_timeout=watch.command_timeout)
-                async with asyncio.timeout(watch.command_timeout * 2):
-                    await login(conn, self._creds)
+                # Through the watchers' connect gate, after the main connections waiting with it.
+                async with self._limiter.slot():
+                    conn = await open_connection(
+                        self._config.upstream, self._tls, command_timeout=watch.command_timeout
+                    )
+                    async with asyncio.timeout(watch.command_timeout * 2):
+                        await login(conn, self._creds)
                 result = await conn.command(b"EXAMINE " + mailbox_arg(self.mailbox))
                 if not result.ok or "IDLE" not in conn.capabilities:
                     log.info("watcher %s: extra IDLE on %s impossible; polling it", self.account, self.mailbox)

@@ -10,34 +10,110 @@ backoff, which keeps failed watchers from retrying in lockstep, is
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import time
+from collections.abc import AsyncIterator, Callable
 
 __all__ = ["ConnectLimiter", "PollSchedule"]
 
 
 class ConnectLimiter:
-    """At most ``rate`` acquisitions per second (a token bucket with a small burst)."""
+    """The one gate every new upstream connection of the watchers goes through.
 
-    def __init__(self, rate: float, burst: float | None = None) -> None:
+    - a token bucket: at most ``rate`` connections started per second (a burst of
+      at most ``burst``, by default ``min(rate, 10)``);
+    - at most ``in_flight`` connections being opened and logged in at once (by
+      default ``2 x rate``, at least 4): an upstream whose logins slow down slows
+      the ramp instead of piling up half-open connections;
+    - waiters are served by priority, highest first (the supervisor passes the
+      account's last activity: the accounts that get mail soonest come back
+      first), in arrival order among equals.
+
+    :meth:`slot` holds a token and an in-flight place until the login ended;
+    :meth:`acquire` only takes a token (no in-flight place).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        in_flight: int | None = None,
+        on_grant: Callable[[], None] | None = None,
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
         self.burst = max(1.0, burst if burst is not None else min(rate, 10.0))
+        self.max_in_flight = max(1, in_flight) if in_flight is not None else max(4, int(2 * rate))
         self._tokens = self.burst
         self._stamp = time.monotonic()
-        self._lock = asyncio.Lock()
+        self._waiters: list[tuple[float, int, asyncio.Future[None], bool]] = []  # heap (-priority, seq, fut, holds)
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self.in_flight = 0
+        self.started = 0  # connections let through since start (tests, progress)
+        self._on_grant = on_grant
 
-    async def acquire(self) -> None:
-        # The lock queues waiters fairly (FIFO), so a ramp-up of thousands stays ordered.
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-                self._stamp = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
-                    return
-                await asyncio.sleep((1.0 - self._tokens) / self.rate)
+    @property
+    def queued(self) -> int:
+        """Waiters not yet let through (cancelled ones may still be counted until they are skipped)."""
+        return len(self._waiters)
+
+    async def acquire(self, priority: float = 0.0) -> None:
+        """Wait for a token (no in-flight place is held)."""
+        await self._wait(priority, holds=False)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: float = 0.0) -> AsyncIterator[None]:
+        """A token and an in-flight place, held while the block runs (open and log in inside it)."""
+        await self._wait(priority, holds=True)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._pump()
+
+    async def _wait(self, priority: float, *, holds: bool) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (-priority, next(self._seq), fut, holds))
+        self._pump()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and holds:  # let through, then cancelled: give the place back
+                self.in_flight -= 1
+                self._pump()
+            raise
+
+    def _pump(self) -> None:
+        """Let waiters through while tokens and in-flight places allow; else come back when a token is due."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._waiters:
+            _, _, fut, holds = self._waiters[0]
+            if fut.done():  # cancelled while waiting
+                heapq.heappop(self._waiters)
+                continue
+            if holds and self.in_flight >= self.max_in_flight:
+                return  # a slot's end pumps again
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens < 1.0:
+                delay = (1.0 - self._tokens) / self.rate
+                self._timer = asyncio.get_running_loop().call_later(delay, self._pump)
+                return
+            self._tokens -= 1.0
+            heapq.heappop(self._waiters)
+            if holds:
+                self.in_flight += 1
+            self.started += 1
+            fut.set_result(None)
+            if self._on_grant is not None:
+                self._on_grant()
 
 
 class PollSchedule:

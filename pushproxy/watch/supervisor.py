@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,6 +44,7 @@ from pushproxy.watch.connect import make_tls_context
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
 from pushproxy.watch.detection import WatchSpec
 from pushproxy.watch.pacing import ConnectLimiter
+from pushproxy.watch.progress import RampProgress
 from pushproxy.watch.watcher import STATES, Watcher, WatcherState
 
 __all__ = ["Supervisor"]
@@ -107,7 +109,11 @@ class Supervisor:
         # Several nodes: run a watcher only for accounts this node holds the lease of (pushproxy.cluster).
         self._owns = owns
         self._credentials = credentials or make_provider(config, store, master_style=master_style)
-        self._limiter = ConnectLimiter(config.watch.connect_rate)
+        watch = config.watch
+        self._limiter = ConnectLimiter(
+            watch.connect_rate, in_flight=watch.connect_in_flight, on_grant=metrics.WATCHERS_LOGINS.inc
+        )
+        self._progress = RampProgress(self._limiter, self._up_and_wanted)
         try:
             self._tls = make_tls_context(config.upstream) if config.upstream.security != "none" else None
         except (OSError, ssl.SSLError) as exc:
@@ -118,6 +124,7 @@ class Supervisor:
         self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self._forgets = 0  # how often an account's credentials were forgotten (see _Captured.taken_at)
         self._closed = False
+        self.wanted = 0  # accounts with registrations at start (the file descriptor estimate's)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,16 +135,22 @@ class Supervisor:
         start-up reads do not queue behind the watchers' own store writes.
         """
         specs = await self._watching.specs()  # without accounts the user's next login starts
+        self.wanted = len(specs)
+        activity = await self._store.last_activity()
         plan: list[tuple[str, WatchSpec, bool]] = []
         for account, spec in specs.items():
             status = await self._credentials.status(account)
             if status != "missing":
                 plan.append((account, spec, status == "failed"))
+        # The most recently active accounts first (they get new mail soonest); the connect gate
+        # keeps that order for every later reconnect too (Watcher.priority).
+        plan.sort(key=lambda item: activity.get(item[0], 0.0), reverse=True)
+        self._progress.start()
         for account, spec, failed in plan:
             if self._closed:
                 return
             if account not in self._watchers:
-                self._launch(account, spec, dormant=failed)
+                self._launch(account, spec, dormant=failed, priority=activity.get(account, 0.0))
         waiting = sum(1 for _, _, failed in plan if failed)
         log.info(
             "watchers: %d starting (at most %.0f connections/s), %d waiting for a new login after an auth failure",
@@ -149,6 +162,7 @@ class Supervisor:
     async def close(self) -> None:
         """Stop every watcher (LOGOUT, bounded), cancel what is left."""
         self._closed = True
+        await self._progress.close()
         watchers = list(self._watchers.values())
         if watchers:
             await asyncio.gather(*(w.stop(_STOP_TIMEOUT) for w in watchers), return_exceptions=True)
@@ -286,6 +300,8 @@ class Supervisor:
 
     async def _ensure(self, account: str, spec: WatchSpec, credentials_changed: bool) -> None:
         current = self._watchers.get(account)
+        if current is not None:
+            current.priority = time.time()  # the user is active now: first in line at the next reconnect
         if current is not None and current.spec == spec and current.running:
             if credentials_changed:
                 current.poke()  # if it waits in backoff, try the new credentials now
@@ -298,9 +314,12 @@ class Supervisor:
             return
         self._launch(account, spec)
 
-    def _launch(self, account: str, spec: WatchSpec, *, dormant: bool = False) -> None:
+    def _launch(self, account: str, spec: WatchSpec, *, dormant: bool = False, priority: float | None = None) -> None:
         if self._owns is not None and not self._owns(account):
             return  # another node watches it
+        if priority is None:  # a login, a registration, a takeover: active now, or as active as before
+            previous = self._watchers.get(account)
+            priority = previous.priority if previous is not None else time.time()
         watcher = Watcher(
             account,
             spec,
@@ -313,6 +332,7 @@ class Supervisor:
             on_state=self._state_changed,
             on_listed=self._listed,
         )
+        watcher.priority = priority
         self._watchers[account] = watcher
         self._count(watcher.state, +1)
         if dormant:
@@ -335,4 +355,12 @@ class Supervisor:
 
     def _count(self, state: str, delta: int) -> None:
         self._counts[state] = self._counts.get(state, 0) + delta
-        metrics.set_state_gauge(metrics.WATCHERS, self._counts, STATES)
+        metrics.WATCHERS.labels(state).set(self._counts[state])
+        up, wanted = self._up_and_wanted()
+        metrics.WATCHERS_UP.set(up)
+        metrics.WATCHERS_WANTED.set(wanted)
+
+    def _up_and_wanted(self) -> tuple[int, int]:
+        counts = self._counts
+        up = counts["idle"] + counts["polling"]
+        return up, sum(counts.values()) - counts["auth_failed"] - counts["stopped"]

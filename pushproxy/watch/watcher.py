@@ -127,6 +127,9 @@ class Watcher:
         self._backoff = Backoff(self._watch.backoff_min, self._watch.backoff_max)
         self._conn: WatcherProtocol | None = None
         self.connections = 0  # successful logins of the main connection, for tests and the bench
+        # When the account last had news (epoch seconds: its last event, or a login through the
+        # proxy): the connect gate lets the most recent first.
+        self.priority = 0.0
 
     # ------------------------------------------------------------------ control
 
@@ -189,6 +192,8 @@ class Watcher:
             self._on_state(self, old, state)
 
     def emit(self, outcome_events: list[MailEvent]) -> None:
+        if outcome_events:
+            self.priority = time.time()
         for event in outcome_events:
             try:
                 self._emit_cb(event)
@@ -214,18 +219,20 @@ class Watcher:
                     self._set_state("auth_failed" if status == "failed" else "stopped")
                     return
                 self._set_state("connecting")
-                await self._limiter.acquire()
-                if self._stopping:
-                    break
                 connected_at: float | None = None
                 reconnect_now = False
                 try:
-                    conn = await open_connection(
-                        self._config.upstream, self._tls, command_timeout=self._watch.command_timeout
-                    )
-                    self._conn = conn
-                    async with asyncio.timeout(self._watch.command_timeout * 2):
-                        await login(conn, creds)
+                    # The one gate of every watcher connection (start, restart, takeover, reconnects):
+                    # the rate, a bound on logins in flight, the most recently active accounts first.
+                    async with self._limiter.slot(self.priority):
+                        if self._stopping:
+                            break
+                        conn = await open_connection(
+                            self._config.upstream, self._tls, command_timeout=self._watch.command_timeout
+                        )
+                        self._conn = conn
+                        async with asyncio.timeout(self._watch.command_timeout * 2):
+                            await login(conn, creds)
                     connected_at = time.monotonic()
                     self.connections += 1
                     reconnect_now = await self._connected(conn, creds)

@@ -46,8 +46,15 @@ def upstream_config(dc: Dovecot, security: str = "starttls") -> dict[str, Any]:
 
 
 class ProxyProcess:
-    def __init__(self, base_dir: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        nofile: tuple[int, int] | None = None,
+    ) -> None:
         self.base_dir = base_dir
+        self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE the proxy starts under
         base_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.admin_port = free_port()
@@ -78,6 +85,7 @@ class ProxyProcess:
                 stderr=log,
                 env=env,
                 cwd=self.base_dir,
+                preexec_fn=self._limits if self.nofile is not None else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -87,6 +95,12 @@ class ProxyProcess:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"pushproxy did not start in {timeout}s:\n{self.log_tail()}")
+
+    def _limits(self) -> None:
+        import resource
+
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def stop(self, timeout: float = 60) -> int:
         if self.proc is None:

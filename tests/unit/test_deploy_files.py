@@ -177,6 +177,15 @@ def test_compose_services_and_build_contexts() -> None:
     assert "dovecot" in services["pushproxy"]["depends_on"]
 
 
+def test_compose_and_systemd_give_the_descriptors_the_default_config_needs() -> None:
+    from pushproxy.fdlimit import needed
+
+    nofile = _compose()["services"]["pushproxy"]["ulimits"]["nofile"]
+    assert nofile["soft"] == nofile["hard"] == int(_unit()["Service"]["LimitNOFILE"])
+    # The default session.max_connections (5,000) and 50,000 watched accounts fit.
+    assert nofile["hard"] >= needed(load_config(None), 50_000)
+
+
 def test_compose_bind_mounts_exist() -> None:
     for name, service in _compose()["services"].items():
         for volume in service.get("volumes", []):

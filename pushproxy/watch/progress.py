@@ -1,0 +1,91 @@
+"""The watchers' ramp, as an operator follows it: one log line every few seconds and gauges.
+
+Whenever watchers are waiting for the connect gate or logging in (start,
+restart, a failover takeover, everyone reconnecting after an upstream
+outage), :class:`RampProgress` logs every :data:`EVERY` seconds
+
+    watchers: 3,400/10,000 up (210 logins in flight, 6,390 queued, 49.8 logins/s)
+
+and once the ramp is over ``watchers: all 10,000 up (ramp of 201 s)``.  The
+figures are the supervisor's counters (kept incrementally) and the connect
+gate's: the check is O(1), whatever the number of watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from pushproxy import metrics
+from pushproxy.watch.pacing import ConnectLimiter
+
+__all__ = ["EVERY", "RampProgress"]
+
+log = logging.getLogger("pushproxy.watch.supervisor")
+
+EVERY = 5.0  # seconds between progress lines
+
+
+class RampProgress:
+    def __init__(self, limiter: ConnectLimiter, counts: Callable[[], tuple[int, int]], every: float = EVERY) -> None:
+        """``counts()``: (watchers up, watchers wanted)."""
+        self._limiter = limiter
+        self._counts = counts
+        self._every = every
+        self._task: asyncio.Task[None] | None = None
+        self._ramp_started: float | None = None
+        self._started_at_ramp = 0
+        self._last = 0.0
+        self._last_started = 0
+        metrics.WATCHERS_LOGINS_IN_FLIGHT.set_function(lambda: limiter.in_flight)
+        metrics.WATCHERS_CONNECT_QUEUE.set_function(lambda: limiter.queued)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _busy(self) -> bool:
+        up, wanted = self._counts()
+        return up < wanted and (self._limiter.queued > 0 or self._limiter.in_flight > 0)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            self.tick(time.monotonic())
+
+    def tick(self, now: float) -> None:
+        up, wanted = self._counts()
+        started = self._limiter.started
+        if self._busy():
+            if self._ramp_started is None:
+                self._ramp_started, self._started_at_ramp = now - self._every, started
+                self._last, self._last_started = now - self._every, started
+            rate = (started - self._last_started) / max(1e-6, now - self._last)
+            self._last, self._last_started = now, started
+            log.info(
+                "watchers: %s/%s up (%d logins in flight, %d queued, %.1f logins/s)",
+                f"{up:,}",
+                f"{wanted:,}",
+                self._limiter.in_flight,
+                self._limiter.queued,
+                rate,
+            )
+        elif self._ramp_started is not None:
+            log.info(
+                "watchers: %s/%s up (ramp of %.0f s, %d logins)",
+                f"{up:,}",
+                f"{wanted:,}",
+                now - self._ramp_started,
+                started - self._started_at_ramp,
+            )
+            self._ramp_started = None
