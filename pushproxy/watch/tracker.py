@@ -13,7 +13,12 @@ Rules (the correctness core of push):
 
 - first sight of a mailbox records its state and emits nothing;
 - a changed UIDVALIDITY resets the state and emits nothing (no flood of
-  pushes for a rebuilt mailbox);
+  pushes for a rebuilt mailbox), unless the mailbox had no messages under the
+  old one: then what it holds now is new and is pushed (GNU imap4d gives an
+  empty mbox folder a new UIDVALIDITY at its first message).  "No messages"
+  is known from the stored state (UIDNEXT 1: no UID was ever given) or from
+  what this watcher saw (STATUS MESSAGES 0, EXAMINE's EXISTS 0) under the old
+  UIDVALIDITY;
 - new mail is what ``UID FETCH <stored UIDNEXT>:*`` returns with a UID at
   least the stored UIDNEXT (``n:*`` also returns the last message when its
   UID is below ``n``); messages already ``\\Seen`` are passed over;
@@ -56,7 +61,19 @@ class Outcome:
 class MailboxTracker:
     """What one account's watcher knows; pure (the caller does the I/O)."""
 
-    __slots__ = ("_flags", "_modseq", "_vanished", "account", "dirty", "hints", "qresync", "selected", "spec", "states")
+    __slots__ = (
+        "_empty",
+        "_flags",
+        "_modseq",
+        "_vanished",
+        "account",
+        "dirty",
+        "hints",
+        "qresync",
+        "selected",
+        "spec",
+        "states",
+    )
 
     def __init__(self, account: str, spec: WatchSpec, *, qresync: bool = False) -> None:
         self.account = account
@@ -69,6 +86,7 @@ class MailboxTracker:
         self._vanished: list[int] = []
         self._flags: dict[int, tuple[str, ...]] = {}
         self._modseq: int | None = None
+        self._empty: dict[str, int] = {}  # mailbox -> the UIDVALIDITY under which it was last seen empty
 
     # ------------------------------------------------------------------ setup
 
@@ -146,8 +164,11 @@ class MailboxTracker:
         state = self.states.get(box)
         if hint.uidvalidity is None or hint.uidnext is None:
             return True, Outcome()
+        if state is not None and state.uidvalidity != hint.uidvalidity and self._was_empty(box, state):
+            return True, self._restart_empty(box, hint.uidvalidity)
         if state is None or state.uidvalidity != hint.uidvalidity:
-            return False, self.fresh(box, hint.uidvalidity, hint.uidnext, hint.highestmodseq)
+            return False, self.fresh(box, hint.uidvalidity, hint.uidnext, hint.highestmodseq, hint.messages)
+        self._seen_count(box, state.uidvalidity, hint.messages)
         if hint.uidnext > state.uidnext:
             return True, Outcome()
         changed = (
@@ -179,11 +200,15 @@ class MailboxTracker:
         """After EXAMINE: ``"fetch"`` (new mail to fetch), ``"probe"`` (UIDNEXT unknown) or ``"done"``."""
         state = self.states.get(box)
         uidvalidity = info.uidvalidity or 0
+        if state is not None and state.uidvalidity != uidvalidity and self._was_empty(box, state):
+            self._modseq = None if info.nomodseq else info.highestmodseq
+            return "fetch", self._restart_empty(box, uidvalidity)
         if state is None or state.uidvalidity != uidvalidity:
             if info.uidnext is None:
                 return "probe", Outcome()
             modseq = None if info.nomodseq else info.highestmodseq
-            return "done", self.fresh(box, uidvalidity, info.uidnext, modseq)
+            return "done", self.fresh(box, uidvalidity, info.uidnext, modseq, info.exists)
+        self._seen_count(box, uidvalidity, info.exists)
         out = Outcome()
         if self.wants_changes(box) and (info.vanished or info.changed):
             out.events += self._changes(
@@ -202,12 +227,33 @@ class MailboxTracker:
         out.save = self._modseq_save(box)
         return "done", out
 
-    def fresh(self, box: str, uidvalidity: int, uidnext: int, modseq: int | None) -> Outcome:
-        """First sight or a new UIDVALIDITY: record the state, emit nothing."""
+    def fresh(
+        self, box: str, uidvalidity: int, uidnext: int, modseq: int | None, messages: int | None = None
+    ) -> Outcome:
+        """First sight or a new UIDVALIDITY (of a mailbox that had messages): record the state, emit nothing."""
         old = self.states.get(box)
         if old is not None:
             log.info("watcher %s: UIDVALIDITY of %s changed; state reset without pushes", self.account, box)
         state = MailboxState(self.account, box, uidvalidity, uidnext, modseq, time.time())
+        self.states[box] = state
+        self._seen_count(box, uidvalidity, messages)
+        return Outcome(save=state)
+
+    def _was_empty(self, box: str, state: MailboxState) -> bool:
+        """Did the mailbox have no messages under the stored UIDVALIDITY?"""
+        return state.uidnext <= 1 or self._empty.get(box) == state.uidvalidity
+
+    def _seen_count(self, box: str, uidvalidity: int, messages: int | None) -> None:
+        if messages == 0:
+            self._empty[box] = uidvalidity
+        elif messages is not None:
+            self._empty.pop(box, None)
+
+    def _restart_empty(self, box: str, uidvalidity: int) -> Outcome:
+        """A new UIDVALIDITY of a mailbox that was empty: everything in it is new, from UID 1."""
+        log.info("watcher %s: UIDVALIDITY of %s changed while it was empty; its messages are new", self.account, box)
+        self._empty.pop(box, None)
+        state = MailboxState(self.account, box, uidvalidity, 1, None, time.time())
         self.states[box] = state
         return Outcome(save=state)
 

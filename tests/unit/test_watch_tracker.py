@@ -83,6 +83,43 @@ def test_uidvalidity_change_resets_without_events() -> None:
     assert step == "done" and out2.events == [] and out2.save is not None and out2.save.uidvalidity == 2  # type: ignore[attr-defined]
 
 
+def test_uidvalidity_change_of_an_empty_mailbox_pushes_what_is_new() -> None:
+    # GNU imap4d (mbox): an empty folder gets a new UIDVALIDITY at its first message.
+    t = tracker(("INBOX", "Archive"))
+    t.load("Archive", state("Archive", uidvalidity=100, uidnext=1))  # never held a message
+    examine, out = t.on_status("Archive", StatusInfo("Archive", messages=1, uidnext=2, uidvalidity=200))
+    assert examine and out.events == []
+    assert out.save is not None and (out.save.uidvalidity, out.save.uidnext) == (200, 1)
+    step, _ = selected(t, "Archive", SelectInfo(uidvalidity=200, uidnext=2, exists=1))
+    assert step == "fetch" and t.fetch_from("Archive") == 1
+    got = t.on_fetch("Archive", [fetch(1, subject="first")], None, uidnext_hint=2)
+    assert [(e.mailbox, e.uids, e.uidvalidity) for e in got.events if isinstance(e, NewMail)] == [
+        ("Archive", (1,), 200)
+    ]
+    assert got.save is not None and (got.save.uidvalidity, got.save.uidnext) == (200, 2)
+    # the same seen first through EXAMINE (no STATUS before)
+    t.load("INBOX", state(uidvalidity=5, uidnext=1))
+    step, out2 = selected(t, "INBOX", SelectInfo(uidvalidity=6, uidnext=3, exists=2))
+    assert step == "fetch" and out2.events == [] and t.fetch_from("INBOX") == 1  # type: ignore[attr-defined]
+    got = t.on_fetch("INBOX", [fetch(1, seq=1), fetch(2, "\\Seen", seq=2)], None, uidnext_hint=3)
+    assert [e.uids for e in got.events if isinstance(e, NewMail)] == [(1,)]  # \Seen is passed over as always
+
+
+def test_uidvalidity_change_after_the_watcher_saw_the_mailbox_empty_pushes_what_is_new() -> None:
+    t = tracker(("INBOX", "Archive"))
+    t.load("Archive", state("Archive", uidvalidity=100, uidnext=40))  # had messages once
+    examine, _ = t.on_status("Archive", StatusInfo("Archive", messages=0, uidnext=40, uidvalidity=100))
+    assert not examine  # seen empty (all expunged) under UIDVALIDITY 100
+    examine, out = t.on_status("Archive", StatusInfo("Archive", messages=1, uidnext=2, uidvalidity=101))
+    assert examine and out.save is not None and (out.save.uidvalidity, out.save.uidnext) == (101, 1)
+    # seen with messages again: a later change of UIDVALIDITY is a plain reset
+    t.load("INBOX", state(uidvalidity=5, uidnext=9))
+    selected(t, "INBOX", SelectInfo(uidvalidity=5, uidnext=9, exists=0))
+    t.on_status("INBOX", StatusInfo("INBOX", messages=3, uidnext=12, uidvalidity=5))
+    examine, out = t.on_status("INBOX", StatusInfo("INBOX", messages=3, uidnext=4, uidvalidity=6))
+    assert not examine and out.events == [] and out.save is not None and out.save.uidnext == 4
+
+
 def test_status_notifications_mark_watched_mailboxes_only() -> None:
     t = tracker(("INBOX", "Entwürfe"))
     t.load("Entwürfe", state("Entwürfe", uidnext=2))
