@@ -39,6 +39,7 @@ pushproxy_extension_errors_total            counter    extension, hook
 pushproxy_pushes_total                      counter    service=apns|webpush|..., status
 pushproxy_push_failures_total               counter    service, reason
 pushproxy_push_latency_seconds              histogram  service
+pushproxy_push_queue                        gauge      service
 pushproxy_store_up                          gauge
 pushproxy_store_errors_total                counter    reason=full|read_only|busy|unreachable|
                                                        damaged|unavailable
@@ -83,7 +84,10 @@ What they mean:
 - pushes_total: push requests by service and outcome (``status`` is the HTTP
   status code, or ``error`` when there was no response); push_failures_total:
   failed pushes by reason (APNs ``reason``, ``timeout``, ``gone``, ...);
-  push_latency_seconds: one push request, send -> response.
+  push_latency_seconds: one push request, send -> response; push_queue:
+  pushes waiting to be sent or in flight (APNs: debounce windows, sends and
+  their retries; WebPush: bursts waiting for their quiet period and send
+  batches), read from the sender at each scrape.
 - store_up: 1 if the last store operation succeeded, else 0.
 - store_errors_total: store operations that failed for a transient reason
   (a full or read-only disk, a lock held by another process past the busy
@@ -105,7 +109,7 @@ are left on (the default).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -120,6 +124,7 @@ __all__ = [
     "PUSHES",
     "PUSH_FAILURES",
     "PUSH_LATENCY",
+    "PUSH_QUEUE",
     "REGISTRATIONS",
     "REGISTRY",
     "SESSIONS_ACTIVE",
@@ -139,6 +144,7 @@ __all__ = [
     "WATCHER_STATES",
     "exposition",
     "known_service",
+    "report_queue",
     "set_state_gauge",
     "with_labels",
 ]
@@ -254,9 +260,23 @@ PUSH_LATENCY = Histogram(
 )
 
 
+PUSH_QUEUE = Gauge(
+    "pushproxy_push_queue",
+    "Pushes waiting to be sent or in flight (debounce windows, sends, retries), by service.",
+    ["service"],
+    registry=REGISTRY,
+)
+
+
 def known_service(service: str) -> None:
-    """An extension's ``service`` label value (at its import): its latency series exist from the start."""
+    """An extension's ``service`` label value (at its import): its latency and queue series exist from the start."""
     PUSH_LATENCY.labels(service=service)
+    PUSH_QUEUE.labels(service=service)
+
+
+def report_queue(service: str, size: Callable[[], float] | None) -> None:
+    """The service's queue is ``size()`` at each scrape (a running sender's); None: 0 (it stopped)."""
+    PUSH_QUEUE.labels(service=service).set_function(size or (lambda: 0))
 
 
 # --- store -------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pushproxy import metrics
 from pushproxy.extensions.xapplepush.apns import ApnsPusher
 from pushproxy.extensions.xapplepush.settings import ApnsConfig
 from tests.support import apns_env
@@ -166,6 +167,24 @@ async def test_burst_is_debounced_to_one_push(standin: ApnsStandin, make_pusher:
     assert by_key[(TOKEN_A, ACCOUNT)]["m"] == sorted([md5_upper("Notes"), md5_upper("INBOX")])
     assert "m" not in by_key[(TOKEN_B, ACCOUNT)]
     assert "m" not in by_key[(TOKEN_A, "OTHER-ACCOUNT")]
+
+
+async def test_the_queue_gauge_counts_windows_and_sends(standin: ApnsStandin, make_pusher: Any) -> None:
+    """pushproxy_push_queue{service="apns"} (the dashboard's queue): debounce windows and sends in flight."""
+
+    def queue() -> float | None:
+        return metrics.REGISTRY.get_sample_value("pushproxy_push_queue", {"service": "apns"})
+
+    pusher = await make_pusher(standin, debounce=30.0)
+    assert queue() == 0
+    pusher.notify(TOKEN_A, ACCOUNT, "INBOX")
+    pusher.notify(TOKEN_A, ACCOUNT, "Notes")  # the same window
+    pusher.notify(TOKEN_B, ACCOUNT, "INBOX")
+    assert queue() == 2
+    await pusher.flush()
+    assert queue() == 0 and len(standin.requests) == 2
+    await pusher.close()
+    assert queue() == 0
 
 
 async def test_window_merges_without_flush(standin: ApnsStandin, make_pusher: Any) -> None:

@@ -24,7 +24,8 @@ REQUIRED = {
         "pushproxy_push_failures_total",
         "pushproxy_push_latency_seconds_bucket",
     },
-    "APNs / WebPush": {"pushproxy_apns_certificate_expiry_timestamp_seconds", "pushproxy_webpush_subscriptions"},
+    "APNs / WebPush queue": {"pushproxy_push_queue"},
+    "APNs / WebPush state": {"pushproxy_apns_certificate_expiry_timestamp_seconds", "pushproxy_webpush_subscriptions"},
     "store and cluster health": {
         "pushproxy_store_up",
         "pushproxy_cluster_nodes_live",

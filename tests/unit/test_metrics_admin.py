@@ -26,6 +26,7 @@ EXPECTED_METRICS = {
     "pushproxy_pushes": "counter",
     "pushproxy_push_failures": "counter",
     "pushproxy_push_latency_seconds": "histogram",
+    "pushproxy_push_queue": "gauge",
     "pushproxy_apns_certificate_days_left": "gauge",
     "pushproxy_apns_certificate_expiry_timestamp_seconds": "gauge",
     "pushproxy_webpush_subscriptions": "gauge",

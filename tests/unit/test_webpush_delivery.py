@@ -140,6 +140,18 @@ async def test_a_burst_is_pushed_once_it_is_quiet_without_flush(env: WebPushEnv)
     assert push.plaintext == b'* SELECT "INBOX"\r\n* VANISHED 1:2\r\n'
 
 
+async def test_the_queue_gauge_counts_bursts_waiting(env: WebPushEnv) -> None:
+    """pushproxy_push_queue{service="webpush"} (the dashboard's queue): bursts waiting to be sent, then none."""
+    await active(env, "s")
+    assert metric_value("pushproxy_push_queue", {"service": "webpush"}) == 0
+    await env.delivery.deliver(Expunge("alice", "INBOX", (1,)))
+    await env.delivery.deliver(Expunge("alice", "INBOX", (2,)))
+    await env.delivery.deliver(Expunge("alice", "Archive", (7,)))
+    assert metric_value("pushproxy_push_queue", {"service": "webpush"}) == 1  # INBOX's burst (Archive is not pushed)
+    await env.delivery.flush()
+    assert metric_value("pushproxy_push_queue", {"service": "webpush"}) == 0
+
+
 async def test_pending_changes_go_out_before_new_mail(env: WebPushEnv) -> None:
     ss, n = await active(env, "s")
     await env.delivery.deliver(Expunge("alice", "INBOX", (1,)))

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from pushproxy import metrics as core_metrics
 from pushproxy.config import Config
 from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
 from pushproxy.extensions.webpush import metrics
@@ -93,6 +94,8 @@ class WebPushDelivery:
         self._pending: dict[tuple[str, str], PendingChanges] = {}
         self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._sending: set[asyncio.Future[list[None]]] = set()
+        # Bursts waiting for their quiet period, and send batches in flight.
+        core_metrics.report_queue(metrics.SERVICE, lambda: len(self._pending) + len(self._sending))
 
     async def deliver(self, event: MailEvent) -> None:
         if not self.mailbox_filter(event.account, event.mailbox):

@@ -25,6 +25,7 @@ from typing import Any
 from aioapns.common import NotificationRequest, PushType
 from aioapns.connection import APNsBaseConnectionPool
 
+from pushproxy import metrics as core_metrics
 from pushproxy.config import ConfigError
 from pushproxy.extensions.xapplepush.apns_cert import (
     CertificateInfo,
@@ -38,7 +39,7 @@ from pushproxy.extensions.xapplepush.apns_h2 import (
     _send_via_pool,
     _token_pool,
 )
-from pushproxy.extensions.xapplepush.metrics import ApnsMetrics, PrometheusApnsMetrics
+from pushproxy.extensions.xapplepush.metrics import SERVICE, ApnsMetrics, PrometheusApnsMetrics
 from pushproxy.extensions.xapplepush.payload import build_payload, mailbox_hash, short_token
 from pushproxy.extensions.xapplepush.settings import ApnsConfig
 from pushproxy.retry import retry_delay
@@ -133,6 +134,7 @@ class ApnsPusher:
         )
         pool.protocol_class = _protocol_class(self._cfg.sandbox, self._cfg.endpoint)
         self._pool = pool
+        core_metrics.report_queue(SERVICE, lambda: len(self._tasks))  # windows waiting, sends and retries
         self._report_expiry(info)
         if info.auth == "certificate":
             self._expiry_task = asyncio.create_task(self._watch_expiry(), name="apns-cert-expiry")
@@ -190,6 +192,7 @@ class ApnsPusher:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._windows.clear()
+        core_metrics.report_queue(SERVICE, None)
         if self._pool is not None:
             self._pool.close()
             self._pool = None
