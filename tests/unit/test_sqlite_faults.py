@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,6 +171,23 @@ async def test_file_system_gone_read_only(caplog: pytest.LogCaptureFixture) -> N
             assert not any(r.exc_info for r in caplog.records)
         finally:
             await store.close()
+
+
+async def test_open_on_a_read_only_file_system_is_refused_clearly_and_works_once_writable() -> None:
+    with ext4_remount_ro() as (where, _):
+        db = where / "state" / "pushproxy.db"
+        config = Config(store=StoreConfig(url=f"sqlite://{db}"), watch=WatchConfig(vault_key_file=None))
+        store = await open_store(config)
+        await store.put_mailbox_state(MailboxState("a@example.org", "INBOX", 1, 10))
+        await store.close()
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True, capture_output=True)
+        with pytest.raises(ConfigError, match="store read-only"):
+            await open_store(config)
+        subprocess.run(["mount", "-o", "remount,rw", str(where)], check=True, capture_output=True)
+        store = await open_store(config)
+        state = await store.get_mailbox_state("a@example.org", "INBOX")
+        assert state is not None and state.uidnext == 10
+        await store.close()
 
 
 # --- locked by another process ---------------------------------------------------------------------------------
