@@ -2,7 +2,10 @@
 
 Only LOGIN and AUTHENTICATE PLAIN reveal a reusable password; anything else is
 passed through and simply gets no push credentials.  The bytes are kept only
-until the login's outcome (by its :class:`~pushproxy.proxy.ledger.Pending`).
+until the login's outcome (:meth:`CredentialCapture.settle`); one login is in
+flight at a time, so one capture is enough.  The identity of the session (the
+login name and the account it is for) is set here, once, from a successful
+login's capture.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from pushproxy.accounts import normalise_account
 from pushproxy.imap.parse import ParseError, as_text, parse_command
 
 MAX_CAPTURE = 16384  # LOGIN / AUTHENTICATE bytes kept for credential capture
@@ -45,3 +49,38 @@ def credentials_of(capture: tuple[str, bytes]) -> tuple[str, str] | None:
     except (ParseError, ValueError, binascii.Error, UnicodeDecodeError):
         pass
     return None
+
+
+class CredentialCapture:
+    """The login in flight's credentials, and the identity of the session once one succeeds."""
+
+    __slots__ = ("_capture", "account", "login", "sasl_waiting")
+
+    def __init__(self) -> None:
+        self._capture: tuple[str, bytes] | None = None  # ("login" | "sasl", bytes)
+        self.sasl_waiting = False  # AUTHENTICATE PLAIN without initial response: it follows the "+"
+        self.login: str | None = None
+        self.account: str | None = None
+
+    def begin(self) -> None:
+        """A LOGIN / AUTHENTICATE goes upstream: nothing kept from an earlier one counts."""
+        self._capture, self.sasl_waiting = None, False
+
+    def command(self, name: bytes, data: bytes) -> None:
+        """The whole login command (literals inline) was read."""
+        self._capture, self.sasl_waiting = capture_of(name, data)
+
+    def sasl_response(self, line: bytes) -> None:
+        """The client's answer to upstream's "+" for AUTHENTICATE PLAIN."""
+        self._capture, self.sasl_waiting = ("sasl", line.strip()), False
+
+    def settle(self, logged_in: bool) -> tuple[str, str] | None:
+        """The login's outcome is known: ``(login, secret)`` when it logged the session in with a password."""
+        capture, self._capture, self.sasl_waiting = self._capture, None, False
+        if not logged_in or capture is None:
+            return None
+        creds = credentials_of(capture)
+        if creds is not None:
+            self.login = creds[0]
+            self.account = normalise_account(creds[0])
+        return creds

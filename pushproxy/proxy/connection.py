@@ -137,7 +137,7 @@ class ClientProtocol(protocol.Protocol):
             self._admitted_ip = None
         if not self._has_session:
             return
-        self.session.closed = True
+        self.session.client_lost()
         if self.upstream is not None and self.upstream.transport is not None:
             _unhook(self.upstream.transport)
             self.upstream.transport.loseConnection()

@@ -8,7 +8,10 @@
   response from upstream is then the login's answer, whatever tags the client
   chose.  Commands after it wait for its outcome.
 - The identity changes in exactly one place, :meth:`CommandLedger.settle_login`:
-  on the tagged ``OK`` matched to a login sent in the not-authenticated state.
+  on the tagged ``OK`` matched to a login sent in the not-authenticated state
+  (or at a ``PREAUTH`` greeting, :meth:`CommandLedger.preauthenticated`).
+- Inside a login exchange untagged responses are kept (:meth:`CommandLedger.hold_untagged`)
+  until its outcome: a capability list must describe the state the exchange ends in.
 """
 
 from __future__ import annotations
@@ -20,21 +23,19 @@ from pushproxy.imap.capabilities import ConnectionFacts
 from pushproxy.imap.parse import StatusResponse
 
 LOGIN_COMMANDS = frozenset({b"LOGIN", b"AUTHENTICATE"})
+MAX_HELD_UNTAGGED = 64  # untagged lines kept back during a login exchange
 
 
 class Pending:
     """A command forwarded upstream and awaiting its tagged response."""
 
-    __slots__ = ("capture", "held", "login", "observed", "own", "sasl_waiting", "tag")
+    __slots__ = ("login", "observed", "own", "tag")
 
-    def __init__(self, tag: bytes, *, login: bool = False, own: bool = False) -> None:
+    def __init__(self, tag: bytes, *, login: bool = False, own: bool = False, observed: bytes | None = None) -> None:
         self.tag = tag
         self.login = login  # LOGIN / AUTHENTICATE
         self.own = own  # sent by the proxy itself: its responses are swallowed
-        self.capture: tuple[str, bytes] | None = None  # ("login" | "sasl", bytes) for the watchers
-        self.sasl_waiting = False  # AUTHENTICATE PLAIN without initial response
-        self.held: list[bytes] = []  # untagged responses of a login exchange, rewritten at its end
-        self.observed: bytes | None = None  # its name, when an extension wants to hear of its OK
+        self.observed = observed  # its name, when an extension wants to hear of its OK
 
 
 class CommandLedger:
@@ -48,6 +49,7 @@ class CommandLedger:
         # A login or an own command is in flight: untagged responses need a look.
         # (One attribute, read for every untagged line on the relay path.)
         self.special = False
+        self.held: list[bytes] = []  # untagged responses of the login exchange, rewritten at its end
 
     def __bool__(self) -> bool:
         return bool(self.inflight)
@@ -66,8 +68,8 @@ class CommandLedger:
             return Reply("NO", "Plaintext authentication disallowed on non-secure connections", "PRIVACYREQUIRED")
         return None
 
-    def sent(self, tag: bytes, *, login: bool = False) -> Pending:
-        pending = Pending(tag, login=login)
+    def sent(self, tag: bytes, *, login: bool = False, observed: bytes | None = None) -> Pending:
+        pending = Pending(tag, login=login, observed=observed)
         if login:
             assert self.login is None, "one login at a time"
             self.login = pending
@@ -100,6 +102,23 @@ class CommandLedger:
             self.login = None
         self.special = self.login is not None or self.own_in_flight > 0
         return pending
+
+    def hold_untagged(self, line: bytes) -> bool:
+        """Keep an untagged line of the login exchange in flight; False when no more are kept."""
+        if len(self.held) < MAX_HELD_UNTAGGED:
+            self.held.append(line)
+            return True
+        return False
+
+    def take_held(self) -> list[bytes]:
+        """The untagged lines kept so far (the ledger forgets them)."""
+        held, self.held = self.held, []
+        return held
+
+    @staticmethod
+    def preauthenticated(facts: ConnectionFacts) -> None:
+        """Upstream greeted with PREAUTH: the session starts logged in."""
+        facts.authenticated = True
 
     @staticmethod
     def settle_login(pending: Pending, status: StatusResponse, facts: ConnectionFacts) -> bool:

@@ -1,195 +1,196 @@
-"""The upstream side of a running session: greeting, responses, the outcome of a login.
+"""The response router: the upstream's greeting and each complete line after it, to where it belongs.
 
-Untagged responses and literals are relayed as they come (capability lists
-rewritten); a tagged response is matched to its command in the ledger, in
-order, and only the tagged OK of a login sent in the not-authenticated state
-logs the session in.  A failed login's NO is held back for the client IP's
-auth penalty.
+Untagged responses are relayed as they come (capability lists rewritten); a
+tagged response is matched to its command in the ledger, in order, and only
+the tagged OK of a login sent in the not-authenticated state logs the session
+in; a failed one counts against the client IP's auth penalty.  What goes to the
+client is appended to the session's output lines, which the session writes at
+the end of each read; what changes the session's phase (a "+" the client
+answers, a login's outcome, a penalty) it is told through :class:`ResponseHost`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from pushproxy.accounts import normalise_account
-from pushproxy.imap.capabilities import rewrite_atoms
+from pushproxy.extensions.base import CredentialSink, SessionContext
+from pushproxy.extensions.manager import ExtensionManager
+from pushproxy.imap.capabilities import CapabilityPolicy, ConnectionFacts, rewrite_atoms
 from pushproxy.imap.framing import Line
 from pushproxy.imap.parse import StatusResponse, parse_status_response
-from pushproxy.proxy.capture import credentials_of
-from pushproxy.proxy.handshake import Action, has_capability_code, rewrite_code, rewrite_untagged
-from pushproxy.proxy.ledger import Pending
-from pushproxy.proxy.own import SessionContextImpl
-from pushproxy.proxy.state import CommandMode, SessionState
+from pushproxy.proxy.capture import CredentialCapture
+from pushproxy.proxy.handshake import has_capability_code, rewrite_code, rewrite_untagged
+from pushproxy.proxy.ledger import CommandLedger, Pending
+from pushproxy.proxy.local import LocalAnswers
+from pushproxy.proxy.penalty import AuthPenalty
+from pushproxy.proxy.routing import CommandRouter
 
 log = logging.getLogger("pushproxy.session")
 
-MAX_HELD_UNTAGGED = 64  # untagged lines kept back during a login exchange
 # "* CAPABILITY ..." or "* OK/NO/BYE [CAPABILITY ...]": the only untagged lines rewritten.
 _MAY_CARRY_CAPABILITIES = frozenset({b"CAP", b"OK ", b"NO ", b"BYE"})
 
 
-class UpstreamResponses(SessionState):
-    def _handshake_line(self, line: bytes) -> None:
-        step = self.handshake.line(line)
-        action = step.action
-        if action is Action.SEND:
-            self.io.to_upstream(step.data)
-        elif action is Action.START_TLS_AND_SEND:
-            self.io.start_upstream_tls()
-            self.io.to_upstream(step.data)
-        elif action is Action.FATAL:
-            self._fatal(step.text, "UNAVAILABLE")
-        elif action is Action.BYE:
-            self.io.to_client(step.data)
-            self.close()
-        elif action is Action.READY:
-            if step.preauth:
-                self.facts.authenticated = True
-            self._send_greeting(step.data, step.status)
+class ResponseHost(Protocol):
+    """What the response router tells its session."""
 
-    def greet(self, capabilities: list[bytes] | None) -> None:
-        """Greet the client from the proxy; upstream is opened at the client's first bytes."""
-        self._greeted = True
-        self._upstream_requested = False
+    def fatal(self, text: str, code: str | None = None) -> None: ...
+
+    def login_wait_over(self) -> None:
+        """Commands held behind the login in flight may go: it has its outcome, or upstream sent a "+"."""
+
+    def penalise(self, delay: float) -> None:
+        """Hold back the failed login's NO, and all after it, for ``delay`` seconds."""
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run ``coro`` off the relay (its failure is logged)."""
+
+
+class ResponseRouter:
+    def __init__(
+        self,
+        host: ResponseHost,
+        out: list[bytes],
+        ledger: CommandLedger,
+        router: CommandRouter,
+        local: LocalAnswers,
+        capture: CredentialCapture,
+        facts: ConnectionFacts,
+        *,
+        session_id: str,
+        extensions: ExtensionManager,
+        context: SessionContext,
+        credentials: CredentialSink,
+        penalty: AuthPenalty | None = None,
+        client_ip: str = "",
+        on_auth_failed: Callable[[], None] | None = None,
+        on_upstream_capabilities: Callable[[list[bytes]], None] | None = None,
+    ) -> None:
+        self._host = host
+        self._out = out
+        self._ledger = ledger
+        self._router = router
+        self._local = local
+        self._capture = capture
+        self._policy = CapabilityPolicy(
+            add_pre_auth=extensions.pre_auth_capabilities,
+            add_post_auth=extensions.post_auth_capabilities,
+            restrict_sasl=bool(extensions),
+        )
+        self._facts = facts
+        self._session_id = session_id
+        self._extensions = extensions
+        self._context = context
+        self._credentials = credentials
+        self._penalty = penalty
+        self._client_ip = client_ip
+        self._on_auth_failed = on_auth_failed
+        self._on_upstream_capabilities = on_upstream_capabilities
+        self.upstream_capabilities: frozenset[str] = frozenset()  # as upstream listed them at login
+
+    def proxy_greeting(self, capabilities: list[bytes] | None) -> bytes:
+        """The proxy's own greeting, with the upstream's capabilities learnt before (rewritten)."""
         code = b""
         if capabilities:
-            code = b"[CAPABILITY " + b" ".join(rewrite_atoms(capabilities, self.policy, self.facts)) + b"] "
-        self.io.to_client(b"* OK " + code + b"Proxy ready\r\n")
+            code = b"[CAPABILITY " + b" ".join(rewrite_atoms(capabilities, self._policy, self._facts)) + b"] "
+        return b"* OK " + code + b"Proxy ready\r\n"
 
-    def _send_greeting(self, line: bytes, status: StatusResponse | None) -> None:
+    def greeting(self, line: bytes, status: StatusResponse | None) -> bytes:
+        """The upstream's greeting (after the handshake), rewritten; its capabilities are remembered."""
         if status is not None and has_capability_code(status):
             if self._on_upstream_capabilities is not None and status.status == b"OK":
                 self._on_upstream_capabilities(status.code.split()[1:])  # type: ignore[union-attr]
-            line = rewrite_code(line, status, self.policy, self.facts)
-        if not self._greeted:
-            self.io.to_client(line)
-        self._held = False
-        self._pump()
+            line = rewrite_code(line, status, self._policy, self._facts)
+        return line
 
-    def _upstream_line(self, ev: Line) -> None:
+    def line(self, ev: Line) -> None:
         line = ev.data
         first = line[:1]
         if first == b"*":  # the common case first: this runs for every untagged line
-            ledger = self.ledger
+            ledger = self._ledger
             if ledger.special:
                 if ledger.own_in_flight and ledger.inflight[0].own:
                     return  # a response to the proxy's own command (ID)
-                login = ledger.login
-                if login is not None:
+                if ledger.login is not None:
                     # Inside a login exchange a capability list must describe the state
                     # the exchange ends in: keep it until the tagged response.
-                    if ev.literal is None and len(login.held) < MAX_HELD_UNTAGGED:
-                        login.held.append(line)
+                    if ev.literal is None and ledger.hold_untagged(line):
                         return
-                    self._release_login_untagged(login)
+                    self.release_held()
             if line[2:5].upper() in _MAY_CARRY_CAPABILITIES:
-                line = rewrite_untagged(line, self.policy, self.facts)
-            self._out_client.append(line)
+                line = rewrite_untagged(line, self._policy, self._facts)
+            self._out.append(line)
             return
         if first == b"+":
-            login = self.ledger.login
-            if login is not None and login.held:
-                self._release_login_untagged(login)
-            if self._awaiting_literal is not None:
-                self._awaiting_literal = None
-            else:
-                self._continuation_credits += 1
-                if self._held_by_login:
-                    # The client's answer to this "+" waits in the queue.
-                    self._held_by_login = False
-                    self._held = False
-            self._out_client.append(line)
+            if self._ledger.held:
+                self.release_held()
+            if self._router.continuation():
+                self._host.login_wait_over()  # the client's answer to this "+" may wait in the queue
+            self._out.append(line)
             return
         status = parse_status_response(line)
         if status is None:
-            self._out_client.append(line)
+            self._out.append(line)
             return
-        self._tagged_from_upstream(status, line)
+        self._tagged(status, line)
 
-    def _release_login_untagged(self, login: Pending) -> None:
-        out = self._out_client
-        for line in login.held:
-            out.append(rewrite_untagged(line, self.policy, self.facts))
-        login.held.clear()
+    def release_held(self) -> None:
+        """The untagged lines of the login exchange go on (rewritten for the state it ends in)."""
+        out = self._out
+        for line in self._ledger.take_held():
+            out.append(rewrite_untagged(line, self._policy, self._facts))
 
-    def _tagged_from_upstream(self, status: StatusResponse, line: bytes) -> None:
-        ledger = self.ledger
+    def _tagged(self, status: StatusResponse, line: bytes) -> None:
+        ledger = self._ledger
         login_in_flight = ledger.login is not None
         pending = ledger.match(status.tag)
         if pending is None:
             if login_in_flight:
                 # Nothing but the login is in flight: upstream is not speaking IMAP to us.
-                log.warning("session %s: upstream answered a command it was not sent", self.session_id)
-                self._fatal("Proxy lost track of the upstream stream", "UNAVAILABLE")
+                log.warning("session %s: upstream answered a command it was not sent", self._session_id)
+                self._host.fatal("Proxy lost track of the upstream stream", "UNAVAILABLE")
                 return
-            self._out_client.append(line)  # answers nothing in flight: pass on, change nothing
+            self._out.append(line)  # answers nothing in flight: pass on, change nothing
             return
         if pending.own:
             return
         if pending.observed is not None and status.status == b"OK":
             self._observed_ok(pending.observed)
-        if self._awaiting_literal is pending:
-            # Upstream refused the command before asking for its literal.
-            self._awaiting_literal = None
-            self.client_framer.cancel_literal()
-            if self._cmd_pending is pending:
-                self._cmd_mode = CommandMode.DISCARD
-        if self._idle is pending:
-            self._idle = None
-        self._continuation_credits = 0
-        logged_in = False
-        if pending.login:
-            logged_in = ledger.settle_login(pending, status, self.facts)
-            if logged_in and pending.capture is not None:
-                self._authenticated_by(pending.capture)
-            self._release_login_untagged(pending)
-            if self._held_by_login:
-                self._held_by_login = False
-                self._held = False
-            if status.status == b"NO":
-                self._login_failed()
+        self._router.answered(pending)
+        logged_in = pending.login and self._login_settled(pending, status)
         if has_capability_code(status):
             if logged_in:
                 atoms = status.code.split()[1:]  # type: ignore[union-attr]
                 self.upstream_capabilities = frozenset(a.decode("ascii", "replace").upper() for a in atoms)
-            line = rewrite_code(line, status, self.policy, self.facts)
-        self._out_client.append(line)
-        self._drained()
+            line = rewrite_code(line, status, self._policy, self._facts)
+        self._out.append(line)
+        self._local.drained()
+
+    def _login_settled(self, pending: Pending, status: StatusResponse) -> bool:
+        logged_in = CommandLedger.settle_login(pending, status, self._facts)
+        creds = self._capture.settle(logged_in)
+        if creds is not None:
+            account = self._capture.account or ""
+            log.info("session %s: authenticated as %s", self._session_id, account)
+            self._host.spawn(self._credentials.logged_in(account, creds[0], creds[1], self._session_id))
+        self.release_held()
+        self._host.login_wait_over()
+        if status.status == b"NO":
+            self._login_failed()
+        return logged_in
+
+    def _login_failed(self) -> None:
+        if self._on_auth_failed is not None:
+            self._on_auth_failed()
+        if self._penalty is None or not self._client_ip:
+            return
+        delay = self._penalty.delay(self._client_ip)
+        self._penalty.failed(self._client_ip)
+        if delay > 0:
+            self._host.penalise(delay)
 
     def _observed_ok(self, name: bytes) -> None:
         """Tell the extensions observing this command of its OK (off the relay: a task each)."""
-        self._spawn(self.extensions.command_succeeded(name, SessionContextImpl(self)))  # type: ignore[arg-type]
-
-    def _authenticated_by(self, capture: tuple[str, bytes]) -> None:
-        creds = credentials_of(capture)
-        if creds is None:
-            return
-        login, secret = creds
-        self.login = login
-        self.account = normalise_account(login)
-        log.info("session %s: authenticated as %s", self.session_id, self.account)
-        self._spawn(self.credentials.logged_in(self.account, login, secret, self.session_id))
-
-    def _login_failed(self) -> None:
-        """Hold back the NO (and all after it) for the client IP's penalty."""
-        if self._on_auth_failed is not None:
-            self._on_auth_failed()
-        if self._penalty is None or not self.client_ip:
-            return
-        delay = self._penalty.delay(self.client_ip)
-        self._penalty.failed(self.client_ip)
-        if delay <= 0:
-            return
-        self._delayed_out = []
-        self._held = True
-        asyncio.get_running_loop().call_later(delay, self._penalty_served)
-
-    def _penalty_served(self) -> None:
-        out, self._delayed_out = self._delayed_out, None
-        if self.closed:
-            return
-        if out:
-            self.io.to_client(b"".join(out))
-        self._held = False
-        self._pump()
+        self._host.spawn(self._extensions.command_succeeded(name, self._context))

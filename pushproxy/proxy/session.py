@@ -1,17 +1,24 @@
-"""One client connection and its upstream connection: the session state machine.
+"""One client connection and its upstream connection: the relay and its state machine.
 
 Bytes come in through :meth:`Session.client_data` and :meth:`Session.upstream_data`;
 bytes go out through the :class:`SessionIO` the adapter gave us.  The session
 never touches a socket, so the Twisted protocols in ``connection.py`` stay thin
 and the tests can drive it directly.
 
-The parts: :mod:`.handshake` (upstream greeting, STARTTLS, capability
-rewriting), :mod:`.responses` (upstream responses, the outcome of a login),
-:mod:`.routing` (client commands, a table from command name to
-handler), :mod:`.ledger` (commands in flight and the login rules: one login at
-a time, identity from the matched command), :mod:`.capture` (credentials for
-the watchers), :mod:`.local` (ordered local answers), :mod:`.own` (the proxy's
-own upstream commands).  This module holds the relay itself.
+The session owns the relay (both framers' loops, the zero-copy forwarding) and
+its :class:`~pushproxy.proxy.phase.Phase` -- whether the client's commands are
+read now or wait in the queue, and why; no collaborator writes it.  Its collaborators each
+keep their own state behind a narrow interface (h11's ``Connection`` and
+aiosmtpd's one-method-per-command ``SMTP`` are the models):
+
+- :class:`~pushproxy.proxy.handshake.UpstreamHandshake`: greeting, STARTTLS upstream (sans-IO steps);
+- :class:`~pushproxy.proxy.routing.CommandRouter`: reads client commands, one route per command name;
+- :class:`~pushproxy.proxy.responses.ResponseRouter`: each upstream response to its command, login outcomes;
+- :class:`~pushproxy.proxy.ledger.CommandLedger`: commands in flight, the login rules;
+- :class:`~pushproxy.proxy.capture.CredentialCapture`: a login's credentials, the session's identity;
+- :class:`~pushproxy.proxy.local.LocalAnswers`: what the proxy answers itself (in command order);
+- :class:`~pushproxy.proxy.output.ClientOutput`: what the client is owed (held back by the auth penalty);
+- :class:`~pushproxy.proxy.own.OwnCommands`: extensions' commands on this upstream connection.
 
 Invariants:
 - every byte the proxy does not deliberately change is forwarded unchanged and
@@ -34,28 +41,34 @@ from operator import attrgetter, is_
 from pushproxy.extensions.base import CredentialSink
 from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.imap import response as r
-from pushproxy.imap.capabilities import CapabilityPolicy, ConnectionFacts
+from pushproxy.imap.capabilities import ConnectionFacts
 from pushproxy.imap.framing import Framer, FramingError, Line
-from pushproxy.proxy.handshake import UpstreamHandshake
+from pushproxy.imap.parse import StatusResponse
+from pushproxy.proxy.capture import CredentialCapture
+from pushproxy.proxy.context import SessionContextImpl
+from pushproxy.proxy.handshake import Action, UpstreamHandshake
 from pushproxy.proxy.ledger import CommandLedger
 from pushproxy.proxy.local import LocalAnswers
-from pushproxy.proxy.own import OwnCommands, SessionContextImpl
+from pushproxy.proxy.output import ClientOutput
+from pushproxy.proxy.own import OwnCommands
 from pushproxy.proxy.penalty import AuthPenalty
-from pushproxy.proxy.responses import UpstreamResponses
-from pushproxy.proxy.routing import ClientCommands, routes_for
-from pushproxy.proxy.state import CommandMode, SessionIO, SessionSettings
+from pushproxy.proxy.phase import Phase
+from pushproxy.proxy.responses import ResponseRouter
+from pushproxy.proxy.routing import CommandRouter
+from pushproxy.proxy.session_io import SessionIO, SessionSettings
 
-__all__ = ["Session", "SessionIO", "SessionSettings"]
+__all__ = ["Phase", "Session", "SessionIO", "SessionSettings"]
 
 log = logging.getLogger("pushproxy.session")
 
 _frame_data = attrgetter("data")  # of a frame from the framer
-
 _UPSTREAM_MAX_LINE = 1 << 20  # longer upstream lines are streamed, not buffered
-_MAX_HELD_UNTAGGED = 64  # untagged lines kept back during a login exchange
+
+CONNECTING, RELAYING, AWAITING_LOGIN = Phase.CONNECTING, Phase.RELAYING, Phase.AWAITING_LOGIN
+AWAITING_DRAIN, PENALTY, CLOSED = Phase.AWAITING_DRAIN, Phase.PENALTY, Phase.CLOSED
 
 
-class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
+class Session:
     """The state machine of one proxied connection."""
 
     def __init__(
@@ -79,70 +92,82 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
         self.peer = peer
         self.client_ip = client_ip
         self.settings = settings
-        self.extensions = extensions
-        # Command names as they come off the wire (upper-cased bytes): no str per command.
-        self._extension_names = extensions.command_names
-        self._routes = routes_for(extensions.observed_commands)
-        self.credentials = credentials
-        self._on_intercepted = on_intercepted
-        self._penalty = penalty
-        self._on_auth_failed = on_auth_failed
-        self._on_upstream_capabilities = on_upstream_capabilities
+        self._extensions = extensions
+        self._credentials = credentials
         self.facts = ConnectionFacts(
             client_tls=client_tls,
             starttls_offered=settings.starttls_offered,
             plaintext_auth_allowed=settings.plaintext_auth_allowed,
         )
-        self.policy = CapabilityPolicy(
-            add_pre_auth=extensions.pre_auth_capabilities,
-            add_post_auth=extensions.post_auth_capabilities,
-            restrict_sasl=bool(extensions),
-        )
-        self.client_framer = Framer(server=False, max_line=settings.max_line)
-        self.upstream_framer = Framer(server=True, max_line=_UPSTREAM_MAX_LINE)
+        self.context = SessionContextImpl(self)
+        self.output = ClientOutput(io)  # what the client is owed, written at the end of each read
+
+        # The collaborators.
         self.handshake = UpstreamHandshake(settings.upstream_security)
         self.ledger = CommandLedger()
+        self.capture = CredentialCapture()
+        self.local = LocalAnswers(
+            self, io, self.facts, self.ledger, extensions, self.context,
+            session_id=session_id, on_intercepted=on_intercepted,
+        )  # fmt: skip
+        self.router = CommandRouter(
+            self, io, settings, self.facts, self.ledger, self.capture, self.local,
+            intercepted=extensions.command_names, observed=extensions.observed_commands,
+        )  # fmt: skip
+        self.responses = ResponseRouter(
+            self, self.output.lines, self.ledger, self.router, self.local, self.capture, self.facts,
+            session_id=session_id, extensions=extensions, context=self.context, credentials=credentials,
+            penalty=penalty, client_ip=client_ip, on_auth_failed=on_auth_failed,
+            on_upstream_capabilities=on_upstream_capabilities,
+        )  # fmt: skip
+        self.own = OwnCommands(self, io, self.ledger)
+        self.upstream_framer = Framer(server=True, max_line=_UPSTREAM_MAX_LINE)
 
         self.started = time.monotonic()
         self.last_client_activity = self.started
         self.bytes_from_client = 0
         self.bytes_from_upstream = 0
-        self.closed = False
-        self.login = None
-        self.account = None
-        self.upstream_capabilities = frozenset()
-
-        self._held = True  # client events wait until the upstream is ready
-        self._held_by_login = False
-        self._queue = deque()
-        self._continuation_credits = 0
-        self._awaiting_literal = None
-        self._idle = None
-        self._cmd_mode = CommandMode.NONE
-        self._cmd_tag = b""
-        self._cmd_name = b""
-        self._cmd_pending = None
-        self._cmd_buf = []
-        self._cmd_size = 0
-        self._id_sent = False
-        self._own = None
-        self._local_task = None
-        self._drain_waiter = None
-        self._out_client: list[bytes] = []
+        self.phase = CONNECTING
+        self._queue: deque[object] = deque()  # client events waiting for the phase to be RELAYING
         self._greeted = False  # the proxy greeted the client itself (upstream opened lazily)
         self._upstream_requested = True
-        self._delayed_out: list[bytes] | None = None  # output held back by the auth penalty
 
     # ------------------------------------------------------------------ state
+    @property
+    def closed(self) -> bool:
+        return self.phase is CLOSED
+
     @property
     def upstream_ready(self) -> bool:
         return self.handshake.ready
 
     @property
     def in_idle(self) -> bool:
-        return self._idle is not None
+        return self.router.in_idle
+
+    @property
+    def authenticated(self) -> bool:
+        return self.facts.authenticated
+
+    @property
+    def login(self) -> str | None:
+        return self.capture.login
+
+    @property
+    def account(self) -> str | None:
+        return self.capture.account
+
+    @property
+    def upstream_capabilities(self) -> frozenset[str]:
+        return self.responses.upstream_capabilities
 
     # --------------------------------------------------------------- upstream
+    def greet(self, capabilities: list[bytes] | None) -> None:
+        """Greet the client from the proxy; upstream is opened at the client's first bytes."""
+        self._greeted = True
+        self._upstream_requested = False
+        self.io.to_client(self.responses.proxy_greeting(capabilities))
+
     def upstream_connected(self) -> None:
         if self.settings.upstream_security == "tls":
             self.io.start_upstream_tls()
@@ -153,28 +178,27 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
             events = self.upstream_framer.receive_data(data)
         except Exception:
             log.warning("session %s: unframeable data from upstream, closing", self.session_id)
-            self._fatal("Proxy lost track of the upstream stream", "UNAVAILABLE")
+            self.fatal("Proxy lost track of the upstream stream", "UNAVAILABLE")
             return
-        out = self._out_client
-        handshake = self.handshake
+        output = self.output
+        out = output.lines
+        handshake, ledger, own, response = self.handshake, self.ledger, self.own, self.responses.line
         for ev in events:
-            if self._own is not None:
-                self._own_event(ev)
+            if own.current is not None:
+                own.event(ev)
             elif type(ev) is Line and not ev.continued:
                 if handshake.ready:
-                    self._upstream_line(ev)
+                    response(ev)
                 else:
                     self._handshake_line(ev.data)
             else:  # literal chunks, continued lines, parts of overlong lines
-                if self.ledger.special:
-                    login = self.ledger.login
-                    if login is not None and login.held:
-                        self._release_login_untagged(login)
+                if ledger.special and ledger.held:
+                    self.responses.release_held()
                 out.append(ev.data)  # type: ignore[union-attr]
         if (
             self.upstream_framer.exact
             and len(out) == len(events) > 0
-            and self._delayed_out is None
+            and output.delayed is None
             and all(map(is_, out, map(_frame_data, events)))
         ):
             # Every frame of this chunk goes on unchanged and nothing was held
@@ -182,115 +206,183 @@ class Session(UpstreamResponses, ClientCommands, LocalAnswers, OwnCommands):
             out.clear()
             self.io.to_client(data)
         else:
-            self._flush_client()
-        if not self._held and self._queue:
+            output.flush()
+        if self.phase is RELAYING and self._queue:
             self._pump()
 
     def upstream_closed(self) -> None:
         if self.closed:
             return
         if not self.handshake.ready:
-            self._fatal("Upstream server unavailable", "UNAVAILABLE")
+            self.fatal("Upstream server unavailable", "UNAVAILABLE")
             return
-        self._fail_own("upstream connection closed")
+        self.own.fail("upstream connection closed")
         self.close()
 
     def upstream_failed(self, reason: str) -> None:
         """The upstream connection could not be made (or its TLS failed)."""
         log.warning("session %s: upstream unavailable: %s", self.session_id, reason)
-        self._fatal("Upstream server unavailable, try again later", "UNAVAILABLE")
+        self.fatal("Upstream server unavailable, try again later", "UNAVAILABLE")
+
+    def _handshake_line(self, line: bytes) -> None:
+        step = self.handshake.line(line)
+        action = step.action
+        if action is Action.SEND:
+            self.io.to_upstream(step.data)
+        elif action is Action.START_TLS_AND_SEND:
+            self.io.start_upstream_tls()
+            self.io.to_upstream(step.data)
+        elif action is Action.FATAL:
+            self.fatal(step.text, "UNAVAILABLE")
+        elif action is Action.BYE:
+            self.io.to_client(step.data)
+            self.close()
+        elif action is Action.READY:
+            if step.preauth:
+                CommandLedger.preauthenticated(self.facts)
+            line = self.responses.greeting(step.data, step.status)
+            if not self._greeted:
+                self.io.to_client(line)
+            self.resume()
+
+    def login_wait_over(self) -> None:
+        if self.phase is AWAITING_LOGIN:
+            self.phase = RELAYING
+
+    def penalise(self, delay: float) -> None:
+        self.output.hold_back()
+        self.hold(PENALTY)
+        asyncio.get_running_loop().call_later(delay, self._penalty_served)
+
+    def _penalty_served(self) -> None:
+        if self.closed:
+            self.output.drop_held()
+            return
+        self.output.release()
+        self.resume()
 
     # ----------------------------------------------------------------- client
     def client_data(self, data: bytes) -> None:
         self.bytes_from_client += len(data)
         self.last_client_activity = time.monotonic()
-        framer = self.client_framer
+        router = self.router
+        framer = router.framer
         try:
             events = framer.receive_data(data)
         except FramingError as exc:
             log.info("session %s: unframeable client data (%s), closing", self.session_id, exc)
-            self._fatal(f"Protocol error: {exc}", "TOOBIG")
+            self.fatal(f"Protocol error: {exc}", "TOOBIG")
             return
-        if self._held or self._queue:
+        if self.phase is not RELAYING or self._queue:
             if not self._upstream_requested:
                 self._upstream_requested = True
                 self.io.open_upstream()
             self._queue.extend(events)
-            if self._held:
+            if self.phase is not RELAYING:
                 self.io.pause_client()
             self._pump()
             return
+        event = router.event
         for i, ev in enumerate(events):
-            self._client_event(ev)
-            if self.client_framer is not framer:
+            event(ev)
+            if router.framer is not framer:
                 break  # STARTTLS: whatever followed it in clear text is dropped
-            if self._held:
+            if self.phase is not RELAYING:
                 self._queue.extend(events[i + 1 :])
                 if self._queue:
                     self.io.pause_client()
                 break
-        self._flush_client()
+        self.flush_client()
 
     def _pump(self) -> None:
-        framer = self.client_framer
-        while self._queue and not self._held and not self.closed:
-            self._client_event(self._queue.popleft())
-            if self.client_framer is not framer:
-                self._queue.clear()  # STARTTLS: pipelined clear text is dropped
-                framer = self.client_framer
-        if not self._held and not self._queue:
+        router, queue = self.router, self._queue
+        framer = router.framer
+        while queue and self.phase is RELAYING:
+            router.event(queue.popleft())
+            if router.framer is not framer:
+                queue.clear()  # STARTTLS: pipelined clear text is dropped
+                framer = router.framer
+        if self.phase is RELAYING and not queue:
             self.io.resume_client()
-        self._flush_client()
+        self.flush_client()
+
+    # ---------------------------------------------- what the router asks of us
+    def wait_for_login(self, ev: Line) -> None:
+        self._queue.appendleft(ev)
+        self.phase = AWAITING_LOGIN
+
+    def wait_for_drain(self, ev: Line) -> None:
+        self._queue.appendleft(ev)
+        self.phase = AWAITING_DRAIN
+        self.local.after_drain(self.resume)
+
+    # ------------------------------------------ what the local answers ask of us
+    def resume(self) -> None:
+        """The client's commands may go again."""
+        if self.phase is CLOSED:
+            return
+        self.phase = RELAYING
+        self._pump()
+
+    def hold(self, phase: Phase) -> None:
+        if self.phase is not CLOSED:
+            self.phase = phase
+
+    def restart_client_stream(self) -> None:
+        self._queue.clear()
+        self.router.restart_framer()
+
+    # --------------------------------------------- what extensions ask of us
+    def reply_untagged(self, payload: bytes) -> None:
+        self.io.to_client(r.untagged(payload))
+
+    async def upstream_command(self, command: bytes, timeout: float) -> tuple[list[bytes], StatusResponse]:
+        return await self.own.run(command, timeout)
 
     # ------------------------------------------------------------- plumbing
-    def _flush_client(self) -> None:
-        if self._out_client:
-            out = self._out_client
-            if self._delayed_out is not None:
-                self._delayed_out.extend(out)
-            else:
-                self.io.to_client(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+    def flush_client(self) -> None:
+        self.output.flush()
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         task.add_done_callback(_log_task_error)
 
-    def _fatal(self, text: str, code: str | None = None) -> None:
+    def fatal(self, text: str, code: str | None = None) -> None:
         if self.closed:
             return
-        if self._delayed_out is not None:
-            self._out_client[:0] = self._delayed_out
-            self._delayed_out = None
-        self._flush_client()
+        self.output.unhold()
+        self.output.flush()
         self.io.to_client(r.bye(text, code))
         self.close()
 
     def timeout(self, text: str) -> None:
-        self._fatal(text)
+        self.fatal(text)
 
     def internal_error(self, side: str, exc: Exception) -> None:
         """An exception escaped the handling of ``side``'s bytes: end the session cleanly."""
         log.error(
             "session %s: internal error on %s input (%s: %s), closing", self.session_id, side, type(exc).__name__, exc
         )
-        self._fatal("Internal proxy error", "UNAVAILABLE")
+        self.fatal("Internal proxy error", "UNAVAILABLE")
 
     def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
-        self._flush_client()
-        if self._local_task is not None and not self._local_task.done():
-            self._local_task.cancel()
-        self._fail_own("session closed")
+        self.phase = CLOSED
+        self.flush_client()
+        self.local.cancel()
+        self.own.fail("session closed")
         self.io.close()
+
+    def client_lost(self) -> None:
+        """The client's connection is gone (the adapter closes upstream itself)."""
+        self.phase = CLOSED
 
     async def finish(self) -> None:
         """After both connections are gone: tell the extensions and the credential sink."""
-        await self.extensions.session_closed(SessionContextImpl(self))
+        await self._extensions.session_closed(self.context)
         try:
-            await self.credentials.session_closed(self.session_id)
+            await self._credentials.session_closed(self.session_id)
         except Exception:
             log.exception("session %s: credential sink failed", self.session_id)
 
