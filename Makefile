@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 DOCKERD_PIDFILE ?= /run/pushproxy-docker-test-dockerd.pid
 
-.PHONY: all deps system-deps python-deps test lint typecheck unit demo bench clean docker-test
+.PHONY: all deps system-deps python-deps test lint typecheck unit demo bench clean docker-test chaos
 
 all: test
 
@@ -55,6 +55,10 @@ STDLOOP_TESTS := tests/integration/test_proxy_core.py tests/integration/test_xap
 test: deps lint typecheck
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
 	PUSHPROXY_RUNTIME__EVENT_LOOP=asyncio $(BIN)/pytest -q -ra $(STDLOOP_TESTS)
+
+# Release check: the fault campaign, long (PostgreSQL down past lease_ttl, three cycles of every fault).
+chaos: deps
+	PUSHPROXY_CHAOS=1 $(BIN)/pytest -q -ra tests/integration/test_fault_campaign.py $(PYTEST_ARGS)
 
 docker-test: deps
 	@rc=0; tests/docker/engine.sh start $(DOCKERD_PIDFILE) || rc=$$?; \

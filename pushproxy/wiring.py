@@ -122,7 +122,7 @@ async def build(app: App) -> None:
         checks["upstream"] = await app.upstream_probe.ok()  # cached: one connection per 15 s at most
         if app.store is not None:
             ok = await app.store.ping()
-            metrics.STORE_UP.set(1 if ok else 0)
+            app.store.health.observe(ok)  # pushproxy_store_up; one WARNING / INFO per outage
             checks["store"] = ok
         return checks
 
@@ -141,7 +141,7 @@ async def build(app: App) -> None:
     service.start()
     app.service = service
     if supervisor is not None:
-        await cluster.start(supervisor)
+        await cluster.start(supervisor, supervisor.states.flush)
         await supervisor.start()
         app.components.append(supervisor)
     fdlimit.check(cfg, supervisor.wanted if supervisor is not None else 0)

@@ -18,6 +18,7 @@ housekeeping removed.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 
 from pushproxy.cluster.feed import RegistrationFeed
 from pushproxy.cluster.leases import LeaseManager, Watchers, wanted_owner
@@ -43,14 +44,26 @@ class Cluster:
 
     def __init__(self, config: Config, store: SqlStore) -> None:
         cfg = config.cluster
+        self._store = store
         self.node_id = cfg.node_id or default_node_id(config)
         address = cfg.address or f"{socket.gethostname()} {_listener(config)}"
         self.leases = LeaseManager(store, self.node_id, address, cfg.lease_ttl, cfg.ledger_retention)
-        self.ledger = PushLedger(store, self.node_id)
+        self.ledger = PushLedger(store, self.node_id, self.leases.sure_to_hold)
         self.feed = RegistrationFeed(store, self.leases.registration_changed, self.leases.resync)
 
-    async def start(self, watchers: Watchers) -> None:
-        """Take this node's share of the leases (before the supervisor starts its watchers), then follow."""
+    async def start(self, watchers: Watchers, write_states: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Take this node's share of the leases (before the supervisor starts its watchers), then follow.
+
+        When the store returns after an outage, in this order and before the other nodes' grace
+        period ends (``lease_ttl``): re-assert the leases, record the claims of what was pushed
+        unclaimed, write the watchers' mailbox state (``write_states``), let the held events go on.
+        """
+        health = self._store.health
+        health.on_recovered("leases", self.leases.run_round)
+        health.on_recovered("push claims", self.ledger.write_pending)
+        if write_states is not None:
+            health.on_recovered("mailbox state", write_states)
+        health.on_recovered("held events", self.ledger.release)
         await self.leases.start()
         self.leases.attach(watchers)
         self.feed.start()

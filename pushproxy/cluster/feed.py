@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pushproxy.retry import Backoff
+from pushproxy.store.base import StoreUnavailable
 from pushproxy.store.sql import SqlStore
 from pushproxy.store.sql_base import REGISTRATIONS_CHANNEL
 
@@ -87,6 +88,11 @@ class RegistrationFeed:
                     account = next(iter(self._pending))
                     del self._pending[account]
                     await self._on_change(account)
+                except StoreUnavailable as exc:  # said once per outage by the store's health; a resync follows
+                    self._store.health.failed(exc)
+                    self._resync_all = True
+                    log.debug("cluster: following a registration change failed: %s", exc)
+                    await self._store.health.returned.wait()
                 except Exception as exc:  # one failure must not stop the feed; the lease rounds catch up
                     log.warning("cluster: following a registration change failed: %s: %s", type(exc).__name__, exc)
             self._idle.set()
@@ -105,7 +111,8 @@ class RegistrationFeed:
                     )
                     await conn.add_listener(REGISTRATIONS_CHANNEL, self._notice)
                 if not first:
-                    self.push(None)  # notices sent while we were away are lost
+                    self._store.registrations.changed(None)  # notices sent while we were away are lost
+                    self.push(None)
                 first = False
                 backoff.reset()
                 self.listening.set()
@@ -115,8 +122,9 @@ class RegistrationFeed:
                         await conn.fetchval("SELECT 1")
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                log.warning("cluster: registration notices unavailable (%s: %s); retrying", type(exc).__name__, exc)
+            except Exception as exc:  # the store's health says it once per outage; the resync follows
+                self._store.health.failed(f"registration notices: {type(exc).__name__}: {exc}")
+                log.debug("cluster: registration notices unavailable (%s: %s); retrying", type(exc).__name__, exc)
             finally:
                 self.listening.clear()
                 if conn is not None:
@@ -124,4 +132,5 @@ class RegistrationFeed:
             await asyncio.sleep(backoff.next())
 
     def _notice(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._store.registrations.changed(payload)  # another node's write: the senders' view re-reads it
         self.push(payload)

@@ -54,7 +54,7 @@ class Watchers(Protocol):
 
     async def registration_changed(self, account: str, session_id: str | None = None) -> None: ...
 
-    async def release(self, account: str) -> None: ...
+    async def release(self, account: str, lost: bool = False) -> None: ...
 
 
 def wanted_owner(account: str, nodes: Sequence[str]) -> str | None:
@@ -91,6 +91,10 @@ class LeaseManager:
         self._round_lock = asyncio.Lock()
         self._rounds = 0
         self._renewed_at = 0.0  # monotonic time of the last successful renewal
+        self._health = store.health
+        self._shared = store.shared_by_nodes
+        self._failing = False  # the last round failed (the store was away)
+        self._grace_until = 0.0  # monotonic: until then, no other node's expired lease is taken
         self._wake_in = self.interval  # until the next round: sooner when another node's lease is about to expire
 
     @property
@@ -105,6 +109,20 @@ class LeaseManager:
 
     def held(self) -> dict[str, int]:
         return dict(self._held)
+
+    def sure_to_hold(self, account: str) -> bool:
+        """True while no other node can have taken the account's lease: renewed within the TTL.
+
+        The renewal set the expiry to the database's clock + TTL after ``_renewed_at`` (this
+        node's clock, read before the query), so the lease is valid at least until then.  With
+        one node (SQLite) nobody else takes leases.
+        """
+        if account not in self._held:
+            return False
+        return not self._shared or time.monotonic() < self._renewed_at + self._ttl
+
+    def _in_grace(self) -> bool:
+        return time.monotonic() < self._grace_until
 
     async def start(self) -> None:
         """One round now (so that the supervisor starts with its share), then one every TTL/3."""
@@ -132,34 +150,51 @@ class LeaseManager:
                 async with asyncio.timeout(self._ttl):
                     await self.run_round()
             except (StoreUnavailable, TimeoutError) as exc:
-                log.warning("cluster: lease round failed: %s", exc)
-                await self._expire_unrenewed()
+                # Said once per outage by the store's health, which runs a round as soon as the store
+                # answers again.  The watchers go on: nobody can take their leases while nobody reaches
+                # them, and a node that can will have stopped ours only after they expired.
+                self._health.failed(exc)
+                log.debug("cluster: lease round failed: %s", exc)
             except Exception:
                 log.exception("cluster: lease round failed")
 
-    async def _expire_unrenewed(self) -> None:
-        """Cut off from the database: past the TTL our leases may be another node's; stop their watchers."""
-        if self._held and time.monotonic() - self._renewed_at > self._ttl:
-            lost = list(self._held)
-            self._held.clear()
-            log.warning("cluster: leases not renewed for %.0f s: stopping %d watcher(s)", self._ttl, len(lost))
-            for account in lost:
-                await self._stop(account)
-            metrics.CLUSTER_LEASES_HELD.set(0)
-
     async def run_round(self) -> None:
         async with self._round_lock:
-            await self._round()
+            try:
+                await self._round()
+            except (StoreUnavailable, TimeoutError, OSError):
+                self._failing = True
+                raise
 
     async def _round(self) -> None:
         started = time.monotonic()
         await self._cluster.heartbeat(self.node_id, self._address)
         renewed = await self._cluster.renew(self.node_id, self._ttl)
+        expired = {a: fence for a, fence in self._held.items() if a not in renewed}
+        if expired:  # cut off past the TTL (store outage): keep what nobody took meanwhile
+            kept = await self._cluster.reassert(self.node_id, expired, self._ttl)
+            if kept:
+                log.info("cluster: re-asserted %d lease(s) that expired while the store was away", len(kept))
+            renewed.update(kept)
         self._renewed_at = started
-        for account in [a for a in self._held if a not in renewed]:
+        self._health.succeeded()
+        if self._failing:
+            # Back after an outage: the other nodes' leases expired meanwhile on the database's clock,
+            # though their holders kept watching. Give them a TTL to re-assert them before any is taken.
+            self._failing = False
+            if self._shared:
+                self._grace_until = time.monotonic() + self._ttl
+        lost = [a for a in self._held if a not in renewed]
+        if lost:
+            log.warning(
+                "cluster: %d lease(s) lost (this node was unreachable past the TTL and another took them: %s); "
+                "watcher(s) stopped",
+                len(lost),
+                ", ".join(lost[:5]) + (", ..." if len(lost) > 5 else ""),
+            )
+        for account in lost:
             self._held.pop(account, None)
-            log.warning("cluster: lease of %s lost (this node was unreachable past the TTL); watcher stopped", account)
-            await self._stop(account)
+            await self._stop(account, lost=True)
         self._held.update(renewed)
 
         now, nodes = await self._cluster.nodes()
@@ -172,6 +207,9 @@ class LeaseManager:
         # next round runs right after it expires instead of up to TTL/3 later (failover ~ TTL, not TTL * 4/3).
         expiring = [lease.expires - now for lease in leases.values() if lease.owner != self.node_id]
         self._wake_in = min([self.interval, *(d + EXPIRY_GRACE for d in expiring if d > 0)])
+        in_grace = self._in_grace()
+        if in_grace and any(d <= 0 for d in expiring):
+            self._wake_in = min(self._wake_in, self._grace_until - time.monotonic() + EXPIRY_GRACE)
 
         unwanted = [a for a in self._held if a not in wanted]
         elsewhere = [a for a in self._held if a in wanted and wanted_owner(a, self._live) != self.node_id]
@@ -183,7 +221,7 @@ class LeaseManager:
             for a in sorted(wanted)
             if a not in self._held
             and wanted_owner(a, self._live) == self.node_id
-            and (a not in leases or leases[a].expires <= now)
+            and (a not in leases or (leases[a].expires <= now and not (in_grace and leases[a].owner != self.node_id)))
         ]
         taken = await self._take(mine[:TAKE_PER_ROUND])
         if len(mine) > TAKE_PER_ROUND:  # more orphans than one batch: the next one soon, not a round later
@@ -207,6 +245,8 @@ class LeaseManager:
     async def registration_changed(self, account: str) -> None:
         """An account's registrations changed (on any node): follow it at once if it is, or should be, ours."""
         if account not in self._held and wanted_owner(account, self._live) == self.node_id:
+            if self._in_grace():
+                return  # another node's expired lease may be re-asserted yet: the round after the grace
             if not await self._take([account]):
                 return  # another node holds a live lease: it follows the change itself
             return  # _take started the watcher with the current registrations
@@ -234,6 +274,6 @@ class LeaseManager:
         await self._stop(account)  # first, so that its last state is stored before the next owner reads it
         await self._cluster.release(self.node_id, [account])
 
-    async def _stop(self, account: str) -> None:
+    async def _stop(self, account: str, lost: bool = False) -> None:
         if self._watchers is not None:
-            await self._watchers.release(account)
+            await self._watchers.release(account, lost)

@@ -94,6 +94,25 @@ class ClusterStore:
             )
         return {r["account"]: int(r["fence"]) for r in rows}
 
+    async def reassert(self, node_id: str, held: dict[str, int], ttl: float) -> dict[str, int]:
+        """After an outage: extend this node's expired leases that nobody took meanwhile (same owner, same
+        fence: no other node held them in between); account -> fence of those extended."""
+        kept: dict[str, int] = {}
+        async with self._backend.write() as conn:
+            for account, fence in held.items():
+                rows = await conn.fetch(
+                    """UPDATE watch_leases SET expires = epoch_now() + $4
+                       WHERE account = $1 AND owner = $2 AND fence = $3
+                       RETURNING fence""",
+                    account,
+                    node_id,
+                    fence,
+                    ttl,
+                )
+                if rows:
+                    kept[account] = int(rows[0]["fence"])
+        return kept
+
     async def acquire_many(self, node_id: str, accounts: Iterable[str], ttl: float) -> dict[str, int]:
         """Take the leases of these accounts that are free, expired or ours, in one transaction (a takeover
         of hundreds is one round trip per account, not one transaction each); account -> new fence."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pushproxy import metrics
 from pushproxy.extensions import extension_classes
 from pushproxy.extensions.base import Extension, Handler, RegistrationChanged, Reply, SessionContext, WatchRequest
+from pushproxy.retry import Backoff
 from pushproxy.store.base import StoreUnavailable
 from pushproxy.watch.detection import WatchSpec
 
@@ -48,6 +50,11 @@ if TYPE_CHECKING:
 __all__ = ["ExtensionManager", "merge_requests"]
 
 log = logging.getLogger("pushproxy.extensions")
+
+# An extension that cannot read what a send needs (the store away, registrations never read here) gets
+# the event again with backoff for this long; then it is dropped with one WARNING (a documented rule).
+EVENT_RETRY_FOR = 600.0
+EVENT_RETRY_MIN, EVENT_RETRY_MAX = 1.0, 30.0
 
 _COMMAND_FAILED = Reply("NO", "Internal error in the proxy, please retry", "UNAVAILABLE")
 
@@ -86,6 +93,7 @@ class ExtensionManager:
         self._handlers: dict[bytes, tuple[Extension, Handler]] = {}
         self._observers: dict[bytes, list[Extension]] = {}
         self._started: list[Extension] = []
+        self._retries: set[asyncio.Task[None]] = set()  # events waiting for the store (see _retry_event)
         self._index()
 
     def _index(self) -> None:
@@ -172,6 +180,7 @@ class ExtensionManager:
 
     async def stop(self) -> None:
         """Stop every extension that started, in reverse order; a failing stop does not keep the others running."""
+        await self.close_retries()
         while self._started:
             await self.safecall(self._started.pop(), "stop")
 
@@ -251,11 +260,46 @@ class ExtensionManager:
 
     async def on_event(self, event: MailEvent) -> None:
         """Every extension's ``on_event``, side by side: a slow one does not delay the others."""
-        await asyncio.gather(*(self.safecall(ext, "on_event", event) for ext in self.extensions))
+        await asyncio.gather(*(self._on_event(ext, event) for ext in self.extensions))
+
+    async def _on_event(self, ext: Extension, event: MailEvent) -> None:
+        try:
+            await self.safecall(ext, "on_event", event, passthrough=(StoreUnavailable,))
+        except StoreUnavailable:
+            # What the send needs could not be read (the store is away and this node never read the
+            # account's registrations; pushproxy.store.regview): again later, within a bound.
+            task = asyncio.ensure_future(self._retry_event(ext, event))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _retry_event(self, ext: Extension, event: MailEvent) -> None:
+        """The event again with backoff for at most :data:`EVENT_RETRY_FOR` s; then dropped with one WARNING."""
+        backoff = Backoff(EVENT_RETRY_MIN, EVENT_RETRY_MAX)
+        deadline = time.monotonic() + EVENT_RETRY_FOR
+        while True:
+            await asyncio.sleep(backoff.next())
+            try:
+                await self.safecall(ext, "on_event", event, passthrough=(StoreUnavailable,))
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "extension %s: an event for %s dropped after %.0f s without the store (%s)",
+                        ext.name,
+                        event.account,
+                        EVENT_RETRY_FOR,
+                        exc,
+                    )
+                    return
 
     async def flush(self) -> None:
         for ext in self.extensions:
             await self.safecall(ext, "flush")
+
+    async def close_retries(self) -> None:
+        """Stop retrying (shutdown): what is left was never sent; the next owner's catch-up has it."""
+        for task in list(self._retries):
+            task.cancel()
 
     # ------------------------------------------------------------------ the watchers' questions
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, TypeVar
 from pushproxy.store.errors import StoreUnavailable
 
 if TYPE_CHECKING:
+    from pushproxy.store.health import StoreHealth
+    from pushproxy.store.regview import RegistrationView
     from pushproxy.store.sql_base import Queries
 
 Q = TypeVar("Q", bound="Queries")
@@ -50,6 +52,9 @@ class MailboxState:
 
 class Store(ABC):
     """Async persistence for credentials and watch state, and the connections extensions' queries use."""
+
+    health: StoreHealth  # reachability, shared by every part that must go on without the store
+    registrations: RegistrationView  # what the senders read (pushproxy.store.regview)
 
     @property
     def shared_by_nodes(self) -> bool:

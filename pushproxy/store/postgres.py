@@ -67,6 +67,25 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+class _PoolNotices(logging.Filter):
+    """asyncpg's pool logs a traceback each time it cannot reconnect its minimum of connections (the
+    server is away): one DEBUG line instead; the store's health says it once per outage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        if record.levelno > logging.DEBUG:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("asyncpg.pool").addFilter(_PoolNotices())
+
+
 def redact_dsn(dsn: str) -> str:
     """The DSN without its password, for messages and logs."""
     try:

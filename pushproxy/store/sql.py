@@ -63,6 +63,7 @@ class SqlStore(SqlBase, Store):
         return self._backend.describe()
 
     async def close(self) -> None:
+        await self.health.close()
         await self._backend.close()
 
     async def ping(self) -> bool:

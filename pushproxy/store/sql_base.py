@@ -17,7 +17,9 @@ from typing import Any
 
 from pushproxy.store.dialect import Dialect
 from pushproxy.store.errors import STORE_BUSY, StoreUnavailable
+from pushproxy.store.health import StoreHealth
 from pushproxy.store.records import Row
+from pushproxy.store.regview import RegistrationView
 from pushproxy.store.schema import SqlConn
 from pushproxy.store.vault import Vault
 
@@ -79,6 +81,10 @@ class SqlBase:
         # One FIFO lock per row being upserted (dropped when nobody holds or waits for it).
         self._row_locks: weakref.WeakValueDictionary[Hashable, asyncio.Lock] = weakref.WeakValueDictionary()
         self._registration_listeners: list[RegistrationListener] = []
+        # Reachability (one log line per outage, pushproxy_store_up) and what the senders read
+        # while the store is away (pushproxy.store.health, pushproxy.store.regview).
+        self.health = StoreHealth(self._backend.ping, quiet=hasattr(self._backend, "faults"))
+        self.registrations = RegistrationView(self.health, notified=self._backend.dialect.notify is not None)
 
     @property
     def backend(self) -> SqlBackend:
@@ -168,6 +174,7 @@ class SqlBase:
 
     def _registrations_changed(self, accounts: Iterable[str]) -> None:
         for account in accounts:
+            self.registrations.changed(account)
             for listener in self._registration_listeners:
                 try:
                     listener(account)
@@ -194,6 +201,7 @@ class Queries:
         self._change_registrations = store._change_registrations
         self._notify = store._notify
         self._registrations_changed = store._registrations_changed
+        self._registrations = store.registrations
 
     @property
     def dialect(self) -> Dialect:

@@ -40,6 +40,7 @@ from pushproxy.config import Config, ConfigError
 from pushproxy.events import MailEvent
 from pushproxy.imap.data import ListItem
 from pushproxy.store.base import Store, StoreUnavailable
+from pushproxy.store.pending import MailboxStates
 from pushproxy.watch.connect import make_tls_context
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
 from pushproxy.watch.detection import WatchSpec
@@ -118,6 +119,8 @@ class Supervisor:
             self._tls = make_tls_context(config.upstream) if config.upstream.security != "none" else None
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"upstream.ca_file {config.upstream.ca_file}: {exc}") from exc
+        # The watchers' mailbox state, in memory too: kept through a store outage, written back after.
+        self.states = MailboxStates(store, store.health)
         self._watchers: dict[str, Watcher] = {}
         self._sessions: dict[str, _Captured] = {}
         self._locks: dict[str, _AccountLock] = {}
@@ -167,6 +170,12 @@ class Supervisor:
         if watchers:
             await asyncio.gather(*(w.stop(_STOP_TIMEOUT) for w in watchers), return_exceptions=True)
         self._sessions.clear()
+        if self.states.pending and self._store.health.up:
+            try:  # the last state, for whoever watches these accounts next
+                async with asyncio.timeout(_STOP_TIMEOUT):
+                    await self.states.flush()
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.info("watchers: %d mailbox state(s) not written at shutdown: %s", self.states.pending, exc)
 
     def status(self) -> dict[str, int]:
         """Watchers by state (every state present, zeros included)."""
@@ -222,6 +231,7 @@ class Supervisor:
                 self._forgets += 1
                 await self._credentials.forget(account)
                 # A later registration starts afresh instead of pushing what arrived meanwhile.
+                self.states.forget(account)
                 await self._store.delete_mailbox_states(account)
                 log.info("watcher %s: no registrations left; stopped", account)
                 return
@@ -245,10 +255,21 @@ class Supervisor:
         if watcher is not None:
             watcher.relist()
 
-    async def release(self, account: str) -> None:
-        """Stop the account's watcher, keeping its state: another node (or a later lease) takes it from there."""
+    async def release(self, account: str, lost: bool = False) -> None:
+        """Stop the account's watcher, keeping its state: another node (or a later lease) takes it from there.
+
+        ``lost``: another node holds the lease already; what this node did not store is not written
+        (the other node's state is newer)."""
         async with self._lock(account):
             await self._remove(account)
+            try:  # its last state first, so that the next owner catches up from there
+                if not lost:
+                    async with asyncio.timeout(_STOP_TIMEOUT):
+                        await self.states.flush(account)
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.debug("watcher %s: last mailbox state not written: %s", account, exc)
+            finally:
+                self.states.forget(account)
 
     # ------------------------------------------------------------------ internals
 
@@ -331,6 +352,7 @@ class Supervisor:
             tls_context=self._tls,
             on_state=self._state_changed,
             on_listed=self._listed,
+            states=self.states,
         )
         watcher.priority = priority
         self._watchers[account] = watcher

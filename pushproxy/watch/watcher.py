@@ -54,7 +54,8 @@ from pushproxy.config import Config
 from pushproxy.events import MailEvent
 from pushproxy.imap.data import ListItem
 from pushproxy.retry import Backoff
-from pushproxy.store.base import Store
+from pushproxy.store.base import Store, StoreUnavailable
+from pushproxy.store.pending import MailboxStates
 from pushproxy.watch.connect import login, open_connection
 from pushproxy.watch.credentials import CredentialProvider
 from pushproxy.watch.detection import WatchSpec
@@ -105,12 +106,16 @@ class Watcher:
         tls_context: ssl.SSLContext | None = None,
         on_state: StateCallback | None = None,
         on_listed: Listed | None = None,
+        states: MailboxStates | None = None,
     ) -> None:
         self.account = account
         self.spec = spec
         self._config = config
         self._watch = config.watch
         self._store = store
+        # Mailbox state through memory: a store outage neither stops the watcher nor loses its state.
+        self._states = states if states is not None else MailboxStates(store, store.health)
+        self._last_creds: LoginCredentials | None = None  # to reconnect while the store is away
         self._credentials = credentials
         self._emit_cb = emit
         self._limiter = limiter
@@ -204,7 +209,7 @@ class Watcher:
         """Emit first (at-least-once into the dispatcher, which dedups), then persist."""
         self.emit(outcome.events)
         if outcome.save is not None:
-            await self._store.put_mailbox_state(outcome.save)
+            await self._states.put_mailbox_state(outcome.save)  # never raises for an unreachable store
 
     # ------------------------------------------------------------------ main loop
 
@@ -212,7 +217,16 @@ class Watcher:
         try:
             while not self._stopping:
                 self._wake.clear()
-                creds = await self._credentials.get(self.account)
+                try:
+                    creds = await self._credentials.get(self.account)
+                except StoreUnavailable as exc:
+                    # The store is away (said once by its health): the credentials this watcher logged in
+                    # with last are still the account's; without them, wait and try again.
+                    log.debug("watcher %s: credentials not readable: %s", self.account, exc)
+                    creds = self._last_creds
+                    if creds is None:
+                        await self._pause()
+                        continue
                 if creds is None:
                     status = await self._credentials.status(self.account)
                     log.info("watcher %s: no usable credentials (%s); waiting for the next login", self.account, status)
@@ -234,13 +248,17 @@ class Watcher:
                         async with asyncio.timeout(self._watch.command_timeout * 2):
                             await login(conn, creds)
                     connected_at = time.monotonic()
+                    self._last_creds = creds
                     self.connections += 1
                     reconnect_now = await self._connected(conn, creds)
                 except AuthenticationFailed as exc:
                     log.info("watcher %s: %s; stopped until the user logs in again", self.account, exc)
-                    await self._credentials.mark_failed(self.account)
+                    with contextlib.suppress(StoreUnavailable):  # then the next start tries once more
+                        await self._credentials.mark_failed(self.account)
                     self._set_state("auth_failed")
                     return
+                except StoreUnavailable as exc:  # said once per outage by the store's health
+                    log.debug("watcher %s: store unavailable: %s; retrying", self.account, exc)
                 except _TRANSIENT as exc:
                     if not self._stopping:
                         log.info("watcher %s: upstream connection failed: %s", self.account, _describe(exc))
@@ -257,16 +275,20 @@ class Watcher:
                     continue
                 if connected_at is not None and time.monotonic() - connected_at >= _STABLE_AFTER:
                     self._backoff.reset()
-                delay = self._backoff.next()
-                self._set_state("backoff")
-                metrics.WATCHER_RECONNECTS.inc()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                await self._pause()
         finally:
             if self.state != "auth_failed":
                 self._set_state("stopped")
             if self._stopping:
                 log.debug("watcher %s: stopped", self.account)
+
+    async def _pause(self) -> None:
+        """Back off before the next attempt (cut short by :meth:`poke`)."""
+        delay = self._backoff.next()
+        self._set_state("backoff")
+        metrics.WATCHER_RECONNECTS.inc()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _connected(self, conn: WatcherProtocol, creds: LoginCredentials) -> bool:
         """One logged-in connection, until it fails or the watcher stops; True: reconnect at once."""
@@ -328,6 +350,10 @@ class Watcher:
     @property
     def store(self) -> Store:
         return self._store
+
+    @property
+    def states(self) -> MailboxStates:
+        return self._states
 
     @property
     def limiter(self) -> ConnectLimiter:

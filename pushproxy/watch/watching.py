@@ -103,7 +103,7 @@ class Detector:
                 self._idlers.append(idler)
                 idler.start()
         for box in self.spec.mailboxes:
-            self.t.load(box, await self.w.store.get_mailbox_state(self.account, box))
+            self.t.load(box, await self.w.states.get_mailbox_state(self.account, box))
         self._update_schedule()
         method = "NOTIFY" if self.notify else ("IDLE" if can_idle else "poll")
         if self.schedule.mailboxes and method == "IDLE":

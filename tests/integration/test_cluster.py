@@ -52,7 +52,7 @@ class FakeWatchers:
         else:
             self.running.discard(account)
 
-    async def release(self, account: str) -> None:
+    async def release(self, account: str, lost: bool = False) -> None:
         self.running.discard(account)
 
 

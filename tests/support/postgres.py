@@ -57,6 +57,7 @@ class PostgresServer:
         self.socket_dir = self.base / "sock"
         self.log_file = self.base / "postgres.log"
         self.port = 0
+        self._opts = ""
         self._user: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
             try:
@@ -111,24 +112,40 @@ class PostgresServer:
                 f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.socket_dir} "
                 "-c fsync=off -c full_page_writes=off -c max_connections=200"
             )
-            started = self._run(
-                "pg_ctl",
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.log_file),
-                "-o",
-                opts,
-                "-w",
-                "-t",
-                "60",
-                "start",
-                timeout=90,
-            )
+            started = self._pg_ctl_start(opts)
             if started.returncode == 0:
+                self._opts = opts
                 return self
             last_error = f"{started.stdout}\n{started.stderr}\n{self.log_tail()}"
         raise RuntimeError(f"PostgreSQL did not start:\n{last_error}")
+
+    def _pg_ctl_start(self, opts: str) -> subprocess.CompletedProcess[str]:
+        return self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
+            timeout=90,
+        )
+
+    def crash(self) -> None:
+        """Stop the server the hard way (``pg_ctl -m immediate``: no checkpoint, clients cut), keeping its data."""
+        out = self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop", timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {out.stdout}\n{out.stderr}")
+
+    def restart(self) -> None:
+        """Start it again on the same port and data (after :meth:`crash`: crash recovery first)."""
+        started = self._pg_ctl_start(self._opts)
+        if started.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not restart:\n{started.stdout}\n{started.stderr}\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.data_dir.exists():

@@ -147,7 +147,8 @@ class WebPushQueries(Queries):
         return None if row is None else subscription_from_row(row, self._vault)
 
     async def subscriptions_for_account(self, account: str) -> list[WebPushSubscription]:
-        return await self.list_subscriptions(account)
+        """The account's subscriptions; from memory when the store is away (``pushproxy.store.regview``)."""
+        return await self._registrations.get("webpush subscriptions", account, lambda: self.list_subscriptions(account))
 
     async def list_subscriptions(self, account: str | None = None) -> list[WebPushSubscription]:
         rows = await self._fetch(

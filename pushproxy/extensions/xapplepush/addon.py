@@ -70,7 +70,11 @@ class XApplePush(Extension):
         devices = self.devices
 
         async def invalid_token(token: str, registered_before: float | None) -> None:
-            removed = await devices.remove_device_token(token, registered_before)
+            try:
+                removed = await devices.remove_device_token(token, registered_before)
+            except StoreUnavailable as exc:  # APNs says it again at the next push to it
+                log.info("a device APNs no longer knows is not removed yet: %s", exc)
+                return
             if removed:
                 log.info("removed %d registration(s) of a device APNs no longer knows", removed)
 

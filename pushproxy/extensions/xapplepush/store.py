@@ -101,7 +101,8 @@ class ApnsQueries(Queries):
         return device_from_row(row, self._vault)
 
     async def devices_for_account(self, account: str) -> list[ApnsDevice]:
-        return await self.list_devices(account)
+        """The account's devices; from memory when the store is away (``pushproxy.store.regview``)."""
+        return await self._registrations.get("apns devices", account, lambda: self.list_devices(account))
 
     async def list_devices(self, account: str | None = None) -> list[ApnsDevice]:
         # A NULL account selects every row (one static query).

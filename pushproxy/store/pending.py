@@ -1,0 +1,149 @@
+"""What this node must write but could not, kept in memory (bounded) until the store is back.
+
+- :class:`MailboxStates`: the watchers' UIDVALIDITY/UIDNEXT/MODSEQ per
+  mailbox, written through to the store; while the store is away the latest
+  state of each watched mailbox stays in memory (one entry per mailbox this
+  node watches: bounded by its watchers) and is what a reconnecting watcher
+  catches up from.
+- :class:`PendingClaims`: push-ledger claims of the pushes that went out
+  unclaimed while the store was away (at most :data:`MAX_PENDING_CLAIMS`
+  messages; beyond that the oldest are forgotten, counted and logged once:
+  a node taking such an account over later may push those again).
+
+Both are written back by the store's recovery
+(:class:`~pushproxy.store.health.StoreHealth`), after the leases were
+re-asserted and before any held event goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+
+from pushproxy.store.base import MailboxState, Store, StoreUnavailable
+from pushproxy.store.health import StoreHealth
+
+log = logging.getLogger("pushproxy.store")
+
+WRITE_WAIT = 5.0  # a watcher waits this long for its state write, then goes on (the write stays pending)
+MAX_PENDING_CLAIMS = 100_000
+
+ClaimWriter = Callable[[str, str, int, Iterable[int]], Awaitable[object]]
+
+
+class MailboxStates:
+    """The mailbox state of the accounts this node watches: the store's, and in memory what it could not take."""
+
+    def __init__(self, store: Store, health: StoreHealth) -> None:
+        self._store = store
+        self._health = health
+        self._known: dict[str, dict[str, MailboxState]] = {}  # account -> mailbox -> latest state
+        self._dirty: dict[str, set[str]] = {}  # account -> mailboxes whose latest state is not stored
+
+    @property
+    def pending(self) -> int:
+        return sum(len(boxes) for boxes in self._dirty.values())
+
+    async def get_mailbox_state(self, account: str, mailbox: str) -> MailboxState | None:
+        known = self._known.get(account, {}).get(mailbox)
+        if known is not None:
+            return known
+        if not self._health.up:
+            raise StoreUnavailable("the store is away and this mailbox's state is not in memory")
+        try:
+            state = await self._store.get_mailbox_state(account, mailbox)
+        except StoreUnavailable as exc:
+            self._health.failed(exc)
+            raise
+        self._health.succeeded()
+        if state is not None:
+            self._known.setdefault(account, {})[mailbox] = state
+        return state
+
+    async def put_mailbox_state(self, state: MailboxState) -> None:
+        """Remember ``state``; write it now if the store answers within :data:`WRITE_WAIT`, else later."""
+        self._known.setdefault(state.account, {})[state.mailbox] = state
+        if not self._health.up:
+            self._dirty.setdefault(state.account, set()).add(state.mailbox)
+            return
+        try:
+            async with asyncio.timeout(WRITE_WAIT):
+                await self._store.put_mailbox_state(state)
+        except (StoreUnavailable, TimeoutError) as exc:
+            self._dirty.setdefault(state.account, set()).add(state.mailbox)
+            self._health.failed(exc)
+            return
+        self._health.succeeded()
+        if self._known.get(state.account, {}).get(state.mailbox) is state:
+            self._clean(state.account, state.mailbox)
+
+    def _clean(self, account: str, mailbox: str) -> None:
+        dirty = self._dirty.get(account)
+        if dirty is not None:
+            dirty.discard(mailbox)
+            if not dirty:
+                del self._dirty[account]
+
+    async def flush(self, account: str | None = None) -> None:
+        """Write what is pending (of one account, or all); raises StoreUnavailable if the store is away."""
+        accounts = [account] if account is not None else list(self._dirty)
+        for name in accounts:
+            for mailbox in sorted(self._dirty.get(name, ())):
+                state = self._known.get(name, {}).get(mailbox)
+                if state is not None:
+                    await self._store.put_mailbox_state(state)
+                if self._known.get(name, {}).get(mailbox) is state:
+                    self._clean(name, mailbox)
+
+    def forget(self, account: str) -> None:
+        """The account is no longer watched here (lease handed over or lost, registrations gone)."""
+        self._known.pop(account, None)
+        self._dirty.pop(account, None)
+
+
+class PendingClaims:
+    """Ledger claims not yet recorded: (account, mailbox, UIDVALIDITY) -> UIDs, oldest first."""
+
+    def __init__(self, limit: int = MAX_PENDING_CLAIMS) -> None:
+        self._limit = limit
+        self._claims: OrderedDict[tuple[str, str, int], set[int]] = OrderedDict()
+        self._count = 0
+        self.forgotten = 0  # claims dropped over the limit (logged once per outage)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, account: str, mailbox: str, uidvalidity: int, uids: Iterable[int]) -> None:
+        group = self._claims.setdefault((account, mailbox, uidvalidity), set())
+        before = len(group)
+        group.update(uids)
+        self._count += len(group) - before
+        while self._count > self._limit and self._claims:
+            _, oldest = self._claims.popitem(last=False)
+            self._count -= len(oldest)
+            if not self.forgotten:
+                log.warning(
+                    "push ledger: more than %d unrecorded claims kept in memory; the oldest are forgotten "
+                    "(a node taking those accounts over may push them again)",
+                    self._limit,
+                )
+            self.forgotten += len(oldest)
+
+    async def write(self, claim: ClaimWriter) -> int:
+        """Record every pending claim (``claim`` is the ledger's query); how many were written."""
+        written = 0
+        while self._claims:
+            key, uids = next(iter(self._claims.items()))
+            batch = sorted(uids)
+            await claim(*key, batch)  # raises when the store is away: the rest stays pending
+            if self._claims.get(key) is uids:  # still pending (not dropped over the limit meanwhile)
+                before = len(uids)
+                uids.difference_update(batch)
+                self._count -= before - len(uids)
+                if not uids:
+                    del self._claims[key]
+            written += len(batch)
+        self.forgotten = 0
+        return written

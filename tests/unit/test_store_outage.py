@@ -1,0 +1,142 @@
+"""A store that goes away and comes back (issue 20 point 1), part by part, on a real SQLite file.
+
+The store is closed to make it unreachable (every call raises StoreUnavailable,
+ping says False) and opened again to bring it back.  End to end, on real
+PostgreSQL and several nodes: tests/integration/test_fault_campaign.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pushproxy import metrics
+from pushproxy.cluster.ledger import PushLedger
+from pushproxy.events import MailEvent, MessageInfo, NewMail
+from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
+from pushproxy.store import MailboxState, SqliteStore, StoreUnavailable, Vault
+from pushproxy.store.health import StoreHealth
+from pushproxy.store.pending import MailboxStates, PendingClaims
+from tests.support.waiting import async_wait_for
+
+TOKEN = "ab" * 32
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "pp.db", Vault.generate())
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_health_says_it_once_and_runs_the_recovery_in_order(caplog: pytest.LogCaptureFixture) -> None:
+    reachable = False
+    steps: list[str] = []
+
+    async def ping() -> bool:
+        return reachable
+
+    async def step(name: str) -> None:
+        steps.append(name)
+
+    health = StoreHealth(ping, probe_interval=0.02)
+    health.on_recovered("first", lambda: step("first"))
+    health.on_recovered("second", lambda: step("second"))
+    with caplog.at_level(logging.INFO, logger="pushproxy.store"):
+        for _ in range(3):
+            health.failed(StoreUnavailable("connection refused"))
+        assert not health.up and metrics.STORE_UP._value.get() == 0
+        await asyncio.sleep(0.1)  # probes while away: no more lines
+        reachable = True
+        await async_wait_for(lambda: health.up, 5, "the store back")
+        await async_wait_for(lambda: len(steps) == 4, 5, "the second pass")
+    assert steps == ["first", "second", "first", "second"]  # in order, then once more for what came meanwhile
+    assert metrics.STORE_UP._value.get() == 1
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "pushproxy.store"]
+    assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
+    assert not any(r.exc_info for r in caplog.records)
+    await health.close()
+
+
+async def test_mailbox_state_is_kept_in_memory_and_written_when_the_store_is_back(store: SqliteStore) -> None:
+    states = MailboxStates(store, store.health)
+    await states.put_mailbox_state(MailboxState("alice", "INBOX", 7, 10))
+    await store.close()  # away
+    newer = MailboxState("alice", "INBOX", 7, 12)
+    await states.put_mailbox_state(newer)  # no exception: kept
+    assert states.pending == 1 and not store.health.up
+    assert await states.get_mailbox_state("alice", "INBOX") is newer  # a reconnecting watcher catches up from it
+    with pytest.raises(StoreUnavailable):
+        await states.get_mailbox_state("bob", "INBOX")  # never seen: nothing to catch up from
+    await store.open()
+    await states.flush()
+    assert states.pending == 0
+    stored = await store.get_mailbox_state("alice", "INBOX")
+    assert stored is not None and stored.uidnext == 12
+
+
+async def test_senders_read_registrations_from_memory_while_the_store_is_away(store: SqliteStore) -> None:
+    devices = store.queries(ApnsQueries)
+    await devices.upsert_device(ApnsDevice(account="alice", aps_account_id="aps", device_token=TOKEN))
+    assert [d.device_token for d in await devices.devices_for_account("alice")] == [TOKEN]
+    await store.close()
+    store.health.failed(StoreUnavailable("gone"))
+    assert [d.device_token for d in await devices.devices_for_account("alice")] == [TOKEN]  # no wait, no error
+    with pytest.raises(StoreUnavailable):
+        await devices.devices_for_account("bob")  # never read: the dispatcher retries the event
+    await store.open()
+
+
+async def test_a_change_notice_makes_the_view_read_again(store: SqliteStore) -> None:
+    devices = store.queries(ApnsQueries)
+    await devices.upsert_device(ApnsDevice(account="alice", aps_account_id="aps", device_token=TOKEN))
+    assert len(await devices.devices_for_account("alice")) == 1
+    await devices.upsert_device(ApnsDevice(account="alice", aps_account_id="aps2", device_token="cd" * 32))
+    assert len(await devices.devices_for_account("alice")) == 2  # this node's write is a notice too
+
+
+def test_pending_claims_are_bounded_oldest_first() -> None:
+    claims = PendingClaims(limit=3)
+    claims.add("a", "INBOX", 1, [1, 2])
+    claims.add("b", "INBOX", 1, [1, 2])
+    assert len(claims) == 2 and claims.forgotten == 2  # a's two were the oldest
+
+
+async def test_ledger_pushes_unclaimed_while_the_lease_is_sure_and_records_the_claims(store: SqliteStore) -> None:
+    got: list[MailEvent] = []
+    ledger = PushLedger(store, "solo", sure_to_hold=lambda account: True)
+    gate = ledger.gate(got.append)
+    await store.close()
+    gate(NewMail("alice", "INBOX", (MessageInfo(7),), uidvalidity=1))
+    await async_wait_for(lambda: len(got) == 1, 10, "pushed unclaimed")
+    assert len(ledger.pending) == 1
+    await store.open()
+    await ledger.write_pending()
+    assert len(ledger.pending) == 0
+    await async_wait_for(lambda: store.health.up, 5, "the probe to find the store back")
+    gate(NewMail("alice", "INBOX", (MessageInfo(7),), uidvalidity=1))  # e.g. the taker's catch-up
+    await ledger.flush()
+    assert len(got) == 1  # the recorded claim stops the second push
+
+
+async def test_ledger_holds_events_past_the_lease_and_claims_them_when_the_store_is_back(store: SqliteStore) -> None:
+    got: list[MailEvent] = []
+    ledger = PushLedger(store, "solo", sure_to_hold=lambda account: False)
+    gate = ledger.gate(got.append)
+    await store.close()
+    store.health.failed(StoreUnavailable("gone"))
+    gate(NewMail("alice", "INBOX", (MessageInfo(8),), uidvalidity=1))
+    gate(NewMail("alice", "INBOX", (MessageInfo(9),), uidvalidity=1))
+    await ledger.flush()
+    assert got == []  # held: another node may hold the lease now
+    await store.open()
+    await ledger.release()  # a recovery step: the events go on once the store counts as up
+    await async_wait_for(lambda: store.health.up, 5, "the probe to find the store back")
+    await async_wait_for(lambda: len(got) == 2, 5, "the held events")
+    await ledger.flush()
+    assert [e.messages[0].uid for e in got if isinstance(e, NewMail)] == [8, 9]  # once each, in order
