@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dovecot import Dovecot
-from tests.support.filesystems import lock_holder, small_tmpfs
+from tests.support import apns_env
+from tests.support.apns_env import ACCOUNT_ID, TOKEN_A, RawClient, apns_config, devices_in_store, register
+from tests.support.apns_standin import ApnsStandin
+from tests.support.certs import ApnsTestCerts
+from tests.support.dovecot import Dovecot, make_message
+from tests.support.filesystems import ext4_remount_ro, fill, force_read_only, lock_holder, small_tmpfs
 from tests.support.proxy import ProxyProcess
 from tests.support.push_standin import PushStandin
 from tests.support.webpush_proxy import (
@@ -22,11 +26,12 @@ from tests.support.webpush_proxy import (
     RawImap,
     standin,
     subscribe_and_ack,
+    wait_pushes,
     wait_until,
     webpush_cmd,
 )
 
-__all__ = ["standin"]  # the fixture, imported for the tests below
+__all__ = ["standin"]  # the fixture, imported for the tests below (certs and apns below, by assignment)
 
 WEBPUSH = {
     "enabled": True,
@@ -56,6 +61,60 @@ def episode_lines(proxy: ProxyProcess, reason: str) -> list[str]:
 def tmpfs() -> Iterator[Path]:
     with small_tmpfs(4096) as where:
         yield where
+
+
+def test_disk_full_registrations_answer_store_full_relay_and_pushes_go_on(
+    proxy_factory: ProxyFactory, dovecot: Dovecot, standin: PushStandin, tmpfs: Path
+) -> None:
+    proxy = proxy_on(proxy_factory, dovecot, tmpfs / "pushproxy.db")
+    client = RawImap(proxy.port)
+    client.login()
+    phone = subscribe_and_ack(client, standin, "phone")
+    proxy.wait_watching()
+    dovecot.deliver("alice", make_message("before the disk fills"))
+    wait_pushes(standin, phone, 2)
+
+    filler = fill(tmpfs)
+    tablet = standin.new_subscription()
+    for _ in range(3):
+        _, status = client.command(webpush_cmd("tablet", tablet))
+        assert status == b"NO [UNAVAILABLE] store full", status
+    relay_works(client)
+    assert proxy.metric("pushproxy_store_errors_total", {"reason": "full"}) >= 3
+    assert len(episode_lines(proxy, "store full")) == 1, proxy.log_tail()
+    # The subscription already stored is still pushed.
+    dovecot.deliver("alice", make_message("while the disk is full"))
+    wait_pushes(standin, phone, 3)
+
+    filler.unlink()
+    untagged = client.ok(webpush_cmd("tablet", tablet))
+    assert any(line.startswith(b"WEBPUSH tablet") for line in untagged), untagged
+    proxy.wait_log("working again after")
+    assert len(episode_lines(proxy, "store full")) == 1
+    client.close()
+
+
+def test_file_system_gone_read_only_answers_store_read_only_relay_goes_on(
+    proxy_factory: ProxyFactory, dovecot: Dovecot, standin: PushStandin
+) -> None:
+    with ext4_remount_ro() as (where, sysfs):
+        proxy = proxy_on(proxy_factory, dovecot, where / "pushproxy.db")
+        client = RawImap(proxy.port)
+        client.login()
+        phone = subscribe_and_ack(client, standin, "phone")
+        proxy.wait_watching()
+        force_read_only(sysfs)
+        tablet = standin.new_subscription()
+        for _ in range(2):
+            _, status = client.command(webpush_cmd("tablet", tablet))
+            assert status == b"NO [UNAVAILABLE] store read-only", status
+        relay_works(client)
+        assert proxy.metric("pushproxy_store_errors_total", {"reason": "read_only"}) >= 2
+        assert len(episode_lines(proxy, "store read-only")) == 1, proxy.log_tail()
+        dovecot.deliver("alice", make_message("on a read-only disk"))
+        wait_pushes(standin, phone, 2)
+        client.close()
+        proxy.stop()
 
 
 def test_locked_by_another_process_answers_store_busy_then_recovers(
@@ -94,3 +153,26 @@ def test_a_damaged_database_at_start_is_refused_with_a_clear_message_and_left_al
     assert not (proxy.base_dir / "pushproxy.db-wal").exists()
     wait_until(lambda: proxy.proc is None or proxy.proc.poll() is not None, what="the proxy to have exited")
     proxy.proc = None  # it exited on its own; the fixture's stop has nothing to do
+
+
+certs, apns = apns_env.certs, apns_env.apns
+
+
+def test_ios_registration_on_a_full_disk_is_answered_ok_and_stored_once_there_is_room(
+    proxy_factory: ProxyFactory, dovecot: Dovecot, apns: ApnsStandin, certs: ApnsTestCerts, tmpfs: Path
+) -> None:
+    db = tmpfs / "pushproxy.db"
+    proxy = proxy_factory(dovecot, apns=apns_config(certs, apns), watch=WATCH, store={"url": f"sqlite://{db}"})
+    client = RawClient(proxy.port)
+    assert b"a1 OK" in client.command(b"a1", b"LOGIN alice alicepw")
+    filler = fill(tmpfs)
+    # iOS takes NO as "no push on this server" for a day: OK, stored in the background.
+    answer = register(client, b"a2")
+    assert answer.endswith(b"a2 OK XAPPLEPUSHSERVICE completed.\r\n"), answer
+    assert b"a3 OK" in client.command(b"a3", b"NOOP")
+    wait_until(lambda: proxy.metric("pushproxy_store_errors_total", {"reason": "full"}) >= 1, what="a store error")
+    filler.unlink()
+    wait_until(lambda: devices_in_store(db) == [("alice", ACCOUNT_ID, TOKEN_A)], timeout=20, what="the device stored")
+    dovecot.deliver("alice", make_message("after the disk was freed"))
+    assert apns.wait_for(1, timeout=15)[0].path == f"/3/device/{TOKEN_A}"
+    assert len(episode_lines(proxy, "store full")) == 1, proxy.log_tail()
