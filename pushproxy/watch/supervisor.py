@@ -372,7 +372,7 @@ class Supervisor:
     def _state_changed(self, watcher: Watcher, old: WatcherState, new: WatcherState) -> None:
         if self._watchers.get(watcher.account) is not watcher:
             return  # already removed: no longer counted
-        self._counts[old] -= 1
+        self._count(old, -1)  # the gauge of the state it left too, not only the count
         self._count(new, +1)
 
     def _count(self, state: str, delta: int) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pushproxy.metrics import WATCHER_STATES
 from tests.support import apns_env
 from tests.support.apns_env import RawClient, apns_config, register
 from tests.support.apns_standin import ApnsStandin
@@ -145,9 +146,15 @@ def test_rules_and_dashboard_against_a_real_prometheus(
             and states(prom).get(("pushproxy-fast", ALERT)) == "firing"
         ),
         60,
-        lambda: f"{ALERT} pending (for: 5m) and firing (for: 1s): {states(prom)}",
+        lambda: (
+            f"{ALERT} pending (for: 5m) and firing (for: 1s): {states(prom)}\n"
+            + "\n".join(line for line in proxy.admin_get("/metrics")[1].splitlines() if "pushproxy_watchers" in line)
+            + f"\n{proxy.log_tail(30)}"
+        ),
         interval=0.2,
     )
+    # One account, one watcher: the state gauge counts it once (a state it left reads 0 again).
+    assert sum(proxy.metric("pushproxy_watchers", {"state": s}) for s in WATCHER_STATES) == 1
     firing = [a for a in prom.api("alerts")["alerts"] if a["labels"]["alertname"] == ALERT and a["state"] == "firing"]
     assert [a["labels"] for a in firing] == [
         {"alertname": ALERT, "instance": target, "job": "pushproxy", "severity": "critical"}
