@@ -90,7 +90,6 @@ async def build(app: App) -> None:
         from pushproxy.watch.supervisor import Supervisor
 
         store = await open_store(cfg)
-        metrics.STORE_UP.set(1)  # opened (and migrated): the last store operation succeeded
         app.store = store
         app.components.append(store)
 
