@@ -140,3 +140,19 @@ async def test_ledger_holds_events_past_the_lease_and_claims_them_when_the_store
     await async_wait_for(lambda: len(got) == 2, 5, "the held events")
     await ledger.flush()
     assert [e.messages[0].uid for e in got if isinstance(e, NewMail)] == [8, 9]  # once each, in order
+
+
+async def test_webpush_subscriptions_are_read_from_memory_while_the_store_is_away(store: SqliteStore) -> None:
+    from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
+
+    subs = store.queries(WebPushQueries)
+    sub = WebPushSubscription("alice", "s1", "https://push.example/x", "BAAA", "auth", "k1", active=True)
+    await subs.put_subscription(sub)
+    assert [s.sub_id for s in await subs.subscriptions_for_account("alice")] == ["s1"]
+    await store.close()
+    store.health.failed(StoreUnavailable("gone"))
+    again = await subs.subscriptions_for_account("alice")
+    assert [s.sub_id for s in again] == ["s1"] and again[0].endpoint == sub.endpoint
+    again[0].active = False  # a caller changing its copy does not change the view
+    assert (await subs.subscriptions_for_account("alice"))[0].active
+    await store.open()

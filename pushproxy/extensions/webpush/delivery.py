@@ -204,6 +204,8 @@ class WebPushDelivery:
         if outcome == "ok" and sent_to.failures == 0 and sent_to.last_success is not None:
             if now - sent_to.last_success < LAST_SUCCESS_RESOLUTION:
                 return  # nothing worth a store write
+        if not self.store.health.up:
+            return  # the store is away (said once by its health): a later push's outcome is recorded
         async with self.process.account_lock(sent_to.account):
             current = await self.subscriptions.get_subscription(sent_to.account, sent_to.sub_id)
             if current is None or not same_version(current, sent_to):
