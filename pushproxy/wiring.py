@@ -25,7 +25,8 @@ from pushproxy.admin import AdminServer
 from pushproxy.config import read_secret_file
 from pushproxy.extensions.base import CredentialSink, NullCredentialSink
 from pushproxy.extensions.manager import ExtensionManager
-from pushproxy.proxy.server import ProxyService, SessionStats
+from pushproxy.proxy.server import ProxyService
+from pushproxy.proxy.shared import SessionStats
 
 if TYPE_CHECKING:
     from pushproxy.app import App

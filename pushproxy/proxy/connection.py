@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IDelayedCall
@@ -25,9 +25,7 @@ from pushproxy.proxy import proxyproto
 from pushproxy.proxy import transport as tx
 from pushproxy.proxy.client_id import ClientAddress
 from pushproxy.proxy.session import Session
-
-if TYPE_CHECKING:
-    from pushproxy.proxy.server import ProxyService
+from pushproxy.proxy.shared import ConnectionService
 
 log = logging.getLogger("pushproxy.server")
 
@@ -81,7 +79,7 @@ class ClientProtocol(protocol.Protocol):
 
     session: Session
 
-    def __init__(self, service: ProxyService, implicit_tls: bool) -> None:
+    def __init__(self, service: ConnectionService, implicit_tls: bool) -> None:
         self.service = service
         self.implicit_tls = implicit_tls
         self.upstream: UpstreamProtocol | None = None
@@ -229,7 +227,7 @@ class ClientProtocol(protocol.Protocol):
         self._has_session = True
         if self._phase is _Phase.PROXY_HEADER:
             self._phase = _Phase.SESSION  # the header came from a trusted peer: no prefix check
-        svc.sessions.add(self)
+        svc.sessions.add(self.session)
         svc.stats.opened()
         if svc.greeting_capabilities is not None:
             self.session.greet(svc.greeting_capabilities)
@@ -371,7 +369,7 @@ class ClientProtocol(protocol.Protocol):
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
         s = self.session
-        self.service.sessions.discard(self)
+        self.service.sessions.discard(s)
         self.service.stats.closed(s.bytes_from_client, s.bytes_from_upstream)
         log.info(
             "session %s closed: peer=%s login=%s client->upstream=%d upstream->client=%d duration=%.1fs",

@@ -19,7 +19,8 @@ from pushproxy.proxy import listener, proxyproto
 from pushproxy.proxy.connection import ClientProtocol
 from pushproxy.proxy.limits import ConnectionLimiter
 from pushproxy.proxy.penalty import AuthPenalty
-from pushproxy.proxy.session import SessionSettings
+from pushproxy.proxy.session import Session, SessionSettings
+from pushproxy.proxy.shared import SessionStats
 from pushproxy.proxy.tls import client_tls_options, server_tls_options
 
 log = logging.getLogger("pushproxy.server")
@@ -29,17 +30,6 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-class SessionStats:
-    """Hooks for metrics; the default does nothing."""
-
-    def opened(self) -> None: ...
-    def closed(self, bytes_in: int, bytes_out: int) -> None: ...
-    def intercepted(self, command: str) -> None: ...
-    def refused(self, reason: str) -> None: ...  # total | per_ip | proxy_header | timeout | fd_limit
-    def auth_failed(self) -> None: ...
-    def timed_out(self, kind: str) -> None: ...  # preauth
 
 
 class _ClientFactory(protocol.ServerFactory):
@@ -71,7 +61,7 @@ class ProxyService:
         self.extensions = extensions if extensions is not None else ExtensionManager()
         self.credentials: CredentialSink = credentials or NullCredentialSink()
         self.stats = stats or SessionStats()
-        self.sessions: set[ClientProtocol] = set()
+        self.sessions: set[Session] = set()
         self.background: set[asyncio.Task[None]] = set()
         self.ports: list[IListeningPort] = []
         self.draining = False
@@ -143,8 +133,8 @@ class ProxyService:
             if on_progress:
                 on_progress(len(self.sessions))
             await asyncio.sleep(0.1)
-        for client in list(self.sessions):
-            client.session.timeout("Server shutting down, please reconnect")
+        for session in list(self.sessions):
+            session.timeout("Server shutting down, please reconnect")
         deadline = time.monotonic() + 5
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
