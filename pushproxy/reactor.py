@@ -34,7 +34,9 @@ def install_asyncio_reactor(kind: str = "auto") -> asyncio.AbstractEventLoop:
     if "twisted.internet.reactor" in sys.modules:
         from twisted.internet import reactor
 
-        loop = getattr(reactor, "_asyncioEventloop", None)
+        from pushproxy.proxy.transport import asyncio_loop_of
+
+        loop = asyncio_loop_of(reactor)
         if loop is None:
             raise RuntimeError(
                 "a non-asyncio Twisted reactor was installed before pushproxy could install the asyncio one"

@@ -9,7 +9,6 @@ first bytes, once the upstream's greeting capabilities are known).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -137,7 +136,7 @@ class ClientProtocol(protocol.Protocol):
             return
         self.session.client_lost()
         if self.upstream is not None and self.upstream.transport is not None:
-            _unhook(self.upstream.transport)
+            tx.unregister_producer(self.upstream.transport)
             self.upstream.transport.loseConnection()
         self._finish()
 
@@ -266,7 +265,7 @@ class ClientProtocol(protocol.Protocol):
     def upstream_lost(self, reason: Failure) -> None:
         self._upstream_lost = True
         if self.transport is not None:
-            _unhook(self.transport)
+            tx.unregister_producer(self.transport)
         if not self.session.closed:
             if not self.session.upstream_ready:
                 self.session.upstream_failed(reason.getErrorMessage())
@@ -289,13 +288,13 @@ class ClientProtocol(protocol.Protocol):
     def start_client_tls(self) -> None:
         self.client_out.send_now()  # the OK that announces TLS goes first, in clear text
         self.transport.startTLS(self.service.server_tls)  # type: ignore[union-attr]
-        tx.gather_tls_reads(self.transport.protocol, self.upstream_out)  # type: ignore[union-attr]
+        tx.gather_tls_reads(tx.tls_layer(self.transport), self.upstream_out)
 
     def start_upstream_tls(self) -> None:
         assert self.upstream is not None and self.upstream.transport is not None
         self.upstream_out.send_now()
         self.upstream.transport.startTLS(self.service.upstream_tls)  # type: ignore[attr-defined]
-        tx.gather_tls_reads(self.upstream.transport.protocol, self.client_out)  # type: ignore[attr-defined]
+        tx.gather_tls_reads(tx.tls_layer(self.upstream.transport), self.client_out)
 
     def pause_client(self) -> None:
         if self.transport is not None:
@@ -311,10 +310,10 @@ class ClientProtocol(protocol.Protocol):
         self.client_out.send_now()
         self.upstream_out.send_now()
         if self.transport is not None:
-            _unhook(self.transport)
+            tx.unregister_producer(self.transport)
             self.transport.loseConnection()
         if up is not None:
-            _unhook(up)
+            tx.unregister_producer(up)
             up.loseConnection()
         # A peer that stops reading must not keep the session alive forever.
         self._abort_timer = _reactor().callLater(10, self._abort)
@@ -383,9 +382,3 @@ class ClientProtocol(protocol.Protocol):
         task = asyncio.ensure_future(s.finish())
         self.service.background.add(task)
         task.add_done_callback(self.service.background.discard)
-
-
-def _unhook(transport: Any) -> None:
-    """Unregister the peer transport as producer (Twisted's TLS transport raises once closed)."""
-    with contextlib.suppress(AttributeError):
-        transport.unregisterProducer()

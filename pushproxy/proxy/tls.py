@@ -20,6 +20,7 @@ from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 
 from pushproxy.config import ConfigError, UpstreamConfig
+from pushproxy.proxy.transport import set_alpn_selector, tls_peer
 
 log = logging.getLogger("pushproxy.tls")
 
@@ -52,8 +53,7 @@ def _printable(protocol: bytes) -> str:
 
 def _peer(conn: SSL.Connection) -> str:
     try:
-        peer = conn.get_app_data().transport.getPeer()
-        return f"{peer.host}:{peer.port}"
+        return tls_peer(conn)
     except Exception:
         return "a client"
 
@@ -84,8 +84,7 @@ def server_tls_options(cert_file: Path, key_file: Path | None) -> Any:
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableProtocols=[IMAP_ALPN],
     )
-    # The context is made once and cached by the options; ours replaces Twisted's callback.
-    options.getContext().set_alpn_select_callback(select_alpn)
+    set_alpn_selector(options, select_alpn)
     return options
 
 

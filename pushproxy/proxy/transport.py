@@ -1,5 +1,6 @@
-"""Writing to Twisted transports without a detour through the next loop iteration.
+"""The Twisted adapter: every use of Twisted's internals is in this module, and only here.
 
+Writing to transports without a detour through the next loop iteration:
 Twisted's TCP transports never send in ``write()``: they queue the bytes,
 register the socket for writability and send on the next reactor iteration
 (two extra trips through the asyncio reactor's reader/writer bookkeeping per
@@ -13,11 +14,38 @@ transports the bytes without the aggregator.
 Anything unusual (a closing transport, bytes already queued, a transport type
 we do not know) takes Twisted's ordinary ``write()``, so correctness never
 depends on the fast path.
+
+What this module assumes of Twisted (pyproject.toml pins the range; each
+assumption is checked directly by ``tests/unit/test_twisted_internals.py``, so an
+upgrade that breaks one fails a test named after it):
+
+- plain TCP transports are ``tcp.Server`` / ``tcp.Client``, with ``socket``,
+  ``bufferSize`` (read by ``doRead``), ``TLS`` (set by ``startTLS``) and the
+  ``FileDescriptor`` write state ``_tempDataLen``, ``dataBuffer``,
+  ``connected``, ``disconnecting``, ``_writeDisconnected``;
+  ``FileDescriptor.write`` queues bytes;
+- after ``startTLS`` the transport's ``protocol`` is the ``TLSMemoryBIOProtocol``
+  (:func:`tls_layer`), whose ``transport`` is a ``_BypassTLS`` with ``_connection``;
+  an implicit-TLS listener hands the protocol a ``TLSMemoryBIOProtocol`` over a
+  plain ``tcp.Server``;
+- a ``TLSMemoryBIOProtocol`` keeps its write aggregator in ``_aggregator``, with
+  ``_buffer`` empty when idle, and ``TLSMemoryBIOProtocol.write`` writes unbuffered;
+- ``unregisterProducer`` on a closed TLS transport may raise AttributeError
+  (:func:`unregister_producer`);
+- the asyncio reactor keeps its loop in ``_asyncioEventloop`` (:func:`asyncio_loop_of`);
+- ``CertificateOptions.getContext()`` returns the one context every connection
+  uses, and a TLS connection's app data is its ``TLSMemoryBIOProtocol``
+  (:func:`set_alpn_selector`, :func:`tls_peer`).
+
+The one other place that leans on Twisted's internals is ``listener.py``'s
+listening port (a ``tcp.Port`` subclass: how its accept loop reads
+``self.socket`` and ends on ``EAGAIN``); the same test file checks those.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -25,7 +53,19 @@ from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-__all__ = ["READ_SIZE", "Outbox", "gather_tls_reads", "tune", "write", "write_sequence"]
+__all__ = [
+    "READ_SIZE",
+    "Outbox",
+    "asyncio_loop_of",
+    "gather_tls_reads",
+    "set_alpn_selector",
+    "tls_layer",
+    "tls_peer",
+    "tune",
+    "unregister_producer",
+    "write",
+    "write_sequence",
+]
 
 # Bytes asked of the kernel per read.  Twisted's default is 64 KiB; bulk FETCH
 # moves fewer, larger chunks with more (measured in bench/passthrough.py).
@@ -217,3 +257,31 @@ def gather_tls_reads(tls: Any, outbox: Outbox) -> None:
             outbox.flush()
 
     setattr(tls, "dataReceived", data_received)  # noqa: B010 (an instance attribute, on purpose)
+
+
+def tls_layer(transport: Any) -> Any:
+    """The TLS protocol ``startTLS`` put between ``transport`` and its protocol."""
+    return transport.protocol
+
+
+def unregister_producer(transport: Any) -> None:
+    """Unregister the peer transport as producer (Twisted's TLS transport raises once closed)."""
+    with contextlib.suppress(AttributeError):
+        transport.unregisterProducer()
+
+
+def asyncio_loop_of(reactor: Any) -> Any:
+    """The event loop an installed reactor runs on; None when it is not the asyncio reactor."""
+    return getattr(reactor, "_asyncioEventloop", None)
+
+
+def set_alpn_selector(options: Any, select: Callable[[Any, list[bytes]], bytes]) -> None:
+    """Make ``select`` the ALPN callback of every connection made with CertificateOptions ``options``."""
+    # The context is made once and cached by the options; ours replaces Twisted's callback.
+    options.getContext().set_alpn_select_callback(select)
+
+
+def tls_peer(conn: Any) -> str:
+    """``host:port`` of the peer of pyOpenSSL connection ``conn`` (its app data is Twisted's TLS protocol)."""
+    peer = conn.get_app_data().transport.getPeer()
+    return f"{peer.host}:{peer.port}"
