@@ -45,6 +45,26 @@ from pushproxy.watch.upstream_types import CommandFailed, CommandResult, Connect
 
 __all__ = ["WatcherProtocol"]
 
+# -- aioimaplib's internals: every use of them is here (tests/unit/test_aioimaplib_internals.py checks each,
+# pyproject.toml pins the range).  Otherwise the subclass uses only the base's __init__, connection_made
+# (transport, state CONNECTED), new_tag(), state, capabilities and the state names.
+
+# aioimaplib's own command machinery (a Condition, a Queue and an Event: six deques, about
+# 4 KB) is never used here (commands go through command(), responses through the core): at
+# 10,000 watchers it would be 40 MB.  Only the base's execute/wait/_continuation read it.
+_UNUSED_BASE_STATE = ("state_condition", "idle_queue", "_idle_event")
+
+
+def _shed_base_machinery(protocol: IMAP4ClientProtocol) -> None:
+    for name in _UNUSED_BASE_STATE:
+        delattr(protocol, name)
+
+
+def _set_tags(protocol: IMAP4ClientProtocol, prefix: str) -> None:
+    """Tags ``<prefix>1``, ``<prefix>2`` ... (new_tag reads tagpre and tagnum)."""
+    protocol.tagpre, protocol.tagnum = prefix, 1
+
+
 _MAX_QUEUED = 2000  # unsolicited responses queued before reading from the socket pauses
 _LITERAL_MINUS_MAX = 4096  # RFC 7888: LITERAL- allows non-synchronizing literals up to 4096 bytes
 
@@ -66,12 +86,9 @@ class WatcherProtocol(IMAP4ClientProtocol):
 
     def __init__(self, command_timeout: float) -> None:
         super().__init__(None)
-        # aioimaplib's own command machinery (a Condition, a Queue and an Event: six deques,
-        # about 4 KB) is never used here (commands go through command(), responses through
-        # the core): dropped, because at 10,000 watchers it would be 40 MB.
-        del self.state_condition, self.idle_queue, self._idle_event
+        _shed_base_machinery(self)
         if self.tag_prefix is not None:
-            self.tagpre, self.tagnum = self.tag_prefix, 1
+            _set_tags(self, self.tag_prefix)
         self.transport: asyncio.Transport | None = None
         self.command_timeout = command_timeout
         self._assembler = ResponseAssembler()

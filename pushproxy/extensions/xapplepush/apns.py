@@ -22,9 +22,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aioapns.common import NotificationRequest, PushType
-from aioapns.connection import APNsBaseConnectionPool
-
 from pushproxy import metrics as core_metrics
 from pushproxy.config import ConfigError
 from pushproxy.extensions.xapplepush.apns_cert import (
@@ -33,12 +30,7 @@ from pushproxy.extensions.xapplepush.apns_cert import (
     is_trusted_topic,
     load_credentials,
 )
-from pushproxy.extensions.xapplepush.apns_h2 import (
-    _cert_pool,
-    _protocol_class,
-    _send_via_pool,
-    _token_pool,
-)
+from pushproxy.extensions.xapplepush.apns_h2 import NotificationRequest, Pool, PushType, new_pool, send_via_pool
 from pushproxy.extensions.xapplepush.metrics import SERVICE, ApnsMetrics, PrometheusApnsMetrics
 from pushproxy.extensions.xapplepush.payload import build_payload, mailbox_hash, short_token
 from pushproxy.extensions.xapplepush.settings import ApnsConfig
@@ -105,7 +97,7 @@ class ApnsPusher:
         self.info: CertificateInfo = self._creds.info
         assert self.info.topic is not None
         self.topic: str = self.info.topic
-        self._pool: APNsBaseConnectionPool | None = None
+        self._pool: Pool | None = None
         self._windows: dict[tuple[str, str], _Window] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiry_task: asyncio.Task[None] | None = None
@@ -127,13 +119,7 @@ class ApnsPusher:
                     "(set apns.allow_untrusted_topic to start anyway)"
                 )
             log.warning("APNs topic %r is one iOS Mail ignores; starting anyway as configured", info.topic)
-        pool = (
-            _cert_pool(self._cfg, creds, self.topic)
-            if info.auth == "certificate"
-            else _token_pool(self._cfg, creds, self.topic)
-        )
-        pool.protocol_class = _protocol_class(self._cfg.sandbox, self._cfg.endpoint)
-        self._pool = pool
+        self._pool = new_pool(self._cfg, creds, self.topic, certificate=info.auth == "certificate")
         core_metrics.report_queue(SERVICE, lambda: len(self._tasks))  # windows waiting, sends and retries
         self._report_expiry(info)
         if info.auth == "certificate":
@@ -303,7 +289,7 @@ class ApnsPusher:
         )
         started = time.monotonic()
         try:
-            result = await asyncio.wait_for(_send_via_pool(pool, request), self._cfg.timeout)
+            result = await asyncio.wait_for(send_via_pool(pool, request), self._cfg.timeout)
         except TimeoutError:
             attempt = _Attempt("timeout")
             log.warning("APNs push to %s: no answer within %.1fs", short_token(token), self._cfg.timeout)

@@ -14,8 +14,15 @@ Its response side is replaced (see :class:`_ApnsClientProtocol`) because aioapns
   :data:`PING_INTERVAL` keeps middleboxes from dropping them and finds dead ones (no PONG
   within :data:`PING_TIMEOUT`: closed, the next push opens a fresh one).
 
-These reach into aioapns' protocol and pool internals, so pyproject.toml pins aioapns
-to the 4.0 series this module was written against.
+These reach into aioapns' protocol and pool internals: this module is the only one that
+imports aioapns (the sender, :mod:`.apns`, takes the names it needs from here),
+pyproject.toml pins aioapns to the 4.0 series this module was written against, and
+``tests/unit/test_aioapns_internals.py`` checks each assumption directly -- the pool's
+``protocol_class`` and constructor arguments, ``acquire``; the protocol's ``conn``,
+``requests``, ``request_streams``, ``free_channels``, ``inactivity_timer``,
+``on_connection_lost``, ``loop``, ``flush``/``close``/``on_remote_settings_changed``/
+``on_connection_terminated``, ``INACTIVITY_TIME``; Apple's hosts as
+``APNS_SERVER``/``APNS_PORT``; ``NotificationResult``'s constructor.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from aioapns.common import NotificationRequest, NotificationResult
+from aioapns.common import NotificationRequest, NotificationResult, PushType
 from aioapns.connection import (
     APNsBaseConnectionPool,
     APNsCertConnectionPool,
@@ -56,6 +63,10 @@ from pushproxy.config import parse_hostport
 from pushproxy.extensions.xapplepush.apns_cert import LoadedCredentials
 from pushproxy.extensions.xapplepush.settings import ApnsConfig
 from pushproxy.retry import parse_retry_after
+
+__all__ = ["NotificationRequest", "Pool", "PushType", "new_pool", "send_via_pool"]
+
+Pool = APNsBaseConnectionPool
 
 log = logging.getLogger("pushproxy.xapplepush.apns")
 
@@ -309,7 +320,14 @@ def _token_pool(cfg: ApnsConfig, creds: LoadedCredentials, topic: str) -> APNsBa
     )
 
 
-async def _send_via_pool(pool: APNsBaseConnectionPool, request: NotificationRequest) -> NotificationResult:
+def new_pool(cfg: ApnsConfig, creds: LoadedCredentials, topic: str, *, certificate: bool) -> Pool:
+    """A connection pool for certificate or token authentication, making our protocol's connections."""
+    pool = _cert_pool(cfg, creds, topic) if certificate else _token_pool(cfg, creds, topic)
+    pool.protocol_class = _protocol_class(cfg.sandbox, cfg.endpoint)
+    return pool
+
+
+async def send_via_pool(pool: APNsBaseConnectionPool, request: NotificationRequest) -> NotificationResult:
     """One attempt on a pooled connection.
 
     aioapns' own ``pool.send_notification`` retries internally, sleeps a fixed second after
