@@ -280,7 +280,12 @@ def report_queue(service: str, size: Callable[[], float] | None) -> None:
 
 
 # --- store -------------------------------------------------------------------
-STORE_UP = Gauge("pushproxy_store_up", "1 if the last store operation succeeded, else 0.", registry=REGISTRY)
+STORE_UP = Gauge(
+    "pushproxy_store_up",
+    "1 while the store answers, 0 from its first failure until it answers again and what was kept in memory "
+    "is written back (pushproxy.store.health).",
+    registry=REGISTRY,
+)
 _STORE_ERRORS_HELP = "Store operations that failed for a transient reason, by reason."
 STORE_ERRORS = with_labels(
     Counter("pushproxy_store_errors", _STORE_ERRORS_HELP, ["reason"], registry=REGISTRY),

@@ -81,8 +81,8 @@ class ClusterStore:
         """Extend every unexpired lease of this node; account -> fence of the leases still held.
 
         A lease that expired (the node was frozen or cut off for longer than
-        the TTL) is not renewed even if nobody took it: it must be taken
-        again, with a new fence, like by any other node.
+        the TTL) is not renewed here; :meth:`reassert` keeps it if nobody
+        took it meanwhile (same owner, same fence).
         """
         async with self._backend.write() as conn:
             rows = await conn.fetch(

@@ -55,6 +55,7 @@ log = logging.getLogger("pushproxy.extensions")
 # the event again with backoff for this long; then it is dropped with one WARNING (a documented rule).
 EVENT_RETRY_FOR = 600.0
 EVENT_RETRY_MIN, EVENT_RETRY_MAX = 1.0, 30.0
+EVENT_RETRY_MAX_WAITING = 10_000
 
 _COMMAND_FAILED = Reply("NO", "Internal error in the proxy, please retry", "UNAVAILABLE")
 
@@ -94,6 +95,7 @@ class ExtensionManager:
         self._observers: dict[bytes, list[Extension]] = {}
         self._started: list[Extension] = []
         self._retries: set[asyncio.Task[None]] = set()  # events waiting for the store (see _retry_event)
+        self._retries_full = False  # said once until the queue empties
         self._index()
 
     def _index(self) -> None:
@@ -265,12 +267,27 @@ class ExtensionManager:
     async def _on_event(self, ext: Extension, event: MailEvent) -> None:
         try:
             await self.safecall(ext, "on_event", event, passthrough=(StoreUnavailable,))
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             # What the send needs could not be read (the store is away and this node never read the
             # account's registrations; pushproxy.store.regview): again later, within a bound.
+            if len(self._retries) >= EVENT_RETRY_MAX_WAITING:
+                if not self._retries_full:
+                    log.warning(
+                        "extension %s: %d events already wait for the store; more are dropped (%s)",
+                        ext.name,
+                        EVENT_RETRY_MAX_WAITING,
+                        exc,
+                    )
+                    self._retries_full = True
+                return
             task = asyncio.ensure_future(self._retry_event(ext, event))
             self._retries.add(task)
-            task.add_done_callback(self._retries.discard)
+            task.add_done_callback(self._retry_done)
+
+    def _retry_done(self, task: asyncio.Task[None]) -> None:
+        self._retries.discard(task)
+        if not self._retries:
+            self._retries_full = False
 
     async def _retry_event(self, ext: Extension, event: MailEvent) -> None:
         """The event again with backoff for at most :data:`EVENT_RETRY_FOR` s; then dropped with one WARNING."""

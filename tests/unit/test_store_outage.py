@@ -156,3 +156,28 @@ async def test_webpush_subscriptions_are_read_from_memory_while_the_store_is_awa
     again[0].active = False  # a caller changing its copy does not change the view
     assert (await subs.subscriptions_for_account("alice"))[0].active
     await store.open()
+
+
+async def test_an_event_whose_send_cannot_read_the_store_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    from pushproxy.extensions.base import Extension
+    from pushproxy.extensions.manager import ExtensionManager
+
+    class NeedsTheStore(Extension):
+        def __init__(self) -> None:
+            super().__init__(name="needs-store")
+            self.calls = 0
+            self.sent: list[MailEvent] = []
+
+        async def on_event(self, event: MailEvent) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise StoreUnavailable("the store is away and the devices of this account were never read")
+            self.sent.append(event)
+
+    ext = NeedsTheStore()
+    manager = ExtensionManager([ext])
+    with caplog.at_level(logging.DEBUG):
+        await manager.on_event(NewMail("alice", "INBOX", (MessageInfo(3),), uidvalidity=1))
+        await async_wait_for(lambda: len(ext.sent) == 1, 5, "the event again")
+    assert ext.calls == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]  # no line, no traceback
