@@ -238,8 +238,7 @@ class Supervisor:
             captured = self._captured(account, session_id)
             changed = False
             if captured is not None:
-                changed = await self._credentials.remember(account, captured.login, captured.secret)
-                captured.taken_at = self._forgets
+                changed = await self._remember(captured)
             elif self._credentials.needs_user_login and await self._credentials.status(account) == "missing":
                 log.info(
                     "watcher %s: no credentials captured (login was not LOGIN / AUTHENTICATE PLAIN); "
@@ -312,9 +311,23 @@ class Supervisor:
         spec = await self._spec(captured.account)
         if spec is None:
             return  # no registrations: nothing is stored for this account
-        changed = await self._credentials.remember(captured.account, captured.login, captured.secret)
-        captured.taken_at = self._forgets
+        changed = await self._remember(captured)
         await self._ensure(captured.account, spec, changed)
+
+    async def _remember(self, captured: _Captured) -> bool:
+        """Give the provider a session's credentials; True if they changed what it keeps.
+
+        A store that cannot take them now (full, read-only, busy: logged once per
+        episode by the store) leaves them untaken: the session's end, or the
+        account's next login, offers them again.
+        """
+        try:
+            changed = await self._credentials.remember(captured.account, captured.login, captured.secret)
+        except StoreUnavailable as exc:
+            log.debug("watcher %s: credentials not kept now: %s", captured.account, exc.reason)
+            return False
+        captured.taken_at = self._forgets
+        return changed
 
     async def _spec(self, account: str) -> WatchSpec | None:
         return await self._watching.spec(account)

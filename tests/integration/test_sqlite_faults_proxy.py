@@ -80,6 +80,12 @@ def test_disk_full_registrations_answer_store_full_relay_and_pushes_go_on(
         _, status = client.command(webpush_cmd("tablet", tablet))
         assert status == b"NO [UNAVAILABLE] store full", status
     relay_works(client)
+    # A login with a new password: the relay logs in; keeping the credential waits for room.
+    dovecot.add_user("alice", "new-password-1")
+    other = RawImap(proxy.port)
+    other.login("alice", "new-password-1")
+    relay_works(other)
+    other.close()
     assert proxy.metric("pushproxy_store_errors_total", {"reason": "full"}) >= 3
     assert len(episode_lines(proxy, "store full")) == 1, proxy.log_tail()
     # The subscription already stored is still pushed.

@@ -59,7 +59,7 @@ from pushproxy.extensions.webpush.ssrf import EndpointRefused
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.imap.parse import Command
-from pushproxy.store.base import Store
+from pushproxy.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("pushproxy.webpush")
 
@@ -383,6 +383,8 @@ class WebPushCommands(SubscriptionMaintenance):
     async def _call_registration_changed(self, account: str, session_id: str | None) -> None:
         try:
             await self.registration_changed(account, session_id)
+        except StoreUnavailable as exc:  # the store logged the episode; the next change or login follows it
+            log.debug("webpush %s: watcher not updated now: %s", account, exc.reason)
         except Exception:
             log.exception("webpush %s: updating the watcher failed", account)
 

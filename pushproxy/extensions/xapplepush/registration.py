@@ -91,8 +91,14 @@ class XApplePushExtension(Extension):
             len(device.mailboxes),
             "" if stored else ", store write pending",
         )
-        self._spawn(self.registration_changed(account, ctx.session_id))
+        self._spawn(self._follow(account, ctx.session_id))
         return Reply("OK", "XAPPLEPUSHSERVICE completed.")
+
+    async def _follow(self, account: str, session_id: str | None) -> None:
+        try:
+            await self.registration_changed(account, session_id)
+        except StoreUnavailable as exc:  # the store logged the episode; the next change or login follows it
+            log.debug("watcher of %s not updated now: %s", account, exc.reason)
 
     async def _existing_mailboxes(self, ctx: SessionContext, wanted: list[str]) -> list[str]:
         """The requested mailboxes this user can see, per an upstream LIST on the user's own connection."""
