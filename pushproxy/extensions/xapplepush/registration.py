@@ -91,7 +91,8 @@ class XApplePushExtension(Extension):
             len(device.mailboxes),
             "" if stored else ", store write pending",
         )
-        self._spawn(self._follow(account, ctx.session_id))
+        if stored:  # else the background write follows it once stored (before, the account has no device)
+            self._spawn(self._follow(account, ctx.session_id))
         return Reply("OK", "XAPPLEPUSHSERVICE completed.")
 
     async def _follow(self, account: str, session_id: str | None) -> None:
