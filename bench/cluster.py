@@ -36,16 +36,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
-from pushproxy.cluster import LeaseManager, PushLedger, RegistrationFeed  # noqa: E402
+from pushproxy.cluster import LeaseManager, RegistrationFeed  # noqa: E402
 from pushproxy.events import MailEvent, MessageInfo, NewMail  # noqa: E402
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries  # noqa: E402
+from pushproxy.push.pipeline import FanOut, PushLedger, PushPipeline  # noqa: E402
 from pushproxy.store import Vault  # noqa: E402
 
 KEY_HEX = os.urandom(32).hex()  # the vault key every node shares
@@ -69,20 +70,27 @@ class FakeWatchers:
         self.running.discard(account)
 
 
+class Pushed:
+    """The extensions' place at the end of the push pipeline: one line per message pushed."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    async def on_event(self, event: MailEvent) -> None:
+        if isinstance(event, NewMail):
+            for m in event.messages:
+                self._out.write(f"{event.account} {m.uid}\n")
+
+    async def flush(self) -> None:
+        pass
+
+
 async def node_main(dsn: str, node_id: str, ttl: float, mail_every: float, out: Path) -> None:
     store = PostgresStore(dsn, Vault(bytes.fromhex(os.environ["BENCH_KEY"])), max_size=4)
     await store.open()
     leases = LeaseManager(store, node_id, f"bench {node_id}", ttl, 3600.0)
     watchers = FakeWatchers(leases)
-    ledger = PushLedger(store, node_id)
-    pushed = out.open("a", buffering=1)
-
-    def submit(event: MailEvent) -> None:
-        if isinstance(event, NewMail):
-            for m in event.messages:
-                pushed.write(f"{event.account} {m.uid}\n")
-
-    gate = ledger.gate(submit)
+    pipeline = PushPipeline(PushLedger(store, node_id), FanOut(Pushed(out.open("a", buffering=1))))
     feed = RegistrationFeed(store, leases.registration_changed, leases.resync)
     await leases.start()
     leases.attach(watchers)
@@ -96,7 +104,7 @@ async def node_main(dsn: str, node_id: str, ttl: float, mail_every: float, out: 
             continue
         uid = int(time.time() // mail_every)  # the same message for every node that watches the account
         for account in list(watchers.running):
-            gate(NewMail(account, "INBOX", (MessageInfo(uid),)))
+            pipeline.submit(NewMail(account, "INBOX", (MessageInfo(uid),)))
 
 
 # =============================================================================== the driver

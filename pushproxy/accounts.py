@@ -1,6 +1,8 @@
-"""One normalisation of login names, used everywhere an account is a key."""
+"""One normalisation of login names, used everywhere an account is a key; and of the INBOX name."""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 
 def normalise_account(login: str) -> str:
@@ -21,3 +23,10 @@ def is_inbox(mailbox: str) -> bool:
 
 def canonical_mailbox(mailbox: str) -> str:
     return "INBOX" if is_inbox(mailbox) else mailbox
+
+
+def mailbox_matches(registered: Collection[str], mailbox: str) -> bool:
+    """INBOX matches case-insensitively; other names exactly (they are case-sensitive in IMAP)."""
+    if is_inbox(mailbox):
+        return any(is_inbox(m) for m in registered)
+    return mailbox in registered

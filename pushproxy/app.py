@@ -28,7 +28,7 @@ class App:
         self.service: Any = None
         self.admin: Any = None
         self.store: Any = None
-        self.dispatcher: Any = None
+        self.pipeline: Any = None
         self.supervisor: Any = None
         self.stopping = asyncio.Event()
         self.upstream_probe = CachedUpstreamProbe(config.upstream)

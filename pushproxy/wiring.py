@@ -7,7 +7,8 @@ XAPPLEPUSHSERVICE with ``apns.enabled``, WEBPUSH with ``webpush.enabled``)
 the push flow is built, knowing extensions only through their hooks:
 
     watchers (Supervisor) ─┐
-    Dovecot ox endpoint  ──┴─> Dispatcher ─> ExtensionManager ─> every extension's on_event
+    Dovecot ox endpoint  ──┴─> PushPipeline: dedupe ─> skip \\Seen ─> fan out
+                                 ─> ExtensionManager ─> every extension's on_event
     sessions ─> ExtensionManager ─> every extension's commands ─> store, Supervisor
     Supervisor ─> ExtensionManager ─> every extension's watched_mailboxes
 
@@ -82,11 +83,11 @@ async def build(app: App) -> None:
     cfg = app.config
     credentials: CredentialSink = NullCredentialSink()
     supervisor: Any = None
-    dispatcher: Any = None
+    pipeline: Any = None
 
     extensions = ExtensionManager.enabled_by(cfg)
     if extensions:
-        from pushproxy.push.dispatch import Dispatcher
+        from pushproxy.push.pipeline import FanOut, PushLedger, PushPipeline
         from pushproxy.store.factory import open_store
         from pushproxy.watch.supervisor import Supervisor
 
@@ -95,21 +96,20 @@ async def build(app: App) -> None:
         app.components.append(store)
 
         extensions.attach(cfg, store)
-        app.components.append(extensions)  # stopped after the dispatcher's flush (those that started)
+        app.components.append(extensions)  # stopped after the pipeline's flush (those that started)
         await extensions.start()
-
-        dispatcher = Dispatcher(extensions)
-        app.components.append(dispatcher)
-        app.dispatcher = dispatcher
         from pushproxy.cluster import Cluster
 
-        # Leases, push ledger, registration feed: the same code on one SQLite node and on several
-        # PostgreSQL nodes.  Appended before the supervisor, so closed after it.
+        # Leases, registration feed and the push ledger: the same code on one SQLite node and on
+        # several PostgreSQL nodes.  Appended before the supervisor, so closed after it.
         cluster = Cluster(cfg, store)
+        dedupe = PushLedger(store, cluster.node_id, cluster.leases.sure_to_hold)
+        pipeline = PushPipeline(dedupe, FanOut(extensions))
+        app.components.append(pipeline)
+        app.pipeline = pipeline
         app.components.append(cluster)
-        submit = cluster.ledger.gate(dispatcher.submit)
         supervisor = Supervisor(
-            cfg, store, submit, master_style=cfg.watch.master_login, watching=extensions, owns=cluster.leases.owns
+            cfg, store, pipeline, master_style=cfg.watch.master_login, watching=extensions, owns=cluster.leases.owns
         )
         extensions.follow(supervisor.registration_changed, supervisor.relist_subscribed)
         app.supervisor = supervisor
@@ -128,12 +128,12 @@ async def build(app: App) -> None:
 
     admin = AdminServer(cfg.admin.listen, readiness)
     if cfg.admin.ox_secret_file is not None:
-        if dispatcher is None:
+        if pipeline is None:
             log.warning("admin.ox_secret_file is set but no push service is enabled: ox endpoint not installed")
         else:
             from pushproxy.events.dovecot_ox import install_ox_endpoint
 
-            install_ox_endpoint(admin, read_secret_file(cfg.admin.ox_secret_file), submit)
+            install_ox_endpoint(admin, read_secret_file(cfg.admin.ox_secret_file), pipeline)
     await admin.start()
     app.admin = admin
     app.components.append(_Closing("admin", admin.stop))
@@ -141,7 +141,7 @@ async def build(app: App) -> None:
     service.start()
     app.service = service
     if supervisor is not None:
-        await cluster.start(supervisor, supervisor.states.flush)
+        await cluster.start(supervisor, pipeline, supervisor.states.flush)
         await supervisor.start()
         app.components.append(supervisor)
     fdlimit.check(cfg, supervisor.wanted if supervisor is not None else 0)

@@ -18,8 +18,8 @@ number of accounts:
 A lease is taken with one conditional upsert (it succeeds only when the row
 is absent, expired or already ours) and carries a fencing counter that
 grows with every change of hands.  Two nodes can still both believe they own
-an account for up to one round after a freeze: the push ledger
-(:mod:`pushproxy.cluster.ledger`) makes their pushes count once.
+an account for up to one round after a freeze: the push pipeline's dedupe
+stage (:mod:`pushproxy.push.pipeline`) makes their pushes count once.
 
 With SQLite the same code runs with one node, which owns every lease.
 """

@@ -138,27 +138,7 @@ class ClusterStore:
             for account in accounts:
                 await conn.execute("DELETE FROM watch_leases WHERE owner = $1 AND account = $2", node_id, account)
 
-    # --- the push ledger ----------------------------------------------------------------
-    async def claim(self, node_id: str, account: str, mailbox: str, uidvalidity: int, uids: Iterable[int]) -> set[int]:
-        """Claim the pushes of these messages; the UIDs this call claimed (the others were claimed before)."""
-        claimed: set[int] = set()
-        async with self._backend.write() as conn:
-            for uid in uids:
-                rows = await conn.fetch(
-                    """INSERT INTO push_ledger (account, mailbox, uidvalidity, uid, node, claimed)
-                       VALUES ($1, $2, $3, $4, $5, epoch_now())
-                       ON CONFLICT (account, mailbox, uidvalidity, uid) DO NOTHING
-                       RETURNING uid""",
-                    account,
-                    mailbox,
-                    uidvalidity,
-                    uid,
-                    node_id,
-                )
-                if rows:
-                    claimed.add(uid)
-        return claimed
-
+    # --- the push ledger (claimed by pushproxy.push.pipeline) ---------------------------
     async def prune_ledger(self, older_than: float) -> int:
         return await self._modify("DELETE FROM push_ledger WHERE claimed < epoch_now() - $1", older_than)
 

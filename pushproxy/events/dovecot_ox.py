@@ -29,8 +29,10 @@ password (any user name), or sent as ``Authorization: Bearer <secret>``.
 
 Each document becomes a :class:`~pushproxy.events.NewMail` with one message
 (``source="dovecot-ox"``); its ENVELOPE is built from the From and Subject
-values (header values, still MIME-encoded as IMAP would send them).  The
-dispatcher deduplicates by (account, mailbox, uid) against the watchers.
+values (header values, still MIME-encoded as IMAP would send them), and enters
+the push pipeline where the watchers' events do
+(:meth:`~pushproxy.push.pipeline.PushPipeline.submit`): its dedupe stage
+drops the one of the two that comes second.
 ``unseen`` is the mailbox's count of unseen messages: 0 means this message,
 too, is already seen (e.g. filed as read by Sieve).
 
@@ -45,15 +47,15 @@ import binascii
 import hmac
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from pushproxy.accounts import canonical_mailbox, normalise_account
 from pushproxy.admin import AdminServer
-from pushproxy.events import MailEvent, MessageInfo, NewMail
+from pushproxy.events import MessageInfo, NewMail
 from pushproxy.imap.envelope import envelope_from_fields
+from pushproxy.push.pipeline import PushPipeline
 
 __all__ = ["MAX_BODY", "OX_PATH", "OxEndpoint", "OxEventError", "install_ox_endpoint", "parse_ox_event"]
 
@@ -130,13 +132,13 @@ def parse_ox_event(doc: object) -> NewMail | None:
 
 
 class OxEndpoint:
-    """The aiohttp handler; ``emit`` receives each accepted event."""
+    """The aiohttp handler; each accepted event goes into the push pipeline."""
 
-    def __init__(self, secret: str, emit: Callable[[MailEvent], None]) -> None:
+    def __init__(self, secret: str, pipeline: PushPipeline) -> None:
         if not secret:
             raise ValueError("the ox endpoint needs a non-empty shared secret")
         self._secret = secret.encode("utf-8")
-        self._emit = emit
+        self._pipeline = pipeline
 
     def authorised(self, header: str | None) -> bool:
         if not header:
@@ -178,11 +180,7 @@ class OxEndpoint:
         if event is None:
             return web.Response(status=204)
         log.debug("ox event: %s %s uid %s", event.account, event.mailbox, event.uids)
-        try:
-            self._emit(event)
-        except Exception:
-            log.exception("ox event consumer failed")
-            return web.Response(status=500, text="internal error\n")
+        self._pipeline.submit(event)
         return web.Response(status=204)
 
 
@@ -203,7 +201,7 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
 def install_ox_endpoint(
     admin: AdminServer,
     secret: str,
-    emit: Callable[[MailEvent], None],
+    pipeline: PushPipeline,
     *,
     path: str = OX_PATH,
 ) -> OxEndpoint:
@@ -211,7 +209,7 @@ def install_ox_endpoint(
 
     Dovecot's ox driver sends PUT (seen with Dovecot 2.3.19); POST stays for other senders.
     """
-    endpoint = OxEndpoint(secret, emit)
+    endpoint = OxEndpoint(secret, pipeline)
     admin.add_route("PUT", path, endpoint.handle)
     admin.add_route("POST", path, endpoint.handle)
     log.info("Dovecot ox push_notification endpoint enabled at %s", path)

@@ -33,7 +33,7 @@ watchers, dispatcher, CLI, wiring) never names a protocol.
   commands relayed upstream (e.g. SUBSCRIBE) whose tagged OK the extension
   wants to hear of; the relay itself is not delayed.
 - ``on_event(event)`` / ``flush()``: every mail event, after the core's
-  de-duplication and ``\\Seen`` skip (``pushproxy.push.dispatch``).
+  de-duplication and ``\\Seen`` skip (``pushproxy.push.pipeline``).
 - ``check_files(report)``: what ``check-config`` checks of its files.
 - ``cli(subparsers)``: its admin subcommands (a class method: it runs before
   any config is loaded).

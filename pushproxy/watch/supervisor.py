@@ -37,8 +37,8 @@ from typing import Protocol
 from pushproxy import metrics
 from pushproxy.accounts import normalise_account
 from pushproxy.config import Config, ConfigError
-from pushproxy.events import MailEvent
 from pushproxy.imap.data import ListItem
+from pushproxy.push.pipeline import PushPipeline
 from pushproxy.store.base import Store, StoreUnavailable
 from pushproxy.store.pending import MailboxStates
 from pushproxy.watch.connect import make_tls_context
@@ -96,7 +96,7 @@ class Supervisor:
         self,
         config: Config,
         store: Store,
-        emit: Callable[[MailEvent], None],
+        pipeline: PushPipeline,
         *,
         credentials: CredentialProvider | None = None,
         master_style: MasterLoginStyle = "separator",
@@ -106,7 +106,7 @@ class Supervisor:
         self._config = config
         self._store = store
         self._watching = watching
-        self._emit = emit
+        self._pipeline = pipeline
         # Several nodes: run a watcher only for accounts this node holds the lease of (pushproxy.cluster).
         self._owns = owns
         self._credentials = credentials or make_provider(config, store, master_style=master_style)
@@ -360,7 +360,7 @@ class Supervisor:
             config=self._config,
             store=self._store,
             credentials=self._credentials,
-            emit=self._emit,
+            pipeline=self._pipeline,
             limiter=self._limiter,
             tls_context=self._tls,
             on_state=self._state_changed,

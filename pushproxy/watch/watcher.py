@@ -51,8 +51,8 @@ from typing import Literal
 
 from pushproxy import metrics
 from pushproxy.config import Config
-from pushproxy.events import MailEvent
 from pushproxy.imap.data import ListItem
+from pushproxy.push.pipeline import PushPipeline
 from pushproxy.retry import Backoff
 from pushproxy.store.base import Store, StoreUnavailable
 from pushproxy.store.pending import MailboxStates
@@ -61,7 +61,7 @@ from pushproxy.watch.credentials import CredentialProvider
 from pushproxy.watch.detection import WatchSpec
 from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.subscribed import list_subscribed
-from pushproxy.watch.tracker import MailboxTracker, Outcome
+from pushproxy.watch.tracker import MailboxTracker
 from pushproxy.watch.upstream import WatcherProtocol
 from pushproxy.watch.upstream_types import (
     AuthenticationFailed,
@@ -101,7 +101,7 @@ class Watcher:
         config: Config,
         store: Store,
         credentials: CredentialProvider,
-        emit: Callable[[MailEvent], None],
+        pipeline: PushPipeline,
         limiter: ConnectLimiter,
         tls_context: ssl.SSLContext | None = None,
         on_state: StateCallback | None = None,
@@ -117,7 +117,7 @@ class Watcher:
         self._states = states if states is not None else MailboxStates(store, store.health)
         self._last_creds: LoginCredentials | None = None  # to reconnect while the store is away
         self._credentials = credentials
-        self._emit_cb = emit
+        self._pipeline = pipeline
         self._limiter = limiter
         self._tls = tls_context
         self._on_state = on_state
@@ -196,20 +196,9 @@ class Watcher:
         if self._on_state is not None:
             self._on_state(self, old, state)
 
-    def emit(self, outcome_events: list[MailEvent]) -> None:
-        if outcome_events:
-            self.priority = time.time()
-        for event in outcome_events:
-            try:
-                self._emit_cb(event)
-            except Exception:
-                log.exception("watcher %s: event consumer failed", self.account)
-
-    async def apply(self, outcome: Outcome) -> None:
-        """Emit first (at-least-once into the dispatcher, which dedups), then persist."""
-        self.emit(outcome.events)
-        if outcome.save is not None:
-            await self._states.put_mailbox_state(outcome.save)  # never raises for an unreachable store
+    def mark_active(self) -> None:
+        """The account just had mail: first in line for a connection slot at the next reconnect."""
+        self.priority = time.time()
 
     # ------------------------------------------------------------------ main loop
 
@@ -354,6 +343,11 @@ class Watcher:
     @property
     def states(self) -> MailboxStates:
         return self._states
+
+    @property
+    def pipeline(self) -> PushPipeline:
+        """Where the connection's events go (:meth:`~pushproxy.watch.watching.Detector._apply`)."""
+        return self._pipeline
 
     @property
     def limiter(self) -> ConnectLimiter:

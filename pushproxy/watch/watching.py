@@ -3,9 +3,9 @@
 :class:`Detector` drives a :class:`~pushproxy.watch.tracker.MailboxTracker`
 over a :class:`~pushproxy.watch.upstream.WatcherProtocol`: it sends the
 commands the tracker needs (NOTIFY, STATUS, EXAMINE, UID FETCH), hands the
-responses back, applies the outcomes (emit, then store), and waits in IDLE
-(or NOOP polling) between detections.  See :mod:`pushproxy.watch.watcher`
-for the overall design.
+responses back, applies the outcomes (the events into the push pipeline,
+then the watch state into the store), and waits in IDLE (or NOOP polling)
+between detections.  See :mod:`pushproxy.watch.watcher` for the overall design.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pushproxy.imap.data import (
     parse_status,
 )
 from pushproxy.imap.fetch import parse_fetch
+from pushproxy.push.pipeline import PushPipeline
 from pushproxy.watch.idlers import ExtraIdler
 from pushproxy.watch.pacing import PollSchedule
 from pushproxy.watch.tracker import MailboxTracker, Outcome
@@ -62,6 +63,7 @@ class Detector:
         self.spec = tracker.spec
         self._creds = creds
         self._watch = watcher.config.watch
+        self._pipeline: PushPipeline = watcher.pipeline
         self.notify = False
         self.missing: set[str] = set()  # watched mailboxes that do not exist (yet)
         # A watched mailbox appeared after NOTIFY was set: Dovecot does not reliably report
@@ -236,6 +238,15 @@ class Detector:
 
     # ------------------------------------------------------------------ detection
 
+    async def _apply(self, outcome: Outcome) -> None:
+        """Into the push pipeline first (at least once: its dedupe stage drops a repeat), then persist."""
+        if outcome.events:
+            self.w.mark_active()
+        for event in outcome.events:
+            self._pipeline.submit(event)
+        if outcome.save is not None:
+            await self.w.states.put_mailbox_state(outcome.save)  # never raises for an unreachable store
+
     async def _settle(self) -> bool:
         """Run the detection step for every marked mailbox; end with the primary selected.
 
@@ -262,7 +273,7 @@ class Detector:
             found |= await self._fetch_new(primary, trigger)
             outcome = t.flush_live(primary)
             found |= bool(outcome.events)
-            await self.w.apply(outcome)
+            await self._apply(outcome)
         return found
 
     async def _check_other(self, box: str, trigger: float | None) -> bool:
@@ -279,7 +290,7 @@ class Detector:
             if hint is None:
                 return False
         examine, outcome = self.t.on_status(box, hint)
-        await self.w.apply(outcome)
+        await self._apply(outcome)
         if examine and await self._examine(box):
             return await self._reconcile(box, trigger)
         return False
@@ -327,7 +338,7 @@ class Detector:
     async def _reconcile(self, box: str, trigger: float | None) -> bool:
         info = self._select_info
         step, outcome = self.t.on_select(box, info, trigger)
-        await self.w.apply(outcome)
+        await self._apply(outcome)
         found = bool(outcome.events)
         if step == "probe":
             result = await self.conn.command(b"UID FETCH * (UID)")
@@ -338,7 +349,7 @@ class Detector:
                         uid = parse_fetch(resp.raw).uid
                         highest = max(highest, uid or 0)
             modseq = None if info.nomodseq else info.highestmodseq
-            await self.w.apply(self.t.fresh(box, info.uidvalidity or 0, highest + 1, modseq))
+            await self._apply(self.t.fresh(box, info.uidvalidity or 0, highest + 1, modseq))
         elif step == "fetch":
             found |= await self._fetch_new(box, trigger, info.uidnext)
         return found
@@ -358,7 +369,7 @@ class Detector:
         outcome = self.t.on_fetch(box, result.untagged, trigger, uidnext_hint)
         if self.spec.bodies:
             await self._attach_bodies(outcome)
-        await self.w.apply(outcome)
+        await self._apply(outcome)
         return bool(outcome.events)
 
     async def _attach_bodies(self, outcome: Outcome) -> None:

@@ -1,4 +1,5 @@
-"""Leases, push ledger and registration feed of several nodes, in-process, on a real PostgreSQL (and SQLite).
+"""Leases, push ledger (the push pipeline's dedupe stage) and registration feed of several nodes, in-process,
+on a real PostgreSQL (and SQLite).
 
 Each "node" is its own store (its own connection pool) with its own lease
 manager, as separate processes would have; rounds are driven by the test
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pushproxy import metrics
-from pushproxy.cluster import LeaseManager, PushLedger, RegistrationFeed, wanted_owner
+from pushproxy.cluster import LeaseManager, RegistrationFeed, wanted_owner
 from pushproxy.cluster.leases import EXPIRY_GRACE
 from pushproxy.config import ConfigError
 from pushproxy.events import Expunge, MailEvent, MessageInfo, NewMail
@@ -25,6 +26,7 @@ from pushproxy.extensions.webpush.ratelimit import VerificationLimiter, Verifica
 from pushproxy.extensions.webpush.store import WebPushQueries
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.extensions.xapplepush.store import ApnsQueries
+from pushproxy.push.pipeline import FanOut, PushLedger, PushPipeline
 from pushproxy.store import SqliteStore, SqlStore, Vault
 from tests.support.postgres import PostgresServer
 from tests.support.store_records import device
@@ -54,6 +56,24 @@ class FakeWatchers:
 
     async def release(self, account: str, lost: bool = False) -> None:
         self.running.discard(account)
+
+
+class Received:
+    """The end of the push pipeline, where the extensions are: hands each event to ``submit``."""
+
+    def __init__(self, submit: Callable[[MailEvent], None]) -> None:
+        self._submit = submit
+
+    async def on_event(self, event: MailEvent) -> None:
+        self._submit(event)
+
+    async def flush(self) -> None:
+        pass
+
+
+def push_pipeline(store: SqlStore, node_id: str, submit: Callable[[MailEvent], None]) -> PushPipeline:
+    """A node's push pipeline, its dedupe stage on the node's store."""
+    return PushPipeline(PushLedger(store, node_id), FanOut(Received(submit)))
 
 
 class Node:
@@ -236,17 +256,16 @@ async def test_push_ledger_one_push_per_message_across_nodes(pg_nodes: NodeFacto
         if isinstance(event, NewMail):
             got.extend((event.account, m.uid) for m in event.messages)
 
-    ledgers = [PushLedger(n.store, n.node_id) for n in nodes]
-    gates = [ledger.gate(submit) for ledger in ledgers]
+    pipelines = [push_pipeline(n.store, n.node_id, submit) for n in nodes]
     conflicts = metrics.PUSH_LEDGER_CONFLICTS._value.get()
     for uid in range(1, 41):
         event = NewMail("alice", "INBOX", (MessageInfo(uid),))
-        for gate in gates:  # every node (or a watcher and the ox endpoint) reports it
-            gate(event)
-    gates[0](NewMail("alice", "inbox", (MessageInfo(1), MessageInfo(41))))  # INBOX in any case is INBOX
-    gates[0](Expunge("alice", "INBOX", (41,)))
-    for ledger in ledgers:
-        await ledger.flush()
+        for pipeline in pipelines:  # every node (or a watcher and the ox endpoint) reports it
+            pipeline.submit(event)
+    pipelines[0].submit(NewMail("alice", "inbox", (MessageInfo(1), MessageInfo(41))))  # INBOX in any case is INBOX
+    pipelines[0].submit(Expunge("alice", "INBOX", (41,)))
+    for pipeline in pipelines:
+        await pipeline.flush()
     assert sorted(got) == [("alice", uid) for uid in range(1, 42)]
     assert metrics.PUSH_LEDGER_CONFLICTS._value.get() - conflicts == 40 * 2 + 1
     assert order[-1] == "Expunge"  # after the account's earlier new mail, not before
@@ -262,12 +281,11 @@ async def test_push_ledger_keys_on_uidvalidity(pg_nodes: NodeFactory) -> None:
         if isinstance(event, NewMail):
             got.extend((event.uidvalidity, m.uid) for m in event.messages)
 
-    ledger = PushLedger(node.store, node.node_id)
-    gate = ledger.gate(submit)
-    gate(NewMail("alice", "INBOX", (MessageInfo(1), MessageInfo(2)), uidvalidity=100))
-    gate(NewMail("alice", "INBOX", (MessageInfo(2),), source="dovecot-ox", uidvalidity=100))
-    gate(NewMail("alice", "INBOX", (MessageInfo(1),), uidvalidity=200))
-    await ledger.flush()
+    pipeline = push_pipeline(node.store, node.node_id, submit)
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(1), MessageInfo(2)), uidvalidity=100))
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(2),), source="dovecot-ox", uidvalidity=100))
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(1),), uidvalidity=200))
+    await pipeline.flush()
     assert got == [(100, 1), (100, 2), (200, 1)]
 
 
@@ -350,9 +368,9 @@ async def test_push_ledger_fails_open_when_the_store_is_unreachable(tmp_path: Pa
     store = SqliteStore(tmp_path / "pp.db", VAULT)
     await store.open()
     got: list[MailEvent] = []
-    gate = PushLedger(store, "solo").gate(got.append)
+    pipeline = push_pipeline(store, "solo", got.append)
     await store.close()  # every claim now fails
-    gate(NewMail("alice", "INBOX", (MessageInfo(7),)))
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(7),)))
     await asyncio.sleep(0)
     await until(lambda: len(got) == 1, 5)  # pushed (a possible duplicate beats a lost push)
 

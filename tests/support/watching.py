@@ -1,4 +1,4 @@
-"""Helpers for watcher tests against a real Dovecot: a collecting emit callback, config, fixtures.
+"""Helpers for watcher tests against a real Dovecot: a collecting stand-in for the push pipeline, config, fixtures.
 
 Used by tests/integration/test_watch_dovecot.py and test_watch_modes.py.  The pytest fixtures
 (``vault``, ``store``, ``supervisors``) are re-exported by assignment in those modules
@@ -30,12 +30,12 @@ TOKEN = "ab" * 32
 
 
 class Events:
-    """A collecting emit callback."""
+    """Stands in for the push pipeline: collects what the watchers submit."""
 
     def __init__(self) -> None:
         self.items: list[tuple[float, MailEvent]] = []
 
-    def __call__(self, event: MailEvent) -> None:
+    def submit(self, event: MailEvent) -> None:
         self.items.append((time.monotonic(), event))
 
     def new_mail(self, mailbox: str | None = None) -> list[NewMail]:
@@ -57,7 +57,7 @@ def watcher_reconnects() -> float:
 
 
 async def wait_stored_uidnext(store: SqliteStore, mailbox: str, uidnext: int, account: str = "alice") -> None:
-    """Until the mailbox's stored state has reached ``uidnext`` (the state is stored right after the emit)."""
+    """Until the mailbox's stored state has reached ``uidnext`` (the state is stored right after the submit)."""
 
     async def reached() -> bool:
         state = await store.get_mailbox_state(account, mailbox)

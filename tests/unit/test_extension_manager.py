@@ -1,8 +1,8 @@
 """The extension manager's one error policy: a failing hook is logged once, counted, and goes no further.
 
 An extension that raises in every hook sits beside a well-behaved one in a
-real :class:`~pushproxy.proxy.session.Session` (fake IO) and a real
-:class:`~pushproxy.push.dispatch.Dispatcher`: the relay goes on, the other
+real :class:`~pushproxy.proxy.session.Session` (fake IO) and the push
+pipeline's real :class:`~pushproxy.push.pipeline.FanOut`: the relay goes on, the other
 extension gets every call, each failure is one log line naming the extension
 and the hook (no traceback) and one count in
 ``pushproxy_extension_errors_total{extension,hook}``.
@@ -19,7 +19,7 @@ from pushproxy.events import MailEvent, MessageInfo, NewMail
 from pushproxy.extensions.base import Extension, Reply, SessionContext, WatchRequest
 from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.imap.parse import Command
-from pushproxy.push.dispatch import Dispatcher
+from pushproxy.push.pipeline import FanOut
 from pushproxy.store.base import StoreUnavailable
 from tests.support.sessions import Echo, FakeIO, new_session, settle
 
@@ -137,11 +137,11 @@ async def test_a_failing_hook_in_a_session_is_logged_counted_and_the_relay_carri
 async def test_a_failing_on_event_does_not_keep_the_event_from_the_others(caplog: pytest.LogCaptureFixture) -> None:
     before = {hook: errors(hook) for hook in ("on_event", "flush")}
     good = Recorder()
-    dispatcher = Dispatcher(ExtensionManager([Broken(), good]))
-    dispatcher.submit(NewMail("alice", "INBOX", (MessageInfo(uid=1),)))
-    await dispatcher.flush()
+    fan_out = FanOut(ExtensionManager([Broken(), good]))
+    fan_out.hand_out(NewMail("alice", "INBOX", (MessageInfo(uid=1),)))
+    await fan_out.flush()
     assert good.calls == ["on_event alice", "flush"]
-    assert dispatcher.dispatched == 1
+    assert fan_out.delivered == 1
     assert_failed_once(caplog, "on_event", before["on_event"])
     assert_failed_once(caplog, "flush", before["flush"])
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from pushproxy import metrics
-from pushproxy.cluster.ledger import PushLedger
 from pushproxy.events import MailEvent, MessageInfo, NewMail
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
+from pushproxy.push.pipeline import FanOut, PushLedger, PushPipeline
 from pushproxy.store import MailboxState, SqliteStore, StoreUnavailable, Vault
 from pushproxy.store.health import StoreHealth
 from pushproxy.store.pending import MailboxStates, PendingClaims
@@ -107,38 +107,47 @@ def test_pending_claims_are_bounded_oldest_first() -> None:
     assert len(claims) == 2 and claims.forgotten == 2  # a's two were the oldest
 
 
+class Pushed(list[MailEvent]):
+    """The extensions' place at the end of the push pipeline."""
+
+    async def on_event(self, event: MailEvent) -> None:
+        self.append(event)
+
+    async def flush(self) -> None:
+        pass
+
+
 async def test_ledger_pushes_unclaimed_while_the_lease_is_sure_and_records_the_claims(store: SqliteStore) -> None:
-    got: list[MailEvent] = []
-    ledger = PushLedger(store, "solo", sure_to_hold=lambda account: True)
-    gate = ledger.gate(got.append)
+    got = Pushed()
+    pipeline = PushPipeline(PushLedger(store, "solo", sure_to_hold=lambda account: True), FanOut(got))
+    ledger = pipeline.dedupe
     await store.close()
-    gate(NewMail("alice", "INBOX", (MessageInfo(7),), uidvalidity=1))
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(7),), uidvalidity=1))
     await async_wait_for(lambda: len(got) == 1, 10, "pushed unclaimed")
     assert len(ledger.pending) == 1
     await store.open()
     await ledger.write_pending()
     assert len(ledger.pending) == 0
     await async_wait_for(lambda: store.health.up, 5, "the probe to find the store back")
-    gate(NewMail("alice", "INBOX", (MessageInfo(7),), uidvalidity=1))  # e.g. the taker's catch-up
-    await ledger.flush()
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(7),), uidvalidity=1))  # e.g. the taker's catch-up
+    await pipeline.flush()
     assert len(got) == 1  # the recorded claim stops the second push
 
 
 async def test_ledger_holds_events_past_the_lease_and_claims_them_when_the_store_is_back(store: SqliteStore) -> None:
-    got: list[MailEvent] = []
-    ledger = PushLedger(store, "solo", sure_to_hold=lambda account: False)
-    gate = ledger.gate(got.append)
+    got = Pushed()
+    pipeline = PushPipeline(PushLedger(store, "solo", sure_to_hold=lambda account: False), FanOut(got))
     await store.close()
     store.health.failed(StoreUnavailable("gone"))
-    gate(NewMail("alice", "INBOX", (MessageInfo(8),), uidvalidity=1))
-    gate(NewMail("alice", "INBOX", (MessageInfo(9),), uidvalidity=1))
-    await ledger.flush()
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(8),), uidvalidity=1))
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(9),), uidvalidity=1))
+    await pipeline.flush()
     assert got == []  # held: another node may hold the lease now
     await store.open()
-    await ledger.release()  # a recovery step: the events go on once the store counts as up
+    await pipeline.release()  # a recovery step: the events go on once the store counts as up
     await async_wait_for(lambda: store.health.up, 5, "the probe to find the store back")
     await async_wait_for(lambda: len(got) == 2, 5, "the held events")
-    await ledger.flush()
+    await pipeline.flush()
     assert [e.messages[0].uid for e in got if isinstance(e, NewMail)] == [8, 9]  # once each, in order
 
 

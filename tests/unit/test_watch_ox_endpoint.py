@@ -36,11 +36,18 @@ async def _ready() -> dict[str, bool]:
     return {"ok": True}
 
 
+class Submitted(list[MailEvent]):
+    """Stands in for the push pipeline."""
+
+    def submit(self, event: MailEvent) -> None:
+        self.append(event)
+
+
 @pytest.fixture
 async def endpoint() -> AsyncIterator[tuple[str, list[MailEvent]]]:
-    events: list[MailEvent] = []
+    events = Submitted()
     admin = AdminServer("127.0.0.1:0", _ready)
-    install_ox_endpoint(admin, SECRET, events.append)
+    install_ox_endpoint(admin, SECRET, events)  # type: ignore[arg-type]
     await admin.start()
     try:
         yield admin.url + OX_PATH, events
@@ -135,4 +142,4 @@ def test_parse_ox_event() -> None:
     with pytest.raises(OxEventError):
         parse_ox_event({**DOC, "imap-uid": 2**32})
     with pytest.raises(ValueError):
-        install_ox_endpoint(AdminServer("", _ready), "", lambda e: None)
+        install_ox_endpoint(AdminServer("", _ready), "", Submitted())  # type: ignore[arg-type]

@@ -138,7 +138,9 @@ class FakeConn(asyncio.Protocol):
 
 
 class Events(list[MailEvent]):
-    def __call__(self, event: MailEvent) -> None:
+    """Stands in for the push pipeline."""
+
+    def submit(self, event: MailEvent) -> None:
         self.append(event)
 
     def uids(self) -> list[int]:
@@ -236,7 +238,7 @@ async def test_dropped_connection_reconnects_and_catches_up(env) -> None:
 
 async def test_emit_comes_before_the_state_is_stored(env) -> None:
     order: list[str] = []
-    fake, sup, _ = await env(Fake())
+    fake, sup, events = await env(Fake())
     await until(lambda: sup.status()["idle"] == 1)
     watcher = sup.watcher("alice")
     assert watcher is not None
@@ -248,7 +250,8 @@ async def test_emit_comes_before_the_state_is_stored(env) -> None:
         await real_put(state)
 
     store.put_mailbox_state = put  # type: ignore[method-assign]
-    watcher._emit_cb = lambda e: order.append(f"emit {e.uids}")  # type: ignore[attr-defined, union-attr]
+
+    events.submit = lambda e: order.append(f"emit {e.uids}")  # type: ignore[method-assign, union-attr]
     try:
         fake.deliver()
         await until(lambda: "put 2" in order)

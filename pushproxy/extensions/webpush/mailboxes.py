@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 
+from pushproxy.accounts import mailbox_matches
 from pushproxy.imap.data import ListItem
-from pushproxy.push.dispatch import mailbox_matches
 from pushproxy.watch.detection import normalise_mailboxes
 
 __all__ = ["EXCLUDED", "SKIPPED", "WatchedMailboxes", "candidates", "pick_subscribed"]

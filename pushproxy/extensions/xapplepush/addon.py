@@ -13,6 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from pushproxy.accounts import mailbox_matches
 from pushproxy.events import MailEvent, NewMail
 from pushproxy.extensions.base import Extension, WatchRequest, admin_command, admin_group
 from pushproxy.extensions.xapplepush.metrics import PrometheusApnsMetrics, set_registrations
@@ -114,8 +115,6 @@ class XApplePush(Extension):
         batch of 200 (a catch-up) is one push, not 200 (unlike Web Push, whose
         pushes carry the messages: webpush/payload.py new_mail_payloads).
         """
-        from pushproxy.push.dispatch import mailbox_matches
-
         if not isinstance(event, NewMail) or self.pusher is None:
             return
         for device in await self.devices.devices_for_account(event.account):
