@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 EXTENSIONS: tuple[str, ...] = (
     "pushproxy.extensions.xapplepush.addon:XApplePush",
     "pushproxy.extensions.webpush.addon:WebPush",
+    "pushproxy.extensions.deltachat.addon:DeltaChat",
     "pushproxy.extensions.eventlog:EventLog",  # test-only, off unless eventlog.path is set
 )
 

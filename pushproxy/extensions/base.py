@@ -32,6 +32,13 @@ watchers, dispatcher, CLI, wiring) never names a protocol.
 - ``observed_commands`` / ``command_succeeded(name, session)``: client
   commands relayed upstream (e.g. SUBSCRIBE) whose tagged OK the extension
   wants to hear of; the relay itself is not delayed.
+- ``claims``: relayed commands the extension answers itself only sometimes
+  (a :class:`Claim` per command name): ``wants(first_line, session)`` looks
+  at the command's first line (up to its first literal, whose body it never
+  sees) and, when True, the command is collected and answered by
+  ``handler`` like a command of ``commands``; otherwise it is relayed
+  unchanged (e.g. SETMETADATA of ``/private/devicetoken`` answered by the
+  proxy, every other SETMETADATA passed through).
 - ``on_event(event)`` / ``flush()``: every mail event, after the core's
   de-duplication and ``\\Seen`` skip (``pushproxy.push.pipeline``).
 - ``check_files(report)``: what ``check-config`` checks of its files.
@@ -40,6 +47,37 @@ watchers, dispatcher, CLI, wiring) never names a protocol.
 
 A new push protocol is one more package under ``pushproxy/extensions/`` and
 one entry in :data:`pushproxy.extensions.EXTENSIONS`.
+
+Writing one (what the third protocol, ``deltachat/``, needed; copy its layout):
+
+- ``addon.py`` is what the core sees; keep heavy imports (HTTP clients) in
+  ``start``.  ``settings.py`` (the section), ``schema.py`` + ``store.py`` (a
+  numbered part, a ``Queries`` subclass), ``metrics.py`` (documented in its
+  docstring: a test checks every metric is), ``admin.py`` (the CLI).  A new
+  section's keys go into ``deploy/pushproxy.example.yaml`` (a test checks).
+- Claim a command rather than own it when clients also send it for the
+  upstream (``claims``): decide on the first line only, with the sans-IO
+  readers (``pushproxy.imap``), and let the rest pass byte for byte.  An
+  atom the upstream may also advertise can be added anyway: the capability
+  rewriting lists each atom once.  ``ctx.upstream_capabilities`` says what
+  the upstream has (e.g. answer METADATA yourself only when it lacks it).
+- Secrets (tokens, endpoints) are vault-encrypted with associated data naming
+  the row, found by ``vault.keyed_hash``; logs and the CLI show a prefix of
+  that hash, never the secret.
+- Record the mailbox baseline (``extensions.baseline.record_baseline``) before
+  answering a registration OK, and call ``core.registration_changed(account,
+  ctx.session_id)`` after it: the session's credentials then become the
+  watcher's and mail from that moment on is pushed.
+- ``on_event`` must return quickly: queue the push and send it from your own
+  task (coalesce per target, bounded retries with ``pushproxy.retry``, a
+  documented drop rule and a metric for what is dropped).  When the push
+  service says a target is gone, remove it through your queries
+  (``_change_registrations``): the watcher stops when nothing else needs the
+  account.  A store outage is logged by the store once per episode: do not
+  log it again per call.
+- Test with the real client where one exists (``tests/integration``), plus a
+  raw-IMAP replay of its exact forms, and unit-test the handlers on a real
+  ``SqliteStore`` with a fake :class:`SessionContext`.
 """
 
 from __future__ import annotations
@@ -108,6 +146,24 @@ class SessionContext(Protocol):
 
 
 Handler = Callable[[Command, SessionContext], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A relayed command an extension answers itself when ``wants`` says so (``Extension.claims``).
+
+    ``wants(first_line, session)`` gets the command's first line exactly as
+    the client sent it (tag and name included, ending with its first
+    literal's ``{n}`` / ``{n+}`` if it has one) once the client is
+    authenticated; it must be cheap (it runs on the relay path) and should
+    not raise (an exception counts as False, logged once).  Read the line
+    with the sans-IO core (``pushproxy.imap``).
+    """
+
+    wants: Callable[[bytes, SessionContext], bool]
+    handler: Handler
+
+
 T = TypeVar("T")
 
 
@@ -176,6 +232,8 @@ class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses overr
     commands: dict[str, Handler] = field(default_factory=dict)  # upper-case name -> handler
     # Relayed client commands (upper case) whose tagged OK calls command_succeeded.
     observed_commands: tuple[str, ...] = ()
+    # Relayed client commands (upper case) it answers itself when their first line says so.
+    claims: dict[str, Claim] = field(default_factory=dict)
 
     core: Core = field(init=False, repr=False)  # set by attach()
 

@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 from pushproxy import metrics
 from pushproxy.extensions import extension_classes
-from pushproxy.extensions.base import Extension, Handler, RegistrationChanged, Reply, SessionContext, WatchRequest
+from pushproxy.extensions.base import (
+    Claim,
+    Extension,
+    Handler,
+    RegistrationChanged,
+    Reply,
+    SessionContext,
+    WatchRequest,
+)
 from pushproxy.retry import Backoff
 from pushproxy.store.base import StoreUnavailable
 from pushproxy.watch.detection import WatchSpec
@@ -93,6 +101,7 @@ class ExtensionManager:
         self._relist: Callable[[str], None] | None = None
         self._handlers: dict[bytes, tuple[Extension, Handler]] = {}
         self._observers: dict[bytes, list[Extension]] = {}
+        self._claims: dict[bytes, tuple[Extension, Claim]] = {}
         self._started: list[Extension] = []
         self._retries: set[asyncio.Task[None]] = set()  # events waiting for the store (see _retry_event)
         self._retries_full = False  # said once until the queue empties
@@ -110,7 +119,14 @@ class ExtensionManager:
                 if key in handlers:
                     raise ValueError(f"command {name} claimed by two extensions")
                 handlers[key] = (ext, handler)
-        self._handlers, self._observers = handlers, observers
+        claims: dict[bytes, tuple[Extension, Claim]] = {}
+        for ext in self.extensions:
+            for name, claim in ext.claims.items():
+                key = name.upper().encode("ascii")
+                if key in handlers or key in claims or key in observers:
+                    raise ValueError(f"command {name} claimed by two extensions")
+                claims[key] = (ext, claim)
+        self._handlers, self._observers, self._claims = handlers, observers, claims
 
     @classmethod
     def enabled_by(cls, config: Config) -> ExtensionManager:
@@ -237,9 +253,24 @@ class ExtensionManager:
         """Upper-case names of relayed commands whose tagged OK some extension wants to hear of."""
         return frozenset(self._observers)
 
+    @property
+    def claimed_commands(self) -> frozenset[bytes]:
+        """Upper-case names of relayed commands an extension may take over (``Extension.claims``)."""
+        return frozenset(self._claims)
+
+    def claims(self, name: bytes, first_line: bytes, ctx: SessionContext) -> bool:
+        """Whether the extension claiming ``name`` answers this command itself (False if ``wants`` raised)."""
+        ext, claim = self._claims[name]
+        try:
+            return bool(claim.wants(first_line, ctx))
+        except Exception as exc:
+            self.failed(ext, f"claim {name.decode('ascii')}", exc)
+            return False
+
     async def answer(self, cmd: Command, ctx: SessionContext) -> Reply:
         """The reply of the extension that owns ``cmd.name`` (``NO [UNAVAILABLE]`` if its handler raised)."""
-        ext, handler = self._handlers[cmd.name.upper().encode("ascii")]
+        key = cmd.name.upper().encode("ascii")
+        ext, handler = self._handlers[key] if key in self._handlers else self._claim_handler(key)
         try:
             return await handler(cmd, ctx)
         except StoreUnavailable:
@@ -247,6 +278,10 @@ class ExtensionManager:
         except Exception as exc:
             self.failed(ext, f"command {cmd.name}", exc)
             return _COMMAND_FAILED
+
+    def _claim_handler(self, key: bytes) -> tuple[Extension, Handler]:
+        ext, claim = self._claims[key]
+        return ext, claim.handler
 
     async def command_succeeded(self, name: bytes, ctx: SessionContext) -> None:
         """A relayed command of ``observed_commands`` got its tagged OK."""

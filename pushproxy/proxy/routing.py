@@ -75,6 +75,8 @@ class CommandRouter:
         *,
         intercepted: frozenset[bytes],
         observed: frozenset[bytes],
+        claimed: frozenset[bytes] = frozenset(),
+        claims: Callable[[bytes, bytes], bool] | None = None,
     ) -> None:
         self._host = host
         self._io = io
@@ -85,7 +87,9 @@ class CommandRouter:
         self._local = local  # answers (refusals, extension commands) in command order
         # Command names as they come off the wire (upper-cased bytes): no str per command.
         self._intercepted = intercepted
-        self._routes = routes_for(observed)
+        self._routes = routes_for(observed, claimed)
+        # (name, first line) -> whether an extension takes this relayed command over (Extension.claims)
+        self._claims = claims
         self.framer = Framer(server=False, max_line=settings.max_line)
         self._mode = NONE
         self._tag = b""
@@ -206,6 +210,13 @@ class CommandRouter:
         """Relayed like any command; an extension hears of its tagged OK (``observed_commands``)."""
         self._mode = FORWARD
         self._forward_first_line(ev, login=False, observed=self._facts.authenticated)
+
+    def _route_claimed(self, ev: Line) -> None:
+        """Answered by an extension when its claim wants this one (``Extension.claims``), else relayed."""
+        if self._facts.authenticated and self._claims is not None and self._claims(self._name, ev.data):
+            self._keep(ev, INTERCEPT)
+        else:
+            self._route_forward(ev)
 
     def _route_extension(self, ev: Line) -> None:
         if not self._facts.authenticated:
@@ -381,9 +392,10 @@ ROUTES: dict[bytes, Route] = {
 
 
 @functools.cache
-def routes_for(observed: frozenset[bytes]) -> dict[bytes, Route]:
-    """:data:`ROUTES` plus the commands extensions observe (one table lookup per command, as before)."""
+def routes_for(observed: frozenset[bytes], claimed: frozenset[bytes] = frozenset()) -> dict[bytes, Route]:
+    """:data:`ROUTES` plus the commands extensions observe or claim (one table lookup per command, as before)."""
     routes: dict[bytes, Route] = dict.fromkeys(observed, CommandRouter._route_observed)
+    routes.update(dict.fromkeys(claimed, CommandRouter._route_claimed))
     routes.update(ROUTES)  # the proxy's own handling of a command comes first
     return routes
 

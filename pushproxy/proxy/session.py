@@ -113,6 +113,8 @@ class Session:
         self.router = CommandRouter(
             self, io, settings, self.facts, self.ledger, self.capture, self.local,
             intercepted=extensions.command_names, observed=extensions.observed_commands,
+            claimed=extensions.claimed_commands,
+            claims=lambda name, line: extensions.claims(name, line, self.context),
         )  # fmt: skip
         self.responses = ResponseRouter(
             self, self.output.lines, self.ledger, self.router, self.local, self.capture, self.facts,

@@ -359,6 +359,7 @@ class Dovecot:
         login_trusted_networks: str | None = None,
         haproxy: bool = False,
         push_notification_url: str | None = None,
+        metadata: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).absolute()
         self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
@@ -375,6 +376,7 @@ class Dovecot:
         # Dovecot's own push_notification plugin, ox driver, sending (PUT) to this URL on every
         # LMTP delivery (plus IMAP METADATA, which the driver needs); set before start().
         self.push_notification_url = push_notification_url
+        self.metadata = metadata  # IMAP METADATA (RFC 5464) on, entries kept in a file dict per user
         self.instance_name = f"pushproxy-dc-{uuid.uuid4().hex[:10]}"
 
         self.conf_file = self.base_dir / "dovecot.conf"
@@ -780,6 +782,9 @@ passdb {{
         if not self.notify:
             imap_extra = f"  imap_capability = {self._capability_without_notify()}\n"
         push_global = push_lmtp = ""
+        if self.metadata and not self.push_notification_url:
+            imap_extra += "  imap_metadata = yes\n"
+            push_global = "\nmail_attribute_dict = file:%h/dovecot-attributes\n"
         if self.push_notification_url:
             # The ox driver only pushes for users whose server METADATA has
             # /private/vendor/vendor.dovecot/http-notify (kept in the attribute dict).

@@ -20,7 +20,7 @@ from pushproxy.watch.detection import WatchSpec
 
 def test_the_list_names_every_extension_and_the_config_enables_them() -> None:
     names = [cls().name for cls in extensions.extension_classes()]
-    assert names == ["xapplepush", "webpush", "eventlog"]
+    assert names == ["xapplepush", "webpush", "deltachat", "eventlog"]
     assert extensions.load_extensions(Config()) == []  # a plain transparent proxy
     enabled = extensions.load_extensions(Config(webpush={"enabled": True}))
     assert [ext.name for ext in enabled] == ["webpush"]
@@ -61,7 +61,7 @@ def test_watch_requests_merge_into_one_spec() -> None:
 def test_config_sections_come_from_the_extension_list() -> None:
     """The core declares its sections; every listed extension adds its own (same YAML keys and variables)."""
     core = set(CoreConfig.model_fields)
-    assert not core & {"apns", "webpush", "eventlog"}
+    assert not core & {"apns", "webpush", "deltachat", "eventlog"}
     sections = {cls.section: cls.settings for cls in extensions.extension_classes()}
     assert set(Config.model_fields) == core | set(sections)
     config = Config()
@@ -73,7 +73,7 @@ def test_config_sections_come_from_the_extension_list() -> None:
 
 def test_an_extension_brings_its_schema_part(monkeypatch: pytest.MonkeyPatch) -> None:
     listed_parts = tables.parts_of_extensions()
-    assert [p.name for p in listed_parts] == ["core", "xapplepush", "webpush"]
+    assert [p.name for p in listed_parts] == ["core", "xapplepush", "webpush", "deltachat"]
     part = SchemaPart("recorder", (("CREATE TABLE recorded (account TEXT NOT NULL)",),))
 
     class WithTables(Extension):

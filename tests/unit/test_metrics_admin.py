@@ -219,10 +219,12 @@ def test_set_state_gauge_zeroes_missing_states() -> None:
 
 def test_every_metric_is_documented() -> None:
     # The core's metrics in pushproxy.metrics, each extension's in its own metrics module.
+    from pushproxy.extensions.deltachat import metrics as deltachat_metrics
     from pushproxy.extensions.webpush import metrics as webpush_metrics
     from pushproxy.extensions.xapplepush import metrics as apns_metrics
 
-    doc = "".join(module.__doc__ or "" for module in (metrics, webpush_metrics, apns_metrics))
+    modules = (metrics, webpush_metrics, apns_metrics, deltachat_metrics)
+    doc = "".join(module.__doc__ or "" for module in modules)
     for family in metrics.REGISTRY.collect():
         if family.name.startswith("pushproxy_"):
             exposed = family.name + ("_total" if family.type == "counter" else "")

@@ -406,6 +406,8 @@ async def test_legacy_single_version_database_is_adopted_and_converted(db_path: 
     db_path.parent.mkdir()
     with raw(db_path) as conn:
         for part in DEFAULT_PARTS:
+            if not part.legacy_version:
+                continue  # a part added after the single-version schema (deltachat) was not in it
             for statement in part.migrations[0]:
                 assert isinstance(statement, str)
                 conn.execute(SQLITE.ddl(statement))

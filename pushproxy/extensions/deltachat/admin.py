@@ -1,0 +1,48 @@
+"""``pushproxy deltachat list|remove`` (the CLI only parses): token ids, never tokens."""
+
+from __future__ import annotations
+
+import argparse
+
+from pushproxy.admin_cli import when, with_store
+from pushproxy.config import Config
+from pushproxy.extensions.deltachat.settings import deltachat_settings
+from pushproxy.extensions.deltachat.store import DeltaChatQueries
+from pushproxy.store.base import Store
+
+
+def tokens_list(cfg: Config, args: argparse.Namespace) -> int:
+    from pushproxy.accounts import normalise_account
+
+    account: str | None = args.account
+    tokens = with_store(
+        cfg, lambda store: store.queries(DeltaChatQueries).list_tokens(normalise_account(account) if account else None)
+    )
+    expiry = deltachat_settings(cfg).token_expiry
+    print(f"{'ACCOUNT':32} {'TOKEN ID':12} {'FIRST SET':21} {'LAST SET':21} EXPIRES")
+    for t in tokens:
+        print(
+            f"{t.account:32} {t.token_id:12} {when(t.first_registered):21} {when(t.last_registered):21} "
+            f"{when(t.last_registered + expiry)}"
+        )
+    print(f"{len(tokens)} Delta Chat token(s)")
+    return 0
+
+
+def tokens_remove(cfg: Config, args: argparse.Namespace) -> int:
+    from pushproxy.accounts import normalise_account
+
+    account = normalise_account(args.account)
+    prefix: str | None = args.token_id
+
+    async def remove(store: Store) -> int:
+        queries = store.queries(DeltaChatQueries)
+        removed = 0
+        for t in await queries.list_tokens(account):
+            if prefix is None or t.token_id.startswith(prefix.lower()):
+                removed += await queries.remove_token(account, t.token)
+        return removed
+
+    removed = with_store(cfg, remove)
+    print(f"removed {removed} token(s); a live proxy stops watching once nothing else needs the account")
+    return 0 if removed else 1

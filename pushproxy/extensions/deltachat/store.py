@@ -1,0 +1,135 @@
+"""Delta Chat device tokens: the record, and the queries of the ``deltachat_tokens`` table (every SQL back end).
+
+A token is what Delta Chat sets as ``/private/devicetoken``: the device's
+APNs / FCM / Web Push / UBports token, padded and OpenPGP-encrypted to the
+notification gateway (``openpgp:...``).  Only the gateway can read it, but it
+still addresses a user's phone: it is vault-encrypted (the associated data
+names the account) and found by a keyed hash.  The table and its migrations
+are :data:`pushproxy.extensions.deltachat.schema.DELTACHAT`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from pushproxy.store.records import Row
+from pushproxy.store.sql_base import Queries
+from pushproxy.store.vault import Vault, VaultError
+
+__all__ = ["DeltaChatQueries", "DeltaChatToken", "token_aad", "token_hash"]
+
+log = logging.getLogger("pushproxy.store")
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaChatToken:
+    """One device's token for one account. Key: (account, token)."""
+
+    account: str  # normalised login
+    token: str = ""
+    first_registered: float = 0.0  # unix time
+    last_registered: float = 0.0  # unix time; set again by the device: renewed
+    token_id: str = ""  # hex prefix of the keyed hash: what logs and the CLI show
+
+    def __repr__(self) -> str:  # never the token
+        return f"DeltaChatToken({self.account!r}, {self.token_id})"
+
+
+# Keep these exactly as they are: changing them makes every stored token unreadable.
+def token_aad(account: str) -> bytes:
+    return b"deltachat-token\0" + account.encode()
+
+
+def token_hash(vault: Vault, token: str) -> bytes:
+    """The keyed hash that identifies a token in the database (32 bytes)."""
+    return vault.keyed_hash(b"deltachat-token", token.encode())
+
+
+def token_id(digest: bytes) -> str:
+    return digest[:6].hex()
+
+
+def _record(row: Row, vault: Vault) -> DeltaChatToken:
+    """Raises VaultError when the token cannot be decrypted."""
+    account = row["account"]
+    return DeltaChatToken(
+        account=account,
+        token=vault.decrypt(bytes(row["token"]), token_aad(account)).decode(),
+        first_registered=float(row["first_registered"]),
+        last_registered=float(row["last_registered"]),
+        token_id=token_id(bytes(row["token_hash"])),
+    )
+
+
+class DeltaChatQueries(Queries):
+    """The ``deltachat_tokens`` table: ``store.queries(DeltaChatQueries)``."""
+
+    async def set_token(self, account: str, token: str, now: float | None = None) -> DeltaChatToken:
+        """Add the token, or renew it (its expiry starts again)."""
+        now = now or time.time()
+        digest = token_hash(self._vault, token)
+        secret = self._vault.encrypt(token.encode(), token_aad(account))
+        async with self._in_call_order(("deltachat", account, digest)):
+            async with self._backend.write() as conn:
+                (row,) = await conn.fetch(
+                    """INSERT INTO deltachat_tokens (account, token_hash, token, first_registered, last_registered)
+                       VALUES ($1, $2, $3, $4, $4)
+                       ON CONFLICT (account, token_hash) DO UPDATE SET last_registered = excluded.last_registered
+                       RETURNING *""",
+                    account,
+                    digest,
+                    secret,
+                    now,
+                )
+                await self._notify(conn, [account])
+        self._registrations_changed([account])
+        return _record(row, self._vault)
+
+    async def list_tokens(self, account: str | None = None) -> list[DeltaChatToken]:
+        """The account's tokens (every account's with None), least recently set first."""
+        # A NULL account selects every row (one static query).
+        rows = await self._fetch(
+            """SELECT * FROM deltachat_tokens WHERE (CAST($1 AS TEXT) IS NULL OR account = $1)
+               ORDER BY account, last_registered, token_hash""",
+            account,
+        )
+        tokens: list[DeltaChatToken] = []
+        for row in rows:
+            try:
+                tokens.append(_record(row, self._vault))
+            except VaultError:
+                pass
+        if len(tokens) < len(rows):
+            # One unreadable row (tampered, or another key) must not stop the others' pushes.
+            log.warning("skipped %d Delta Chat token(s) that do not decrypt", len(rows) - len(tokens))
+        return tokens
+
+    async def remove_token(self, account: str, token: str) -> int:
+        return await self._change_registrations(
+            "DELETE FROM deltachat_tokens WHERE account = $1 AND token_hash = $2",
+            account,
+            token_hash(self._vault, token),
+            account=account,
+        )
+
+    async def remove_token_everywhere(self, token: str, registered_before: float | None = None) -> int:
+        """The gateway says the token is gone (410): every account's row of it, unless set again since."""
+        return await self._change_registrations(
+            """DELETE FROM deltachat_tokens
+               WHERE token_hash = $1 AND (CAST($2 AS DOUBLE PRECISION) IS NULL OR last_registered < $2)
+               RETURNING account""",
+            token_hash(self._vault, token),
+            registered_before,
+        )
+
+    async def remove_account(self, account: str) -> int:
+        return await self._change_registrations(
+            "DELETE FROM deltachat_tokens WHERE account = $1", account, account=account
+        )
+
+    async def expire_tokens(self, not_registered_since: float) -> int:
+        return await self._change_registrations(
+            "DELETE FROM deltachat_tokens WHERE last_registered < $1 RETURNING account", not_registered_since
+        )
