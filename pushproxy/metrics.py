@@ -23,6 +23,7 @@ pushproxy_session_bytes_total               counter    direction=client_to_upstr
 pushproxy_commands_intercepted_total        counter    command
 pushproxy_connections_refused_total         counter    reason=total|per_ip|proxy_header|timeout|
                                                        fd_limit
+pushproxy_logins_total                      counter
 pushproxy_auth_failures_total               counter
 pushproxy_session_timeouts_total            counter    kind=preauth
 pushproxy_registrations                     gauge      kind=<extension's service>, state
@@ -62,7 +63,8 @@ What they mean:
   ``session.max_connections_per_ip`` (per_ip), a PROXY header that was invalid or
   came from an untrusted peer (proxy_header), no PROXY header in time (timeout),
   no file descriptor left to accept it (fd_limit: the listener pauses a second).
-- auth_failures_total: LOGIN / AUTHENTICATE answered NO by upstream (each one
+- logins_total: client logins (LOGIN / AUTHENTICATE) answered OK by upstream;
+  auth_failures_total: LOGIN / AUTHENTICATE answered NO by upstream (each one
   grows the client IP's auth penalty); session_timeouts_total: sessions closed
   for not logging in within ``session.preauth_timeout`` of connecting.
 - registrations: push registrations in the store by kind and state (``active``,
@@ -121,6 +123,7 @@ __all__ = [
     "CONNECTIONS_REFUSED",
     "CONNECTION_REFUSAL_REASONS",
     "EVENT_DISPATCH_LATENCY",
+    "LOGINS",
     "PUSHES",
     "PUSH_FAILURES",
     "PUSH_LATENCY",
@@ -191,6 +194,7 @@ CONNECTIONS_REFUSED = with_labels(
     ),
     CONNECTION_REFUSAL_REASONS,
 )
+LOGINS = Counter("pushproxy_logins", "Client logins answered OK by the upstream server.", registry=REGISTRY)
 AUTH_FAILURES = Counter("pushproxy_auth_failures", "Logins answered NO by the upstream server.", registry=REGISTRY)
 SESSION_TIMEOUTS = with_labels(
     Counter("pushproxy_session_timeouts", "Sessions closed by a deadline, by kind.", ["kind"], registry=REGISTRY),

@@ -64,6 +64,9 @@ class PrometheusSessionStats(SessionStats):
     def auth_failed(self) -> None:
         metrics.AUTH_FAILURES.inc()
 
+    def logged_in(self) -> None:
+        metrics.LOGINS.inc()
+
     def timed_out(self, kind: str) -> None:
         metrics.SESSION_TIMEOUTS.labels(kind=kind).inc()
 

@@ -221,6 +221,7 @@ class ClientProtocol(protocol.Protocol):
             client_ip=ip,
             penalty=svc.penalty,
             on_auth_failed=svc.stats.auth_failed,
+            on_logged_in=svc.stats.logged_in,
             on_upstream_capabilities=svc.remember_capabilities,
         )
         self._has_session = True

@@ -66,6 +66,7 @@ class ResponseRouter:
         penalty: AuthPenalty | None = None,
         client_ip: str = "",
         on_auth_failed: Callable[[], None] | None = None,
+        on_logged_in: Callable[[], None] | None = None,
         on_upstream_capabilities: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self._host = host
@@ -87,6 +88,7 @@ class ResponseRouter:
         self._penalty = penalty
         self._client_ip = client_ip
         self._on_auth_failed = on_auth_failed
+        self._on_logged_in = on_logged_in
         self._on_upstream_capabilities = on_upstream_capabilities
         self.upstream_capabilities: frozenset[str] = frozenset()  # as upstream listed them at login
 
@@ -179,6 +181,8 @@ class ResponseRouter:
         self._host.login_wait_over()
         if status.status == b"NO":
             self._login_failed()
+        elif logged_in and self._on_logged_in is not None:
+            self._on_logged_in()
         return logged_in
 
     def _login_failed(self) -> None:

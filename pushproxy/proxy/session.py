@@ -85,6 +85,7 @@ class Session:
         client_ip: str = "",
         penalty: AuthPenalty | None = None,
         on_auth_failed: Callable[[], None] | None = None,
+        on_logged_in: Callable[[], None] | None = None,
         on_upstream_capabilities: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.io = io
@@ -119,7 +120,7 @@ class Session:
         self.responses = ResponseRouter(
             self, self.output.lines, self.ledger, self.router, self.local, self.capture, self.facts,
             session_id=session_id, extensions=extensions, context=self.context, credentials=credentials,
-            penalty=penalty, client_ip=client_ip, on_auth_failed=on_auth_failed,
+            penalty=penalty, client_ip=client_ip, on_auth_failed=on_auth_failed, on_logged_in=on_logged_in,
             on_upstream_capabilities=on_upstream_capabilities,
         )  # fmt: skip
         self.own = OwnCommands(self, io, self.ledger)

@@ -111,6 +111,7 @@ def test_auth_failure_penalty_slows_only_the_failing_ip(dovecot: Dovecot, proxy_
     assert time.monotonic() - started < 1.9
     assert b"b2 OK" in other.command(b"b2", b"LOGIN alice alicepw")
     assert proxy.metric("pushproxy_auth_failures_total") == 3
+    assert proxy.metric("pushproxy_logins_total") == 1  # b2's OK
     c.close()
     other.close()
 

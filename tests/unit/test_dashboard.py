@@ -17,7 +17,11 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # What issue 24 asks the dashboard to show, and a metric each needs.
 REQUIRED = {
     "sessions and connections": {"pushproxy_sessions_active", "pushproxy_connections_refused_total"},
-    "logins and failures": {"pushproxy_auth_failures_total", "pushproxy_session_timeouts_total"},
+    "logins and failures": {
+        "pushproxy_logins_total",
+        "pushproxy_auth_failures_total",
+        "pushproxy_session_timeouts_total",
+    },
     "watchers by state": {"pushproxy_watchers", "pushproxy_watchers_up", "pushproxy_watchers_wanted"},
     "push sends, errors, latency by protocol": {
         "pushproxy_pushes_total",

@@ -17,6 +17,7 @@ EXPECTED_METRICS = {
     # family name as the text parser reports it (counters without _total)
     "pushproxy_sessions_active": "gauge",
     "pushproxy_sessions": "counter",
+    "pushproxy_logins": "counter",
     "pushproxy_session_bytes": "counter",
     "pushproxy_commands_intercepted": "counter",
     "pushproxy_registrations": "gauge",
