@@ -9,6 +9,7 @@ first bytes, once the upstream's greeting capabilities are known).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -108,7 +109,7 @@ class ClientProtocol(protocol.Protocol):
             str(getattr(host, "host", "")), int(getattr(host, "port", 0)),
         )  # fmt: skip
         tx.tune(self.transport)
-        self.client_out.transport = self.transport
+        self.client_out.attach(self.transport)
         tx.gather_tls_reads(self.transport, self.upstream_out)  # implicit TLS
         self._arm_timer()
         if self.service.proxy_header_trusted(self.address.client_ip):
@@ -208,7 +209,8 @@ class ClientProtocol(protocol.Protocol):
         settings = svc.session_settings(ip, self.implicit_tls)
         if svc.config.upstream.forward_client_ip == "id":
             a = self.address
-            settings.client_address = ClientAddress(a.client_ip, a.client_port, a.server_ip, a.server_port, session_id)
+            address = ClientAddress(a.client_ip, a.client_port, a.server_ip, a.server_port, session_id)
+            settings = dataclasses.replace(settings, client_address=address)
         self.session = Session(
             self,
             session_id=session_id,
@@ -260,7 +262,7 @@ class ClientProtocol(protocol.Protocol):
         for data in self._pending_upstream:
             tx.write(upstream.transport, data)
         self._pending_upstream.clear()
-        self.upstream_out.transport = upstream.transport
+        self.upstream_out.attach(upstream.transport)
         self.session.upstream_connected()
 
     def upstream_lost(self, reason: Failure) -> None:

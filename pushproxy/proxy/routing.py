@@ -5,10 +5,12 @@ Most commands are relayed upstream unchanged (``_route_forward``); the table
 method per command.  Extension commands (XAPPLEPUSHSERVICE, WEBPUSH ...) are
 intercepted.  The router owns the client's framer and what it knows of the
 command being read (its mode, tag, name and kept bytes), of IDLE and of the
-upstream's continuation requests.  Refusals, STARTTLS and extension commands are answered
-through :class:`~pushproxy.proxy.local.LocalAnswers`; whatever needs the whole
-session (waiting, closing) it asks of its :class:`RouterHost`.  The
-login rules themselves live in :mod:`pushproxy.proxy.ledger`.
+upstream's continuation requests; the ID commands that go upstream before
+login are its :class:`~pushproxy.proxy.upstream_id.UpstreamId`.  Refusals,
+STARTTLS and extension commands are answered through
+:class:`~pushproxy.proxy.local.LocalAnswers`; whatever needs the whole session
+(waiting, closing) it asks of its :class:`RouterHost`.  The login rules
+themselves live in :mod:`pushproxy.proxy.ledger`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from pushproxy.extensions.base import Reply
 from pushproxy.imap import response as r
 from pushproxy.imap.capabilities import ConnectionFacts
 from pushproxy.imap.framing import Framer, Line, LineTooLong, LiteralChunk
-from pushproxy.imap.parse import ParseError, is_valid_tag, split_tag_command
+from pushproxy.imap.parse import is_valid_tag, split_tag_command
 from pushproxy.proxy.capture import MAX_CAPTURE, CredentialCapture
-from pushproxy.proxy.client_id import ClientAddress, id_command, merged_id_command
 from pushproxy.proxy.ledger import CommandLedger, Pending
 from pushproxy.proxy.local import LocalAnswers
 from pushproxy.proxy.session_io import SessionIO, SessionSettings
+from pushproxy.proxy.upstream_id import UpstreamId
 
 MAX_INTERCEPTED = 65536  # an intercepted command, literals included
 
@@ -100,7 +102,7 @@ class CommandRouter:
         self._credits = 0  # "+" from upstream for IDLE / AUTHENTICATE, the client's next line answers
         self._awaiting_literal: Pending | None = None  # its sync literal awaits "+"
         self._idle: Pending | None = None
-        self._id_sent = False  # the ID carrying the client's address went upstream
+        self._upstream_id = UpstreamId(io, ledger, settings.client_address)
 
     @property
     def in_idle(self) -> bool:
@@ -261,8 +263,8 @@ class CommandRouter:
     def _forward_first_line(self, ev: Line, *, login: bool, observed: bool = False) -> None:
         if ev.literal is not None and not self._literal_allowed(ev):
             return
-        if login and self._settings.client_address is not None and not self._id_sent:
-            self._send_own_id(self._settings.client_address)
+        if login:
+            self._upstream_id.before_login()
         pending = self._ledger.sent(self._tag, login=login, observed=self._name if observed else None)
         self._pending = pending
         self._io.to_upstream(ev.data)
@@ -338,7 +340,9 @@ class CommandRouter:
         elif mode is INTERCEPT:
             self._local.extension_command(self._tag, data)
         elif mode is REWRITE:
-            self._forward_client_id(self._tag, data)
+            refusal = self._upstream_id.client_id(self._tag, data)
+            if refusal is not None:
+                self._local.reply(self._tag, refusal)
 
     def _begin_discard(self, ev: Line) -> None:
         """Drop the rest of a refused command (its literal and continuation lines)."""
@@ -360,24 +364,6 @@ class CommandRouter:
         tag = head[0] if head is not None and is_valid_tag(head[0]) else b"*"
         self._mode = DISCARD if ev.skipped_literal else NONE
         self._local.reply(tag, Reply("BAD", f"Line too long (limit {self._settings.max_line} bytes)", "TOOBIG"))
-
-    # -- ID: the client's address for upstream --------------------------------------------
-    def _send_own_id(self, address: ClientAddress) -> None:
-        """Before the first login: tell upstream the client's address (answers swallowed)."""
-        tag = self._ledger.next_own_tag(b"PPI")
-        self._ledger.sent_own(tag)
-        self._id_sent = True
-        self._io.to_upstream(id_command(tag, address.id_fields()))
-
-    def _forward_client_id(self, tag: bytes, data: bytes) -> None:
-        try:
-            command = merged_id_command(data, self._settings.client_address)
-        except ParseError as exc:
-            self._local.reply(tag, Reply("BAD", f"Invalid arguments: {exc}"))
-            return
-        self._id_sent = self._settings.client_address is not None
-        self._ledger.sent(tag)
-        self._io.to_upstream(command)
 
 
 Route = Callable[[CommandRouter, Line], None]

@@ -211,6 +211,10 @@ class Outbox:
         self._size = 0
         self._depth = 0
 
+    def attach(self, transport: Any) -> None:
+        """The transport is connected now (an upstream connection is made after its outbox)."""
+        self.transport = transport
+
     def gather(self) -> None:
         self._depth += 1
 
