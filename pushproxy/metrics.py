@@ -89,7 +89,8 @@ What they mean:
   push_latency_seconds: one push request, send -> response; push_queue:
   pushes waiting to be sent or in flight (APNs: debounce windows, sends and
   their retries; WebPush: bursts waiting for their quiet period and send
-  batches), read from the sender at each scrape.
+  batches; Delta Chat: tokens with a POST to come), read from the sender at
+  each scrape.
 - store_up: 1 if the last store operation succeeded, else 0.
 - store_errors_total: store operations that failed for a transient reason
   (a full or read-only disk, a lock held by another process past the busy

@@ -333,6 +333,28 @@ async def test_bursts_coalesce_per_token_and_410_calls_back(gateway: tuple[Gatew
         await n.close()
 
 
+async def test_the_queue_gauge_counts_tokens_with_a_post_to_come(gateway: tuple[Gateway, str]) -> None:
+    """pushproxy_push_queue{service="deltachat"} (the dashboard's queue): tokens waiting, then none."""
+    from pushproxy.metrics import REGISTRY
+
+    def queue() -> float | None:
+        return REGISTRY.get_sample_value("pushproxy_push_queue", {"service": "deltachat"})
+
+    _, url = gateway
+    n = await _notifier(url, [], coalesce=0.2)  # no await between the notifies and the count below
+    try:
+        assert queue() == 0
+        n.notify("t1", "id1")
+        n.notify("t1", "id1")
+        n.notify("t2", "id2")
+        assert queue() == 2
+        await n.flush()
+        assert queue() == 0
+    finally:
+        await n.close()
+    assert queue() == 0
+
+
 async def test_retries_stop_at_the_deadline_and_timeouts_retry(gateway: tuple[Gateway, str]) -> None:
     gw, url = gateway
     n = await _notifier(url, [], retry_deadline=0.3, timeout=0.2)

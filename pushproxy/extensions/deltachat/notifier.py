@@ -30,6 +30,7 @@ from typing import Literal
 
 import aiohttp
 
+from pushproxy import metrics as core_metrics
 from pushproxy.extensions.deltachat import metrics
 from pushproxy.extensions.deltachat.settings import DeltaChatConfig
 from pushproxy.retry import parse_retry_after, retry_delay
@@ -65,6 +66,7 @@ class DeltaChatNotifier:
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
             headers={"User-Agent": "pushproxy"},
         )
+        core_metrics.report_queue(metrics.SERVICE, lambda: len(self._pending))  # tokens with a POST to come
 
     async def close(self) -> None:
         tasks = [d.task for d in self._pending.values() if d.task is not None]
@@ -73,6 +75,7 @@ class DeltaChatNotifier:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        core_metrics.report_queue(metrics.SERVICE, None)
         if self._session is not None:
             await self._session.close()
 
