@@ -8,7 +8,8 @@ watcher and one mail a push to the APNs stand-in.  Then:
   scraped -- or, for a labelled metric that has no series before its first event (a push
   failure reason), declared by the proxy with exactly those labels; where both exist they
   agree exactly;
-- every rule evaluates without error and, on this healthy system, none is pending or firing;
+- every dashboard query evaluates in Prometheus, and every rule without error; on this healthy
+  system none is pending or firing;
 - with Dovecot stopped, PushproxyUpstreamUnreachable goes pending (its real ``for: 5m``) and,
   in a copy of the rules with ``for: 1s``, firing.
 """
@@ -127,6 +128,16 @@ def test_rules_and_dashboard_against_a_real_prometheus(
         assert declared[name] - TARGET_LABELS - {"le"}, f"{name} has no labels, so it must have been scraped"
     assert {"up", "pushproxy_watchers", "pushproxy_pushes_total", "process_open_fds"} <= set(scraped)
     print("checked against the proxy's declarations only:", sorted(used - set(scraped)))
+
+    # Every dashboard query evaluates in Prometheus (no error such as a many-to-many match), and
+    # those of the panels that must show something on this proxy do.
+    answered: dict[str, int] = {}
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for t in panel.get("targets", []):
+            query = grafana_expr(t["expr"]).replace("$job", "pushproxy").replace("$instance", ".*")
+            answered[query] = len(prom.api("query", query=query)["result"])  # AssertionError unless success
+    assert answered['sum(pushproxy_sessions_active{job=~"pushproxy", instance=~".*"})'] == 1
+    assert answered['sum by (state) (pushproxy_watchers{job=~"pushproxy", instance=~".*"})'] == len(WATCHER_STATES)
 
     # Healthy: every rule evaluates without error, and none is pending or firing.
     def quiet() -> bool:
