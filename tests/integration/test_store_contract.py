@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pushproxy.extensions.deltachat.store import DeltaChatQueries
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter, VerificationQueries
 from pushproxy.extensions.webpush.schema import WEBPUSH
 from pushproxy.extensions.webpush.store import VapidKey, WebPushQueries
@@ -508,3 +509,27 @@ async def test_verification_counts_survive_a_restart_and_are_pruned(make_store: 
         assert await limiter.take("alice", "https://push.example/a") is None
     finally:
         await again.close()
+
+
+async def test_deltachat_tokens(store: SqlStore) -> None:
+    """Delta Chat tokens: set, renew (expiry from the last set), per-token removal across accounts, expiry."""
+    tokens = store.queries(DeltaChatQueries)
+    token = "openpgp:" + "Q" * 200
+    first = await tokens.set_token("alice", token, now=1000.0)
+    renewed = await tokens.set_token("alice", token, now=2000.0)
+    assert (renewed.first_registered, renewed.last_registered) == (1000.0, 2000.0)
+    assert renewed.token_id == first.token_id and renewed.token == token
+    await tokens.set_token("bob", token, now=3000.0)
+    await tokens.set_token("bob", "openpgp:other", now=3000.0)
+    assert [(t.account, t.token) for t in await tokens.list_tokens("alice")] == [("alice", token)]
+    assert len(await tokens.list_tokens()) == 3
+    rows = await raw_rows(store, "SELECT token, token_hash FROM deltachat_tokens")
+    assert all(token.encode() not in bytes(r["token"]) + bytes(r["token_hash"]) for r in rows)  # encrypted
+    # A 410 removes the token wherever it was set before the POST, not where it was set again since.
+    assert await tokens.remove_token_everywhere(token, registered_before=2500.0) == 1
+    assert [t.account for t in await tokens.list_tokens() if t.token == token] == ["bob"]
+    assert await tokens.expire_tokens(not_registered_since=3500.0) == 2
+    assert await tokens.list_tokens() == []
+    await tokens.set_token("carol", token)
+    assert "carol" in await store.accounts_with_registrations()
+    assert await tokens.remove_account("carol") == 1

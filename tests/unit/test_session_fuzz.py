@@ -15,7 +15,7 @@ import base64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pushproxy.extensions.base import Extension, Reply, SessionContext
+from pushproxy.extensions.base import Claim, Extension, Reply, SessionContext
 from pushproxy.imap.framing import Framer, Line
 from pushproxy.imap.parse import Command, is_valid_tag, split_tag_command
 from tests.support.sessions import FakeIO, Sink, new_session
@@ -25,8 +25,15 @@ TAGS = [b"a", b"a", b"b", b"A1", b"PPI1", b"\xe9", b"x]"]
 
 
 class Quick(Extension):
+    """A command of its own, and a claim: SETMETADATA naming /private/devicetoken is answered here."""
+
     def __init__(self) -> None:
-        super().__init__(name="quick", capabilities=(b"XQUICK",), commands={"XQUICK": self.handle})
+        super().__init__(
+            name="quick",
+            capabilities=(b"XQUICK",),
+            commands={"XQUICK": self.handle},
+            claims={"SETMETADATA": Claim(lambda line, ctx: b"/private/devicetoken" in line, self.handle)},
+        )
 
     async def handle(self, cmd: Command, ctx: SessionContext) -> Reply:
         return Reply("OK", f"as {ctx.account}")
@@ -98,6 +105,9 @@ COMMANDS = [
     b"AUTHENTICATE PLAIN " + _plain(b"bob", b"pw"),
     b"AUTHENTICATE PLAIN " + _plain(b"alice", b"bad"),
     b"XQUICK",
+    b'SETMETADATA "INBOX" (/private/devicetoken "openpgp:t")',
+    b"SETMETADATA INBOX (/private/devicetoken {3+}\r\nabc)",
+    b'SETMETADATA INBOX (/shared/comment "relayed")',
     b"ID NIL",
     b"FROB",
 ]
