@@ -532,6 +532,8 @@ async def test_legacy_single_version_database_is_adopted_and_converted(
     await raw.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
     await raw.execute("INSERT INTO schema_version VALUES (1, 0)")
     for part in DEFAULT_PARTS:
+        if not part.legacy_version:
+            continue  # a part added after the single-version schema (deltachat) was not in it
         for statement in part.migrations[0]:
             assert isinstance(statement, str)
             await raw.execute(POSTGRES.ddl(statement))

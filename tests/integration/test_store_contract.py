@@ -402,8 +402,9 @@ async def test_migration_encrypts_existing_device_tokens(make_store: MakeStore) 
         assert await new.queries(ApnsQueries).remove_device_token(TOKEN.upper()) == 2
         assert [d.device_token for d in await new.queries(ApnsQueries).list_devices()] == ["cd" * 32]
         versions = await raw_rows(new, "SELECT part, max(version) FROM schema_migrations GROUP BY part ORDER BY part")
-        # webpush 2: the verification counts (webpush_verifications)
-        assert [tuple(r) for r in versions] == [("core", CORE.version), ("webpush", 2), ("xapplepush", 2)]
+        # webpush 2: the verification counts (webpush_verifications); deltachat 1: its token table, new
+        expected = [("core", CORE.version), ("deltachat", 1), ("webpush", 2), ("xapplepush", 2)]
+        assert [tuple(r) for r in versions] == expected
     finally:
         await new.close()
 
