@@ -7,9 +7,10 @@ and the tests can drive it directly.
 
 The session owns the relay (both framers' loops, the zero-copy forwarding) and
 its :class:`~pushproxy.proxy.phase.Phase` -- whether the client's commands are
-read now or wait in the queue, and why; no collaborator writes it.  Its collaborators each
-keep their own state behind a narrow interface (h11's ``Connection`` and
-aiosmtpd's one-method-per-command ``SMTP`` are the models):
+read now or wait in the queue, and why; only this module changes it (the parts
+ask, through the small Protocol each declares).  Each part keeps its own state
+behind a narrow interface (h11's ``Connection`` and aiosmtpd's
+one-method-per-command ``SMTP`` are the models):
 
 - :class:`~pushproxy.proxy.handshake.UpstreamHandshake`: greeting, STARTTLS upstream (sans-IO steps);
 - :class:`~pushproxy.proxy.routing.CommandRouter`: reads client commands, one route per command name;
