@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 
 from pushproxy.config import Config, ConfigError, load_config, masked_dict
+from pushproxy.config_check import FileReport, check_files
+from pushproxy.extensions.manager import ExtensionManager, add_subcommands, extension_sections
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -44,10 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="exit 0 if the running proxy's admin listener answers /healthz (container probe)")
     _config_arg(p)
 
-    from pushproxy.extensions import extension_classes
-
-    for extension in extension_classes():
-        extension.cli(sub)  # its admin subcommands (apns, devices, subscriptions, vapid...)
+    add_subcommands(sub)  # every discovered extension's (apns, devices, subscriptions, vapid...)
 
     cluster = sub.add_parser("cluster", help="several nodes on one PostgreSQL").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -59,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: Path) -> Config:
-    return load_config(path)
+    """The config, every section valid: the core's and each discovered extension's, by its own model.
+
+    A ConfigError names every bad key of every section, each under its section's name.
+    """
+    return load_config(path, extension_sections())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,10 +99,8 @@ def _cluster_status(cfg: Config, _args: argparse.Namespace) -> int:
 
 def check_config(cfg: Config, *, probe: bool) -> int:
     """Print the effective config; exit 2 if a file it names is unusable, or the probe fails."""
-    from pushproxy.config_check import check_files
-
     print(json.dumps(masked_dict(cfg), indent=2))
-    report = check_files(cfg)
+    report = file_report(cfg)
     for warning in report.warnings:
         print(f"pushproxy: warning: {warning}", file=sys.stderr)
     for error in report.errors:
@@ -117,6 +118,14 @@ def check_config(cfg: Config, *, probe: bool) -> int:
             print(f"pushproxy: error: {result.describe(cfg.upstream)}", file=sys.stderr)
             code = 2
     return code
+
+
+def file_report(cfg: Config) -> FileReport:
+    """What ``check-config`` finds of the files the config names: the core's, then each enabled extension's."""
+    extensions = ExtensionManager.for_config(cfg)
+    report = check_files(cfg, push=bool(extensions))
+    extensions.check_files(report)
+    return report
 
 
 HEALTH_TIMEOUT = 3.0

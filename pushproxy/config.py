@@ -1,28 +1,30 @@
 """Configuration: one pydantic model per section of the YAML file.
 
-:class:`CoreConfig` has the core's sections; :data:`Config` adds one field
-per extension in :data:`pushproxy.extensions.EXTENSIONS` (``Extension.section``
-validated by ``Extension.settings``: ``apns``, ``webpush``, ...), built with
-pydantic's ``create_model`` from the same list ``wiring.py`` iterates.  Code
-that needs an extension's section reads it typed through that extension's
-accessor (e.g. ``webpush_settings(config)``) or :meth:`CoreConfig.section`.
+:class:`Config` has the core's sections.  Every other top-level key is an
+extension's section: kept as it was read and validated by that extension's
+own model (``Extension.settings``) when the extension manager configures the
+extensions (:meth:`pushproxy.extensions.manager.ExtensionManager.configure`),
+or when code first reads it typed with :meth:`Config.section` (e.g.
+``webpush_settings(config)``).  A key no discovered extension claims is an
+error there.  This module knows no extension.
 
 Every key can be overridden by ``PUSHPROXY_<SECTION>__<KEY>`` environment
-variables (environment wins over the file).  Unknown keys are errors.
-Durations accept numbers (seconds) or strings such as ``30s``, ``25m``, ``2h``,
-``30d``.  Secrets are read from ``*_file`` paths so that they never have to sit
-in the YAML file itself.
+variables (environment wins over the file), extension sections' keys too.
+Unknown keys are errors.  Durations accept numbers (seconds) or strings such as
+``30s``, ``25m``, ``2h``, ``30d``.  Secrets are read from ``*_file`` paths so
+that they never have to sit in the YAML file itself.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, create_model, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -30,10 +32,21 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from pushproxy.config_sections import (
+    ENV,
+    ConfigError,
+    Problem,
+    layered,
+    problem_message,
+    problems_of,
+    unknown_section,
+    validate_section,
+)
+
 # Re-exported: sections and extensions build on these.
 from pushproxy.config_types import Duration, _check_hostport, _Section, parse_duration, parse_hostport
 
-__all__ = ["Config", "ConfigError", "CoreConfig", "Duration", "parse_duration", "parse_hostport"]
+__all__ = ["Config", "ConfigError", "Duration", "parse_duration", "parse_hostport", "unknown_section"]
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -172,22 +185,12 @@ class RuntimeConfig(_Section):
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
 
-def _layered(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Mappings merged key by key, later ones winning (as pydantic-settings merges its sources)."""
-    out: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            below = out.get(key)
-            out[key] = _layered(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
-    return out
+class Config(BaseSettings):
+    """The core's sections; any other top-level key is an extension's (see :meth:`section`)."""
 
-
-class CoreConfig(BaseSettings):
-    """The core's sections; :data:`Config` is this plus every extension's section."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="PUSHPROXY_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
-    )
+    # extra="allow": the extensions' sections, as read, until their models validate them.
+    model_config = SettingsConfigDict(**ENV, extra="allow")
+    _source: Path | None = PrivateAttr(None)  # the YAML file it was read from (error messages)
 
     listen: ListenConfig = Field(default_factory=ListenConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
@@ -200,11 +203,31 @@ class CoreConfig(BaseSettings):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     def section(self, name: str, model: type[S]) -> S:
-        """An extension's section (``Extension.section``), typed as its model (``Extension.settings``)."""
-        value = getattr(self, name, None)
-        if not isinstance(value, model):
-            raise TypeError(f"config section {name!r} is not a {model.__name__} (is its extension listed?)")
-        return value
+        """An extension's section (``Extension.section``), validated by its model (``Extension.settings``).
+
+        Validated once (YAML, then its ``PUSHPROXY_<NAME>__*`` variables); raises ConfigError
+        naming each bad key under the section's name.
+        """
+        if name in type(self).model_fields:
+            raise TypeError(f"config section {name!r} is the core's, not an extension's")
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        value = extra.get(name)
+        if isinstance(value, BaseModel):
+            if not isinstance(value, model):
+                raise TypeError(f"config section {name!r} is a {type(value).__name__}, not a {model.__name__}")
+            return value
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(self._where([(f"  {name}: must be a mapping of keys", False)]))
+        validated = validate_section(name, model, value or {}, self._where)
+        extra[name] = validated  # config.<name> is the typed section from now on
+        return validated
+
+    def extension_keys(self) -> list[str]:
+        """The top-level keys that are no core section (the extensions claim theirs)."""
+        return sorted(self.__pydantic_extra__ or {})
+
+    def _where(self, lines: list[Problem]) -> str:
+        return problem_message(lines, self._source)
 
     @classmethod
     def settings_customise_sources(
@@ -218,13 +241,6 @@ class CoreConfig(BaseSettings):
         # The YAML file is not a source: load_config layers it under the environment itself.
         return (init_settings, env_settings)
 
-    @property
-    def push_enabled(self) -> bool:
-        """Some extension is enabled: the store, the watchers and the dispatcher are needed."""
-        from pushproxy.extensions import extension_classes
-
-        return any(cls().configure(self) for cls in extension_classes())
-
     def vault_key_path(self) -> Path:
         return self.watch.vault_key_file or self.store.state_dir / "vault.key"
 
@@ -236,31 +252,6 @@ class CoreConfig(BaseSettings):
         return None
 
 
-def _with_extension_sections(core: type[CoreConfig]) -> type[CoreConfig]:
-    """``core`` plus one field per listed extension that has a section: its YAML key and env prefix."""
-    from pushproxy.extensions import extension_classes
-
-    fields: dict[str, Any] = {}
-    for extension in extension_classes():
-        if extension.section is not None and extension.settings is not None:
-            if extension.section in core.model_fields or extension.section in fields:
-                raise RuntimeError(f"config section {extension.section!r} claimed twice")
-            fields[extension.section] = (extension.settings, Field(default_factory=extension.settings))
-    config: type[CoreConfig] = create_model("Config", __base__=core, __module__=__name__, **fields)
-    config.__doc__ = "The whole configuration: the core's sections and every listed extension's."
-    return config
-
-
-if TYPE_CHECKING:
-    Config = CoreConfig  # extensions' sections are read through CoreConfig.section (typed)
-else:
-    Config = _with_extension_sections(CoreConfig)
-
-
-class ConfigError(Exception):
-    """A configuration problem, with a message meant for the admin."""
-
-
 def read_secret_file(path: Path) -> str:
     try:
         return path.read_text().strip()
@@ -268,10 +259,17 @@ def read_secret_file(path: Path) -> str:
         raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from exc
 
 
-def load_config(path: Path | str | None, **overrides: Any) -> Config:
-    """Read the YAML file (if any), apply env overrides, validate."""
-    from pydantic import ValidationError
+def load_config(
+    path: Path | str | None, sections: Mapping[str, type[BaseModel]] | None = None, **overrides: Any
+) -> Config:
+    """Read the YAML file (if any), apply env overrides, validate.
 
+    ``sections``: the extensions' sections and their models (the CLI passes every discovered
+    extension's, ``pushproxy.extensions.manager.extension_sections``): each is validated by its
+    model, a top-level key that is neither the core's nor one of them is unknown, and every
+    problem of every section is in the one ConfigError.  Without it only the core's sections
+    are validated here; an extension's is when first read (:meth:`Config.section`).
+    """
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -285,41 +283,39 @@ def load_config(path: Path | str | None, **overrides: Any) -> Config:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = raw
+    source = Path(path) if path is not None else None
+    # YAML, then PUSHPROXY_* variables over it, then the caller's overrides; validated
+    # once (model_validate: the settings sources are not consulted again).
+    merged = layered(data, EnvSettingsSource(Config)(), overrides)
+    problems: list[Problem] = []
+    config: Config | None = None
     try:
-        # YAML, then PUSHPROXY_* variables over it, then the caller's overrides; validated
-        # once (model_validate: the settings sources are not consulted again).
-        return Config.model_validate(_layered(data, EnvSettingsSource(Config)(), overrides))
+        config = Config.model_validate(merged)
     except ValidationError as exc:
-        lines = []
-        from_env = 0
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            variable = _env_variable_for([str(p) for p in err["loc"]])
-            if variable is not None:
-                from_env += 1
-                lines.append(f"  {loc} (environment variable {variable}): {msg}")
-            else:
-                lines.append(f"  {loc}: {msg}")
-        if from_env == len(lines):
-            where = " in the environment"
-        elif from_env:
-            where = f" in {path} and the environment" if path else ""
-        else:
-            where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None
+        problems = problems_of(exc)
+    validated: dict[str, BaseModel] = {}
+    if sections is not None:
+        problems += [unknown_section(k) for k in merged if k not in Config.model_fields and k not in sections]
+        for name, model in sections.items():
+            value = merged.get(name)
+            if value is not None and not isinstance(value, dict):
+                problems.append((f"  {name}: must be a mapping of keys", False))
+                continue
+            try:
+                validated[name] = validate_section(name, model, value or {}, lambda lines: "")
+            except ConfigError as exc:
+                problems += exc.problems
+    if problems or config is None:
+        raise ConfigError(problem_message(problems, source), problems)
+    config._source = source
+    if config.__pydantic_extra__ is not None:
+        config.__pydantic_extra__.update(validated)
+    return config
 
 
-def _env_variable_for(loc: list[str]) -> str | None:
-    """The ``PUSHPROXY_...`` variable that set the value at ``loc`` (or a section containing it), if any."""
-    import os
-
-    names = {name.upper(): name for name in os.environ if name.upper().startswith("PUSHPROXY_")}
-    for depth in range(len(loc), 0, -1):
-        candidate = "PUSHPROXY_" + "__".join(part.upper() for part in loc[:depth])
-        if candidate in names:
-            return names[candidate]
-    return None
+def config_error(problems: list[Problem], config: Config) -> ConfigError:
+    """One ConfigError for the problems of several sections."""
+    return ConfigError(problem_message(problems, config._source), problems)
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]+)(@)")

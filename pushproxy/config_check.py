@@ -81,8 +81,13 @@ def _check_generated(report: FileReport, key: str, path: Path) -> None:
         report.errors.append(f"{key}: {path} does not exist and {parent} is not writable by uid {os.geteuid()}")
 
 
-def check_files(cfg: Config) -> FileReport:
-    """Check every file the configuration refers to for the features it enables."""
+def check_files(cfg: Config, *, push: bool) -> FileReport:
+    """Check every file of the core's sections the configuration refers to for the features it enables.
+
+    ``push``: some extension is enabled, so the store and the watchers' credentials are used.
+    The extensions check their own files into the same report
+    (``ExtensionManager.check_files``).
+    """
     report = FileReport()
 
     def readable(key: str, path: Path | None, *, secret: bool = False) -> None:
@@ -98,7 +103,7 @@ def check_files(cfg: Config) -> FileReport:
         readable("upstream.ca_file", cfg.upstream.ca_file)
     readable("admin.ox_secret_file", cfg.admin.ox_secret_file, secret=True)
 
-    if not cfg.push_enabled:
+    if not push:
         return report
     if cfg.store.url.startswith("sqlite:///") and cfg.store.url.rstrip("/").rpartition("/")[2] != ":memory:":
         _check_generated(report, "store.url", Path("/" + cfg.store.url[len("sqlite://") :].lstrip("/")))
@@ -106,8 +111,4 @@ def check_files(cfg: Config) -> FileReport:
         _check_generated(report, "watch.vault_key_file", cfg.vault_key_path())
     if cfg.watch.credentials == "master":
         readable("watch.master_password_file", cfg.watch.master_password_file, secret=True)
-    from pushproxy.extensions import load_extensions
-
-    for extension in load_extensions(cfg):
-        extension.check_files(report)
     return report

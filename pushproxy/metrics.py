@@ -10,8 +10,8 @@ add metrics freely, never rename one.  Each extension defines its own metrics
 on :data:`REGISTRY` in its package (``pushproxy/extensions/<name>/metrics.py``:
 ``pushproxy_apns_*``, ``pushproxy_webpush_*``) and reports its pushes and
 registrations here, under its own ``service`` / ``kind`` label value
-(:func:`known_service`).  :func:`exposition` imports every listed extension
-first, so ``/metrics`` always shows all of them.
+(:func:`known_service`).  Discovery imports every extension before the admin
+listener opens (``pushproxy.extensions``), so ``/metrics`` shows all of them.
 
 ==========================================  =========  ======================================
 name                                        type       labels
@@ -334,13 +334,6 @@ def set_state_gauge(gauge: Gauge, counts: Mapping[str, int], states: Iterable[st
 
 
 def exposition(accept_header: str = "") -> tuple[bytes, str]:
-    """The registry in the exposition format the scraper asked for: (body, content type).
-
-    Every listed extension is imported first (a no-op after the first time):
-    its metrics are defined in its package, and are shown even before it runs.
-    """
-    from pushproxy.extensions import extension_classes
-
-    extension_classes()
+    """The registry in the exposition format the scraper asked for: (body, content type)."""
     encoder, content_type = choose_encoder(accept_header)
     return encoder(REGISTRY), content_type

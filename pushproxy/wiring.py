@@ -19,18 +19,16 @@ Every call of an extension's hook goes through the
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pushproxy import fdlimit, metrics
 from pushproxy.admin import AdminServer
-from pushproxy.config import read_secret_file
+from pushproxy.config import Config, read_secret_file
 from pushproxy.extensions.base import CredentialSink, NullCredentialSink
 from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.proxy.server import ProxyService
 from pushproxy.proxy.shared import SessionStats
-
-if TYPE_CHECKING:
-    from pushproxy.app import App
+from pushproxy.upstream_probe import CachedUpstreamProbe
 
 log = logging.getLogger("pushproxy.wiring")
 
@@ -82,13 +80,26 @@ class _Closing:
         await self._fn()
 
 
-async def build(app: App) -> None:
+class Assembly(Protocol):
+    """What :func:`build` fills in: :class:`pushproxy.app.App` (which calls it; wiring does not import it)."""
+
+    config: Config
+    upstream_probe: CachedUpstreamProbe
+    components: list[Any]  # started in order, closed in reverse
+    service: Any
+    admin: Any
+    store: Any
+    dispatcher: Any
+    supervisor: Any
+
+
+async def build(app: Assembly) -> None:
     cfg = app.config
     credentials: CredentialSink = NullCredentialSink()
     supervisor: Any = None
     pipeline: Any = None
 
-    extensions = ExtensionManager.enabled_by(cfg)
+    extensions = ExtensionManager.for_config(cfg)
     if extensions:
         from pushproxy.push.pipeline import FanOut, PushLedger, PushPipeline
         from pushproxy.store.factory import open_store

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,10 +12,28 @@ from typing import Any
 
 import pytest
 
+from tests.support import distribution
 from tests.support.dovecot import Dovecot
 from tests.support.proxy import ProxyProcess, upstream_config
 
 pytest_plugins = ["tests.support.dovecot_fixtures", "tests.support.postgres"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Install the tests' distribution (the eventlog extension's entry point) for this process and its children."""
+    entry = str(distribution.install(Path(tempfile.mkdtemp(prefix="pushproxy-test-dist-"))))
+    config.stash[_DIST_DIR] = entry
+    sys.path.insert(0, entry)
+    os.environ["PYTHONPATH"] = distribution.python_path(entry)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    entry = config.stash.get(_DIST_DIR, None)
+    if entry is not None:
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+_DIST_DIR = pytest.StashKey[str]()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,43 +1,51 @@
-"""The extensions of this proxy: the list the core iterates.
+"""Which extensions this proxy has: discovery.
 
-Each entry is ``"module:Class"``; the module must be cheap to import (heavy
-dependencies are imported in the extension's ``start``) and must not import
-:mod:`pushproxy.config` at module level (``TYPE_CHECKING`` only), because
-:mod:`pushproxy.config` imports the list to build its model from every
-extension's ``section`` and ``settings``.  An extension is active when its
-``configure(config)`` says so.
+Two sources, in this order:
+
+- :data:`EXTENSIONS`, the push protocols that ship with pushproxy (``"module:Class"``);
+- the Python entry points of group ``pushproxy.extensions`` (:data:`ENTRY_POINT_GROUP`)
+  of every installed distribution, in entry point name order: how a third-party
+  package adds one (``[project.entry-points."pushproxy.extensions"]`` in its
+  ``pyproject.toml``: ``myproto = "mypackage.extension:MyProto"``).  The tests
+  add their ``eventlog`` extension this way (``tests/support/test_distribution.py``).
+
+A discovered extension is active when its ``configure(config)`` says so; the
+:class:`~pushproxy.extensions.manager.ExtensionManager` does the rest.  An
+extension module must be cheap to import (heavy dependencies in ``start``):
+``pushproxy --help`` imports every one to add its subcommands.
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pushproxy.config import Config
     from pushproxy.extensions.base import Extension
+
+__all__ = ["ENTRY_POINT_GROUP", "EXTENSIONS", "extension_classes"]
 
 EXTENSIONS: tuple[str, ...] = (
     "pushproxy.extensions.xapplepush.addon:XApplePush",
     "pushproxy.extensions.webpush.addon:WebPush",
     "pushproxy.extensions.deltachat.addon:DeltaChat",
-    "pushproxy.extensions.eventlog:EventLog",  # test-only, off unless eventlog.path is set
 )
+ENTRY_POINT_GROUP = "pushproxy.extensions"
 
 
-def extension_classes(entries: tuple[str, ...] = EXTENSIONS) -> list[type[Extension]]:
-    classes = []
-    for entry in entries:
-        module, _, name = entry.partition(":")
-        classes.append(getattr(importlib.import_module(module), name))
+def _load(entry: str) -> type[Extension]:
+    module, _, name = entry.partition(":")
+    loaded: type[Extension] = getattr(importlib.import_module(module), name)
+    return loaded
+
+
+def extension_classes(entries: tuple[str, ...] = EXTENSIONS, *, installed: bool = True) -> list[type[Extension]]:
+    """The listed extensions, then (``installed``) every installed distribution's entry points, each class once."""
+    classes = [_load(entry) for entry in entries]
+    points = metadata.entry_points(group=ENTRY_POINT_GROUP) if installed else ()
+    for point in sorted(points, key=lambda p: p.name):
+        cls = point.load()
+        if cls not in classes:
+            classes.append(cls)
     return classes
-
-
-def load_extensions(config: Config, entries: tuple[str, ...] = EXTENSIONS) -> list[Extension]:
-    """An instance of every listed extension that the config enables, in list order."""
-    enabled = []
-    for cls in extension_classes(entries):
-        ext = cls()
-        if ext.configure(config):
-            enabled.append(ext)
-    return enabled

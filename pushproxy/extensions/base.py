@@ -237,11 +237,8 @@ class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses overr
 
     core: Core = field(init=False, repr=False)  # set by attach()
 
-    section: ClassVar[str | None] = None  # its top-level YAML key: a field of pushproxy.config.Config
-    settings: ClassVar[type[BaseModel] | None] = None  # the model of that section
-    # Production extensions document their section in deploy/pushproxy.example.yaml (a test checks
-    # every key); a test-only one (eventlog) sets False and stays out of what admins read.
-    in_example_config: ClassVar[bool] = True
+    section: ClassVar[str | None] = None  # its top-level YAML key (and PUSHPROXY_<SECTION>__<KEY> variables)
+    settings: ClassVar[type[BaseModel] | None] = None  # the model that validates that section
     schema: ClassVar[SchemaPart | None] = None  # its tables: a numbered part of the store's schema
 
     def configure(self, config: Config) -> bool:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.support.certs import ApnsTestCerts, make_apns_certs
+from tests.support.distribution import python_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +22,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={**os.environ, "PYTHONPATH": python_path(), **(env or {})},
         cwd=ROOT,
     )
 
@@ -195,8 +196,8 @@ def test_check_config_checks_access_as_the_running_user(certs: ApnsTestCerts) ->
 def _check_as_nobody(tmp_path: Path, certs: ApnsTestCerts) -> None:
     import json as jsonlib
 
+    from pushproxy.cli import file_report
     from pushproxy.config import load_config
-    from pushproxy.config_check import check_files
 
     key = tmp_path / "apns.key"
     key.write_bytes(certs.client_key.read_bytes())
@@ -214,7 +215,7 @@ def _check_as_nobody(tmp_path: Path, certs: ApnsTestCerts) -> None:
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            os.write(write_end, jsonlib.dumps(check_files(cfg).errors).encode())
+            os.write(write_end, jsonlib.dumps(file_report(cfg).errors).encode())
         except BaseException as exc:
             os.write(write_end, jsonlib.dumps([f"child failed: {exc!r}"]).encode())
         finally:

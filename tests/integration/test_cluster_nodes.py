@@ -26,8 +26,9 @@ from tests.support import apns_env
 from tests.support.apns_env import RawClient, apns_config, register
 from tests.support.apns_standin import ApnsStandin
 from tests.support.certs import ApnsTestCerts
+from tests.support.distribution import python_path
 from tests.support.dovecot import Dovecot, make_message
-from tests.support.proxy import ROOT, ProxyProcess, upstream_config
+from tests.support.proxy import ProxyProcess, upstream_config
 from tests.support.waiting import assert_quiet, wait_for
 
 pytest.importorskip("asyncpg", reason="asyncpg is not installed: pip install 'pushproxy[postgres]'")
@@ -247,7 +248,7 @@ def run_cli(node: ProxyProcess, *args: str) -> str:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": python_path()},
         check=False,
     )
     assert out.returncode == 0, out.stderr

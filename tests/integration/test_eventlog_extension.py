@@ -1,21 +1,25 @@
 """The test-only EVENTLOG extension through the real proxy and a real Dovecot delivery.
 
-It is one package (pushproxy/extensions/eventlog) plus one entry in the
-extension list: its section of the YAML, its IMAP command and capability, the
-mailboxes it wants watched, the events the dispatcher hands it and its admin
-subcommand all reach it through the Extension hooks alone.
+It is one module (tests/support/eventlog.py) plus an entry point of the tests'
+distribution (tests/support/distribution.py), discovered as a third-party
+package's would be: its section of the YAML, its IMAP command and capability,
+the mailboxes it wants watched, the events the dispatcher hands it and its
+admin subcommand all reach it through the Extension hooks alone.  Without that
+distribution on the path (production) there is no eventlog at all.
 """
 
 from __future__ import annotations
 
 import imaplib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
+from tests.support.distribution import ROOT
 from tests.support.dovecot import Dovecot, make_message
 from tests.support.waiting import wait_for
 
@@ -75,3 +79,25 @@ def test_eventlog_section_is_validated_by_its_extension(tmp_path: Path) -> None:
     )
     assert checked.returncode == 2
     assert "eventlog.colour: unknown key" in checked.stderr
+
+
+def test_production_has_no_eventlog_and_the_tests_distribution_adds_it() -> None:
+    """check-config of the production example: eventlog's section only where the tests' distribution is installed."""
+    example = ROOT / "deploy" / "pushproxy.example.yaml"
+
+    def sections(pythonpath: str) -> set[str]:
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PUSHPROXY_")}
+        env["PYTHONPATH"] = pythonpath
+        checked = subprocess.run(
+            [sys.executable, "-m", "pushproxy", "check-config", "--config", str(example)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=ROOT,
+        )
+        return set(json.loads(checked.stdout))
+
+    production = sections(str(ROOT))  # the repository only: what an installed pushproxy sees
+    assert {"apns", "webpush"} <= production and "eventlog" not in production
+    assert "eventlog" in sections(os.environ["PYTHONPATH"])  # this session's: the tests' distribution too

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from tests.support.distribution import python_path
 from tests.support.dovecot import Dovecot
 from tests.support.waiting import wait_for
 
@@ -75,7 +76,7 @@ class ProxyProcess:
 
     def start(self, timeout: float = 15) -> ProxyProcess:
         self.config_file.write_text(yaml.safe_dump(self.config))
-        env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": python_path(), **self.env}
         # The log is appended to across restarts: only this run's lines say it is ready.
         seen = len(self.log_text()) if self.log_file.exists() else 0
         with self.log_file.open("ab") as log:

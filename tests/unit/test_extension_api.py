@@ -9,28 +9,51 @@ from pathlib import Path
 import pytest
 
 from pushproxy import extensions
-from pushproxy.config import Config, ConfigError, CoreConfig, load_config
+from pushproxy.config import Config, ConfigError, load_config
 from pushproxy.extensions.base import Extension, WatchRequest
-from pushproxy.extensions.eventlog import EventLog, EventLogSettings
-from pushproxy.extensions.manager import merge_requests
+from pushproxy.extensions.manager import ExtensionManager, check_sections, merge_requests
+from pushproxy.extensions.webpush.settings import WebPushConfig
 from pushproxy.store import tables
 from pushproxy.store.schema import SchemaPart
 from pushproxy.watch.detection import WatchSpec
+from tests.support.eventlog import EventLog, EventLogSettings
 
 
-def test_the_list_names_every_extension_and_the_config_enables_them() -> None:
+def test_the_list_names_the_push_protocols_and_the_config_enables_them() -> None:
+    """pushproxy's own list holds real push protocols only; the tests' eventlog comes from an entry point."""
+    assert [cls().name for cls in extensions.extension_classes(installed=False)] == ["xapplepush", "webpush", "deltachat"]
     names = [cls().name for cls in extensions.extension_classes()]
     assert names == ["xapplepush", "webpush", "deltachat", "eventlog"]
-    assert extensions.load_extensions(Config()) == []  # a plain transparent proxy
-    enabled = extensions.load_extensions(Config(webpush={"enabled": True}))
-    assert [ext.name for ext in enabled] == ["webpush"]
+    assert not ExtensionManager.for_config(Config())  # a plain transparent proxy
+    enabled = ExtensionManager.for_config(Config(webpush={"enabled": True}))
+    assert enabled.names() == ["webpush"]
+
+
+def test_an_extension_is_discovered_from_an_installed_distributions_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a third-party package does: its distribution's metadata names the class (group pushproxy.extensions)."""
+    (tmp_path / "thirdparty_recorder.py").write_text(
+        "from pushproxy.extensions.base import Extension\n\n"
+        "class Recorder(Extension):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(name='recorder')\n"
+    )
+    info = tmp_path / "thirdparty_recorder-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-recorder\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pushproxy.extensions]\nrecorder = thirdparty_recorder:Recorder\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = [cls().name for cls in extensions.extension_classes()]
+    assert names == ["xapplepush", "webpush", "deltachat", "eventlog", "recorder"]  # the list first, then by entry point name
+    assert ExtensionManager.for_config(Config()).names() == ["recorder"]  # enabled by default (configure: True)
 
 
 def test_an_extension_section_is_validated_by_its_own_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = Config(eventlog={"path": str(tmp_path / "e.jsonl"), "accounts": ["Alice"]})
     section = config.section("eventlog", EventLogSettings)
     assert isinstance(section, EventLogSettings) and section.path == tmp_path / "e.jsonl"
-    assert [ext.name for ext in extensions.load_extensions(config)] == ["eventlog"]
+    assert ExtensionManager.for_config(config).names() == ["eventlog"]
     monkeypatch.setenv("PUSHPROXY_EVENTLOG__MAILBOXES", '["INBOX", "Junk"]')
     section = load_config(None).section("eventlog", EventLogSettings)
     assert isinstance(section, EventLogSettings) and section.mailboxes == ["INBOX", "Junk"]
@@ -39,7 +62,23 @@ def test_an_extension_section_is_validated_by_its_own_model(tmp_path: Path, monk
     with pytest.raises(
         ConfigError, match=r"eventlog\.colour \(environment variable PUSHPROXY_EVENTLOG__COLOUR\): unknown key"
     ):
-        load_config(None)
+        ExtensionManager.for_config(load_config(None))
+
+
+def test_each_section_reports_its_own_errors_under_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "pushproxy.yaml"
+    path.write_text(
+        "webpush: {ttl: soon, colour: red}\neventlog: {accounts: 3}\napnss: {enabled: true}\nlog: {level: info}\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        check_sections(load_config(path), extensions.extension_classes())
+    assert str(raised.value).splitlines() == [
+        f"invalid configuration in {path}:",
+        "  apnss: unknown key",  # no core section and no extension claims it
+        "  webpush.ttl: Input should be a valid integer, unable to parse string as an integer",
+        "  webpush.colour: unknown key",
+        "  eventlog.accounts: Input should be a valid list",
+    ]
 
 
 async def test_eventlog_watches_only_its_accounts() -> None:
@@ -58,17 +97,17 @@ def test_watch_requests_merge_into_one_spec() -> None:
     assert spec is not None and spec.bodies
 
 
-def test_config_sections_come_from_the_extension_list() -> None:
-    """The core declares its sections; every listed extension adds its own (same YAML keys and variables)."""
-    core = set(CoreConfig.model_fields)
-    assert not core & {"apns", "webpush", "deltachat", "eventlog"}
-    sections = {cls.section: cls.settings for cls in extensions.extension_classes()}
-    assert set(Config.model_fields) == core | set(sections)
+def test_config_knows_no_extension_and_each_section_is_typed_by_its_model() -> None:
+    """The core declares its sections; an extension's section is validated by its model when read."""
+    assert not set(Config.model_fields) & {"apns", "webpush", "deltachat", "eventlog"}
     config = Config()
-    for name, model in sections.items():
-        assert model is not None and isinstance(config.section(name, model), model)
+    for cls in extensions.extension_classes():
+        assert cls.section is not None and cls.settings is not None
+        assert isinstance(config.section(cls.section, cls.settings), cls.settings)
     with pytest.raises(TypeError, match="not a"):
         config.section("apns", EventLogSettings)
+    given = WebPushConfig(enabled=True)
+    assert Config(webpush=given).section("webpush", WebPushConfig) is given  # a model already built is kept
 
 
 def test_an_extension_brings_its_schema_part(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,6 +128,6 @@ def test_an_extension_brings_its_schema_part(monkeypatch: pytest.MonkeyPatch) ->
     ["pushproxy.config", "pushproxy.extensions.webpush.mailboxes", "pushproxy.watch.supervisor", "pushproxy.cli"],
 )
 def test_each_module_imports_first(module: str) -> None:
-    """pushproxy.config imports the extension list: no extension may need the config at import (a cycle)."""
+    """Any module imports first in a fresh interpreter (no import cycle that only works in one order)."""
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -125,7 +125,7 @@ def subscription(sub_id: str, *, active: bool = True, want_changes: bool = False
 def push_extensions(store: SqliteStore, webpush_mailboxes: list[str]) -> ExtensionManager:
     """Both push extensions, attached to the store (what the supervisor asks what to watch)."""
     config = Config(apns={"enabled": True}, webpush={"enabled": True, "mailboxes": webpush_mailboxes})
-    extensions = ExtensionManager.enabled_by(config)
+    extensions = ExtensionManager.for_config(config)
     extensions.attach(config, store)
     return extensions
 

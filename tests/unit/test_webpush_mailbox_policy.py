@@ -7,10 +7,11 @@ import asyncio
 
 import pytest
 
-from pushproxy.config import Config
+from pushproxy.config import Config, ConfigError
 from pushproxy.extensions.base import Extension, SessionContext
 from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes, pick_subscribed
+from pushproxy.extensions.webpush.settings import webpush_settings
 from pushproxy.imap.data import ListItem, parse_list, read_response
 from pushproxy.imap.utf7 import encode_mailbox
 from pushproxy.proxy.session import Session, SessionSettings
@@ -75,13 +76,13 @@ def test_watched_mailboxes_per_account_and_the_delivery_filter() -> None:
 
 
 def test_settings() -> None:
-    assert Config().webpush.mailboxes == "subscribed"
-    assert Config().webpush.mailboxes_refresh == 900.0
-    assert Config(webpush={"mailboxes": ["Notes"]}).webpush.mailboxes == ["INBOX", "Notes"]
-    assert Config(webpush={"mailboxes": ["inbox", "Notes"]}).webpush.mailboxes == ["inbox", "Notes"]
-    assert Config(webpush={"mailboxes_refresh": "5m"}).webpush.mailboxes_refresh == 300.0
-    with pytest.raises(ValueError, match="mailboxes"):
-        Config(webpush={"mailboxes": "everything"})
+    assert webpush_settings(Config()).mailboxes == "subscribed"
+    assert webpush_settings(Config()).mailboxes_refresh == 900.0
+    assert webpush_settings(Config(webpush={"mailboxes": ["Notes"]})).mailboxes == ["INBOX", "Notes"]
+    assert webpush_settings(Config(webpush={"mailboxes": ["inbox", "Notes"]})).mailboxes == ["inbox", "Notes"]
+    assert webpush_settings(Config(webpush={"mailboxes_refresh": "5m"})).mailboxes_refresh == 300.0
+    with pytest.raises(ConfigError, match=r"webpush\.mailboxes"):  # validated by the section's model when read
+        webpush_settings(Config(webpush={"mailboxes": "everything"}))
 
 
 # --------------------------------------------------------------------------- listing upstream

@@ -1,9 +1,11 @@
 """EVENTLOG: a test-only extension that writes every mail event to a file, one JSON line each.
 
 It exists to show (and test) that the core knows extensions only through
-their hooks: it is this package plus one entry in
-:data:`pushproxy.extensions.EXTENSIONS`.  It is off unless its section sets
-``eventlog.path``; nothing in production needs it.
+their hooks, and that a third-party package adds one without touching
+pushproxy: it is this module plus an entry point of the tests' distribution
+(:mod:`tests.support.distribution`), found by the same discovery as any
+installed package's (:mod:`pushproxy.extensions`).  It is off unless its
+section sets ``eventlog.path``; production never sees it.
 
 - section ``eventlog``: ``path`` (the file), ``accounts`` (watched when they
   log in), ``mailboxes`` (default INBOX).
@@ -59,7 +61,6 @@ def event_record(event: MailEvent) -> dict[str, Any]:
 class EventLog(Extension):
     section = "eventlog"
     settings = EventLogSettings
-    in_example_config = False  # test-only: not in what admins read
 
     def __init__(self) -> None:
         super().__init__(name="eventlog", capabilities=(b"XEVENTLOG",), commands={"XEVENTLOG": self.xeventlog})
