@@ -89,7 +89,7 @@ class Assembly(Protocol):
     service: Any
     admin: Any
     store: Any
-    dispatcher: Any
+    pipeline: Any
     supervisor: Any
 
 
