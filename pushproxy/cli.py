@@ -11,7 +11,8 @@ from pathlib import Path
 
 from pushproxy.config import Config, ConfigError, load_config, masked_dict
 from pushproxy.config_check import FileReport, check_files
-from pushproxy.extensions.manager import ExtensionManager, add_subcommands, extension_sections
+from pushproxy.extensions import add_subcommands, extension_sections
+from pushproxy.extensions.manager import ExtensionManager
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:

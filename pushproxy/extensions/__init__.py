@@ -17,14 +17,28 @@ extension module must be cheap to import (heavy dependencies in ``start``):
 
 from __future__ import annotations
 
+import argparse
 import importlib
+from collections.abc import Sequence
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pushproxy.config import Config, ConfigError, config_error, unknown_section
+from pushproxy.extensions.safecall import guarded
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from pushproxy.extensions.base import Extension
 
-__all__ = ["ENTRY_POINT_GROUP", "EXTENSIONS", "extension_classes"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "EXTENSIONS",
+    "add_subcommands",
+    "check_sections",
+    "extension_classes",
+    "extension_sections",
+]
 
 EXTENSIONS: tuple[str, ...] = (
     "pushproxy.extensions.xapplepush.addon:XApplePush",
@@ -49,3 +63,32 @@ def extension_classes(entries: tuple[str, ...] = EXTENSIONS, *, installed: bool 
         if cls not in classes:
             classes.append(cls)
     return classes
+
+
+def check_sections(config: Config, classes: Sequence[type[Extension]]) -> None:
+    """Validate every extension's section by its own model; one ConfigError with every problem, under its name.
+
+    A top-level key that neither the core nor any of ``classes`` claims is an unknown key.
+    """
+    claimed = {cls.section for cls in classes if cls.section is not None}
+    problems = [unknown_section(key) for key in config.extension_keys() if key not in claimed]
+    for cls in classes:
+        if cls.section is not None and cls.settings is not None:
+            try:
+                config.section(cls.section, cls.settings)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    if problems:
+        raise config_error(problems, config)
+
+
+def extension_sections() -> dict[str, type[BaseModel]]:
+    """Every discovered extension's section and the model that validates it (for ``load_config``)."""
+    return {cls.section: cls.settings for cls in extension_classes() if cls.section and cls.settings}
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Every discovered extension's admin subcommands (``Extension.cli``: before any config is read)."""
+    for cls in extension_classes():
+        with guarded(cls.__name__, "cli"):
+            cls.cli(subparsers)

@@ -25,20 +25,15 @@ extensions are attached to (config, store, ``registration_changed``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import inspect
 import logging
-import os
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pushproxy import metrics
-from pushproxy.config import Config, ConfigError, config_error, unknown_section
-from pushproxy.extensions import extension_classes
+from pushproxy.config import Config
+from pushproxy.extensions import check_sections, extension_classes
 from pushproxy.extensions.base import (
     Claim,
     Extension,
@@ -48,20 +43,19 @@ from pushproxy.extensions.base import (
     SessionContext,
     WatchRequest,
 )
+from pushproxy.extensions.safecall import failed, guarded
 from pushproxy.retry import Backoff
 from pushproxy.store.base import StoreUnavailable
 from pushproxy.watch.detection import WatchSpec
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
-
     from pushproxy.config_check import FileReport
     from pushproxy.events import MailEvent
     from pushproxy.imap.data import ListItem
     from pushproxy.imap.parse import Command
     from pushproxy.store.base import Store
 
-__all__ = ["ExtensionManager", "add_subcommands", "check_sections", "extension_sections", "merge_requests"]
+__all__ = ["ExtensionManager", "merge_requests"]
 
 log = logging.getLogger("pushproxy.extensions")
 
@@ -85,61 +79,6 @@ def merge_requests(requests: Sequence[WatchRequest]) -> WatchSpec | None:
         list_subscribed=min(refresh) if refresh else None,
         bodies=any(request.bodies for request in requests),
     )
-
-
-def _where(exc: BaseException) -> str:
-    """``file:line`` of the innermost frame that raised (the log line's only pointer into the code)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "?"
-    last = frames[-1]
-    _, package, inside = last.filename.rpartition("/pushproxy/")
-    return f"{'pushproxy/' + inside if package else os.path.basename(last.filename)}:{last.lineno}"
-
-
-def _failed(name: str, hook: str, exc: BaseException) -> None:
-    """The policy itself: one log line naming the extension and the hook, one count."""
-    log.error("extension %s: %s failed (%s at %s)", name, hook, type(exc).__name__, _where(exc))
-    metrics.EXTENSION_ERRORS.labels(extension=name, hook=hook).inc()
-
-
-@contextlib.contextmanager
-def _guarded(name: str, hook: str, passthrough: tuple[type[Exception], ...] = ()) -> Iterator[None]:
-    try:
-        yield
-    except passthrough:
-        raise
-    except Exception as exc:
-        _failed(name, hook, exc)
-
-
-def check_sections(config: Config, classes: Sequence[type[Extension]]) -> None:
-    """Validate every extension's section by its own model; one ConfigError with every problem, under its name.
-
-    A top-level key that neither the core nor any of ``classes`` claims is an unknown key.
-    """
-    claimed = {cls.section for cls in classes if cls.section is not None}
-    problems = [unknown_section(key) for key in config.extension_keys() if key not in claimed]
-    for cls in classes:
-        if cls.section is not None and cls.settings is not None:
-            try:
-                config.section(cls.section, cls.settings)
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-    if problems:
-        raise config_error(problems, config)
-
-
-def extension_sections() -> dict[str, type[BaseModel]]:
-    """Every discovered extension's section and the model that validates it (for ``load_config``)."""
-    return {cls.section: cls.settings for cls in extension_classes() if cls.section and cls.settings}
-
-
-def add_subcommands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Every discovered extension's admin subcommands (``Extension.cli``: before any config is read)."""
-    for cls in extension_classes():
-        with _guarded(cls.__name__, "cli"):
-            cls.cli(subparsers)
 
 
 class ExtensionManager:
@@ -224,7 +163,7 @@ class ExtensionManager:
     ) -> Any:
         """``ext.<hook>(*args)``, awaited if it is a coroutine; None when it raised (logged once, counted)."""
         result = None
-        with _guarded(ext.name, hook, passthrough):
+        with guarded(ext.name, hook, passthrough):
             returned = getattr(ext, hook)(*args)
             result = await returned if inspect.isawaitable(returned) else returned
         return result
@@ -232,7 +171,7 @@ class ExtensionManager:
     def check_files(self, report: FileReport) -> None:
         """``check-config``: every extension checks the files its section names."""
         for ext in self.extensions:
-            with _guarded(ext.name, "check_files"):
+            with guarded(ext.name, "check_files"):
                 ext.check_files(report)
 
     # ------------------------------------------------------------------ lifecycle
@@ -315,11 +254,10 @@ class ExtensionManager:
     def claims(self, name: bytes, first_line: bytes, ctx: SessionContext) -> bool:
         """Whether the extension claiming ``name`` answers this command itself (False if ``wants`` raised)."""
         ext, claim = self._claims[name]
-        try:
-            return bool(claim.wants(first_line, ctx))
-        except Exception as exc:
-            self.failed(ext, f"claim {name.decode('ascii')}", exc)
-            return False
+        wanted = False
+        with guarded(ext.name, f"claim {name.decode('ascii')}"):
+            wanted = bool(claim.wants(first_line, ctx))
+        return wanted
 
     async def answer(self, cmd: Command, ctx: SessionContext) -> Reply:
         """The reply of the extension that owns ``cmd.name`` (``NO [UNAVAILABLE]`` if its handler raised)."""
@@ -330,7 +268,7 @@ class ExtensionManager:
         except StoreUnavailable:
             raise  # the session answers NO [UNAVAILABLE] <reason>; the store logged the episode
         except Exception as exc:
-            _failed(ext.name, f"command {cmd.name}", exc)
+            failed(ext.name, f"command {cmd.name}", exc)
             return _COMMAND_FAILED
 
     def _claim_handler(self, key: bytes) -> tuple[Extension, Handler]:

@@ -10,8 +10,9 @@ import pytest
 
 from pushproxy import extensions
 from pushproxy.config import Config, ConfigError, load_config
+from pushproxy.extensions import check_sections
 from pushproxy.extensions.base import Extension, WatchRequest
-from pushproxy.extensions.manager import ExtensionManager, check_sections, merge_requests
+from pushproxy.extensions.manager import ExtensionManager, merge_requests
 from pushproxy.extensions.webpush.settings import WebPushConfig
 from pushproxy.store import tables
 from pushproxy.store.schema import SchemaPart
@@ -21,7 +22,8 @@ from tests.support.eventlog import EventLog, EventLogSettings
 
 def test_the_list_names_the_push_protocols_and_the_config_enables_them() -> None:
     """pushproxy's own list holds real push protocols only; the tests' eventlog comes from an entry point."""
-    assert [cls().name for cls in extensions.extension_classes(installed=False)] == ["xapplepush", "webpush", "deltachat"]
+    production = [cls().name for cls in extensions.extension_classes(installed=False)]
+    assert production == ["xapplepush", "webpush", "deltachat"]
     names = [cls().name for cls in extensions.extension_classes()]
     assert names == ["xapplepush", "webpush", "deltachat", "eventlog"]
     assert not ExtensionManager.for_config(Config())  # a plain transparent proxy
@@ -45,7 +47,8 @@ def test_an_extension_is_discovered_from_an_installed_distributions_entry_point(
     (info / "entry_points.txt").write_text("[pushproxy.extensions]\nrecorder = thirdparty_recorder:Recorder\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     names = [cls().name for cls in extensions.extension_classes()]
-    assert names == ["xapplepush", "webpush", "deltachat", "eventlog", "recorder"]  # the list first, then by entry point name
+    # pushproxy's list first, then the entry points by name
+    assert names == ["xapplepush", "webpush", "deltachat", "eventlog", "recorder"]
     assert ExtensionManager.for_config(Config()).names() == ["recorder"]  # enabled by default (configure: True)
 
 
