@@ -145,7 +145,7 @@ async def build(app: Assembly) -> None:
         if pipeline is None:
             log.warning("admin.ox_secret_file is set but no push service is enabled: ox endpoint not installed")
         else:
-            from pushproxy.events.dovecot_ox import install_ox_endpoint
+            from pushproxy.watch.dovecot_ox import install_ox_endpoint
 
             install_ox_endpoint(admin, read_secret_file(cfg.admin.ox_secret_file), pipeline)
     await admin.start()

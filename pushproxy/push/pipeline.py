@@ -8,7 +8,7 @@
 
 Every source enters at one point, :meth:`PushPipeline.submit`: the upstream
 watchers (:meth:`pushproxy.watch.watching.Detector._apply`) and Dovecot's ox
-endpoint (:mod:`pushproxy.events.dovecot_ox`), on any node.  ``submit``
+endpoint (:mod:`pushproxy.watch.dovecot_ox`), on any node.  ``submit``
 returns at once; the mailbox name is made canonical there (``INBOX`` in any
 case is ``INBOX``), once, for every later stage.  An account's events pass the
 dedupe stage in the order they were submitted (one chain of tasks per

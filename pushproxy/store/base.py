@@ -16,10 +16,10 @@ only after it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from pushproxy.store.errors import StoreUnavailable
+from pushproxy.store.records import MailboxState, StoredCredential
 
 if TYPE_CHECKING:
     from pushproxy.store.health import StoreHealth
@@ -29,25 +29,6 @@ if TYPE_CHECKING:
 Q = TypeVar("Q", bound="Queries")
 
 __all__ = ["MailboxState", "Store", "StoreUnavailable", "StoredCredential"]
-
-
-@dataclass(slots=True)
-class StoredCredential:
-    account: str  # normalised
-    login: str  # exactly as the user typed it: what the watcher sends upstream
-    secret: str  # clear text here; encrypted at rest, bound to the account
-    stale: bool = False  # upstream said AUTHENTICATIONFAILED: wait for a new login
-    updated: float = 0.0
-
-
-@dataclass(slots=True)
-class MailboxState:
-    account: str
-    mailbox: str
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int | None = None
-    updated: float = 0.0
 
 
 class Store(ABC):

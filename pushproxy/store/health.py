@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pushproxy import metrics
-from pushproxy.store.base import StoreUnavailable
+from pushproxy.store.errors import StoreUnavailable
 
 log = logging.getLogger("pushproxy.store")
 

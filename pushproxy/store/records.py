@@ -1,4 +1,5 @@
-"""Rows to records, shared by every back end (SQLite rows and asyncpg records both index by column name).
+"""The core's records (credentials, watch state) and rows to records, shared by every back end
+(SQLite rows and asyncpg records both index by column name).
 
 The associated data of each encrypted column binds a secret to its row: a blob
 copied to another account fails to decrypt.  Keep these exactly as they are:
@@ -8,10 +9,29 @@ their packages.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pushproxy.store.base import MailboxState, StoredCredential
 from pushproxy.store.vault import Vault
+
+
+@dataclass(slots=True)
+class StoredCredential:
+    account: str  # normalised
+    login: str  # exactly as the user typed it: what the watcher sends upstream
+    secret: str  # clear text here; encrypted at rest, bound to the account
+    stale: bool = False  # upstream said AUTHENTICATIONFAILED: wait for a new login
+    updated: float = 0.0
+
+
+@dataclass(slots=True)
+class MailboxState:
+    account: str
+    mailbox: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int | None = None
+    updated: float = 0.0
 
 
 class Row(Protocol):

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pushproxy.store.base import StoreUnavailable
+from pushproxy.store.errors import StoreUnavailable
 from pushproxy.store.health import StoreHealth
 
 T = TypeVar("T")

@@ -4,7 +4,10 @@
 :mod:`~pushproxy.watch.watcher` holds the per-account connection logic,
 :mod:`~pushproxy.watch.detection` the sans-IO new-mail detection,
 :mod:`~pushproxy.watch.upstream` the upstream IMAP connection (aioimaplib's
-protocol in one small subclass).
+protocol in one small subclass).  :mod:`~pushproxy.watch.dovecot_ox` is the
+other way to learn of new mail: Dovecot's push_notification driver tells the
+proxy itself.  Both hand their events to the push pipeline
+(:mod:`pushproxy.push.pipeline`).
 
 The names below are imported when first used (PEP 562): extensions import
 the sans-IO parts (``pushproxy.watch.detection``) while :mod:`pushproxy.config`

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from pushproxy.accounts import canonical_mailbox, is_inbox
 from pushproxy.events import MessageInfo
+from pushproxy.imap.commands import mailbox_arg
 from pushproxy.imap.fetch import FetchItems
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "WatchSpec",
     "new_messages",
     "normalise_mailboxes",
+    "notify_set_command",
 ]
 
 # A NewMail carries at most this many (the newest) messages: after a long
@@ -113,3 +115,22 @@ def new_messages(fetched: Iterable[FetchItems], from_uid: int, uidnext_hint: int
             continue
         fresh.append(info)
     return NewMessages(tuple(fresh[-MAX_MESSAGES_PER_EVENT:]), uidnext, skipped, len(by_uid))
+
+
+def notify_set_command(spec: WatchSpec, qresync: bool) -> bytes:
+    """``NOTIFY SET`` (RFC 5465) for the spec: the selected mailbox, and the others reported by STATUS.
+
+    Flag changes only where they are wanted, and only with QRESYNC (which gives their UIDs).
+    """
+    events = b"MessageNew MessageExpunge"
+    command = b"NOTIFY SET (selected (" + events + (b" FlagChange" if spec.changes and qresync else b"") + b"))"
+    if spec.others:
+        other_events = events + (b" FlagChange" if spec.changes & set(spec.others) and qresync else b"")
+        if all(box.isascii() for box in spec.others):
+            boxes = b" ".join(mailbox_arg(box) for box in spec.others)
+            command += b" (mailboxes (" + boxes + b") (" + other_events + b"))"
+        else:
+            # Dovecot 2.3 never reports a non-ASCII name given in "mailboxes"; "personal"
+            # reports every personal mailbox (in raw UTF-8): the tracker keeps the watched ones.
+            command += b" (personal (" + other_events + b"))"
+    return command

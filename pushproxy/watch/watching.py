@@ -14,10 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Protocol
 
-from pushproxy.events import NewMail
 from pushproxy.imap.commands import mailbox_arg
 from pushproxy.imap.data import (
     MalformedResponse,
@@ -30,6 +28,8 @@ from pushproxy.imap.data import (
 )
 from pushproxy.imap.fetch import parse_fetch
 from pushproxy.push.pipeline import PushPipeline
+from pushproxy.watch.bodies import attach_bodies
+from pushproxy.watch.detection import notify_set_command
 from pushproxy.watch.idlers import ExtraIdler
 from pushproxy.watch.pacing import PollSchedule
 from pushproxy.watch.tracker import MailboxTracker, Outcome
@@ -37,25 +37,53 @@ from pushproxy.watch.upstream import WatcherProtocol
 from pushproxy.watch.upstream_types import CommandFailed, LoginCredentials
 
 if TYPE_CHECKING:
-    from pushproxy.watch.watcher import Watcher
+    import ssl
 
-__all__ = ["NEW_MAIL_ITEMS", "Detector"]
+    from pushproxy.config import Config
+    from pushproxy.store.pending import MailboxStates
+    from pushproxy.watch.pacing import ConnectLimiter
+
+__all__ = ["NEW_MAIL_ITEMS", "Detector", "WatchedAccount"]
 
 log = logging.getLogger("pushproxy.watch.watcher")
 
 # What is fetched for new mail; the message itself is fetched after, for few small ones.
 NEW_MAIL_ITEMS = b"UID FLAGS ENVELOPE"
-# WebPush sends a new message whole when the push fits 3,993 bytes of plaintext (draft
-# -01): fetch at most this much of at most this many messages (partial fetch: a longer
-# message comes back cut at the limit and is left out).
-BODY_FETCH_LIMIT = 3993
-BODY_FETCH_MAX_MESSAGES = 4
 _MIN_INTERVAL = 0.2  # seconds; a smaller watch.poll_interval / idle_refresh would spin
 _LOGOUT_TIMEOUT = 5.0
 
 
+class WatchedAccount(Protocol):
+    """What a :class:`Detector` needs of its account's :class:`~pushproxy.watch.watcher.Watcher`."""
+
+    account: str
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def tls_context(self) -> ssl.SSLContext | None: ...
+    @property
+    def limiter(self) -> ConnectLimiter: ...
+    @property
+    def states(self) -> MailboxStates: ...
+    @property
+    def pipeline(self) -> PushPipeline: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def wake_event(self) -> asyncio.Event: ...
+    @property
+    def next_list(self) -> float | None: ...
+
+    def set_mode(self, polling: bool) -> None: ...
+    def mark_active(self) -> None: ...
+    async def refresh_mailboxes(self, conn: WatcherProtocol) -> bool: ...
+
+
 class Detector:
-    def __init__(self, watcher: Watcher, conn: WatcherProtocol, tracker: MailboxTracker, creds: LoginCredentials):
+    def __init__(
+        self, watcher: WatchedAccount, conn: WatcherProtocol, tracker: MailboxTracker, creds: LoginCredentials
+    ) -> None:
         self.w = watcher
         self.conn = conn
         self.t = tracker
@@ -165,18 +193,7 @@ class Detector:
         self.w.wake_event.set()
 
     async def _notify_set(self) -> bool:
-        spec, qresync = self.spec, self.t.qresync
-        events = b"MessageNew MessageExpunge"
-        command = b"NOTIFY SET (selected (" + events + (b" FlagChange" if spec.changes and qresync else b"") + b"))"
-        if spec.others:
-            other_events = events + (b" FlagChange" if spec.changes & set(spec.others) and qresync else b"")
-            if all(box.isascii() for box in spec.others):
-                boxes = b" ".join(mailbox_arg(box) for box in spec.others)
-                command += b" (mailboxes (" + boxes + b") (" + other_events + b"))"
-            else:
-                # Dovecot 2.3 never reports a non-ASCII name given in "mailboxes"; "personal"
-                # reports every personal mailbox (in raw UTF-8): the tracker keeps the watched ones.
-                command += b" (personal (" + other_events + b"))"
+        command = notify_set_command(self.spec, self.t.qresync)
         result = await self.conn.command(command)
         if not result.ok:
             log.info("watcher %s: NOTIFY refused (%s); IDLE instead", self.account, result.status.text)
@@ -368,37 +385,6 @@ class Detector:
             return False
         outcome = self.t.on_fetch(box, result.untagged, trigger, uidnext_hint)
         if self.spec.bodies:
-            await self._attach_bodies(outcome)
+            await attach_bodies(self.conn, self.t, outcome)
         await self._apply(outcome)
         return bool(outcome.events)
-
-    async def _attach_bodies(self, outcome: Outcome) -> None:
-        """The message itself for a few small new messages (``BINARY.PEEK[]``, else ``BODY.PEEK[]``)."""
-        item = "BINARY" if "BINARY" in self.conn.capabilities else "BODY"
-        section: Literal["BINARY[]", "BODY[]"] = "BINARY[]" if item == "BINARY" else "BODY[]"
-        for i, event in enumerate(outcome.events):
-            if not isinstance(event, NewMail) or not 0 < len(event.messages) <= BODY_FETCH_MAX_MESSAGES:
-                continue
-            uids = b",".join(b"%d" % m.uid for m in event.messages)
-            result = await self.conn.command(
-                b"UID FETCH %s (UID %s.PEEK[]<0.%d>)" % (uids, item.encode(), BODY_FETCH_LIMIT + 1)
-            )
-            bodies: dict[int, bytes] = {}
-            for resp in result.untagged:
-                fetched = None
-                if resp.kind == "FETCH":
-                    with contextlib.suppress(MalformedResponse):
-                        fetched = parse_fetch(resp.raw)
-                if fetched is None or section not in fetched.sections:
-                    self.t.note(resp)  # e.g. a flag change reported meanwhile
-                    continue
-                data = fetched.sections[section]
-                if fetched.uid is not None and data is not None and len(data) <= BODY_FETCH_LIMIT:
-                    bodies[fetched.uid] = data
-            if not result.ok:  # e.g. [UNKNOWN-CTE]: the push carries the envelope only
-                log.debug("watcher %s: %s fetch refused: %s", self.account, section, result.status.text)
-            if bodies:
-                messages = tuple(
-                    replace(m, body=bodies[m.uid], body_item=section) if m.uid in bodies else m for m in event.messages
-                )
-                outcome.events[i] = replace(event, messages=messages)

@@ -12,7 +12,7 @@ import pytest
 
 from pushproxy.admin import AdminServer
 from pushproxy.events import MailEvent, NewMail
-from pushproxy.events.dovecot_ox import MAX_BODY, OX_PATH, OxEventError, install_ox_endpoint, parse_ox_event
+from pushproxy.watch.dovecot_ox import MAX_BODY, OX_PATH, OxEventError, install_ox_endpoint, parse_ox_event
 
 SECRET = "s3cret-shared"
 DOC: dict[str, Any] = {
