@@ -23,6 +23,7 @@ from pushproxy.watch.detection import (
     WatchSpec,
     new_messages,
     normalise_mailboxes,
+    notify_set_command,
 )
 from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.upstream_types import LoginCredentials
@@ -251,3 +252,17 @@ def test_poll_schedule_fast_after_activity_slow_when_quiet() -> None:
         s2.activity(t)
         t += 1
     assert polls <= 1000 / 10 + 1
+
+
+def test_notify_set_names_the_selected_and_the_other_mailboxes() -> None:
+    spec = WatchSpec.of(["INBOX", "Work"], ["Work"])
+    assert notify_set_command(spec, qresync=True) == (
+        b"NOTIFY SET (selected (MessageNew MessageExpunge FlagChange))"
+        b' (mailboxes ("Work") (MessageNew MessageExpunge FlagChange))'
+    )
+    # Without QRESYNC no flag changes (no UIDs in them); a non-ASCII name: "personal" (Dovecot 2.3).
+    assert notify_set_command(WatchSpec.of(["INBOX", "Büro"]), qresync=False) == (
+        b"NOTIFY SET (selected (MessageNew MessageExpunge)) (personal (MessageNew MessageExpunge))"
+    )
+    only_inbox = WatchSpec.of(["INBOX"])
+    assert notify_set_command(only_inbox, qresync=True) == b"NOTIFY SET (selected (MessageNew MessageExpunge))"
