@@ -40,14 +40,22 @@ def status_baseline(untagged: list[bytes], mailbox: str) -> tuple[int, int] | No
 
 
 async def record_baseline(
-    ctx: SessionContext, store: Store, account: str, mailboxes: Iterable[str], timeout: float = 15.0
+    ctx: SessionContext,
+    store: Store,
+    account: str,
+    mailboxes: Iterable[str],
+    timeout: float = 15.0,
+    unsaved: list[MailboxState] | None = None,
 ) -> int:
     """Store the state of mailboxes that have none yet; returns how many were recorded.
 
     Best effort: a failure only means the watcher takes its own baseline later.
+    ``unsaved``: where the states taken but not stored (the store could not
+    write them) go, for a caller that writes them later (:func:`save_baseline`).
     """
     recorded = 0
     for box in mailboxes:
+        state = None
         try:
             if await store.get_mailbox_state(account, box) is not None:
                 continue
@@ -60,12 +68,25 @@ async def record_baseline(
             if parsed is None:
                 continue
             uidvalidity, uidnext = parsed
-            await store.put_mailbox_state(MailboxState(account, box, uidvalidity, uidnext, None, time.time()))
+            state = MailboxState(account, box, uidvalidity, uidnext, None, time.time())
+            await store.put_mailbox_state(state)
             recorded += 1
         except UpstreamCommandError:
             return recorded
         except StoreUnavailable as exc:  # the store logged the episode
             log.debug("baseline of a mailbox of %s not recorded (%s)", account, exc.reason)
+            if state is not None and unsaved is not None:
+                unsaved.append(state)
         except Exception as exc:
             log.warning("baseline of a mailbox of %s not recorded (%s)", account, type(exc).__name__)
     return recorded
+
+
+async def save_baseline(store: Store, states: Iterable[MailboxState]) -> None:
+    """Write baselines :func:`record_baseline` could not, where a mailbox still has no state.
+
+    Raises StoreUnavailable like any store write (the caller retries).
+    """
+    for state in states:
+        if await store.get_mailbox_state(state.account, state.mailbox) is None:
+            await store.put_mailbox_state(state)

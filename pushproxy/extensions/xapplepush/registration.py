@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from pushproxy.config import Config
 from pushproxy.extensions.base import Extension, Reply, SessionContext, UpstreamCommandError, login_and_parse
-from pushproxy.extensions.baseline import record_baseline
+from pushproxy.extensions.baseline import record_baseline, save_baseline
 from pushproxy.extensions.ox_metadata import enable_ox_notify
 from pushproxy.extensions.xapplepush.command import (
     answer_lines,
@@ -26,7 +26,7 @@ from pushproxy.extensions.xapplepush.payload import short_token
 from pushproxy.extensions.xapplepush.settings import apns_settings
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.imap.parse import Command, ParseError
-from pushproxy.store.base import Store, StoreUnavailable
+from pushproxy.store.base import MailboxState, Store, StoreUnavailable
 
 log = logging.getLogger("pushproxy.xapplepush")
 
@@ -78,10 +78,11 @@ class XApplePushExtension(Extension):
             last_registered=now,
         )
         # Before the OK, so that mail arriving from now on is pushed (see extensions/baseline.py).
-        await record_baseline(ctx, self.store, account, device.mailboxes)
+        unsaved: list[MailboxState] = []  # written with the device if the store cannot take them now
+        await record_baseline(ctx, self.store, account, device.mailboxes, unsaved=unsaved)
         if self.config.admin.ox_secret_file is not None:  # Dovecot's ox driver pushes for this user too
             await enable_ox_notify(ctx)
-        stored = await self._store_device(device)
+        stored = await self._store_device(device, unsaved)
         for line in answer_lines(reg, existing, self.topic):
             ctx.reply_untagged(line)
         log.info(
@@ -119,19 +120,26 @@ class XApplePushExtension(Extension):
                 visible.add(name)
         return [name for name in wanted if name in visible]
 
-    async def _store_device(self, device: ApnsDevice) -> bool:
+    async def _store_device(self, device: ApnsDevice, baseline: list[MailboxState]) -> bool:
         try:
-            await asyncio.wait_for(self.devices.upsert_device(device), _STORE_TIMEOUT)
+            await self._write(device, baseline)
             await self._enforce_cap(device)
             return True
         except StoreUnavailable as exc:  # the store logged the episode; the answer is OK all the same
             log.debug("storing a registration failed (%s); retrying in the background", exc.reason)
-            self._spawn(self._retry_store(device))
+            self._spawn(self._retry_store(device, baseline))
             return False
         except Exception as exc:
             log.warning("storing a registration failed (%s); retrying in the background", type(exc).__name__)
-            self._spawn(self._retry_store(device))
+            self._spawn(self._retry_store(device, baseline))
             return False
+
+    async def _write(self, device: ApnsDevice, baseline: list[MailboxState]) -> None:
+        """The baseline the registration took but could not store, then the device: mail that
+        arrives meanwhile is new to the watcher that starts once the device is stored."""
+        async with asyncio.timeout(_STORE_TIMEOUT):
+            await save_baseline(self.store, baseline)
+            await self.devices.upsert_device(device)
 
     async def _enforce_cap(self, newest: ApnsDevice) -> None:
         cap = apns_settings(self.config).max_devices_per_account
@@ -150,11 +158,11 @@ class XApplePushExtension(Extension):
                 short_token(old.device_token),
             )
 
-    async def _retry_store(self, device: ApnsDevice) -> None:
+    async def _retry_store(self, device: ApnsDevice, baseline: list[MailboxState]) -> None:
         for delay in _STORE_RETRIES:
             await asyncio.sleep(delay)
             try:
-                await asyncio.wait_for(self.devices.upsert_device(device), _STORE_TIMEOUT)
+                await self._write(device, baseline)
                 await self.registration_changed(device.account, None)
                 return
             except StoreUnavailable as exc:
