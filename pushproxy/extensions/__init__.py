@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from pushproxy.config import Config, ConfigError, config_error, unknown_section
 from pushproxy.extensions.safecall import guarded
+from pushproxy.store import tables
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from pushproxy.extensions.base import Extension
+    from pushproxy.store.schema import SchemaPart
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -92,3 +94,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction[Any]) -> None:
     for cls in extension_classes():
         with guarded(cls.__name__, "cli"):
             cls.cli(subparsers)
+
+
+def _schema_parts() -> list[SchemaPart | None]:
+    return [cls.schema for cls in extension_classes()]
+
+
+# Every store migrates the tables of every discovered extension, enabled or not (pushproxy.store.tables).
+tables.add_part_source(_schema_parts)

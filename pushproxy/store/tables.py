@@ -2,11 +2,14 @@
 
 Each part is numbered on its own (see :mod:`pushproxy.store.schema`).
 :func:`parts_of_extensions` is the core's and every listed extension's,
-enabled or not: their tables are shared by every node and read by the admin
-subcommands.
+enabled or not (the extension list registers itself with :func:`add_part_source`
+when :mod:`pushproxy.extensions` is imported): their tables are shared by every
+node and read by the admin subcommands.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 from pushproxy.store.schema import SchemaPart
 
@@ -71,15 +74,25 @@ CORE = SchemaPart(
 )
 
 
-__all__ = ["CORE", "parts_of_extensions"]
+__all__ = ["CORE", "add_part_source", "parts_of_extensions"]
+
+# Where the parts besides the core's come from: the extension list registers itself here
+# (pushproxy.extensions), so that the store needs to know nothing of extensions.
+PartSource = Callable[[], Iterable[SchemaPart | None]]
+_sources: list[PartSource] = []
+
+
+def add_part_source(source: PartSource) -> None:
+    """``source()`` names more schema parts (None: an extension without tables), asked at every store's creation."""
+    if source not in _sources:
+        _sources.append(source)
 
 
 def parts_of_extensions() -> tuple[SchemaPart, ...]:
     """:data:`CORE` and the schema part of every extension in the list, in list order."""
-    from pushproxy.extensions import extension_classes
-
     parts = [CORE]
-    for extension in extension_classes():
-        if extension.schema is not None and extension.schema not in parts:
-            parts.append(extension.schema)
+    for source in _sources:
+        for part in source():
+            if part is not None and part not in parts:
+                parts.append(part)
     return tuple(parts)
