@@ -49,6 +49,8 @@ pushproxy_cluster_nodes_live                gauge
 pushproxy_cluster_accounts_unwatched        gauge
 pushproxy_cluster_takeovers_total           counter
 pushproxy_push_ledger_conflicts_total       counter
+pushproxy_loop_lag_seconds                  histogram
+pushproxy_loop_lag_max_seconds              gauge
 process_*                                   various    (Linux: memory, CPU, open fds)
 ==========================================  =========  ======================================
 
@@ -106,6 +108,10 @@ What they mean:
   messages whose push another node (or another source on this node) had
   already claimed.
 
+- loop_lag_seconds: how late the event loop ran a timer, sampled every 0.25 s
+  (everything shares one loop: a long callback delays sessions, watchers and
+  pushes alike); loop_lag_max_seconds: the largest of the last minute.
+
 prometheus_client appends ``_created`` series to counters and histograms; they
 are left on (the default).
 """
@@ -125,6 +131,8 @@ __all__ = [
     "CONNECTION_REFUSAL_REASONS",
     "EVENT_DISPATCH_LATENCY",
     "LOGINS",
+    "LOOP_LAG",
+    "LOOP_LAG_MAX",
     "PUSHES",
     "PUSH_FAILURES",
     "PUSH_LATENCY",
@@ -314,6 +322,17 @@ CLUSTER_TAKEOVERS = Counter(
 )
 PUSH_LEDGER_CONFLICTS = Counter(
     "pushproxy_push_ledger_conflicts", "Message pushes already claimed in the shared ledger.", registry=REGISTRY
+)
+
+# --- the event loop (pushproxy.looplag) ---------------------------------------------
+LOOP_LAG = Histogram(
+    "pushproxy_loop_lag_seconds",
+    "How late the event loop ran a timer (sampled every 0.25 s).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+LOOP_LAG_MAX = Gauge(
+    "pushproxy_loop_lag_max_seconds", "The largest event loop lag of the last minute.", registry=REGISTRY
 )
 
 # Process metrics (memory, CPU, fds) read from /proc; a no-op elsewhere.

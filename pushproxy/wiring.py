@@ -26,6 +26,7 @@ from pushproxy.admin import AdminServer
 from pushproxy.config import Config, read_secret_file
 from pushproxy.extensions.base import CredentialSink, NullCredentialSink
 from pushproxy.extensions.manager import ExtensionManager
+from pushproxy.looplag import LoopLagProbe
 from pushproxy.proxy.server import ProxyService
 from pushproxy.proxy.shared import SessionStats
 from pushproxy.upstream_probe import CachedUpstreamProbe
@@ -151,6 +152,9 @@ async def build(app: Assembly) -> None:
     await admin.start()
     app.admin = admin
     app.components.append(_Closing("admin", admin.stop))
+    probe = LoopLagProbe()
+    probe.start()
+    app.components.append(probe)
 
     service.start()
     app.service = service

@@ -78,7 +78,7 @@ def test_start_restart_and_upstream_restart_stay_within_the_bucket(certs: ApnsTe
     try:
         proxy = _proxy(workdir, upstream, certs)
         begin = time.monotonic()
-        proxy.start()
+        proxy.start(60)
         wait_for(lambda: proxy.metric("pushproxy_watchers_up") >= ACCOUNTS, 60, lambda: proxy.log_tail())
         windows = _check_ramp(upstream, begin)
         print(f"\nstart: logins per second {windows}")
@@ -90,7 +90,7 @@ def test_start_restart_and_upstream_restart_stay_within_the_bucket(certs: ApnsTe
 
         assert proxy.stop() == 0
         begin = time.monotonic()
-        proxy.start()
+        proxy.start(60)
         wait_for(lambda: proxy.metric("pushproxy_watchers_up") >= ACCOUNTS, 60, lambda: proxy.log_tail())
         print(f"restart: logins per second {_check_ramp(upstream, begin)}")
 
@@ -120,11 +120,13 @@ def test_sigterm_during_the_tls_ramp_logs_no_error(
         )
         for _ in range(2):
             target = upstream.stats()["handshakes"] + 200
-            proxy.start()
+            proxy.start(60)
             # Mid-ramp: some watchers up, many connecting, handshakes under way.
             wait_for(lambda: upstream.stats()["handshakes"] >= target, 30, lambda: proxy.log_tail())  # noqa: B023
             assert proxy.metric("pushproxy_watchers_up") < STOP_ACCOUNTS
             assert proxy.stop() == 0
+        if loop == "asyncio":  # pushproxy.watch.tlsbio: later handshakes resume the session of earlier ones
+            assert upstream.stats()["resumed"] > 0
         text = proxy.log_text()
         assert text.count("INFO pushproxy.app: stopped") == 2
         assert " ERROR " not in text and "Traceback" not in text and "Fatal error" not in text, proxy.log_tail()

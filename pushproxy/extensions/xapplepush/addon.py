@@ -149,8 +149,9 @@ class XApplePush(Extension):
         expired = await self.devices.expire_devices(now - self.config.store.device_expiry)
         if expired:
             log.info("expired %d device registration(s) not renewed in time", expired)
-        devices = await self.devices.list_devices()
-        set_registrations(len(devices))
+        # Counted by the database, not by reading (and decrypting) every registration each minute:
+        # at 10,000 devices that stalled the loop 0.7 s a minute (issue 23).
+        set_registrations(await self.devices.count_devices())
 
     @classmethod
     def cli(cls, subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -148,6 +148,11 @@ class ApnsQueries(Queries):
             registered_before,
         )
 
+    async def count_devices(self) -> int:
+        """How many registrations there are (nothing decrypted: the gauge's census, once a minute)."""
+        row = await self._fetchone("SELECT COUNT(*) AS n FROM apns_devices")
+        return 0 if row is None else int(row["n"])
+
     async def expire_devices(self, not_registered_since: float) -> int:
         return await self._change_registrations(
             "DELETE FROM apns_devices WHERE last_registered < $1 RETURNING account", not_registered_since
