@@ -41,6 +41,7 @@ REQUIRED = {
         "process_open_fds",
         "process_max_fds",
     },
+    "event loop lag": {"pushproxy_loop_lag_seconds_bucket", "pushproxy_loop_lag_max_seconds"},
 }
 
 
