@@ -15,9 +15,9 @@ from typing import Any
 
 from pushproxy.config import Config
 from pushproxy.extensions.base import Reply, UpstreamCommandError
+from pushproxy.extensions.webpush.addon import WebPush
 from pushproxy.extensions.webpush.commands import WebPushCommands
 from pushproxy.extensions.webpush.delivery import WebPushDelivery
-from pushproxy.extensions.webpush.extension import WebPushExtension
 from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.sender import WebPushSender
 from pushproxy.extensions.webpush.settings import WebPushConfig
@@ -70,7 +70,7 @@ class WebPushEnv:
     keyring: VapidKeyring
     sender: WebPushSender
     standin: PushStandin
-    ext: WebPushExtension
+    ext: WebPush
     delivery: WebPushDelivery
     clock: Clock
     registrations: list[tuple[str, str | None]] = field(default_factory=list)
@@ -142,14 +142,17 @@ async def make_env(tmp_path: Path, standin: PushStandin, **webpush: Any) -> WebP
 
     clock = Clock()
     process = WebPushProcess()  # shared by the handlers and the delivery, as the extension's start does
-    ext = WebPushExtension(WebPushCommands(config, store, keyring, sender, registration_changed, process))
-    ext.handlers.clock = clock
+    ext = WebPush()  # the extension itself, its commands answered by handlers built here (not by start)
+    ext.configure(config)
+    handlers = WebPushCommands(config, store, keyring, sender, registration_changed, process)
+    handlers.clock = clock
+    ext.answer_with(handlers)
     delivery = WebPushDelivery(config, store, sender, process, clock=clock)
     return WebPushEnv(config, store, keyring, sender, standin, ext, delivery, clock, registrations)
 
 
 async def close_env(env: WebPushEnv) -> None:
-    await env.ext.close()
+    await env.ext.stop()  # the handlers' maintenance and verification pushes (it built no sender)
     await env.sender.close()
     await env.store.close()
 

@@ -598,7 +598,7 @@ async def test_close_stops_background_work(env: WebPushEnv) -> None:
     env.standin.program(ss, Answer.hanging(30))
     await env.subscribe(FakeContext(), "s", ss, wait=False)
     await env.standin.wait_for(ss, 1, accepted_only=False)
-    await env.ext.close()
+    await env.ext.stop()  # the extension stops its handlers' background work
     await eventually(lambda: not env.ext.handlers._background, what="background tasks to end")
 
 

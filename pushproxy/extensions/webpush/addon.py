@@ -21,8 +21,8 @@ from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscripti
 if TYPE_CHECKING:
     from pushproxy.config import Config
     from pushproxy.config_check import FileReport
+    from pushproxy.extensions.webpush.commands import WebPushCommands
     from pushproxy.extensions.webpush.delivery import WebPushDelivery
-    from pushproxy.extensions.webpush.extension import WebPushExtension
     from pushproxy.extensions.webpush.sender import WebPushSender
     from pushproxy.imap.data import ListItem
 
@@ -40,7 +40,7 @@ class WebPush(Extension):
         super().__init__(name="webpush", capabilities=(b"WEBPUSH",))
         self.sender: WebPushSender | None = None
         self.delivery: WebPushDelivery | None = None
-        self.handlers: WebPushExtension | None = None
+        self.handlers: WebPushCommands | None = None  # answers the five commands once started
         self.mailboxes = WatchedMailboxes(["INBOX"], 1)  # webpush.mailboxes, set by configure()
 
     def configure(self, config: Config) -> bool:
@@ -53,7 +53,6 @@ class WebPush(Extension):
     async def start(self) -> None:
         from pushproxy.extensions.webpush.commands import WebPushCommands
         from pushproxy.extensions.webpush.delivery import WebPushDelivery
-        from pushproxy.extensions.webpush.extension import WebPushExtension
         from pushproxy.extensions.webpush.process import WebPushProcess
         from pushproxy.extensions.webpush.sender import WebPushSender
         from pushproxy.extensions.webpush.vapid import VapidKeyring
@@ -64,15 +63,26 @@ class WebPush(Extension):
         await self.sender.start()
         process = WebPushProcess()  # this process's instance id and account locks, shared by both
         self.delivery = WebPushDelivery(cfg, store, self.sender, process, mailbox_filter=self.mailboxes.pushed)
-        commands = WebPushCommands(
-            cfg, store, keyring, self.sender, self.core.registration_changed, process, watched=self.mailboxes.of
+        self.answer_with(
+            WebPushCommands(
+                cfg, store, keyring, self.sender, self.core.registration_changed, process, watched=self.mailboxes.of
+            )
         )
-        self.handlers = WebPushExtension(commands)
-        self.commands = dict(self.handlers.commands)
+
+    def answer_with(self, handlers: WebPushCommands) -> None:
+        """GETVAPID, WEBPUSH, ACKWEBPUSH, LWEBPUSH and SILWEBPUSH, answered by ``handlers`` (never forwarded)."""
+        self.handlers = handlers
+        self.commands = {
+            "GETVAPID": handlers.getvapid,
+            "WEBPUSH": handlers.webpush,
+            "ACKWEBPUSH": handlers.ackwebpush,
+            "LWEBPUSH": handlers.lwebpush,
+            "SILWEBPUSH": handlers.silwebpush,
+        }
 
     async def stop(self) -> None:
         if self.handlers is not None:
-            await self.handlers.close()  # maintenance and verification pushes first
+            await self.handlers.close()  # the maintenance task and the verification pushes in flight first
         if self.sender is not None:
             await self.sender.close()
 
@@ -117,8 +127,9 @@ class WebPush(Extension):
             await self.delivery.flush()  # coalesced changes waiting for their burst to end
 
     async def session_closed(self, session: SessionContext) -> None:
+        """Lift the silences bound to this connection (``SILWEBPUSH <id>`` without seconds)."""
         if self.handlers is not None:
-            await self.handlers.session_closed(session)
+            await self.handlers.session_closed(session.session_id)
 
     def check_files(self, report: FileReport) -> None:
         report.generated("webpush.vapid_private_key_file", vapid_key_path(self.config))

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import yarl
 
 from pushproxy.config import Config
-from pushproxy.extensions.base import Reply, SessionContext, login_and_parse
+from pushproxy.extensions.base import RegistrationChanged, Reply, SessionContext, login_and_parse
 from pushproxy.extensions.baseline import record_baseline
 from pushproxy.extensions.webpush import metrics
 from pushproxy.extensions.webpush.grammar import (
@@ -63,7 +63,6 @@ from pushproxy.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("pushproxy.webpush")
 
-RegistrationChanged = Callable[[str, str | None], Awaitable[None]]
 T = TypeVar("T")
 
 TOKEN_BYTES = 24  # 192 bits of randomness; 32 base64url characters

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pushproxy.config import Config
     from pushproxy.config_check import FileReport
     from pushproxy.extensions.xapplepush.apns import ApnsPusher
-    from pushproxy.extensions.xapplepush.registration import XApplePushExtension
+    from pushproxy.extensions.xapplepush.registration import DeviceRegistrations
 
 log = logging.getLogger("pushproxy.xapplepush")
 
@@ -53,7 +53,7 @@ class XApplePush(Extension):
             pre_auth_capabilities=(b"XAPPLEPUSHSERVICE",),
         )
         self.pusher: ApnsPusher | None = None
-        self.handlers: XApplePushExtension | None = None
+        self.registrations: DeviceRegistrations | None = None  # answers XAPPLEPUSHSERVICE once started
         self._housekeeping: asyncio.Task[None] | None = None
 
     def configure(self, config: Config) -> bool:
@@ -66,7 +66,7 @@ class XApplePush(Extension):
 
     async def start(self) -> None:
         from pushproxy.extensions.xapplepush.apns import ApnsPusher
-        from pushproxy.extensions.xapplepush.registration import XApplePushExtension
+        from pushproxy.extensions.xapplepush.registration import DeviceRegistrations
 
         devices = self.devices
 
@@ -83,10 +83,10 @@ class XApplePush(Extension):
             apns_settings(self.config), on_invalid_token=invalid_token, metrics=PrometheusApnsMetrics()
         )
         await self.pusher.start()
-        self.handlers = XApplePushExtension(
+        self.registrations = DeviceRegistrations(
             self.config, self.core.store, self.pusher.topic, self.core.registration_changed
         )
-        self.commands = dict(self.handlers.commands)
+        self.commands = {"XAPPLEPUSHSERVICE": self.registrations.handle}
         self._housekeeping = asyncio.ensure_future(self._housekeeping_loop())
 
     async def stop(self) -> None:
@@ -94,6 +94,8 @@ class XApplePush(Extension):
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        if self.registrations is not None:
+            await self.registrations.close()
         if self.pusher is not None:
             await self.pusher.close()
 

@@ -14,7 +14,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pushproxy.config import Config
-from pushproxy.extensions.base import Extension, Reply, SessionContext, UpstreamCommandError, login_and_parse
+from pushproxy.extensions.base import (
+    RegistrationChanged,
+    Reply,
+    SessionContext,
+    UpstreamCommandError,
+    login_and_parse,
+)
 from pushproxy.extensions.baseline import record_baseline, save_baseline
 from pushproxy.extensions.ox_metadata import enable_ox_notify
 from pushproxy.extensions.xapplepush.command import (
@@ -30,14 +36,14 @@ from pushproxy.store.base import MailboxState, Store, StoreUnavailable
 
 log = logging.getLogger("pushproxy.xapplepush")
 
-RegistrationChanged = Callable[[str, str | None], Awaitable[None]]
-
 _LIST_TIMEOUT = 15.0
 _STORE_TIMEOUT = 5.0
 _STORE_RETRIES = (1.0, 5.0, 30.0, 120.0, 600.0)
 
 
-class XApplePushExtension(Extension):
+class DeviceRegistrations:
+    """The XAPPLEPUSHSERVICE command handler of :class:`~.addon.XApplePush` and its background store retries."""
+
     def __init__(
         self,
         config: Config,
@@ -45,14 +51,6 @@ class XApplePushExtension(Extension):
         topic: str,
         registration_changed: RegistrationChanged,
     ) -> None:
-        super().__init__(
-            name="xapplepush",
-            capabilities=(b"XAPPLEPUSHSERVICE",),
-            # iOS only registers after login, but the atom before login is harmless and
-            # keeps the capability list stable for clients that cache the greeting's.
-            pre_auth_capabilities=(b"XAPPLEPUSHSERVICE",),
-            commands={"XAPPLEPUSHSERVICE": self.handle},
-        )
         self.config = config
         self.store = store
         self.devices = store.queries(ApnsQueries)
@@ -170,6 +168,12 @@ class XApplePushExtension(Extension):
             except Exception as exc:
                 log.warning("storing a registration failed again (%s)", type(exc).__name__)
         log.error("gave up storing a registration for %s; the device re-registers within a day", device.account)
+
+    async def close(self) -> None:
+        """Cancel the background store retries (the device registers again within a day)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
