@@ -1,37 +1,49 @@
-"""The extension API: everything the core knows about a push protocol.
+"""The extension API, and the guide for writing an extension.
 
-An extension is an add-on in the spirit of mitmproxy's addons: an object with
-named hooks that the core calls, and nothing else.  The core (session,
-watchers, dispatcher, CLI, wiring) never names a protocol.
+An extension is an add-on in the spirit of mitmproxy's addons: one object, a
+subclass of :class:`Extension`, with named hooks, and nothing else.  The core
+(session, watchers, push pipeline, CLI, wiring) never names a protocol and
+never calls a hook itself: the extension manager
+(:class:`pushproxy.extensions.manager.ExtensionManager`) owns the extensions
+and makes every call.  ``docs/example_extension.py`` is a whole extension in
+60 lines (``tests/unit/test_example_extension.py`` runs it); copy it.
 
-- ``schema``: its tables, a part of the store's schema with its own
-  numbered migrations (``pushproxy.store.schema``) and the query naming its
-  registered accounts; its records and queries are in its package too (a
-  ``pushproxy.store.sql_base.Queries`` subclass, ``core.store.queries(cls)``).
+How the proxy finds it (:mod:`pushproxy.extensions`): the push protocols that
+ship with pushproxy are listed in :data:`pushproxy.extensions.EXTENSIONS`;
+any other comes from an installed distribution's entry point::
+
+    [project.entry-points."pushproxy.extensions"]
+    newcount = "example_extension:NewCount"
+
+Its module must be cheap to import (``pushproxy --help`` imports every one to
+add its subcommands): heavy dependencies go into ``start``.
+
+The life of an extension, in the order the manager calls it:
+
+- ``section`` / ``settings``: its top-level key of the YAML (and its
+  ``PUSHPROXY_<SECTION>__<KEY>`` variables) and the pydantic model that
+  validates it (``extra="forbid"``: an unknown key is an error).  The core's
+  :class:`~pushproxy.config.Config` knows no extension; ``check-config``
+  reports every bad key as ``<section>.<key>``.
+- ``configure(config)``: read the section, typed, with
+  ``config.section(self.section, MySettings)``; return False to stay out
+  (disabled).  A bad section raises ConfigError here (it is not caught).
+- ``schema``: its tables, a part of the store's schema with its own numbered
+  migrations (``pushproxy.store.schema``) and the query naming its
+  registered accounts; its records and queries are in its package (a
+  ``pushproxy.store.sql_base.Queries`` subclass, ``self.core.store.queries(cls)``).
   Its metrics are on the shared registry (``pushproxy.metrics.REGISTRY``).
-- ``section`` / ``settings``: the extension's own section of the YAML (and
-  its ``PUSHPROXY_<SECTION>__<KEY>`` variables), validated by its own model:
-  ``pushproxy.config.Config`` gets one field per listed extension's section.
-  ``configure(config)`` reads it (typed: ``config.section(name, model)``) and
-  says whether the extension is enabled.
+- ``attach(core)``: :class:`Core` (the manager) gives ``config``, ``store``,
+  ``registration_changed`` and ``relist_subscribed``; no I/O yet.
+- ``start()`` / ``stop()``: build and stop senders and background tasks
+  (every task you start is yours to cancel in ``stop``).  An extension whose
+  ``start`` raises stops the proxy's start.
 - ``capabilities``, ``pre_auth_capabilities``, ``commands``: the atoms it
-  adds and the IMAP commands it answers.  The session collects the whole
-  command (literals included), waits until every earlier command has been
-  answered (so replies stay in tag order), calls the handler with a
-  :class:`SessionContext`, writes the reply, then goes on with the stream.
-- ``attach(core)``: :class:`Core` gives the store and ``registration_changed``
-  (no I/O yet: the watchers use an attached extension's watch hooks).
-- ``start()`` / ``stop()``: build and stop senders and background tasks.
-- ``watched_mailboxes(account)`` / ``watched_accounts()``: which mailboxes of
-  an account the extension wants watched (the supervisor merges them).  A
-  request may also ask for the account's subscribed mailboxes: its watcher
-  then lists them (``LIST (SUBSCRIBED)`` / ``LSUB``) when it connects, every
-  ``subscribed_refresh`` seconds and after ``core.relist_subscribed(account)``,
-  and hands them to ``subscribed_listed(account, items)``; the extension
-  decides what of them it wants watched.
-- ``observed_commands`` / ``command_succeeded(name, session)``: client
-  commands relayed upstream (e.g. SUBSCRIBE) whose tagged OK the extension
-  wants to hear of; the relay itself is not delayed.
+  adds and the IMAP commands it answers (set them in ``__init__`` or in
+  ``start``).  The session collects the whole command (literals included),
+  waits until every earlier command has been answered (replies stay in tag
+  order), calls the handler with a :class:`SessionContext`, writes the
+  reply, then goes on with the stream.
 - ``claims``: relayed commands the extension answers itself only sometimes
   (a :class:`Claim` per command name): ``wants(first_line, session)`` looks
   at the command's first line (up to its first literal, whose body it never
@@ -39,28 +51,46 @@ watchers, dispatcher, CLI, wiring) never names a protocol.
   ``handler`` like a command of ``commands``; otherwise it is relayed
   unchanged (e.g. SETMETADATA of ``/private/devicetoken`` answered by the
   proxy, every other SETMETADATA passed through).
-- ``on_event(event)`` / ``flush()``: every mail event, after the core's
-  de-duplication and ``\\Seen`` skip (``pushproxy.push.pipeline``).
+- ``observed_commands`` / ``command_succeeded(name, session)``: client
+  commands relayed upstream (e.g. SUBSCRIBE) whose tagged OK the extension
+  wants to hear of; the relay itself is not delayed.
+- ``watched_mailboxes(account)`` / ``watched_accounts()``: which mailboxes of
+  an account the extension wants watched (the manager merges every
+  extension's :class:`WatchRequest`).  A request may also ask for the
+  account's subscribed mailboxes: its watcher then lists them when it
+  connects, every ``subscribed_refresh`` seconds and after
+  ``core.relist_subscribed(account)``, and hands them to
+  ``subscribed_listed(account, items)``.
+- ``on_event(event)`` / ``flush()``: every mail event, after the push
+  pipeline's de-duplication and ``\\Seen`` skip (``pushproxy.push.pipeline``).
+- ``session_closed(session)``: once per client session that ends.
 - ``check_files(report)``: what ``check-config`` checks of its files.
 - ``cli(subparsers)``: its admin subcommands (a class method: it runs before
-  any config is loaded).
+  any config is read; see :func:`admin_group`, :func:`admin_command`).
 
-A new push protocol is one more package under ``pushproxy/extensions/`` and
-one entry in :data:`pushproxy.extensions.EXTENSIONS`.
+The one error policy (``pushproxy/extensions/safecall.py``): a hook that
+raises is logged once with the extension's and the hook's name (the
+exception's type and place: never its text, never a traceback), counted in
+``pushproxy_extension_errors_total{extension,hook}``, and goes no further:
+the other extensions and the relay carry on, the caller gets the neutral
+answer (no watch request, a command ``NO [UNAVAILABLE]``).  A store fault
+(``StoreUnavailable``) is the exception: raise it from a command or a watch
+query and the core handles it (``NO [UNAVAILABLE] <reason>``; the watcher
+is kept); the store logs it once per episode, so do not log it again.
 
-Writing one (what the third protocol, ``deltachat/``, needed; copy its layout):
+Writing one (what the three protocols here needed; ``deltachat/`` is the
+newest layout):
 
-- ``addon.py`` is what the core sees; keep heavy imports (HTTP clients) in
-  ``start``.  ``settings.py`` (the section), ``schema.py`` + ``store.py`` (a
-  numbered part, a ``Queries`` subclass), ``metrics.py`` (documented in its
-  docstring: a test checks every metric is), ``admin.py`` (the CLI).  A new
-  section's keys go into ``deploy/pushproxy.example.yaml`` (a test checks).
+- ``addon.py`` is the one :class:`Extension`; handlers, senders and stores are
+  plain objects it builds in ``start``.  ``settings.py`` (the section),
+  ``schema.py`` + ``store.py`` (a numbered part, a ``Queries`` subclass),
+  ``metrics.py`` (documented in its docstring: a test checks every metric
+  is), ``admin.py`` (the CLI).  A shipped protocol's keys go into
+  ``deploy/pushproxy.example.yaml`` (a test checks).
 - Claim a command rather than own it when clients also send it for the
   upstream (``claims``): decide on the first line only, with the sans-IO
-  readers (``pushproxy.imap``), and let the rest pass byte for byte.  An
-  atom the upstream may also advertise can be added anyway: the capability
-  rewriting lists each atom once.  ``ctx.upstream_capabilities`` says what
-  the upstream has (e.g. answer METADATA yourself only when it lacks it).
+  readers (``pushproxy.imap``), and let the rest pass byte for byte.
+  ``ctx.upstream_capabilities`` says what the upstream has.
 - Secrets (tokens, endpoints) are vault-encrypted with associated data naming
   the row, found by ``vault.keyed_hash``; logs and the CLI show a prefix of
   that hash, never the secret.
@@ -71,10 +101,9 @@ Writing one (what the third protocol, ``deltachat/``, needed; copy its layout):
 - ``on_event`` must return quickly: queue the push and send it from your own
   task (coalesce per target, bounded retries with ``pushproxy.retry``, a
   documented drop rule and a metric for what is dropped).  When the push
-  service says a target is gone, remove it through your queries
-  (``_change_registrations``): the watcher stops when nothing else needs the
-  account.  A store outage is logged by the store once per episode: do not
-  log it again per call.
+  service says a target is gone, remove it through your queries and call
+  ``core.registration_changed(account)``: the watcher stops when nothing
+  else needs the account.
 - Test with the real client where one exists (``tests/integration``), plus a
   raw-IMAP replay of its exact forms, and unit-test the handlers on a real
   ``SqliteStore`` with a fake :class:`SessionContext`.
