@@ -17,11 +17,13 @@ import pytest
 from pushproxy import metrics
 from pushproxy.events import MailEvent, MessageInfo, NewMail
 from pushproxy.extensions.base import Extension, Reply, SessionContext, WatchRequest
+from pushproxy.extensions.housekeeping import Housekeeping
 from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.imap.parse import Command
 from pushproxy.push.pipeline import FanOut
 from pushproxy.store.base import StoreUnavailable
 from tests.support.sessions import Echo, FakeIO, new_session, settle
+from tests.support.waiting import async_wait_for
 
 
 class Boom(Exception):
@@ -167,3 +169,21 @@ async def test_a_failing_watch_query_asks_for_nothing_but_a_store_fault_goes_on(
 def test_two_extensions_cannot_claim_one_command() -> None:
     with pytest.raises(ValueError, match="claimed by two extensions"):
         ExtensionManager([Echo(), Echo()])
+
+
+async def test_a_failing_housekeeping_round_is_counted_and_the_next_one_runs(caplog: pytest.LogCaptureFixture) -> None:
+    """An extension's periodic round (Housekeeping) under the same policy; a store outage only waits."""
+    before = errors("housekeeping")
+    rounds: list[str] = []
+    faults = [Boom("secret-token-123"), StoreUnavailable("down")]
+
+    async def round_() -> None:
+        rounds.append("round")
+        if faults:
+            raise faults.pop(0)
+
+    housekeeping = Housekeeping("broken", round_, interval=0.01)
+    housekeeping.start()
+    await async_wait_for(lambda: len(rounds) >= 3, 5.0, "three rounds", 0.01)
+    await housekeeping.stop()
+    assert_failed_once(caplog, "housekeeping", before)  # the bug counted once; the outage not at all

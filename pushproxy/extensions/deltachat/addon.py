@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -36,6 +35,7 @@ from pushproxy.extensions.deltachat.metrics import set_registrations
 from pushproxy.extensions.deltachat.schema import DELTACHAT
 from pushproxy.extensions.deltachat.settings import SECTION, DeltaChatConfig, deltachat_settings
 from pushproxy.extensions.deltachat.store import DeltaChatQueries, DeltaChatToken
+from pushproxy.extensions.housekeeping import Housekeeping
 from pushproxy.imap.parse import Command
 from pushproxy.store.base import StoreUnavailable
 
@@ -66,7 +66,7 @@ class DeltaChat(Extension):
         )
         self.cfg = DeltaChatConfig()
         self.notifier: DeltaChatNotifier | None = None
-        self._housekeeping: asyncio.Task[None] | None = None
+        self.housekeeping = Housekeeping("deltachat", self.expire_tokens, HOUSEKEEPING_INTERVAL)
         self._known: dict[str, list[DeltaChatToken]] = {}  # last tokens read per account (store outages)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -83,13 +83,10 @@ class DeltaChat(Extension):
 
         self.notifier = DeltaChatNotifier(self.cfg, self._token_gone)
         await self.notifier.start()
-        self._housekeeping = asyncio.ensure_future(self._housekeeping_loop())
+        self.housekeeping.start()
 
     async def stop(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        await self.housekeeping.stop()
         if self.notifier is not None:
             await self.notifier.close()
 
@@ -202,14 +199,6 @@ class DeltaChat(Extension):
             log.info("removed %d registration(s) of Delta Chat token %s (gone)", removed, digest_id)
 
     # --- housekeeping -------------------------------------------------------------------
-    async def _housekeeping_loop(self) -> None:
-        while True:
-            try:
-                await self.expire_tokens()
-            except Exception as exc:
-                _store_fault("Delta Chat housekeeping", exc)
-            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-
     async def expire_tokens(self) -> None:
         """Token expiry and the registration gauge, once a minute."""
         expired = await self.tokens.expire_tokens(time.time() - self.cfg.token_expiry)

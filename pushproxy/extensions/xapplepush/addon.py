@@ -7,8 +7,6 @@ config loader can read this module cheaply.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pushproxy.accounts import mailbox_matches
 from pushproxy.events import MailEvent, NewMail
 from pushproxy.extensions.base import Extension, WatchRequest, admin_command, admin_group
+from pushproxy.extensions.housekeeping import Housekeeping
 from pushproxy.extensions.xapplepush.metrics import PrometheusApnsMetrics, set_registrations
 from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
 from pushproxy.extensions.xapplepush.settings import SECTION, ApnsConfig, apns_settings
@@ -54,7 +53,7 @@ class XApplePush(Extension):
         )
         self.pusher: ApnsPusher | None = None
         self.registrations: DeviceRegistrations | None = None  # answers XAPPLEPUSHSERVICE once started
-        self._housekeeping: asyncio.Task[None] | None = None
+        self.housekeeping = Housekeeping("xapplepush", self.expire_devices, HOUSEKEEPING_INTERVAL)
 
     def configure(self, config: Config) -> bool:
         self.config = config
@@ -87,13 +86,10 @@ class XApplePush(Extension):
             self.config, self.core.store, self.pusher.topic, self.core.registration_changed
         )
         self.commands = {"XAPPLEPUSHSERVICE": self.registrations.handle}
-        self._housekeeping = asyncio.ensure_future(self._housekeeping_loop())
+        self.housekeeping.start()
 
     async def stop(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        await self.housekeeping.stop()
         if self.registrations is not None:
             await self.registrations.close()
         if self.pusher is not None:
@@ -134,16 +130,6 @@ class XApplePush(Extension):
         report.readable("apns.p12_password_file", apns.p12_password_file, secret=True)
         report.readable("apns.token_key_file", apns.token_key_file, secret=True)
         report.readable("apns.ca_file", apns.ca_file)
-
-    async def _housekeeping_loop(self) -> None:
-        while True:
-            try:
-                await self.expire_devices()
-            except StoreUnavailable as exc:  # logged once per episode by the store; try again next round
-                log.debug("housekeeping postponed: %s", exc.reason)
-            except Exception:
-                log.exception("housekeeping failed")
-            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
 
     async def expire_devices(self) -> None:
         """Device expiry and the registration gauge, once a minute."""

@@ -1,0 +1,52 @@
+"""An extension's periodic round (expiring registrations, setting its gauge): one owned task.
+
+Started in the extension's ``start`` and stopped in its ``stop``.  A round
+that hits a store outage waits for the next one quietly (the store logs each
+outage once); any other exception is the extension's bug and goes through the
+one error policy (:func:`pushproxy.extensions.safecall.guarded`: one line,
+one count) before the next round runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from pushproxy.extensions.safecall import guarded
+from pushproxy.store.base import StoreUnavailable
+
+__all__ = ["Housekeeping"]
+
+log = logging.getLogger("pushproxy.extensions")
+
+
+class Housekeeping:
+    """``round()`` now and then every ``interval`` seconds, until :meth:`stop`."""
+
+    def __init__(self, extension: str, round: Callable[[], Awaitable[None]], interval: float = 60.0) -> None:
+        self.extension = extension
+        self.interval = interval
+        self._round = round
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                with guarded(self.extension, "housekeeping", passthrough=(StoreUnavailable,)):
+                    await self._round()
+            except StoreUnavailable as exc:
+                log.debug("%s housekeeping postponed: %s", self.extension, exc.reason)
+            await asyncio.sleep(self.interval)
