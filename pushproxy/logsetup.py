@@ -32,7 +32,9 @@ def setup_logging(cfg: LogConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())
-    for noisy in ("aiosqlite", "asyncio", "hpack", "h2"):
+    # aiohttp.server logs a malformed request from any peer (e.g. TLS bytes on the admin port) at DEBUG
+    # with a traceback: a hostile peer must not be able to put tracebacks into the log.
+    for noisy in ("aiosqlite", "asyncio", "hpack", "h2", "aiohttp.server"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
     # Twisted's own logs go through the standard library too.
     from twisted.logger import STDLibLogObserver, globalLogBeginner
