@@ -17,10 +17,9 @@ registration was added, changed or removed.
   which stores the new password and restarts it.
 - ``close()`` logs every watcher out (bounded) and cancels what is left.
 
-Each watcher is one IMAP connection of the user from the proxy's address:
-Dovecot's ``mail_max_userip_connections`` (default 10 per user and IP)
-counts it together with the user's own sessions through the proxy, so raise
-that limit on the upstream server.
+Each watcher is one IMAP connection of the user from the proxy's address, which
+Dovecot's ``mail_max_userip_connections`` (default 10 per user and IP) counts
+with the user's own sessions through the proxy: raise that limit upstream.
 """
 
 from __future__ import annotations
