@@ -259,6 +259,20 @@ async def test_with_upstream_metadata_answers_are_relayed_and_completed(ext: Del
     assert not ext.claims["GETMETADATA"].wants(b'a GETMETADATA "" /shared/comment\r\n', Ctx())  # type: ignore
 
 
+async def test_an_upstream_that_named_no_capabilities_at_login_is_asked(ext: DeltaChat) -> None:
+    """No [CAPABILITY] in the login's OK: the claim answers, but asks upstream before hiding its METADATA."""
+    ctx = Ctx(frozenset())
+    ctx.answers.append(([b"* CAPABILITY IMAP4rev1 METADATA\r\n"], b"OK"))
+    ctx.answers.append(([b'* METADATA "" (/shared/comment "upstream\'s")\r\n'], b"OK"))
+    assert (await run(ext, b'a GETMETADATA "" /shared/comment\r\n', ctx)).status == "OK"
+    assert ctx.upstream == [b"CAPABILITY", b'GETMETADATA "" ("/shared/comment")']
+    assert ctx.untagged == [b'METADATA "" (/shared/comment "upstream\'s")']
+    ctx = Ctx(frozenset())
+    ctx.answers.append(([b"* CAPABILITY IMAP4rev1\r\n"], b"OK"))
+    assert (await run(ext, b'a GETMETADATA "" /shared/comment\r\n', ctx)).status == "OK"
+    assert ctx.upstream == [b"CAPABILITY"] and ctx.untagged == []
+
+
 def test_own_messages_are_recognised() -> None:
     def message(sender: str) -> MessageInfo:
         return MessageInfo(1, envelope=envelope_from_fields(None, "s", sender, None))

@@ -109,7 +109,7 @@ class DeltaChat(Extension):
             return parsed
         change, others = parsed
         mailbox = commands.parse_setmetadata(cmd.args).mailbox
-        if change is not None and others and not commands.upstream_has_metadata(ctx, mailbox):
+        if change is not None and others and not await commands.upstream_metadata(ctx, mailbox):
             return Reply("NO", f"Only {commands.DEVICETOKEN} can be set on this server")
         refused = await commands.set_other_entries(ctx, mailbox, others)
         if refused is not None or change is None:

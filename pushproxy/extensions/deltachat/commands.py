@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pushproxy.accounts import canonical_mailbox
 from pushproxy.extensions.base import Reply, SessionContext, UpstreamCommandError
 from pushproxy.imap.commands import mailbox_arg
+from pushproxy.imap.data import MalformedResponse, parse_capabilities, read_response
 from pushproxy.imap.metadata import (
     GetMetadata,
     first_line_entries,
@@ -48,6 +49,23 @@ _UPSTREAM_TIMEOUT = 30.0
 
 def upstream_has_metadata(ctx: SessionContext, mailbox: str | None) -> bool:
     caps = ctx.upstream_capabilities
+    return "METADATA" in caps or (mailbox == "" and "METADATA-SERVER" in caps)
+
+
+async def upstream_metadata(ctx: SessionContext, mailbox: str | None) -> bool:
+    """:func:`upstream_has_metadata`; when the login's answer named no capabilities, upstream is asked."""
+    if ctx.upstream_capabilities:
+        return upstream_has_metadata(ctx, mailbox)
+    try:
+        untagged, _ = await ctx.upstream_command(b"CAPABILITY", timeout=_UPSTREAM_TIMEOUT)
+    except UpstreamCommandError:
+        return False
+    caps: frozenset[str] = frozenset()
+    for raw in untagged:
+        try:
+            caps |= parse_capabilities(read_response(raw)) or frozenset()
+        except MalformedResponse:
+            continue
     return "METADATA" in caps or (mailbox == "" and "METADATA-SERVER" in caps)
 
 
@@ -101,7 +119,7 @@ async def set_other_entries(ctx: SessionContext, mailbox: str, others: list[tupl
     """The entries of a claimed SETMETADATA that are not the device token, set upstream; None when done."""
     if not others:
         return None
-    if not upstream_has_metadata(ctx, mailbox):
+    if not await upstream_metadata(ctx, mailbox):
         return Reply("NO", f"Only {DEVICETOKEN} can be set on this server")
     needs_literal = any(value is not None and quote(value).startswith(b"{") for _, value in others)
     if needs_literal and "LITERAL+" not in ctx.upstream_capabilities:
@@ -126,7 +144,7 @@ async def get_metadata(cmd: Command, ctx: SessionContext, max_smtp_recipients: i
     ours = _own_entries(request, max_smtp_recipients)
     answered: set[str] = set()
     reply = Reply("OK", "GETMETADATA completed.")
-    if upstream_has_metadata(ctx, request.mailbox):
+    if await upstream_metadata(ctx, request.mailbox):
         try:
             untagged, status = await ctx.upstream_command(_getmetadata_command(request), timeout=_UPSTREAM_TIMEOUT)
         except UpstreamCommandError:
