@@ -53,7 +53,7 @@ def _proxy(dovecot: Dovecot, proxy_factory, gateway: GatewayStandin | None = Non
     ids=["tls-metadata", "tls-no-metadata", "starttls-metadata", "plain-no-metadata"],
 )
 def test_delta_chat_265_through_the_proxy(dovecot_factory, proxy_factory, tmp_path, security, metadata) -> None:
-    from deltachat_rpc_client import DeltaChat, Rpc
+    from deltachat_rpc_client import DeltaChat, EventType, Rpc
 
     dovecot = dovecot_factory(metadata=metadata)
     with SmtpRelay(dovecot) as smtp:
@@ -66,7 +66,8 @@ def test_delta_chat_265_through_the_proxy(dovecot_factory, proxy_factory, tmp_pa
             for account, (user, password) in ((alice, ("alice", "alicepw")), (bob, ("bob", "bobpw"))):
                 account.add_or_update_transport(transport(user, password, port, SECURITY[security], smtp.port))
                 assert account.is_configured()
-                account.bring_online()  # IDLE on INBOX through the proxy from here on
+                account.start_io()
+                account.wait_for_event(EventType.IMAP_INBOX_IDLE)  # IDLE on INBOX, through the proxy
 
             chat = alice.create_chat(bob)
             chat.send_text("hello bob, through pushproxy")
