@@ -12,10 +12,10 @@ wake-ups a second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 
+from pushproxy.background import BackgroundTask
 from pushproxy.metrics import LOOP_LAG, LOOP_LAG_MAX
 
 __all__ = ["INTERVAL", "LoopLagProbe"]
@@ -26,19 +26,14 @@ WINDOW = 60.0  # seconds the maximum looks back
 
 class LoopLagProbe:
     def __init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(self._run)
         self._recent: deque[tuple[float, float]] = deque()  # (when, lag), decreasing lags
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+        self._task.start()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

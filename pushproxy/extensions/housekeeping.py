@@ -10,10 +10,10 @@ one count) before the next round runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from pushproxy.background import BackgroundTask
 from pushproxy.extensions.safecall import guarded
 from pushproxy.store.base import StoreUnavailable
 
@@ -29,18 +29,13 @@ class Housekeeping:
         self.extension = extension
         self.interval = interval
         self._round = round
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(self._run)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+        self._task.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:
