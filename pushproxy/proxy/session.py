@@ -133,6 +133,7 @@ class Session:
         self.bytes_from_upstream = 0
         self.phase = CONNECTING
         self._queue: deque[object] = deque()  # client events waiting for the phase to be RELAYING
+        self._background: set[asyncio.Task[None]] = set()  # spawned, kept until done
         self._greeted = False  # the proxy greeted the client itself (upstream opened lazily)
         self._upstream_requested = True
 
@@ -349,7 +350,13 @@ class Session:
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
-        task.add_done_callback(_log_task_error)
+        self._background.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     def fatal(self, text: str, code: str | None = None) -> None:
         if self.closed:
@@ -389,8 +396,3 @@ class Session:
             await self._credentials.session_closed(self.session_id)
         except Exception:
             log.exception("session %s: credential sink failed", self.session_id)
-
-
-def _log_task_error(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task failed", exc_info=task.exception())

@@ -1,5 +1,5 @@
 """The sans-IO parts of a session on their own: upstream handshake, capability rewriting,
-the command ledger (login rules), credential capture.
+the command ledger (login rules), credential capture, the session's background tasks.
 
 These rules were covered only through a real Dovecot (tests/integration/test_proxy_core.py,
 test_hostile_clients.py); here each decision is pinned down directly and fast.
@@ -7,6 +7,7 @@ test_hostile_clients.py); here each decision is pinned down directly and fast.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import pytest
@@ -23,6 +24,7 @@ from pushproxy.proxy.handshake import (
     rewrite_untagged,
 )
 from pushproxy.proxy.ledger import CommandLedger
+from tests.support.sessions import new_session
 
 # --- upstream handshake ----------------------------------------------------------------------
 
@@ -259,3 +261,17 @@ def test_capture_of_login_and_authenticate_plain() -> None:
 )
 def test_credentials_of(capture: tuple[str, bytes], expected: tuple[str, str] | None) -> None:
     assert credentials_of(capture) == expected
+
+
+# --- background work: every spawned task is the session's until it is done -----------------
+
+
+async def test_a_spawned_task_is_kept_until_it_is_done() -> None:
+    session = new_session()
+    release = asyncio.Event()
+    session.spawn(release.wait())  # e.g. telling the extensions of a command's OK
+    await asyncio.sleep(0)
+    assert len(session._background) == 1  # referenced: the loop alone would let it be collected
+    release.set()
+    await asyncio.sleep(0.01)
+    assert not session._background
