@@ -6,7 +6,6 @@ import asyncio
 import glob
 import hashlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from pushproxy.extensions.xapplepush.settings import ApnsConfig
 from tests.support import apns_env
 from tests.support.apns_standin import Answer, ApnsStandin
 from tests.support.certs import ApnsTestCerts
+from tests.support.ports import free_port
 from tests.support.waiting import async_assert_quiet, async_wait_for
 
 TOKEN_A = "a1" * 32
@@ -330,19 +330,13 @@ async def test_timeouts_are_retried_then_given_up(standin: ApnsStandin, make_pus
 # -- transport trouble --------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_connection_refused_is_retried_and_does_not_crash(
     certs: ApnsTestCerts, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = ApnsConfig(
         cert_file=certs.client_cert,
         key_file=certs.client_key,
-        endpoint=f"127.0.0.1:{_closed_port()}",
+        endpoint=f"127.0.0.1:{free_port()}",
         ca_file=certs.ca_cert,
         debounce=0.01,
         timeout=2.0,

@@ -12,6 +12,7 @@ import yaml
 
 from tests.support.certs import ApnsTestCerts, make_apns_certs
 from tests.support.distribution import python_path
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -245,17 +246,9 @@ def test_check_config_probe(tmp_path: Path, dovecot) -> None:
     assert f"upstream 127.0.0.1:{dovecot.imap_port} (starttls) answers; capabilities:" in out.stdout
     assert "IMAP4REV1" in out.stdout and "IDLE" in out.stdout
 
-    closed = write_config(tmp_path, upstream={"host": "127.0.0.1", "port": free_tcp_port(), "security": "none"})
+    closed = write_config(tmp_path, upstream={"host": "127.0.0.1", "port": free_port(), "security": "none"})
     out = cli("check-config", "--config", str(closed), "--probe")
     assert out.returncode == 2 and "unreachable: Connection refused" in out.stderr, out.stderr
-
-
-def free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_health_follows_the_configured_admin_port(dovecot, proxy_factory, tmp_path: Path) -> None:
@@ -263,7 +256,7 @@ def test_health_follows_the_configured_admin_port(dovecot, proxy_factory, tmp_pa
     config = write_config(tmp_path, admin={"listen": f"0.0.0.0:{proxy.admin_port}"})
     out = cli("health", "--config", str(config))
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
-    other = write_config(tmp_path, admin={"listen": f"127.0.0.1:{free_tcp_port()}"})
+    other = write_config(tmp_path, admin={"listen": f"127.0.0.1:{free_port()}"})
     out = cli("health", "--config", str(other))
     assert out.returncode == 1 and "unhealthy" in out.stderr
 
@@ -272,7 +265,7 @@ def test_serve_logs_the_error_before_stopped(tmp_path: Path, certs: ApnsTestCert
     """Regression: serve logged "stopped" before the error that stopped it."""
     path = write_config(
         tmp_path,
-        listen={"imap": f"127.0.0.1:{free_tcp_port()}"},
+        listen={"imap": f"127.0.0.1:{free_port()}"},
         admin={"listen": ""},
         apns={"enabled": True, "cert_file": str(certs.expired_cert), "key_file": str(certs.expired_key)},
     )
@@ -293,7 +286,7 @@ def test_readyz_and_start_report_an_unreachable_upstream(dovecot, proxy_factory)
     assert "pushproxy ready (upstream 127.0.0.1" in proxy.log_text()
 
     dead = proxy_factory(dovecot, start=False)
-    dead.config["upstream"] = {"host": "127.0.0.1", "port": free_tcp_port(), "security": "none"}
+    dead.config["upstream"] = {"host": "127.0.0.1", "port": free_port(), "security": "none"}
     dead.start()
     status, body = dead.admin_get("/readyz")
     assert status == 503 and '"upstream": false' in body, body

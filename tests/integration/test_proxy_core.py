@@ -12,6 +12,7 @@ import pytest
 from imapclient import IMAPClient
 
 from tests.support.dovecot import Dovecot, make_message
+from tests.support.ports import free_port
 from tests.support.proxy import upstream_config
 from tests.support.tap import Tap
 
@@ -244,9 +245,7 @@ def test_preauth_nonsync_literal_too_big_closes(dovecot: Dovecot, proxy_factory)
 
 def test_upstream_unreachable_gives_bye_unavailable(dovecot: Dovecot, proxy_factory) -> None:
     proxy = proxy_factory(dovecot, security="none", start=False)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead_port = probe.getsockname()[1]
+    dead_port = free_port()  # reserved: nobody listens there
     proxy.config["upstream"]["port"] = dead_port
     proxy.start()
     s = _raw(proxy.port)

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from tests.support.ports import free_ports
+
 __all__ = [
     "MAIL_SYSTEM_USER",
     "Dovecot",
@@ -136,20 +138,6 @@ def new_base_dir() -> Path:
     TMP_ROOT.mkdir(mode=0o755, exist_ok=True)
     TMP_ROOT.chmod(0o755)
     return Path(tempfile.mkdtemp(prefix="dc-", dir=TMP_ROOT))
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ask the kernel for ``count`` distinct free loopback TCP ports."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _ensure_mail_user() -> tuple[int, int]:
@@ -392,13 +380,13 @@ class Dovecot:
         self.cert_file = self.tls_dir / "server.pem"
         self.key_file = self.tls_dir / "server.key"
 
-        imap_port, imaps_port, lmtp_port = _free_ports(3)
+        imap_port, imaps_port, lmtp_port = free_ports(3)
         self.imap_port: int = imap_port
         self.imaps_port: int = imaps_port if tls else 0
         self.lmtp_port: int = lmtp_port
 
         # haproxy=True: an extra IMAP listener that requires a PROXY header.
-        self.haproxy_port: int = _free_ports(1)[0] if haproxy else 0
+        self.haproxy_port: int = free_ports(1)[0] if haproxy else 0
 
         self._proc: subprocess.Popen[bytes] | None = None
         self._short_run_dir: Path | None = None
@@ -433,7 +421,7 @@ class Dovecot:
             except DovecotError as exc:
                 if attempt + 1 < attempts and "Address already in use" in str(exc):
                     # another process grabbed one of our ports between picking and binding
-                    imap_port, imaps_port, lmtp_port = _free_ports(3)
+                    imap_port, imaps_port, lmtp_port = free_ports(3)
                     self.imap_port, self.lmtp_port = imap_port, lmtp_port
                     self.imaps_port = imaps_port if self.tls else 0
                     self._write_config()

@@ -7,7 +7,6 @@ import copy
 import imaplib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,15 +19,10 @@ import yaml
 
 from tests.support.distribution import python_path
 from tests.support.dovecot import Dovecot
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
