@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from pushproxy.config import Config, ConfigError, load_config, masked_dict
+from pushproxy.config import Config, ConfigError, load_config, masked_dict, parse_hostport
 from pushproxy.config_check import FileReport, check_files
 from pushproxy.extensions import add_subcommands, extension_sections
 from pushproxy.extensions.manager import ExtensionManager
@@ -136,8 +136,6 @@ def health(cfg: Config) -> int:
     """GET /healthz on the configured admin listener (wildcard binds are probed on loopback)."""
     import urllib.error
     import urllib.request
-
-    from pushproxy.config import parse_hostport
 
     if not cfg.admin.listen:
         print("admin listener disabled (admin.listen is empty): nothing to probe")

@@ -12,8 +12,8 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.internet.interfaces import IListeningPort
 
-from pushproxy.config import Config, parse_hostport
-from pushproxy.extensions.base import CredentialSink
+from pushproxy.config import Config, ConfigError, parse_hostport
+from pushproxy.extensions.base import CredentialSink, NullCredentialSink
 from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.proxy import listener, proxyproto
 from pushproxy.proxy.connection import ClientProtocol
@@ -55,8 +55,6 @@ class ProxyService:
         credentials: CredentialSink | None = None,
         stats: SessionStats | None = None,
     ) -> None:
-        from pushproxy.extensions.base import NullCredentialSink
-
         self.config = config
         self.extensions = extensions if extensions is not None else ExtensionManager()
         self.credentials: CredentialSink = credentials or NullCredentialSink()
@@ -108,8 +106,6 @@ class ProxyService:
             self.ports.append(listener.listen(reactor, port, factory, interface=host, on_refused=refused))
         if listen.imaps:
             if self.server_tls is None:
-                from pushproxy.config import ConfigError
-
                 raise ConfigError("listen.imaps needs listen.tls_cert_file and listen.tls_key_file")
             host, port = parse_hostport(listen.imaps)
             factory = _ClientFactory(self, True)

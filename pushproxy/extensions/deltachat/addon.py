@@ -30,12 +30,14 @@ from pushproxy.extensions.base import (
     admin_group,
     require_login,
 )
+from pushproxy.extensions.baseline import record_baseline
 from pushproxy.extensions.deltachat import commands
 from pushproxy.extensions.deltachat.metrics import set_registrations
 from pushproxy.extensions.deltachat.schema import DELTACHAT
 from pushproxy.extensions.deltachat.settings import SECTION, DeltaChatConfig, deltachat_settings
 from pushproxy.extensions.deltachat.store import DeltaChatQueries, DeltaChatToken
 from pushproxy.extensions.housekeeping import Housekeeping
+from pushproxy.imap.fetch import MalformedResponse, parse_envelope
 from pushproxy.imap.parse import Command
 from pushproxy.store.base import StoreUnavailable
 
@@ -119,8 +121,6 @@ class DeltaChat(Extension):
         return await self._set_token(account, change.token, ctx)
 
     async def _set_token(self, account: str, token: str, ctx: SessionContext) -> Reply:
-        from pushproxy.extensions.baseline import record_baseline
-
         # Before the OK, so that mail arriving from now on is pushed (see extensions/baseline.py).
         await record_baseline(ctx, self.core.store, account, ["INBOX"])
         try:
@@ -225,8 +225,6 @@ class DeltaChat(Extension):
 
 def _from_account(message: MessageInfo, account: str) -> bool:
     """Whether the message's From is the account itself (a login without a domain: its local part)."""
-    from pushproxy.imap.fetch import MalformedResponse, parse_envelope
-
     if message.envelope is None:
         return False
     try:

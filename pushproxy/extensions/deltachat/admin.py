@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pushproxy.accounts import normalise_account
 from pushproxy.admin_cli import when, with_store
 from pushproxy.config import Config
 from pushproxy.extensions.deltachat.settings import deltachat_settings
@@ -12,8 +13,6 @@ from pushproxy.store.base import Store
 
 
 def tokens_list(cfg: Config, args: argparse.Namespace) -> int:
-    from pushproxy.accounts import normalise_account
-
     account: str | None = args.account
     tokens = with_store(
         cfg, lambda store: store.queries(DeltaChatQueries).list_tokens(normalise_account(account) if account else None)
@@ -30,8 +29,6 @@ def tokens_list(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def tokens_remove(cfg: Config, args: argparse.Namespace) -> int:
-    from pushproxy.accounts import normalise_account
-
     account = normalise_account(args.account)
     prefix: str | None = args.token_id
 

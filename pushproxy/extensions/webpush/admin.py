@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from pushproxy.accounts import normalise_account
 from pushproxy.admin_cli import when, with_store
 from pushproxy.config import Config
 from pushproxy.extensions.webpush.settings import vapid_key_path
@@ -15,8 +16,6 @@ from pushproxy.store.base import Store
 
 def subscriptions_list(cfg: Config, args: argparse.Namespace) -> int:
     account: str | None = args.account
-    from pushproxy.accounts import normalise_account
-
     subs = with_store(
         cfg,
         lambda store: store.queries(WebPushQueries).list_subscriptions(normalise_account(account) if account else None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pushproxy.accounts import canonical_mailbox, normalise_account
 from pushproxy.admin_cli import open_store, run_async, short, when, with_store
 from pushproxy.config import Config, ConfigError
 from pushproxy.extensions.xapplepush.apns import ApnsPusher
@@ -43,8 +44,6 @@ def apns_check(cfg: Config) -> int:
 
 def devices_list(cfg: Config, args: argparse.Namespace) -> int:
     account: str | None = args.account
-    from pushproxy.accounts import normalise_account
-
     devices = with_store(
         cfg, lambda store: store.queries(ApnsQueries).list_devices(normalise_account(account) if account else None)
     )
@@ -62,7 +61,6 @@ def devices_remove(cfg: Config, args: argparse.Namespace) -> int:
     account: str = args.account
     token_prefix: str | None = args.token
     aps_account_id: str | None = args.aps_account_id
-    from pushproxy.accounts import normalise_account
 
     async def remove(store: Store) -> int:
         acct = normalise_account(account)
@@ -85,8 +83,6 @@ def apns_test(cfg: Config, args: argparse.Namespace) -> int:
     """Send one push to every device of ``--account``, as new mail in ``--mailbox`` would."""
     account: str = args.account
     mailbox: str = args.mailbox
-    from pushproxy.accounts import canonical_mailbox, normalise_account
-
     if not apns_settings(cfg).enabled:
         raise ConfigError("apns.enabled is false in this config")
 
