@@ -127,6 +127,7 @@ async def build(app: Assembly) -> None:
             cfg, store, pipeline, master_style=cfg.watch.master_login, watching=extensions, owns=cluster.leases.owns
         )
         extensions.follow(supervisor.registration_changed, supervisor.relist_subscribed)
+        dedupe.read_states_from(supervisor.states)  # an ox event's missing UIDVALIDITY: the watchers' view
         app.supervisor = supervisor
         credentials = supervisor
 

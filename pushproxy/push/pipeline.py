@@ -23,7 +23,14 @@ on.  Two nodes that both believe they watch an account (a split brain after a
 freeze), a watcher and Dovecot reporting the same delivery, a watcher
 replaying its catch-up after a reconnect or a takeover: each message is
 pushed once.  Rows are pruned after ``cluster.ledger_retention``
-(:mod:`pushproxy.cluster.leases`).
+(:mod:`pushproxy.cluster.leases`).  The key needs the mailbox's UIDVALIDITY: an
+event whose source did not say (a Dovecot ox document without
+``imap-uidvalidity``) takes the one the watchers last saw for that mailbox
+(:class:`~pushproxy.store.pending.MailboxStates`: in memory, else the store's
+``mailbox_state``), so its claim and the watcher's meet.  When nobody knows it
+(no watcher has seen the mailbox, or the store is away and its state is not in
+memory) the key holds 0: a watcher pushing the same message under the real
+UIDVALIDITY pushes it a second time (a duplicate, never a loss).
 
 While the store cannot be reached (:class:`~pushproxy.store.health.StoreHealth`)
 the dedupe stage does not wait on it.  For an account whose lease this node is
@@ -55,10 +62,18 @@ from typing import Protocol
 from pushproxy import metrics
 from pushproxy.accounts import canonical_mailbox
 from pushproxy.events import MailEvent, NewMail
-from pushproxy.store.pending import PendingClaims
+from pushproxy.store.pending import MailboxStates, PendingClaims
 from pushproxy.store.sql import SqlStore
 
-__all__ = ["CLAIM_TIMEOUT", "Extensions", "FanOut", "HoldForStore", "PushLedger", "PushPipeline", "skip_seen"]
+__all__ = [
+    "CLAIM_TIMEOUT",
+    "Extensions",
+    "FanOut",
+    "HoldForStore",
+    "PushLedger",
+    "PushPipeline",
+    "skip_seen",
+]
 
 log = logging.getLogger("pushproxy.push")
 
@@ -80,7 +95,12 @@ class PushLedger:
         self._node_id = node_id
         # The lease manager's answer: may this node push the account's mail unclaimed?
         self._sure_to_hold = sure_to_hold or (lambda account: True)
+        self._states = MailboxStates(store, store.health)  # wiring: the watchers' own
         self.pending = PendingClaims()
+
+    def read_states_from(self, states: MailboxStates) -> None:
+        """Take a missing UIDVALIDITY from ``states`` (the watchers' view, which outlives a store outage)."""
+        self._states = states
 
     async def claim(self, event: NewMail) -> NewMail | None:
         """The event with only the messages this call claimed; None when every one was claimed before.
@@ -89,12 +109,26 @@ class PushLedger:
         """
         if not event.messages:
             return event  # nothing to claim: "something arrived" goes on
+        if not event.uidvalidity:
+            event = await self._with_uidvalidity(event)
         claimed = await self._claim(event)
         if not claimed:
             return None
         if len(claimed) < len(event.messages):
             event = replace(event, messages=tuple(m for m in event.messages if m.uid in claimed))
         return event
+
+    async def _with_uidvalidity(self, event: NewMail) -> NewMail:
+        """``event`` keyed on the UIDVALIDITY the watchers saw for its mailbox; as it is when that is not known."""
+        try:
+            async with asyncio.timeout(CLAIM_TIMEOUT):
+                state = await self._states.get_mailbox_state(event.account, event.mailbox)
+        except Exception as exc:  # the store is away and the state not in memory: the key keeps 0
+            self._health.failed(exc)  # the one WARNING of the outage (nothing when it was known already)
+            return event
+        if state is None or not state.uidvalidity:
+            return event
+        return replace(event, uidvalidity=state.uidvalidity)
 
     async def _claim(self, event: NewMail) -> set[int]:
         uids = [m.uid for m in event.messages]

@@ -32,7 +32,8 @@ Each document becomes a :class:`~pushproxy.events.NewMail` with one message
 values (header values, still MIME-encoded as IMAP would send them), and enters
 the push pipeline where the watchers' events do
 (:meth:`~pushproxy.push.pipeline.PushPipeline.submit`): its dedupe stage
-drops the one of the two that comes second.
+drops the one of the two that comes second (a document without
+``imap-uidvalidity`` is keyed on the one the watchers saw for the mailbox).
 ``unseen`` is the mailbox's count of unseen messages: 0 means this message,
 too, is already seen (e.g. filed as read by Sieve).
 

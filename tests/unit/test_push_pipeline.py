@@ -15,6 +15,8 @@ from pushproxy.events import Expunge, MailEvent, MessageInfo, NewMail
 from pushproxy.push import pipeline as pipeline_module
 from pushproxy.push.pipeline import FanOut, PushLedger, PushPipeline, skip_seen
 from pushproxy.store import SqliteStore, Vault
+from pushproxy.store.pending import MailboxStates
+from pushproxy.store.records import MailboxState
 
 SEEN = ("\\Seen",)
 
@@ -70,6 +72,33 @@ async def test_a_message_from_the_watcher_and_from_dovecot_is_pushed_once(store:
     await pipeline.flush()
     assert extensions.uids() == [1, 2, 3]
     assert extensions.flushed == 1  # flush reaches the extensions too
+
+
+async def test_an_ox_event_without_uidvalidity_meets_the_watchers_claim(store: SqliteStore) -> None:
+    """Dovecot's document may lack imap-uidvalidity: the key takes the one the watchers saw, in either order."""
+    await store.put_mailbox_state(MailboxState("alice", "INBOX", 9, 3))
+    extensions = Extensions()
+    pipeline = make(store, extensions)
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(1),), uidvalidity=9))
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(1),), source="dovecot-ox"))  # uidvalidity 0: unknown
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(2),), source="dovecot-ox"))
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(2),), uidvalidity=9))
+    await pipeline.flush()
+    assert extensions.uids() == [1, 2]
+
+
+async def test_the_watchers_view_of_uidvalidity_serves_while_the_store_is_away(store: SqliteStore) -> None:
+    states = MailboxStates(store, store.health)
+    await states.put_mailbox_state(MailboxState("alice", "INBOX", 9, 3))
+    extensions = Extensions()
+    ledger = PushLedger(store, "solo")
+    ledger.read_states_from(states)
+    pipeline = PushPipeline(ledger, FanOut(extensions))
+    store.health.failed("test: the store is away")
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(1),), source="dovecot-ox"))
+    await pipeline.flush()
+    assert extensions.uids() == [1]  # pushed unclaimed (the lease is sure), its claim kept under UIDVALIDITY 9
+    assert ledger.pending._claims == {("alice", "INBOX", 9): {1}}
 
 
 async def test_a_seen_message_is_claimed_and_never_pushed(store: SqliteStore) -> None:
