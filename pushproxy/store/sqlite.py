@@ -18,33 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import sqlite3
 import stat
-import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pushproxy.store.dialect import SQLITE
-from pushproxy.store.errors import (
-    STORE_BUSY,
-    STORE_DAMAGED,
-    STORE_FULL,
-    STORE_READ_ONLY,
-    STORE_UNAVAILABLE,
-    FaultEpisodes,
-    StoreUnavailable,
-)
+from pushproxy.store.errors import STORE_BUSY, STORE_DAMAGED, FaultEpisodes, StoreUnavailable
 from pushproxy.store.records import Row
 from pushproxy.store.schema import SCHEMA_VERSION, SchemaPart, SqlConn, StoreSchemaError
 from pushproxy.store.sql import SqlBackend, SqlStore
+from pushproxy.store.sqlite_faults import classified
 from pushproxy.store.vault import Vault
 
-__all__ = ["MEMORY", "SCHEMA_VERSION", "SqliteBackend", "SqliteStore", "StoreSchemaError", "sqlite_fault"]
+__all__ = ["MEMORY", "SCHEMA_VERSION", "SqliteBackend", "SqliteStore", "StoreSchemaError"]
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +51,10 @@ PING_TIMEOUT = 5.0
 class _Worker:
     """One thread owning one sqlite3 connection; calls run in submission order.
 
-    A call's SQLite error that is a store fault (:func:`sqlite_fault`) comes
-    back as :class:`StoreUnavailable` with its reason; it is classified on
-    the thread, which may look at the file system without blocking the loop.
+    A call's SQLite error that is a store fault
+    (:func:`~pushproxy.store.sqlite_faults.sqlite_fault`) comes back as
+    :class:`StoreUnavailable` with its reason; it is classified on the
+    thread, which may look at the file system without blocking the loop.
     """
 
     def __init__(self, name: str, directory: Path | None) -> None:
@@ -72,7 +64,7 @@ class _Worker:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         # Submitted before the first await: even if the caller is cancelled, the call keeps its place in line.
-        future = self._executor.submit(_classified, self._directory, fn, *args)
+        future = self._executor.submit(classified, self._directory, fn, *args)
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 return await asyncio.wrap_future(future)
@@ -98,73 +90,6 @@ class _Worker:
             with contextlib.suppress(sqlite3.Error, StoreUnavailable):
                 await self.run(conn.close)
         self._executor.shutdown(wait=False)
-
-
-def _classified(directory: Path | None, fn: Callable[..., T], *args: Any) -> T:
-    try:
-        return fn(*args)
-    except sqlite3.DatabaseError as exc:
-        fault = sqlite_fault(exc, directory)
-        if fault is None:
-            raise
-        raise fault from exc
-
-
-# Primary result codes (the low byte of an extended code): https://sqlite.org/rescode.html
-_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
-_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
-
-
-def sqlite_fault(exc: sqlite3.DatabaseError, directory: Path | None) -> StoreUnavailable | None:
-    """The store fault an SQLite error is, or None when it is not one (a bug: a constraint, bad SQL).
-
-    A failed write on a file system that went read-only, or that filled up
-    between SQLite's checks, often comes back as a plain I/O error: the file
-    system (``statvfs`` of the database's directory) tells which.
-    """
-    if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
-        return None
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = None if code is None else code & 0xFF
-    detail = f"SQLite: {exc}"
-    if primary == _SQLITE_FULL:
-        return StoreUnavailable(detail, STORE_FULL)
-    if primary == _SQLITE_READONLY:
-        return StoreUnavailable(detail, STORE_READ_ONLY)
-    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return StoreUnavailable(detail, STORE_BUSY)
-    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-        return StoreUnavailable(detail, STORE_DAMAGED)
-    if primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN):
-        return StoreUnavailable(detail, _file_system_state(directory))
-    return None
-
-
-def _file_system_state(directory: Path | None) -> str:
-    """Why writes in ``directory`` fail: statvfs first, then (ext4's emergency read-only state does
-    not show there) creating and removing a probe file, whose errno says it."""
-    if directory is None:
-        return STORE_UNAVAILABLE
-    try:
-        fs = os.statvfs(directory)
-    except OSError:
-        return STORE_UNAVAILABLE
-    if fs.f_flag & os.ST_RDONLY:
-        return STORE_READ_ONLY
-    if fs.f_bavail == 0 or fs.f_favail == 0:
-        return STORE_FULL
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".pushproxy-probe-", dir=directory)
-    except OSError as exc:
-        if exc.errno == errno.EROFS:
-            return STORE_READ_ONLY
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return STORE_FULL
-        return STORE_UNAVAILABLE
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
-    return STORE_UNAVAILABLE
 
 
 class _Conn(SqlConn):

@@ -33,7 +33,7 @@ from pushproxy.store.errors import (
     STORE_UNAVAILABLE,
     FaultEpisodes,
 )
-from pushproxy.store.sqlite import sqlite_fault
+from pushproxy.store.sqlite_faults import sqlite_fault
 from tests.support.filesystems import ext4_remount_ro, fill, force_read_only, lock_holder, small_tmpfs
 
 
