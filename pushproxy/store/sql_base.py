@@ -13,7 +13,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from pushproxy.store.dialect import Dialect
 from pushproxy.store.errors import STORE_BUSY, StoreUnavailable
@@ -21,9 +21,11 @@ from pushproxy.store.health import StoreHealth
 from pushproxy.store.records import Row
 from pushproxy.store.regview import RegistrationView
 from pushproxy.store.schema import SqlConn
-from pushproxy.store.vault import Vault
+from pushproxy.store.vault import Vault, VaultError
 
 log = logging.getLogger("pushproxy.store")
+
+T = TypeVar("T")
 
 ORDER_TIMEOUT = 15.0  # waiting for this node's earlier writes to the same row
 
@@ -210,3 +212,20 @@ class Queries:
     @property
     def shared_by_nodes(self) -> bool:
         return self._shared_by_nodes
+
+    def _readable(self, rows: Iterable[Row], read: Callable[[Row, Vault], T], what: str) -> list[T]:
+        """``read`` of each row that decrypts; the others are skipped with one log line naming ``what``.
+
+        One unreadable row (tampered, or written under another key, which the
+        factory refuses at start) must not stop the pushes of the rest.
+        """
+        records: list[T] = []
+        skipped = 0
+        for row in rows:
+            try:
+                records.append(read(row, self._vault))
+            except VaultError:
+                skipped += 1
+        if skipped:
+            log.warning("skipped %d %s that do not decrypt", skipped, what)
+        return records

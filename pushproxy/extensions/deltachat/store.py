@@ -10,17 +10,14 @@ are :data:`pushproxy.extensions.deltachat.schema.DELTACHAT`.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
 from pushproxy.store.records import Row
 from pushproxy.store.sql_base import Queries
-from pushproxy.store.vault import Vault, VaultError
+from pushproxy.store.vault import Vault
 
 __all__ = ["DeltaChatQueries", "DeltaChatToken", "token_aad", "token_hash"]
-
-log = logging.getLogger("pushproxy.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +92,7 @@ class DeltaChatQueries(Queries):
                ORDER BY account, last_registered, token_hash""",
             account,
         )
-        tokens: list[DeltaChatToken] = []
-        for row in rows:
-            try:
-                tokens.append(_record(row, self._vault))
-            except VaultError:
-                pass
-        if len(tokens) < len(rows):
-            # One unreadable row (tampered, or another key) must not stop the others' pushes.
-            log.warning("skipped %d Delta Chat token(s) that do not decrypt", len(rows) - len(tokens))
-        return tokens
+        return self._readable(rows, _record, "Delta Chat token(s)")
 
     async def remove_token(self, account: str, token: str) -> int:
         return await self._change_registrations(

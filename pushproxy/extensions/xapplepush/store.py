@@ -8,17 +8,14 @@ migrations are :data:`pushproxy.extensions.xapplepush.schema.XAPPLEPUSH`.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 
 from pushproxy.store.records import Row
 from pushproxy.store.sql_base import Queries
-from pushproxy.store.vault import Vault, VaultError
+from pushproxy.store.vault import Vault
 
 __all__ = ["ApnsDevice", "ApnsQueries", "device_from_row", "token_aad", "token_hash"]
-
-log = logging.getLogger("pushproxy.store")
 
 
 @dataclass(slots=True)
@@ -111,23 +108,7 @@ class ApnsQueries(Queries):
                ORDER BY account, aps_account_id, token_hash""",
             account,
         )
-        return self._devices(rows)
-
-    def _devices(self, rows: list[Row]) -> list[ApnsDevice]:
-        """Rows that decrypt; the others are skipped with one log line.
-
-        One unreadable row (tampered, or written under another key, which
-        the factory refuses at start) must not stop the pushes of the rest.
-        """
-        devices: list[ApnsDevice] = []
-        for row in rows:
-            try:
-                devices.append(device_from_row(row, self._vault))
-            except VaultError:
-                pass
-        if len(devices) < len(rows):
-            log.warning("skipped %d APNs registration(s) whose device token does not decrypt", len(rows) - len(devices))
-        return devices
+        return self._readable(rows, device_from_row, "APNs registration(s)")
 
     async def remove_device(self, account: str, aps_account_id: str | None, device_token: str) -> int:
         return await self._change_registrations(
