@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from pushproxy.accounts import normalise_account
 from pushproxy.config import Config
 from pushproxy.store.base import Store
 
@@ -44,3 +46,10 @@ def with_store(cfg: Config, work: Callable[[Store], Awaitable[T]]) -> T:
             await store.close()
 
     return run_async(go)
+
+
+def listed(cfg: Config, args: argparse.Namespace, query: Callable[[Store, str | None], Awaitable[T]]) -> T:
+    """What a ``list`` command shows: ``query`` for its ``--account`` (normalised), or for every account (None)."""
+    account: str | None = args.account
+    wanted = normalise_account(account) if account else None
+    return with_store(cfg, lambda store: query(store, wanted))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pushproxy.accounts import normalise_account
-from pushproxy.admin_cli import when, with_store
+from pushproxy.admin_cli import listed, when, with_store
 from pushproxy.config import Config
 from pushproxy.extensions.deltachat.settings import deltachat_settings
 from pushproxy.extensions.deltachat.store import DeltaChatQueries
@@ -13,10 +13,7 @@ from pushproxy.store.base import Store
 
 
 def tokens_list(cfg: Config, args: argparse.Namespace) -> int:
-    account: str | None = args.account
-    tokens = with_store(
-        cfg, lambda store: store.queries(DeltaChatQueries).list_tokens(normalise_account(account) if account else None)
-    )
+    tokens = listed(cfg, args, lambda store, account: store.queries(DeltaChatQueries).list_tokens(account))
     expiry = deltachat_settings(cfg).token_expiry
     print(f"{'ACCOUNT':32} {'TOKEN ID':12} {'FIRST SET':21} {'LAST SET':21} EXPIRES")
     for t in tokens:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pushproxy.accounts import normalise_account
-from pushproxy.admin_cli import when, with_store
+from pushproxy.admin_cli import listed, when, with_store
 from pushproxy.config import Config
 from pushproxy.extensions.webpush.settings import vapid_key_path
 from pushproxy.extensions.webpush.store import WebPushQueries
@@ -15,11 +14,7 @@ from pushproxy.store.base import Store
 
 
 def subscriptions_list(cfg: Config, args: argparse.Namespace) -> int:
-    account: str | None = args.account
-    subs = with_store(
-        cfg,
-        lambda store: store.queries(WebPushQueries).list_subscriptions(normalise_account(account) if account else None),
-    )
+    subs = listed(cfg, args, lambda store, account: store.queries(WebPushQueries).list_subscriptions(account))
     now = time.time()
     print(f"{'ACCOUNT':24} {'ID':38} {'STATE':9} {'LAST SUCCESS':21} FAILURES")
     for s in subs:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pushproxy.accounts import canonical_mailbox, normalise_account
-from pushproxy.admin_cli import open_store, run_async, short, when, with_store
+from pushproxy.admin_cli import listed, open_store, run_async, short, when, with_store
 from pushproxy.config import Config, ConfigError
 from pushproxy.extensions.xapplepush.apns import ApnsPusher
 from pushproxy.extensions.xapplepush.apns_cert import inspect_credentials
@@ -43,10 +43,7 @@ def apns_check(cfg: Config) -> int:
 
 
 def devices_list(cfg: Config, args: argparse.Namespace) -> int:
-    account: str | None = args.account
-    devices = with_store(
-        cfg, lambda store: store.queries(ApnsQueries).list_devices(normalise_account(account) if account else None)
-    )
+    devices = listed(cfg, args, lambda store, account: store.queries(ApnsQueries).list_devices(account))
     print(f"{'ACCOUNT':24} {'APS-ACCOUNT-ID':38} {'TOKEN':10} {'LAST REGISTERED':21} MAILBOXES")
     for d in devices:
         print(
