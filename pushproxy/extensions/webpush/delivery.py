@@ -40,7 +40,7 @@ from pushproxy.extensions.webpush.payload import (
     sync_payload,
 )
 from pushproxy.extensions.webpush.process import WebPushProcess
-from pushproxy.extensions.webpush.sender import Urgency, WebPushResult, WebPushSender, endpoint_tag
+from pushproxy.extensions.webpush.sender import SenderClosed, Urgency, WebPushResult, WebPushSender, endpoint_tag
 from pushproxy.extensions.webpush.settings import webpush_settings
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.store.base import Store, StoreUnavailable
@@ -189,6 +189,10 @@ class WebPushDelivery:
                 metrics.WEBPUSH_PAYLOAD_FALLBACKS.labels(level="sync").inc()
                 result = await self.sender.send(sub, sync_payload(mailbox), urgency=urgency, ttl=ttl)
             await self._apply(sub, result)
+        except SenderClosed as exc:
+            # Shutting down while a push was in flight (a hanging push service outlasted the
+            # pipeline's close timeout): not the subscription's failure, so nothing is recorded.
+            log.info("webpush %s/%s: push not sent, shutting down (%s)", sub.account, sub.sub_id, exc)
         except StoreUnavailable as exc:
             # Sent (or refused) all the same; only its outcome is not recorded (the store logged the episode).
             log.debug("webpush %s/%s: outcome of a push not recorded: %s", sub.account, sub.sub_id, exc.reason)

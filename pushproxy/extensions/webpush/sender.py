@@ -74,6 +74,10 @@ class WebPushMetrics(Protocol):
 Sleep = Callable[[float], Awaitable[None]]
 
 
+class SenderClosed(Exception):
+    """The sender was closed (shutdown) while a push was still being sent: it is not sent."""
+
+
 class WebPushSender:
     def __init__(
         self,
@@ -104,10 +108,12 @@ class WebPushSender:
             allow_private=cfg.allow_private_endpoints, timeout=cfg.timeout, pin_ttl=pin_ttl
         )
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def start(self) -> None:
         if self._session is not None:
             return
+        self._closed = False
         connector = aiohttp.TCPConnector(
             resolver=self.resolver,
             use_dns_cache=False,  # the resolver is the only authority on addresses
@@ -125,6 +131,7 @@ class WebPushSender:
         )
 
     async def close(self) -> None:
+        self._closed = True
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -146,15 +153,15 @@ class WebPushSender:
         return await self.send(sub, ack_payload(token), urgency="high", ttl=ttl)
 
     async def send(self, sub: WebPushSubscription, plaintext: bytes, *, urgency: Urgency, ttl: int) -> WebPushResult:
+        """Raises :class:`SenderClosed` when :meth:`close` came first or while the push was in flight."""
         result = await self._send(sub, plaintext, urgency=urgency, ttl=ttl)
         if self._metrics is not None:
             self._metrics.webpush_result(result.outcome)
         return result
 
     async def _send(self, sub: WebPushSubscription, plaintext: bytes, *, urgency: Urgency, ttl: int) -> WebPushResult:
-        if self._session is None:
+        if self._session is None and not self._closed:
             raise RuntimeError("WebPushSender.start() was not called")
-        session = NoRedirectSession(self._session)
         who = f"{sub.account}/{sub.sub_id} {endpoint_tag(sub.endpoint)}"
         if len(plaintext) > MAX_PLAINTEXT:
             log.warning("webpush %s: plaintext of %d bytes is too large", who, len(plaintext))
@@ -171,6 +178,11 @@ class WebPushSender:
         attempts = 0
         detail = ""
         for retry in range(self._cfg.retry_budget + 1):
+            if self._session is None or self._session.closed:
+                # Closed meanwhile (shutdown; a request in flight was cut): no attempt on a closed
+                # session, which aiohttp would refuse with a RuntimeError.
+                raise SenderClosed(f"sender closed after {attempts} attempt(s)")
+            session = NoRedirectSession(self._session)
             try:
                 headers = {
                     "Content-Type": "application/octet-stream",
