@@ -487,6 +487,9 @@ def test_ack_and_log_out_at_once_still_gets_pushes(
         answers += client._line()
     assert b"a1 OK" in answers
     client.sock.close()
+    # The session's login starts the watcher: mail is new to it once it waits upstream (before its
+    # first look, a message is part of the mailbox it finds, not news).
+    wait_watching(proxy)
     dovecot.deliver("alice", make_message("right after the logout"))
     assert wait_pushes(standin, ss, 2)[1].problems == []
     log_text = proxy.log_text()
