@@ -285,10 +285,10 @@ class _Auth(http.server.BaseHTTPRequestHandler):
 NGINX_CONF = """
 load_module /usr/lib/nginx/modules/ngx_mail_module.so;
 worker_processes 1;
-worker_rlimit_nofile 100000;
+worker_rlimit_nofile {nofile};
 pid {base}/nginx.pid;
 error_log {base}/error.log warn;
-events {{ worker_connections 50000; }}
+events {{ worker_connections {conns}; }}
 mail {{
     server_name localhost;
     auth_http 127.0.0.1:{auth}/auth;
@@ -318,7 +318,13 @@ def run_nginx(m: int, certs: ApnsTestCerts, args: Any) -> dict[str, Any] | str:
     conf = base / "nginx.conf"
     conf.write_text(
         NGINX_CONF.format(
-            base=base, auth=auth.server_address[1], port=port, cert=certs.server_cert, key=certs.server_key
+            base=base,
+            auth=auth.server_address[1],
+            port=port,
+            cert=certs.server_cert,
+            key=certs.server_key,
+            nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+            conns=2 * m + 100,
         )
     )
     master = subprocess.Popen([nginx, "-c", str(conf), "-p", str(base), "-g", "daemon off;"])

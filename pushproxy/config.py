@@ -145,7 +145,7 @@ class WatchConfig(_Section):
     # Without NOTIFY: IDLE connections per account (the first mailboxes of its list); the rest is polled.
     idle_connections: int = Field(1, ge=1, le=20)
     connect_rate: float = Field(50.0, gt=0)  # new watcher connections per second at most
-    # Watcher connections being opened and logged in at once; default 2 x connect_rate (at least 4).
+    # Watcher connections being opened and logged in at once; default 2 x connect_rate (4 to 100).
     connect_in_flight: int | None = Field(None, ge=1)
     backoff_min: Duration = 1.0
     backoff_max: Duration = 300.0

@@ -25,8 +25,10 @@ class ConnectLimiter:
     - a token bucket: at most ``rate`` connections started per second (a burst of
       at most ``burst``, by default ``min(rate, 10)``);
     - at most ``in_flight`` connections being opened and logged in at once (by
-      default ``2 x rate``, at least 4): an upstream whose logins slow down slows
-      the ramp instead of piling up half-open connections;
+      default ``2 x rate``, at least 4, at most 100): an upstream whose logins slow
+      down slows the ramp instead of piling up half-open connections (4,000 in
+      flight at ``connect_rate: 2000`` made 10,000 TLS watchers time out their
+      handshakes and retry for minutes; 100 brought them up at the upstream's pace);
     - waiters are served by priority, highest first (the supervisor passes the
       account's last activity: the accounts that get mail soonest come back
       first), in arrival order among equals.
@@ -46,7 +48,7 @@ class ConnectLimiter:
             raise ValueError("rate must be positive")
         self.rate = rate
         self.burst = max(1.0, burst if burst is not None else min(rate, 10.0))
-        self.max_in_flight = max(1, in_flight) if in_flight is not None else max(4, int(2 * rate))
+        self.max_in_flight = max(1, in_flight) if in_flight is not None else min(100, max(4, int(2 * rate)))
         self._tokens = self.burst
         self._stamp = time.monotonic()
         self._waiters: list[tuple[float, int, asyncio.Future[None], bool]] = []  # heap (-priority, seq, fut, holds)

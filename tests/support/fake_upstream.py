@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import resource
 import ssl
 import subprocess
@@ -51,6 +52,8 @@ class Conn(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.s = server
         self.buf = b""
+        self.line = b""  # a command line being assembled around literals
+        self.literal: int | None = None
         self.transport: asyncio.Transport | None = None
         self.user: str | None = None
         self.idle_tag: bytes | None = None
@@ -87,8 +90,23 @@ class Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while b"\r\n" in self.buf:
-            line, self.buf = self.buf.split(b"\r\n", 1)
+        while True:
+            if self.literal is not None:  # a literal's bytes (nginx sends LOGIN's arguments so)
+                if len(self.buf) < self.literal:
+                    return
+                self.line += b'"' + self.buf[: self.literal] + b'"'
+                self.buf, self.literal = self.buf[self.literal :], None
+            if b"\r\n" not in self.buf:
+                return
+            part, self.buf = self.buf.split(b"\r\n", 1)
+            match = re.search(rb"\{(\d+)(\+?)\}$", part)
+            if match and self.idle_tag is None:
+                self.line += part[: match.start()]
+                self.literal = int(match.group(1))
+                if not match.group(2):
+                    self.write(b"+ go ahead\r\n")
+                continue
+            line, self.line = self.line + part, b""
             self.handle(line)
 
     def handle(self, line: bytes) -> None:
