@@ -1,7 +1,7 @@
 """One long-running task that its owner starts once and cancels (and awaits) when it stops.
 
 For the loops that run as long as their owner does (an extension's
-housekeeping, the loop-lag probe): the task is kept, so it is never lost,
+housekeeping, the loop-lag probe, the watchers' ramp progress): the task is kept, so it is never lost,
 and ``stop`` returns only once it has ended.
 """
 

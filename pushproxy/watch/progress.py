@@ -14,12 +14,12 @@ gate's: the check is O(1), whatever the number of watchers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from pushproxy import metrics
+from pushproxy.background import BackgroundTask
 from pushproxy.watch.pacing import ConnectLimiter
 
 __all__ = ["EVERY", "RampProgress"]
@@ -35,7 +35,7 @@ class RampProgress:
         self._limiter = limiter
         self._counts = counts
         self._every = every
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(self._run)
         self._ramp_started: float | None = None
         self._started_at_ramp = 0
         self._last = 0.0
@@ -44,15 +44,10 @@ class RampProgress:
         metrics.WATCHERS_CONNECT_QUEUE.set_function(lambda: limiter.queued)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+        self._task.start()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
 
     def _busy(self) -> bool:
         up, wanted = self._counts()
