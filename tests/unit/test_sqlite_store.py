@@ -213,6 +213,8 @@ async def test_subscription_auth_bound_to_row(store: SqliteStore, db_path: Path)
     with pytest.raises(VaultError):
         await store.queries(WebPushQueries).get_subscription("bob", "s9")
     assert (await store.queries(WebPushQueries).get_subscription("alice", "s1")) is not None
+    # A listing (every push to an account reads one) skips the unreadable row instead of failing them all.
+    assert [sub.sub_id for sub in await store.queries(WebPushQueries).list_subscriptions()] == ["s1"]
 
 
 # --- credentials ---------------------------------------------------------------------

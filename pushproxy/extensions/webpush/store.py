@@ -156,7 +156,7 @@ class WebPushQueries(Queries):
                ORDER BY account, created, sub_id""",
             account,
         )
-        return [subscription_from_row(r, self._vault) for r in rows]
+        return self._readable(rows, subscription_from_row, "Web Push subscription(s)")
 
     async def delete_subscription(self, account: str, sub_id: str) -> bool:
         count = await self._change_registrations(
