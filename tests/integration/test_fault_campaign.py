@@ -79,8 +79,9 @@ def own_postgres() -> Iterator[PostgresServer]:
 
 
 class Campaign:
-    def __init__(self, dovecot: Dovecot, standin: ApnsStandin, nodes: list[ProxyProcess]) -> None:
+    def __init__(self, dovecot: Dovecot, standin: ApnsStandin, nodes: list[ProxyProcess], database: str) -> None:
         self.dovecot = dovecot
+        self.database = database  # the nodes' shared one
         self.standin = standin
         self.nodes = nodes
         self.rounds = 0
@@ -191,7 +192,7 @@ def test_fault_campaign_pushes_every_message_once(
         for i, dsn in enumerate((direct, relayed)):
             config = {**shared, "store": {"url": dsn}, "cluster": {"node_id": f"node{i}", "lease_ttl": TTL}}
             nodes.append(start_node(tmp_path, dovecot, config))
-        campaign = Campaign(dovecot, apns, nodes)
+        campaign = Campaign(dovecot, apns, nodes, database)
         dovecot.add_users({account: f"{account}pw" for account in ACCOUNTS})
         for i, account in enumerate(ACCOUNTS):
             client = RawClient(nodes[i % 2].port)
@@ -239,10 +240,17 @@ def run_cycle(campaign: Campaign, pg: PostgresServer, pg_relay: TcpRelay, push_r
 
     # 2. PostgreSQL killed, mail during the outage, started again on the same port and data.
     takeovers = campaign.metric_sum("pushproxy_cluster_takeovers_total")  # a later cycle counts on
+    # Killed right after both nodes' lease rounds (seen in the database), not at a random point of
+    # their TTL/3 period: the mail below must be seen while the leases are still sure, and this
+    # leaves it most of lease_ttl on a loaded machine rather than as little as 2/3 of it.
+    certain = wait_lease_rounds(pg, campaign.database)
     pg.crash()
     crashed = time.monotonic()
     campaign.deliver()
     campaign.wait_pushed("during the PostgreSQL outage", timeout=TTL)  # within lease_ttl: pushed from memory
+    campaign.figures.append(
+        f"outage mail pushed {time.monotonic() - crashed:.1f} s after the kill, leases sure for {certain:.1f} s"
+    )
     assert node0.admin_get("/readyz")[0] == 503
     wait_for(lambda: all(n.metric("pushproxy_store_up") == 0 for n in campaign.live()), 15, "store_up 0 on each node")
     time.sleep(max(0.0, crashed + PG_OUTAGE - time.monotonic()))  # the fault's length: a clock, not a wait
@@ -292,6 +300,21 @@ def run_cycle(campaign: Campaign, pg: PostgresServer, pg_relay: TcpRelay, push_r
         60,
         lambda: f"APNs pushes after the push service returned: {campaign.apns_counts()} (before {before})",
     )
+
+
+def wait_lease_rounds(pg: PostgresServer, database: str, fresh: float = 1.2) -> float:
+    """Until every node's last lease round (its heartbeat, on the database clock) is under ``fresh`` s old;
+    how long the oldest of them stays sure (lease_ttl minus its age).  Two nodes renew every TTL/3 each,
+    out of phase: right after the later one, the other's round is at most TTL/6 old."""
+    ages: list[float] = []
+
+    def fresh_enough() -> bool:
+        out = pg.psql("SELECT extract(epoch FROM clock_timestamp()) - heartbeat FROM cluster_nodes", database=database)
+        ages[:] = [float(line) for line in out.split()]
+        return len(ages) == 2 and max(ages) < fresh
+
+    wait_for(fresh_enough, 4 * TTL, lambda: f"both nodes' lease rounds under {fresh} s old: {ages}")
+    return TTL - max(ages)
 
 
 def owned_by(node: ProxyProcess, account: str) -> bool:
