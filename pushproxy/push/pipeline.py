@@ -95,11 +95,11 @@ class PushLedger:
         self._node_id = node_id
         # The lease manager's answer: may this node push the account's mail unclaimed?
         self._sure_to_hold = sure_to_hold or (lambda account: True)
-        self._states = MailboxStates(store, store.health)  # wiring: the watchers' own
+        self._states: MailboxStates | None = None  # the watchers' (wiring); without, the store's rows alone
         self.pending = PendingClaims()
 
     def read_states_from(self, states: MailboxStates) -> None:
-        """Take a missing UIDVALIDITY from ``states`` (the watchers' view, which outlives a store outage)."""
+        """Take a missing UIDVALIDITY from ``states`` first (the watchers' memory, which outlives a store outage)."""
         self._states = states
 
     async def claim(self, event: NewMail) -> NewMail | None:
@@ -120,12 +120,13 @@ class PushLedger:
 
     async def _with_uidvalidity(self, event: NewMail) -> NewMail:
         """``event`` keyed on the UIDVALIDITY the watchers saw for its mailbox; as it is when that is not known."""
-        try:
-            async with asyncio.timeout(CLAIM_TIMEOUT):
-                state = await self._states.get_mailbox_state(event.account, event.mailbox)
-        except Exception as exc:  # the store is away and the state not in memory: the key keeps 0
-            self._health.failed(exc)  # the one WARNING of the outage (nothing when it was known already)
-            return event
+        state = self._states.known(event.account, event.mailbox) if self._states is not None else None
+        if state is None and self._health.up:  # another node's watcher, or none: its row (read, not kept in memory)
+            try:
+                async with asyncio.timeout(CLAIM_TIMEOUT):
+                    state = await self._store.get_mailbox_state(event.account, event.mailbox)
+            except Exception as exc:  # the key keeps 0; the claim below goes the store-away way
+                self._health.failed(exc)  # the one WARNING of the outage
         if state is None or not state.uidvalidity:
             return event
         return replace(event, uidvalidity=state.uidvalidity)

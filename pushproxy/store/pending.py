@@ -46,6 +46,10 @@ class MailboxStates:
     def pending(self) -> int:
         return sum(len(boxes) for boxes in self._dirty.values())
 
+    def known(self, account: str, mailbox: str) -> MailboxState | None:
+        """The mailbox's latest state if a watcher of this node has it in memory (the store is not asked)."""
+        return self._known.get(account, {}).get(mailbox)
+
     async def get_mailbox_state(self, account: str, mailbox: str) -> MailboxState | None:
         known = self._known.get(account, {}).get(mailbox)
         if known is not None:
