@@ -136,7 +136,7 @@ def run_watchers(n: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -
         proxy.start(120)
         assert proxy.proc is not None
         pid = proxy.proc.pid
-        wait(lambda: proxy.metric("pushproxy_watchers_up") >= n, 60 + n / 50, f"{n} watchers up")
+        wait(lambda: proxy.metric("pushproxy_watchers_up") >= n, 120 + n / 5, f"{n} watchers up")
         ramp = time.monotonic() - start
         logins = [(t, k) for t, k in upstream.logins() if t >= start]
         time.sleep(3)  # let the last catch-ups and store writes settle
