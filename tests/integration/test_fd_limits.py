@@ -31,10 +31,15 @@ def upstream() -> Iterator[FakeUpstreamProcess]:
     up.close()
 
 
+_MADE: dict[Path, list[ProxyProcess]] = {}
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="pp-fd-"))
     yield path
+    for proxy in _MADE.pop(path, []):
+        proxy.kill()
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -44,7 +49,9 @@ def _plain_proxy(workdir: Path, upstream: FakeUpstreamProcess, nofile: tuple[int
         "session": {"allow_plaintext_auth": True, **session},
         "log": {"level": "info"},
     }
-    return ProxyProcess(workdir, config, nofile=nofile)
+    proxy = ProxyProcess(workdir, config, nofile=nofile)
+    _MADE.setdefault(workdir, []).append(proxy)  # killed at teardown, whatever the test did
+    return proxy
 
 
 def test_the_soft_limit_is_raised_to_the_hard_limit(workdir: Path, upstream: FakeUpstreamProcess) -> None:

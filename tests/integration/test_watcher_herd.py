@@ -41,10 +41,15 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> ApnsTestCerts:
     return make_apns_certs(tmp_path_factory.mktemp("upstream-certs"))
 
 
+_MADE: dict[Path, list[ProxyProcess]] = {}
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="pp-herd-"))
     yield path
+    for proxy in _MADE.pop(path, []):
+        proxy.kill()
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -60,7 +65,9 @@ def _proxy(
     scale_setup.seed(workdir, accounts)
     settings = {"connect_rate": RATE, "connect_in_flight": IN_FLIGHT, "backoff_min": 0.5, "backoff_max": 2.0, **watch}
     config = scale_setup.watched_config(workdir, upstream, certs, **settings)
-    return ProxyProcess(workdir, {**config, "runtime": {"event_loop": loop}})
+    proxy = ProxyProcess(workdir, {**config, "runtime": {"event_loop": loop}})
+    _MADE.setdefault(workdir, []).append(proxy)  # killed at teardown, whatever the test did
+    return proxy
 
 
 def _check_ramp(upstream: FakeUpstreamProcess, since: float) -> list[int]:
