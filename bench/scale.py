@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,25 @@ def error_lines(proxy: ProxyProcess) -> int:
     return sum(1 for line in proxy.log_text().splitlines() if " ERROR " in line or line.startswith("Traceback"))
 
 
+@contextlib.contextmanager
+def upstream_and_dir(leg: str, certs: ApnsTestCerts, prefix: str) -> Iterator[tuple[FakeUpstreamProcess, Path]]:
+    """A fake upstream speaking ``leg`` and a scratch directory, both gone at the end of the run."""
+    upstream = FakeUpstreamProcess(leg, cert=certs.server_cert, key=certs.server_key)
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield upstream, base
+    finally:
+        upstream.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def stopped(proxy: ProxyProcess, result: dict[str, Any]) -> dict[str, Any]:
+    """The run's figures, with the error lines the proxy logged until it stopped."""
+    proxy.stop()
+    result["errors"] = error_lines(proxy)
+    return result
+
+
 # =============================================================================== watchers
 
 
@@ -122,9 +142,7 @@ def proxy_for(base: Path, upstream: FakeUpstreamProcess, certs: ApnsTestCerts, n
 
 
 def run_watchers(n: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -> dict[str, Any]:
-    upstream = FakeUpstreamProcess(leg, cert=certs.server_cert, key=certs.server_key)
-    base = Path(tempfile.mkdtemp(prefix="pp-scale-"))
-    try:
+    with upstream_and_dir(leg, certs, "pp-scale-") as (upstream, base):
         empty = proxy_for(base / "empty", upstream, certs, 0, args, loop).start(60)
         assert empty.proc is not None
         time.sleep(2)
@@ -157,12 +175,7 @@ def run_watchers(n: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -
             "stall": stall,
             "resumed": upstream.stats()["resumed"],
         }
-        proxy.stop()
-        result["errors"] = error_lines(proxy)
-        return result
-    finally:
-        upstream.close()
-        shutil.rmtree(base, ignore_errors=True)
+        return stopped(proxy, result)
 
 
 # =============================================================================== idle sessions
@@ -240,9 +253,7 @@ def measure_sessions(pid: int, port: int, m: int, ca: Path, args: Any) -> dict[s
 
 
 def run_sessions(m: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -> dict[str, Any]:
-    upstream = FakeUpstreamProcess(leg, cert=certs.server_cert, key=certs.server_key)
-    base = Path(tempfile.mkdtemp(prefix="pp-scale-s-"))
-    try:
+    with upstream_and_dir(leg, certs, "pp-scale-s-") as (upstream, base):
         config: dict[str, Any] = {
             "listen": {"imaps": "auto", "tls_cert_file": str(certs.server_cert), "tls_key_file": str(certs.server_key)},
             "upstream": {
@@ -260,12 +271,7 @@ def run_sessions(m: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -
         assert proxy.proc is not None
         result = measure_sessions(proxy.proc.pid, proxy.imaps_port, m, certs.ca_cert, args)
         result["what"] = f"{m:,} idle sessions, pushproxy, TLS client / {leg} upstream, {loop}"
-        proxy.stop()
-        result["errors"] = error_lines(proxy)
-        return result
-    finally:
-        upstream.close()
-        shutil.rmtree(base, ignore_errors=True)
+        return stopped(proxy, result)
 
 
 class _Auth(http.server.BaseHTTPRequestHandler):

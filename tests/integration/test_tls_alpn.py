@@ -7,10 +7,12 @@ handshakes (issue 22 point 1).  The listener here is on a random port.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -34,13 +36,18 @@ def _context(dovecot: Dovecot, alpn: list[str] | None) -> ssl.SSLContext:
     return ctx
 
 
-def _login(sock: ssl.SSLSocket) -> bytes:
+@contextlib.contextmanager
+def _tls_client(dovecot: Dovecot, port: int, alpn: list[str] | None) -> Iterator[ssl.SSLSocket]:
+    """A client on implicit TLS to ``port``, offering ``alpn``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with _context(dovecot, alpn).wrap_socket(raw, server_hostname="localhost") as tls:
+            yield tls
+
+
+def _read_until(sock: socket.socket, needle: bytes, data: bytes = b"") -> bytes:
+    """``data`` and what the peer sends next, until ``needle`` is in it or the peer closes."""
     sock.settimeout(10)
-    data = b""
-    while b"\r\n" not in data:
-        data += sock.recv(4096)
-    sock.sendall(b"a1 LOGIN alice alicepw\r\n")
-    while b"a1 " not in data:
+    while needle not in data:
         chunk = sock.recv(4096)
         if not chunk:
             break
@@ -48,50 +55,45 @@ def _login(sock: ssl.SSLSocket) -> bytes:
     return data
 
 
+def _login(sock: ssl.SSLSocket) -> bytes:
+    greeting = _read_until(sock, b"\r\n")
+    sock.sendall(b"a1 LOGIN alice alicepw\r\n")
+    return _read_until(sock, b"a1 ", greeting)
+
+
 @pytest.mark.parametrize("alpn", [["imap"], ["h2", "imap"], None])
 def test_implicit_tls_accepts_imap_alpn_and_none(dovecot: Dovecot, proxy_factory, alpn) -> None:
     proxy = _tls_proxy(dovecot, proxy_factory)
     assert proxy.imaps_port != 993
-    ctx = _context(dovecot, alpn)
-    with socket.create_connection(("127.0.0.1", proxy.imaps_port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            assert tls.selected_alpn_protocol() == ("imap" if alpn else None)
-            assert b"a1 OK" in _login(tls)
+    with _tls_client(dovecot, proxy.imaps_port, alpn) as tls:
+        assert tls.selected_alpn_protocol() == ("imap" if alpn else None)
+        assert b"a1 OK" in _login(tls)
 
 
 def test_starttls_accepts_imap_alpn(dovecot: Dovecot, proxy_factory) -> None:
     proxy = _tls_proxy(dovecot, proxy_factory)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
-        raw.settimeout(10)
-        data = b""
-        while b"\r\n" not in data:
-            data += raw.recv(4096)
+        greeting = _read_until(raw, b"\r\n")
         raw.sendall(b"s1 STARTTLS\r\n")
-        while b"s1 OK" not in data:
-            data += raw.recv(4096)
+        assert b"s1 OK" in _read_until(raw, b"s1 OK", greeting)
         with _context(dovecot, ["imap"]).wrap_socket(raw, server_hostname="localhost") as tls:
             assert tls.selected_alpn_protocol() == "imap"
             tls.sendall(b"a0 NOOP\r\n")
-            out = b""
-            while b"a0 " not in out:
-                out += tls.recv(4096)
-            assert b"a0 OK" in out
+            assert b"a0 OK" in _read_until(tls, b"a0 ")
 
 
 def test_other_alpn_refused_with_one_log_line(dovecot: Dovecot, proxy_factory) -> None:
     proxy = _tls_proxy(dovecot, proxy_factory)
-    ctx = _context(dovecot, ["h2", "http/1.1"])
-    with socket.create_connection(("127.0.0.1", proxy.imaps_port), timeout=10) as raw:
-        with pytest.raises(ssl.SSLError, match=r"NO_APPLICATION_PROTOCOL|no application protocol"):
-            ctx.wrap_socket(raw, server_hostname="localhost")
+    with pytest.raises(ssl.SSLError, match=r"NO_APPLICATION_PROTOCOL|no application protocol"):
+        with _tls_client(dovecot, proxy.imaps_port, ["h2", "http/1.1"]):
+            pass
     wait_for(lambda: "ALPN offered h2,http/1.1" in proxy.log_text(), what="the refusal's log line")
     log = proxy.log_text()
     assert log.count("ALPN offered") == 1
     assert "Traceback" not in log
     # The listener still serves the next client.
-    with socket.create_connection(("127.0.0.1", proxy.imaps_port), timeout=10) as raw:
-        with _context(dovecot, ["imap"]).wrap_socket(raw, server_hostname="localhost") as tls:
-            assert b"a1 OK" in _login(tls)
+    with _tls_client(dovecot, proxy.imaps_port, ["imap"]) as tls:
+        assert b"a1 OK" in _login(tls)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
