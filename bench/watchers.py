@@ -1,9 +1,10 @@
 """Benchmark (figures only, no assertions): the cost of upstream watchers.
 
-Runs the watcher Supervisor in this process against a lightweight fake IMAP
-upstream in a child process (LOGIN / CAPABILITY / EXAMINE / STATUS / UID FETCH
-/ IDLE, answering minimally and sending ``* n EXISTS`` to idling connections
-on demand), so that the two do not share one GIL or one RSS.  For each size:
+Runs the watcher Supervisor in this process against the tests' fake IMAP
+upstream in a child process (tests/support/fake_upstream.py: LOGIN /
+CAPABILITY / EXAMINE / STATUS / UID FETCH / IDLE, answering minimally and
+sending ``* n EXISTS`` to idling connections on demand), so that the two do
+not share one GIL or one RSS.  For each size:
 
 - RSS of this process per watched account (after every watcher is idle,
   minus the RSS before the supervisor started; store rows included),
@@ -33,7 +34,6 @@ import contextlib
 import gc
 import json
 import os
-import random
 import resource
 import statistics
 import subprocess
@@ -53,191 +53,7 @@ from pushproxy.store import SqliteStore, Vault  # noqa: E402
 from pushproxy.store.sqlite import MEMORY  # noqa: E402
 from pushproxy.watch import Supervisor  # noqa: E402
 from pushproxy.watch.credentials import MasterCredentials  # noqa: E402
-
-CAPS = b"IMAP4rev1 IDLE LITERAL+"
-ENVELOPE = (
-    b'("Mon, 1 Jan 2024 10:00:00 +0000" "bench message %d" (("Bench" NIL "bench" "example.org")) '
-    b'(("Bench" NIL "bench" "example.org")) (("Bench" NIL "bench" "example.org")) '
-    b'((NIL NIL "user" "example.org")) NIL NIL NIL "<%d@bench.example>")'
-)
-
-
-# =============================================================================== fake upstream
-
-
-class Box:
-    __slots__ = ("uids", "uidvalidity")
-
-    def __init__(self) -> None:
-        self.uidvalidity = 1
-        self.uids: list[int] = []
-
-    @property
-    def uidnext(self) -> int:
-        return (self.uids[-1] + 1) if self.uids else 1
-
-
-class FakeUpstream:
-    def __init__(self) -> None:
-        self.boxes: dict[tuple[str, str], Box] = {}
-        self.idlers: dict[tuple[str, str], set[FakeConn]] = {}
-        self.sent: list[tuple[str, str, int, float]] = []
-
-    def box(self, user: str, mailbox: str = "INBOX") -> Box:
-        b = self.boxes.get((user, mailbox))
-        if b is None:
-            b = self.boxes[(user, mailbox)] = Box()
-        return b
-
-    def deliver(self, user: str, mailbox: str) -> None:
-        box = self.box(user, mailbox)
-        uid = box.uidnext
-        box.uids.append(uid)
-        for conn in list(self.idlers.get((user, mailbox), ())):
-            conn.announce()
-        self.sent.append((user, mailbox, uid, time.monotonic()))
-
-
-class FakeConn(asyncio.Protocol):
-    """One client connection of the fake server (state machine over lines; no literals needed)."""
-
-    def __init__(self, up: FakeUpstream) -> None:
-        self.up = up
-        self.buf = b""
-        self.user: str | None = None
-        self.mailbox = "INBOX"
-        self.idle_tag: bytes | None = None
-        self.announced = 0
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(b"* OK [CAPABILITY " + CAPS + b"] fake upstream ready\r\n")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_idle()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def announce(self) -> None:
-        assert self.user is not None
-        n = len(self.up.box(self.user, self.mailbox).uids)
-        if n > self.announced:
-            self.announced = n
-            self.write(b"* %d EXISTS\r\n" % n)
-
-    def _stop_idle(self) -> None:
-        if self.user is not None:
-            self.up.idlers.get((self.user, self.mailbox), set()).discard(self)
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while b"\r\n" in self.buf:
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            self.handle(line)
-
-    def handle(self, line: bytes) -> None:
-        if self.idle_tag is not None:
-            if line.upper() == b"DONE":
-                self.write(self.idle_tag + b" OK Idle completed.\r\n")
-                self.idle_tag = None
-                self._stop_idle()
-            return
-        parts = line.split(b" ")
-        if len(parts) < 2:
-            self.write(b"* BAD what?\r\n")
-            return
-        tag, cmd, args = parts[0], parts[1].upper(), parts[2:]
-        if cmd == b"UID" and args:
-            cmd, args = b"UID " + args[0].upper(), args[1:]
-        if cmd == b"CAPABILITY":
-            self.write(b"* CAPABILITY " + CAPS + b"\r\n" + tag + b" OK done\r\n")
-        elif cmd == b"LOGIN":
-            login = args[0].strip(b'"').decode()
-            self.user = login.split("*", 1)[0]
-            self.write(tag + b" OK [CAPABILITY " + CAPS + b"] Logged in\r\n")
-        elif cmd in (b"SELECT", b"EXAMINE"):
-            assert self.user is not None
-            self.mailbox = args[0].strip(b'"').decode()
-            box = self.up.box(self.user, self.mailbox)
-            self.announced = len(box.uids)
-            self.write(
-                b"* FLAGS (\\Seen)\r\n* %d EXISTS\r\n* OK [UIDVALIDITY %d] ok\r\n* OK [UIDNEXT %d] ok\r\n"
-                % (len(box.uids), box.uidvalidity, box.uidnext)
-                + tag
-                + b" OK [READ-ONLY] done\r\n"
-            )
-        elif cmd == b"STATUS":
-            assert self.user is not None
-            name = args[0].strip(b'"')
-            box = self.up.box(self.user, name.decode())
-            self.write(
-                b'* STATUS "%s" (MESSAGES %d UIDNEXT %d UIDVALIDITY %d)\r\n' % (name, len(box.uids), box.uidnext, 1)
-                + tag
-                + b" OK done\r\n"
-            )
-        elif cmd == b"UID FETCH":
-            assert self.user is not None
-            box = self.up.box(self.user, self.mailbox)
-            start = int(args[0].split(b":")[0])
-            chosen = [u for u in box.uids if u >= start] or box.uids[-1:]
-            out = []
-            for uid in chosen:
-                seq = box.uids.index(uid) + 1
-                out.append(b"* %d FETCH (UID %d FLAGS () ENVELOPE " % (seq, uid) + ENVELOPE % (uid, uid) + b")\r\n")
-            self.write(b"".join(out) + tag + b" OK Fetch completed.\r\n")
-        elif cmd == b"IDLE":
-            assert self.user is not None
-            self.idle_tag = tag
-            self.up.idlers.setdefault((self.user, self.mailbox), set()).add(self)
-            self.write(b"+ idling\r\n")
-            self.announce()
-        elif cmd == b"NOOP" or cmd == b"ENABLE":
-            if self.user is not None:
-                self.announce()
-            self.write(tag + b" OK done\r\n")
-        elif cmd == b"LOGOUT":
-            self.write(b"* BYE bye\r\n" + tag + b" OK done\r\n")
-            if self.transport is not None:
-                self.transport.close()
-        else:
-            self.write(tag + b" BAD unknown command\r\n")
-
-
-async def serve() -> None:
-    """Child process: print the port, then obey commands on stdin."""
-    raise_nofile_limit()
-    up = FakeUpstream()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: FakeConn(up), "127.0.0.1", 0, backlog=4096)
-    port = server.sockets[0].getsockname()[1]
-    print(json.dumps({"port": port}), flush=True)
-    reader = asyncio.StreamReader(limit=2**26)  # the "fire" command lists every user
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        cmd = json.loads(line)
-        if cmd["op"] == "fire":
-            up.sent.clear()
-            users: list[str] = cmd["users"]
-            mailboxes: list[str] = cmd["mailboxes"]
-            interval = 1.0 / cmd["rate"]
-            start = time.monotonic()
-            for i in range(cmd["count"]):
-                delay = start + i * interval - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                up.deliver(random.choice(users), random.choice(mailboxes))
-            print(json.dumps({"sent": up.sent}), flush=True)
-        elif cmd["op"] == "quit":
-            break
-    server.close()
-
+from tests.support.fake_upstream import FakeUpstreamProcess  # noqa: E402
 
 # =============================================================================== measurements
 
@@ -261,32 +77,6 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
-class Child:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout is not None
-        self.port = json.loads(self.proc.stdout.readline())["port"]
-
-    async def call(self, **cmd: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = await asyncio.to_thread(self.proc.stdout.readline)
-        return dict(json.loads(line))
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-            self.proc.stdin.flush()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -308,7 +98,7 @@ async def wait_for(pred: Any, timeout: float, progress: Any = None) -> bool:
 
 
 async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    child = Child()
+    upstream = FakeUpstreamProcess("none")
     store = SqliteStore(Path(MEMORY), Vault.generate())
     await store.open()
     users = [f"user{i:05d}" for i in range(n)]
@@ -316,7 +106,7 @@ async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     for i, user in enumerate(users):
         await store.queries(ApnsQueries).upsert_device(ApnsDevice(user, "aps", f"{i:064x}", mailboxes=mailboxes))
     config = Config(
-        upstream=UpstreamConfig(host="127.0.0.1", port=child.port, security="none", connect_timeout=30),
+        upstream=UpstreamConfig(host="127.0.0.1", port=upstream.port, security="none", connect_timeout=30),
         store=StoreConfig(url="sqlite:///:memory:"),
         watch=WatchConfig(
             credentials="master",
@@ -368,16 +158,16 @@ async def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
     count = int(args.rate * args.seconds)
     cpu1, w1 = cpu_seconds(), time.monotonic()
-    result = await child.call(op="fire", users=users, mailboxes=mailboxes, count=count, rate=args.rate)
+    sent = await asyncio.to_thread(upstream.fire, users, mailboxes, count, args.rate)
     await wait_for(lambda: len(received) >= count, timeout=10)
     busy_cpu = (cpu_seconds() - cpu1) / (time.monotonic() - w1)
     emitted = {(a, b, u): t for a, b, u, t in received}
-    latencies = [emitted[(a, b, u)] - t for a, b, u, t in result["sent"] if (a, b, u) in emitted]
+    latencies = [emitted[(a, b, u)] - t for a, b, u, t in sent if (a, b, u) in emitted]
     duplicates = len(received) - len(emitted)
 
     await sup.close()
     await store.close()
-    child.close()
+    upstream.close()
     return {
         "accounts": n,
         "idle_connections": args.idle_connections,
@@ -403,7 +193,7 @@ async def run_aioimaplib(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """The same idle connections made with aioimaplib (login, SELECT, IDLE), for comparison."""
     import aioimaplib
 
-    child = Child()
+    upstream = FakeUpstreamProcess("none")
     gc.collect()
     rss0 = rss_bytes()
     clients: list[Any] = []
@@ -411,7 +201,7 @@ async def run_aioimaplib(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
     async def one(i: int) -> None:
         async with sem:
-            c = aioimaplib.IMAP4(host="127.0.0.1", port=child.port, timeout=30)
+            c = aioimaplib.IMAP4(host="127.0.0.1", port=upstream.port, timeout=30)
             await c.wait_hello_from_server()
             await c.login(f"user{i:05d}", "pw")
             await c.select("INBOX")
@@ -426,7 +216,7 @@ async def run_aioimaplib(n: int, args: argparse.Namespace) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             c.idle_done()
             c.protocol.transport.close()
-    child.close()
+    upstream.close()
     return {"accounts": n, "rss_per_account_kb": (rss1 - rss0) / n / 1024}
 
 
@@ -495,12 +285,9 @@ def main() -> None:
     parser.add_argument("--connect-rate", type=float, default=1000.0, help="watch.connect_rate for the ramp-up")
     parser.add_argument("--aioimaplib", action="store_true", help="also measure aioimaplib's per-connection RSS")
     parser.add_argument("--idle-connections", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=["watchers", "aioimaplib"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        asyncio.run(serve())
-    elif args.measure:
+    if args.measure:
         asyncio.run(measure(args.measure, args))
     else:
         main_all(args)

@@ -2,7 +2,10 @@
 
 Enough IMAP for watchers (CAPABILITY, STARTTLS, LOGIN, ENABLE, EXAMINE /
 SELECT, STATUS, UID FETCH, IDLE, NOOP, LOGOUT) over plain TCP, STARTTLS or
-implicit TLS; every user exists with an empty INBOX, any password is right.
+implicit TLS; every user exists, every mailbox too (empty until mail is
+delivered to it), any password is right.  New mail is announced with
+``* n EXISTS`` to the connections idling on its mailbox (and at the next
+NOOP), and UID FETCH answers with an envelope.
 It records when each LOGIN was answered and how many connections were
 between their accept and their login answer ("logins in flight") at that
 moment, and can restart itself (drop every connection, refuse connections
@@ -13,8 +16,11 @@ it prints ``{"port": N}`` and obeys JSON lines on stdin, answering each with
 one JSON line: ``{"op": "logins"}`` -> ``{"logins": [[t, in_flight], ...]}``
 (t: CLOCK_MONOTONIC, comparable across processes), ``{"op": "restart",
 "down": 2.0}``, ``{"op": "stats"}`` -> connections, idling, handshakes,
-resumed handshakes; ``{"op": "quit"}``.  :class:`FakeUpstreamProcess` is the
-parent's side (tests and ``bench/scale.py``).
+resumed handshakes; ``{"op": "fire", "users": [...], "mailboxes": [...],
+"count": N, "rate": R}`` delivers N messages to random ones at R per second
+and answers ``{"sent": [[user, mailbox, uid, t], ...]}`` (t: when their
+EXISTS was written); ``{"op": "quit"}``.  :class:`FakeUpstreamProcess` is
+the parent's side (tests, ``bench/scale.py`` and ``bench/watchers.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import re
 import resource
 import ssl
@@ -33,6 +40,25 @@ from pathlib import Path
 from typing import Any
 
 CAPS = b"IMAP4rev1 IDLE LITERAL+ ENABLE"
+ENVELOPE = (
+    b'("Mon, 1 Jan 2024 10:00:00 +0000" "bench message %d" (("Bench" NIL "bench" "example.org")) '
+    b'(("Bench" NIL "bench" "example.org")) (("Bench" NIL "bench" "example.org")) '
+    b'((NIL NIL "user" "example.org")) NIL NIL NIL "<%d@bench.example>")'
+)
+
+
+class Box:
+    """One mailbox: the UIDs delivered to it."""
+
+    __slots__ = ("uids", "uidvalidity")
+
+    def __init__(self) -> None:
+        self.uidvalidity = 1
+        self.uids: list[int] = []
+
+    @property
+    def uidnext(self) -> int:
+        return (self.uids[-1] + 1) if self.uids else 1
 
 
 class Server:
@@ -46,6 +72,24 @@ class Server:
         self.handshakes = 0
         self.resumed = 0
         self.idling = 0
+        self.boxes: dict[tuple[str, str], Box] = {}
+        self.idlers: dict[tuple[str, str], set[Conn]] = {}
+        self.sent: list[tuple[str, str, int, float]] = []  # what "fire" delivered: user, mailbox, uid, when
+
+    def box(self, user: str, mailbox: str = "INBOX") -> Box:
+        box = self.boxes.get((user, mailbox))
+        if box is None:
+            box = self.boxes[(user, mailbox)] = Box()
+        return box
+
+    def deliver(self, user: str, mailbox: str) -> None:
+        """New mail: announced at once to the connections idling on the mailbox."""
+        box = self.box(user, mailbox)
+        uid = box.uidnext
+        box.uids.append(uid)
+        for conn in list(self.idlers.get((user, mailbox), ())):
+            conn.announce()
+        self.sent.append((user, mailbox, uid, time.monotonic()))
 
 
 class Conn(asyncio.Protocol):
@@ -56,6 +100,8 @@ class Conn(asyncio.Protocol):
         self.literal: int | None = None
         self.transport: asyncio.Transport | None = None
         self.user: str | None = None
+        self.mailbox = "INBOX"  # the selected one
+        self.announced = 0  # the EXISTS count this connection was last told
         self.idle_tag: bytes | None = None
         self.pending = True  # accepted, not yet logged in (counted in s.in_flight)
         self._tls_task: asyncio.Future[None] | None = None
@@ -82,7 +128,20 @@ class Conn(asyncio.Protocol):
             self.pending = False
             self.s.in_flight -= 1
         if self.idle_tag is not None:
-            self.s.idling -= 1
+            self._stop_idle()
+
+    def _stop_idle(self) -> None:
+        self.idle_tag = None
+        self.s.idling -= 1
+        if self.user is not None:
+            self.s.idlers.get((self.user, self.mailbox), set()).discard(self)
+
+    def announce(self) -> None:
+        assert self.user is not None
+        n = len(self.s.box(self.user, self.mailbox).uids)
+        if n > self.announced:
+            self.announced = n
+            self.write(b"* %d EXISTS\r\n" % n)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -113,8 +172,7 @@ class Conn(asyncio.Protocol):
         if self.idle_tag is not None:
             if line.upper() == b"DONE":
                 self.write(self.idle_tag + b" OK Idle completed.\r\n")
-                self.idle_tag = None
-                self.s.idling -= 1
+                self._stop_idle()
             return
         parts = line.split(b" ")
         if len(parts) < 2:
@@ -134,22 +192,36 @@ class Conn(asyncio.Protocol):
                 asyncio.get_running_loop().call_later(self.s.login_delay, self._logged_in, tag)
             else:
                 self._logged_in(tag)
-        elif cmd in (b"SELECT", b"EXAMINE"):
+        elif cmd in (b"SELECT", b"EXAMINE") and self.user is not None:
+            self.mailbox = args[0].strip(b'"').decode()
+            box = self.s.box(self.user, self.mailbox)
+            self.announced = len(box.uids)
             self.write(
-                b"* FLAGS (\\Seen)\r\n* 0 EXISTS\r\n* OK [UIDVALIDITY 1] ok\r\n* OK [UIDNEXT 1] ok\r\n"
+                b"* FLAGS (\\Seen)\r\n* %d EXISTS\r\n* OK [UIDVALIDITY %d] ok\r\n* OK [UIDNEXT %d] ok\r\n"
+                % (len(box.uids), box.uidvalidity, box.uidnext)
                 + tag
                 + b" OK [READ-ONLY] done\r\n"
             )
-        elif cmd == b"STATUS":
+        elif cmd == b"STATUS" and self.user is not None:
             name = args[0].strip(b'"')
-            self.write(b'* STATUS "%s" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY 1)\r\n' % name + tag + b" OK done\r\n")
-        elif cmd == b"UID FETCH":
-            self.write(tag + b" OK Fetch completed.\r\n")
-        elif cmd == b"IDLE":
+            box = self.s.box(self.user, name.decode())
+            self.write(
+                b'* STATUS "%s" (MESSAGES %d UIDNEXT %d UIDVALIDITY %d)\r\n'
+                % (name, len(box.uids), box.uidnext, box.uidvalidity)
+                + tag
+                + b" OK done\r\n"
+            )
+        elif cmd == b"UID FETCH" and self.user is not None:
+            self.write(self._fetched(args[0]) + tag + b" OK Fetch completed.\r\n")
+        elif cmd == b"IDLE" and self.user is not None:
             self.idle_tag = tag
             self.s.idling += 1
+            self.s.idlers.setdefault((self.user, self.mailbox), set()).add(self)
             self.write(b"+ idling\r\n")
+            self.announce()
         elif cmd in (b"NOOP", b"ENABLE"):
+            if self.user is not None:
+                self.announce()
             self.write(tag + b" OK done\r\n")
         elif cmd == b"LOGOUT":
             self.write(b"* BYE bye\r\n" + tag + b" OK done\r\n")
@@ -157,6 +229,17 @@ class Conn(asyncio.Protocol):
                 self.transport.close()
         else:
             self.write(tag + b" BAD unknown command\r\n")
+
+    def _fetched(self, uid_set: bytes) -> bytes:
+        """The FETCH lines of the selected mailbox's messages from the set's first UID on (else its last)."""
+        assert self.user is not None
+        box = self.s.box(self.user, self.mailbox)
+        start = int(uid_set.split(b":")[0])
+        chosen = [u for u in box.uids if u >= start] or box.uids[-1:]
+        return b"".join(
+            b"* %d FETCH (UID %d FLAGS () ENVELOPE " % (box.uids.index(uid) + 1, uid) + ENVELOPE % (uid, uid) + b")\r\n"
+            for uid in chosen
+        )
 
     def _logged_in(self, tag: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -216,7 +299,7 @@ async def serve(args: argparse.Namespace) -> None:
     await listener.open()
     print(json.dumps({"port": listener.port}), flush=True)
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=2**26)  # a "fire" command lists every user
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
         line = await reader.readline()
@@ -237,9 +320,26 @@ async def serve(args: argparse.Namespace) -> None:
             }
         elif op == "restart":
             await listener.restart(float(cmd.get("down", 1.0)))
+        elif op == "fire":
+            answer = {"sent": await fire(server, cmd["users"], cmd["mailboxes"], cmd["count"], cmd["rate"])}
         elif op == "quit":
             break
         print(json.dumps(answer), flush=True)
+
+
+async def fire(
+    server: Server, users: list[str], mailboxes: list[str], count: int, rate: float
+) -> list[tuple[str, str, int, float]]:
+    """Deliver ``count`` messages to random users' random mailboxes at ``rate`` per second; what was sent."""
+    server.sent.clear()
+    interval = 1.0 / rate
+    start = time.monotonic()
+    for i in range(count):
+        delay = start + i * interval - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        server.deliver(random.choice(users), random.choice(mailboxes))
+    return server.sent
 
 
 class FakeUpstreamProcess:
@@ -276,6 +376,13 @@ class FakeUpstreamProcess:
 
     def restart(self, down: float = 1.0) -> None:
         self.call("restart", down=down)
+
+    def fire(
+        self, users: list[str], mailboxes: list[str], count: int, rate: float
+    ) -> list[tuple[str, str, int, float]]:
+        """New mail (see the module's ``fire``); blocks until the last is delivered."""
+        sent = self.call("fire", users=users, mailboxes=mailboxes, count=count, rate=rate)["sent"]
+        return [(str(u), str(b), int(uid), float(t)) for u, b, uid, t in sent]
 
     @property
     def pid(self) -> int:
