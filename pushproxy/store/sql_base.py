@@ -213,6 +213,38 @@ class Queries:
     def shared_by_nodes(self) -> bool:
         return self._shared_by_nodes
 
+    # --- what every registration table (a row per account and device) has in common --------------
+    # Its rows have ``account``, and those that name a push token ``token_hash`` and ``last_registered``.
+    # The f-strings below insert only the caller's table and column names, never input.
+
+    async def _listing(
+        self, table: str, order_by: str, account: str | None, read: Callable[[Row, Vault], T], what: str
+    ) -> list[T]:
+        """``read`` of the table's rows of ``account`` (every account's with None) that decrypt, ordered."""
+        rows = await self._fetch(
+            # A NULL account selects every row (one static query).
+            f"SELECT * FROM {table} WHERE (CAST($1 AS TEXT) IS NULL OR account = $1) ORDER BY {order_by}",  # noqa: S608
+            account,
+        )
+        return self._readable(rows, read, what)
+
+    async def _forget_token(self, table: str, digest: bytes, registered_before: float | None) -> int:
+        """The push service says the token is gone: every account's rows of it, unless registered again since."""
+        return await self._change_registrations(
+            f"""DELETE FROM {table}
+                WHERE token_hash = $1 AND (CAST($2 AS DOUBLE PRECISION) IS NULL OR last_registered < $2)
+                RETURNING account""",  # noqa: S608
+            digest,
+            registered_before,
+        )
+
+    async def _expire(self, table: str, not_registered_since: float) -> int:
+        """The rows not registered again since ``not_registered_since`` (unix time)."""
+        return await self._change_registrations(
+            f"DELETE FROM {table} WHERE last_registered < $1 RETURNING account",  # noqa: S608
+            not_registered_since,
+        )
+
     def _readable(self, rows: Iterable[Row], read: Callable[[Row, Vault], T], what: str) -> list[T]:
         """``read`` of each row that decrypts; the others are skipped with one log line naming ``what``.
 

@@ -86,13 +86,8 @@ class DeltaChatQueries(Queries):
 
     async def list_tokens(self, account: str | None = None) -> list[DeltaChatToken]:
         """The account's tokens (every account's with None), least recently set first."""
-        # A NULL account selects every row (one static query).
-        rows = await self._fetch(
-            """SELECT * FROM deltachat_tokens WHERE (CAST($1 AS TEXT) IS NULL OR account = $1)
-               ORDER BY account, last_registered, token_hash""",
-            account,
-        )
-        return self._readable(rows, _record, "Delta Chat token(s)")
+        order = "account, last_registered, token_hash"
+        return await self._listing("deltachat_tokens", order, account, _record, "Delta Chat token(s)")
 
     async def remove_token(self, account: str, token: str) -> int:
         return await self._change_registrations(
@@ -104,13 +99,7 @@ class DeltaChatQueries(Queries):
 
     async def remove_token_everywhere(self, token: str, registered_before: float | None = None) -> int:
         """The gateway says the token is gone (410): every account's row of it, unless set again since."""
-        return await self._change_registrations(
-            """DELETE FROM deltachat_tokens
-               WHERE token_hash = $1 AND (CAST($2 AS DOUBLE PRECISION) IS NULL OR last_registered < $2)
-               RETURNING account""",
-            token_hash(self._vault, token),
-            registered_before,
-        )
+        return await self._forget_token("deltachat_tokens", token_hash(self._vault, token), registered_before)
 
     async def remove_account(self, account: str) -> int:
         return await self._change_registrations(
@@ -118,6 +107,4 @@ class DeltaChatQueries(Queries):
         )
 
     async def expire_tokens(self, not_registered_since: float) -> int:
-        return await self._change_registrations(
-            "DELETE FROM deltachat_tokens WHERE last_registered < $1 RETURNING account", not_registered_since
-        )
+        return await self._expire("deltachat_tokens", not_registered_since)

@@ -151,12 +151,10 @@ class WebPushQueries(Queries):
         return await self._registrations.get("webpush subscriptions", account, lambda: self.list_subscriptions(account))
 
     async def list_subscriptions(self, account: str | None = None) -> list[WebPushSubscription]:
-        rows = await self._fetch(
-            """SELECT * FROM webpush_subscriptions WHERE (CAST($1 AS TEXT) IS NULL OR account = $1)
-               ORDER BY account, created, sub_id""",
-            account,
+        order = "account, created, sub_id"
+        return await self._listing(
+            "webpush_subscriptions", order, account, subscription_from_row, "Web Push subscription(s)"
         )
-        return self._readable(rows, subscription_from_row, "Web Push subscription(s)")
 
     async def delete_subscription(self, account: str, sub_id: str) -> bool:
         count = await self._change_registrations(

@@ -102,13 +102,8 @@ class ApnsQueries(Queries):
         return await self._registrations.get("apns devices", account, lambda: self.list_devices(account))
 
     async def list_devices(self, account: str | None = None) -> list[ApnsDevice]:
-        # A NULL account selects every row (one static query).
-        rows = await self._fetch(
-            """SELECT * FROM apns_devices WHERE (CAST($1 AS TEXT) IS NULL OR account = $1)
-               ORDER BY account, aps_account_id, token_hash""",
-            account,
-        )
-        return self._readable(rows, device_from_row, "APNs registration(s)")
+        order = "account, aps_account_id, token_hash"
+        return await self._listing("apns_devices", order, account, device_from_row, "APNs registration(s)")
 
     async def remove_device(self, account: str, aps_account_id: str | None, device_token: str) -> int:
         return await self._change_registrations(
@@ -121,13 +116,8 @@ class ApnsQueries(Queries):
         )
 
     async def remove_device_token(self, device_token: str, registered_before: float | None = None) -> int:
-        return await self._change_registrations(
-            """DELETE FROM apns_devices
-               WHERE token_hash = $1 AND (CAST($2 AS DOUBLE PRECISION) IS NULL OR last_registered < $2)
-               RETURNING account""",
-            token_hash(self._vault, device_token),
-            registered_before,
-        )
+        """APNs says the token is gone: every account's registration of it, unless registered again since."""
+        return await self._forget_token("apns_devices", token_hash(self._vault, device_token), registered_before)
 
     async def count_devices(self) -> int:
         """How many registrations there are (nothing decrypted: the gauge's census, once a minute)."""
@@ -135,6 +125,4 @@ class ApnsQueries(Queries):
         return 0 if row is None else int(row["n"])
 
     async def expire_devices(self, not_registered_since: float) -> int:
-        return await self._change_registrations(
-            "DELETE FROM apns_devices WHERE last_registered < $1 RETURNING account", not_registered_since
-        )
+        return await self._expire("apns_devices", not_registered_since)
