@@ -48,7 +48,8 @@ import binascii
 import hmac
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -72,18 +73,11 @@ class OxEventError(ValueError):
     """The document is not a valid ox driver event (the message is safe to show the sender)."""
 
 
-def _present(doc: dict[str, Any], name: str, *, required: bool) -> Any:
-    """The field's value; None when absent or null, which a required field may not be."""
-    value = doc.get(name)
-    if value is None and required:
-        raise OxEventError(f"missing field {name!r}")
-    return value
+T = TypeVar("T")
+Convert = Callable[[str, object], T]  # (field name, JSON value) -> the value, or OxEventError
 
 
-def _int_field(doc: dict[str, Any], name: str, *, required: bool) -> int | None:
-    value = _present(doc, name, required=required)
-    if value is None:
-        return None
+def _int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str) and value.isdigit():  # tolerate numbers sent as strings
             return int(value)
@@ -91,36 +85,46 @@ def _int_field(doc: dict[str, Any], name: str, *, required: bool) -> int | None:
     return value
 
 
-def _str_field(doc: dict[str, Any], name: str, *, required: bool) -> str | None:
-    value = _present(doc, name, required=required)
-    if value is None:
-        return None
+def _str(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise OxEventError(f"field {name!r} must be a string")
-    if required and not value.strip():
-        raise OxEventError(f"field {name!r} is empty")
     return value[:_MAX_FIELD]
+
+
+def _nonempty_str(name: str, value: object) -> str:
+    if isinstance(value, str) and not value.strip():
+        raise OxEventError(f"field {name!r} is empty")
+    return _str(name, value)
+
+
+def _required(doc: dict[str, Any], name: str, convert: Convert[T]) -> T:
+    value = doc.get(name)
+    if value is None:  # absent or null
+        raise OxEventError(f"missing field {name!r}")
+    return convert(name, value)
+
+
+def _optional(doc: dict[str, Any], name: str, convert: Convert[T]) -> T | None:
+    value = doc.get(name)
+    return None if value is None else convert(name, value)
 
 
 def parse_ox_event(doc: object) -> NewMail | None:
     """An ox driver document as an event; None for event types that are not pushed."""
     if not isinstance(doc, dict):
         raise OxEventError("expected a JSON object")
-    user = _str_field(doc, "user", required=True)
-    event = _str_field(doc, "event", required=True)
-    assert user is not None and event is not None
+    user = _required(doc, "user", _nonempty_str)
+    event = _required(doc, "event", _nonempty_str)
     if event.lower() != "messagenew":
         return None
-    folder = _str_field(doc, "folder", required=True)
-    assert folder is not None
-    uid = _int_field(doc, "imap-uid", required=True)
-    assert uid is not None
+    folder = _required(doc, "folder", _nonempty_str)
+    uid = _required(doc, "imap-uid", _int)
     if not 0 < uid <= _MAX_UID:
         raise OxEventError("field 'imap-uid' is out of range")
-    uidvalidity = _int_field(doc, "imap-uidvalidity", required=False)
-    unseen = _int_field(doc, "unseen", required=False)
-    subject = _str_field(doc, "subject", required=False)
-    sender = _str_field(doc, "from", required=False)
+    uidvalidity = _optional(doc, "imap-uidvalidity", _int)
+    unseen = _optional(doc, "unseen", _int)
+    subject = _optional(doc, "subject", _str)
+    sender = _optional(doc, "from", _str)
     flags: tuple[str, ...] = ("\\Seen",) if unseen == 0 else ()
     envelope = envelope_from_fields(None, subject, sender, None)
     return NewMail(
