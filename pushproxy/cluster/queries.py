@@ -97,41 +97,35 @@ class ClusterStore:
     async def reassert(self, node_id: str, held: dict[str, int], ttl: float) -> dict[str, int]:
         """After an outage: extend this node's expired leases that nobody took meanwhile (same owner, same
         fence: no other node held them in between); account -> fence of those extended."""
-        kept: dict[str, int] = {}
-        async with self._backend.write() as conn:
-            for account, fence in held.items():
-                rows = await conn.fetch(
-                    """UPDATE watch_leases SET expires = epoch_now() + $4
-                       WHERE account = $1 AND owner = $2 AND fence = $3
-                       RETURNING fence""",
-                    account,
-                    node_id,
-                    fence,
-                    ttl,
-                )
-                if rows:
-                    kept[account] = int(rows[0]["fence"])
-        return kept
+        return await self._fences(
+            """UPDATE watch_leases SET expires = epoch_now() + $4
+               WHERE account = $1 AND owner = $2 AND fence = $3
+               RETURNING fence""",
+            ((account, (node_id, fence, ttl)) for account, fence in held.items()),
+        )
 
     async def acquire_many(self, node_id: str, accounts: Iterable[str], ttl: float) -> dict[str, int]:
         """Take the leases of these accounts that are free, expired or ours, in one transaction (a takeover
         of hundreds is one round trip per account, not one transaction each); account -> new fence."""
-        taken: dict[str, int] = {}
+        return await self._fences(
+            """INSERT INTO watch_leases (account, owner, expires, fence) VALUES ($1, $2, epoch_now() + $3, 1)
+               ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, expires = excluded.expires,
+                   fence = watch_leases.fence + 1
+               WHERE watch_leases.expires <= epoch_now() OR watch_leases.owner = excluded.owner
+               RETURNING fence""",
+            ((account, (node_id, ttl)) for account in accounts),
+        )
+
+    async def _fences(self, sql: str, each: Iterable[tuple[str, tuple[object, ...]]]) -> dict[str, int]:
+        """``sql`` once per (account, further arguments), all in one transaction; account -> the fence it
+        returned (an account whose statement returned no row is left out)."""
+        fences: dict[str, int] = {}
         async with self._backend.write() as conn:
-            for account in accounts:
-                rows = await conn.fetch(
-                    """INSERT INTO watch_leases (account, owner, expires, fence) VALUES ($1, $2, epoch_now() + $3, 1)
-                       ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, expires = excluded.expires,
-                           fence = watch_leases.fence + 1
-                       WHERE watch_leases.expires <= epoch_now() OR watch_leases.owner = excluded.owner
-                       RETURNING fence""",
-                    account,
-                    node_id,
-                    ttl,
-                )
+            for account, args in each:
+                rows = await conn.fetch(sql, account, *args)
                 if rows:
-                    taken[account] = int(rows[0]["fence"])
-        return taken
+                    fences[account] = int(rows[0]["fence"])
+        return fences
 
     async def release(self, node_id: str, accounts: Iterable[str]) -> None:
         async with self._backend.write() as conn:
