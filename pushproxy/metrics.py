@@ -118,7 +118,7 @@ are left on (the default).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -154,7 +154,10 @@ __all__ = [
     "WATCHERS_WANTED",
     "WATCHER_RECONNECTS",
     "WATCHER_STATES",
+    "counter",
     "exposition",
+    "gauge",
+    "histogram",
     "known_service",
     "report_queue",
     "set_state_gauge",
@@ -177,6 +180,22 @@ def with_labels(metric: M, values: Iterable[str]) -> M:
     return metric
 
 
+# Every metric, the core's and the extensions', is made by one of these three, on REGISTRY.
+def counter(name: str, text: str, labels: Sequence[str] = (), values: Iterable[str] = ()) -> Counter:
+    """A counter on :data:`REGISTRY`; with one label, ``values`` are series from the start (:func:`with_labels`)."""
+    return with_labels(Counter(name, text, labels, registry=REGISTRY), values)
+
+
+def gauge(name: str, text: str, labels: Sequence[str] = (), values: Iterable[str] = ()) -> Gauge:
+    """A gauge on :data:`REGISTRY`; with one label, ``values`` are series from the start (:func:`with_labels`)."""
+    return with_labels(Gauge(name, text, labels, registry=REGISTRY), values)
+
+
+def histogram(name: str, text: str, labels: Sequence[str] = (), *, buckets: Sequence[float]) -> Histogram:
+    """A histogram on :data:`REGISTRY`."""
+    return Histogram(name, text, labels, buckets=buckets, registry=REGISTRY)
+
+
 SESSION_DIRECTIONS = ("client_to_upstream", "upstream_to_client")
 CONNECTION_REFUSAL_REASONS = ("total", "per_ip", "proxy_header", "timeout", "fd_limit")
 WATCHER_STATES = ("connecting", "idle", "polling", "backoff", "auth_failed", "stopped")
@@ -186,98 +205,75 @@ _DISPATCH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 
 _PUSH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # --- client sessions -------------------------------------------------------
-SESSIONS_ACTIVE = Gauge("pushproxy_sessions_active", "Client sessions open now.", registry=REGISTRY)
-SESSIONS_TOTAL = Counter("pushproxy_sessions", "Client sessions accepted.", registry=REGISTRY)
-SESSION_BYTES = with_labels(
-    Counter("pushproxy_session_bytes", "Bytes relayed through client sessions.", ["direction"], registry=REGISTRY),
-    SESSION_DIRECTIONS,
+SESSIONS_ACTIVE = gauge("pushproxy_sessions_active", "Client sessions open now.")
+SESSIONS_TOTAL = counter("pushproxy_sessions", "Client sessions accepted.")
+SESSION_BYTES = counter(
+    "pushproxy_session_bytes", "Bytes relayed through client sessions.", ["direction"], SESSION_DIRECTIONS
 )
 _INTERCEPTED_HELP = "IMAP commands answered by a proxy extension instead of the upstream server."
-COMMANDS_INTERCEPTED = Counter("pushproxy_commands_intercepted", _INTERCEPTED_HELP, ["command"], registry=REGISTRY)
-CONNECTIONS_REFUSED = with_labels(
-    Counter(
-        "pushproxy_connections_refused",
-        "Client connections refused before a session started, by reason.",
-        ["reason"],
-        registry=REGISTRY,
-    ),
+COMMANDS_INTERCEPTED = counter("pushproxy_commands_intercepted", _INTERCEPTED_HELP, ["command"])
+CONNECTIONS_REFUSED = counter(
+    "pushproxy_connections_refused",
+    "Client connections refused before a session started, by reason.",
+    ["reason"],
     CONNECTION_REFUSAL_REASONS,
 )
-LOGINS = Counter("pushproxy_logins", "Client logins answered OK by the upstream server.", registry=REGISTRY)
-AUTH_FAILURES = Counter("pushproxy_auth_failures", "Logins answered NO by the upstream server.", registry=REGISTRY)
-SESSION_TIMEOUTS = with_labels(
-    Counter("pushproxy_session_timeouts", "Sessions closed by a deadline, by kind.", ["kind"], registry=REGISTRY),
-    ("preauth",),
+LOGINS = counter("pushproxy_logins", "Client logins answered OK by the upstream server.")
+AUTH_FAILURES = counter("pushproxy_auth_failures", "Logins answered NO by the upstream server.")
+SESSION_TIMEOUTS = counter(
+    "pushproxy_session_timeouts", "Sessions closed by a deadline, by kind.", ["kind"], ("preauth",)
 )
 
 # --- registrations and watchers ---------------------------------------------
 _REGISTRATIONS_HELP = "Push registrations in the store, by kind and state."
-REGISTRATIONS = Gauge("pushproxy_registrations", _REGISTRATIONS_HELP, ["kind", "state"], registry=REGISTRY)
-WATCHERS = with_labels(
-    Gauge("pushproxy_watchers", "Upstream watcher connections, by state.", ["state"], registry=REGISTRY),
-    WATCHER_STATES,
-)
+REGISTRATIONS = gauge("pushproxy_registrations", _REGISTRATIONS_HELP, ["kind", "state"])
+WATCHERS = gauge("pushproxy_watchers", "Upstream watcher connections, by state.", ["state"], WATCHER_STATES)
 _RECONNECTS_HELP = "Watcher reconnects after a lost or failed upstream connection."
-WATCHER_RECONNECTS = Counter("pushproxy_watcher_reconnects", _RECONNECTS_HELP, registry=REGISTRY)
+WATCHER_RECONNECTS = counter("pushproxy_watcher_reconnects", _RECONNECTS_HELP)
 _EXTENSION_ERRORS_HELP = "Exceptions raised by an extension's hook, caught by the extension manager."
-EXTENSION_ERRORS = Counter(
-    "pushproxy_extension_errors", _EXTENSION_ERRORS_HELP, ["extension", "hook"], registry=REGISTRY
+EXTENSION_ERRORS = counter("pushproxy_extension_errors", _EXTENSION_ERRORS_HELP, ["extension", "hook"])
+WATCHERS_WANTED = gauge(
+    "pushproxy_watchers_wanted", "Watchers this node runs and wants up (every state but auth_failed and stopped)."
 )
-WATCHERS_WANTED = Gauge(
-    "pushproxy_watchers_wanted",
-    "Watchers this node runs and wants up (every state but auth_failed and stopped).",
-    registry=REGISTRY,
-)
-WATCHERS_UP = Gauge("pushproxy_watchers_up", "Watchers connected and watching (idle or polling).", registry=REGISTRY)
-WATCHERS_LOGINS = Counter(
+WATCHERS_UP = gauge("pushproxy_watchers_up", "Watchers connected and watching (idle or polling).")
+WATCHERS_LOGINS = counter(
     "pushproxy_watchers_logins",
     "Watcher connections let through the connect gate (each a connect and a login attempt).",
-    registry=REGISTRY,
 )
-WATCHERS_LOGINS_IN_FLIGHT = Gauge(
+WATCHERS_LOGINS_IN_FLIGHT = gauge(
     "pushproxy_watchers_logins_in_flight",
     "Watcher connections being opened and logged in now (bounded by the connect gate).",
-    registry=REGISTRY,
 )
-WATCHERS_CONNECT_QUEUE = Gauge(
-    "pushproxy_watchers_connect_queue",
-    "Watcher connections waiting for the connect gate (watch.connect_rate).",
-    registry=REGISTRY,
+WATCHERS_CONNECT_QUEUE = gauge(
+    "pushproxy_watchers_connect_queue", "Watcher connections waiting for the connect gate (watch.connect_rate)."
 )
-EVENT_DISPATCH_LATENCY = Histogram(
+EVENT_DISPATCH_LATENCY = histogram(
     "pushproxy_event_dispatch_latency_seconds",
     "Time from an upstream change notification to the dispatch of its pushes.",
     buckets=_DISPATCH_BUCKETS,
-    registry=REGISTRY,
 )
 
 # --- push delivery, every extension's (``service`` is the extension's label value) ---
-PUSHES = Counter(
+PUSHES = counter(
     "pushproxy_pushes",
     "Push requests sent, by service and outcome (HTTP status, or 'error' without a response).",
     ["service", "status"],
-    registry=REGISTRY,
 )
-PUSH_FAILURES = Counter(
-    "pushproxy_push_failures",
-    "Failed push requests, by service and reason.",
-    ["service", "reason"],
-    registry=REGISTRY,
+PUSH_FAILURES = counter(
+    "pushproxy_push_failures", "Failed push requests, by service and reason.", ["service", "reason"]
 )
-PUSH_LATENCY = Histogram(
+PUSH_LATENCY = histogram(
     "pushproxy_push_latency_seconds",
     "Duration of one push request, from send to response.",
     ["service"],
     buckets=_PUSH_BUCKETS,
-    registry=REGISTRY,
 )
 
 
-PUSH_QUEUE = Gauge(
+PUSH_QUEUE = gauge(
     "pushproxy_push_queue",
     "Pushes waiting to be sent or in flight (debounce windows, sends, retries), by service.",
     ["service"],
-    registry=REGISTRY,
 )
 
 
@@ -293,47 +289,38 @@ def report_queue(service: str, size: Callable[[], float] | None) -> None:
 
 
 # --- store -------------------------------------------------------------------
-STORE_UP = Gauge(
+STORE_UP = gauge(
     "pushproxy_store_up",
     "1 while the store answers, 0 from its first failure until it answers again and what was kept in memory "
     "is written back (pushproxy.store.health).",
-    registry=REGISTRY,
 )
 _STORE_ERRORS_HELP = "Store operations that failed for a transient reason, by reason."
-STORE_ERRORS = with_labels(
-    Counter("pushproxy_store_errors", _STORE_ERRORS_HELP, ["reason"], registry=REGISTRY),
+STORE_ERRORS = counter(
+    "pushproxy_store_errors",
+    _STORE_ERRORS_HELP,
+    ["reason"],
     ("full", "read_only", "busy", "unreachable", "damaged", "unavailable"),
 )
 
 # --- cluster (pushproxy.cluster) -------------------------------------------------
-CLUSTER_LEASES_HELD = Gauge(
-    "pushproxy_cluster_leases_held", "Accounts this node watches under a lease.", registry=REGISTRY
-)
-CLUSTER_NODES_LIVE = Gauge(
-    "pushproxy_cluster_nodes_live", "Nodes with a recent heartbeat, this one included.", registry=REGISTRY
-)
-CLUSTER_ACCOUNTS_UNWATCHED = Gauge(
+CLUSTER_LEASES_HELD = gauge("pushproxy_cluster_leases_held", "Accounts this node watches under a lease.")
+CLUSTER_NODES_LIVE = gauge("pushproxy_cluster_nodes_live", "Nodes with a recent heartbeat, this one included.")
+CLUSTER_ACCOUNTS_UNWATCHED = gauge(
     "pushproxy_cluster_accounts_unwatched",
     "Accounts with registrations that no node holds an unexpired lease for, at this node's last lease round.",
-    registry=REGISTRY,
 )
-CLUSTER_TAKEOVERS = Counter(
-    "pushproxy_cluster_takeovers", "Leases taken over from a node whose lease had expired.", registry=REGISTRY
-)
-PUSH_LEDGER_CONFLICTS = Counter(
-    "pushproxy_push_ledger_conflicts", "Message pushes already claimed in the shared ledger.", registry=REGISTRY
+CLUSTER_TAKEOVERS = counter("pushproxy_cluster_takeovers", "Leases taken over from a node whose lease had expired.")
+PUSH_LEDGER_CONFLICTS = counter(
+    "pushproxy_push_ledger_conflicts", "Message pushes already claimed in the shared ledger."
 )
 
 # --- the event loop (pushproxy.looplag) ---------------------------------------------
-LOOP_LAG = Histogram(
+LOOP_LAG = histogram(
     "pushproxy_loop_lag_seconds",
     "How late the event loop ran a timer (sampled every 0.25 s).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-    registry=REGISTRY,
 )
-LOOP_LAG_MAX = Gauge(
-    "pushproxy_loop_lag_max_seconds", "The largest event loop lag of the last minute.", registry=REGISTRY
-)
+LOOP_LAG_MAX = gauge("pushproxy_loop_lag_max_seconds", "The largest event loop lag of the last minute.")
 
 # Process metrics (memory, CPU, fds) read from /proc; a no-op elsewhere.
 ProcessCollector(registry=REGISTRY)

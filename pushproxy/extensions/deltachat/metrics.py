@@ -21,27 +21,19 @@ Each POST is counted in the core's per-service metrics
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
-
 from pushproxy import metrics
 
 __all__ = ["NOTIFICATIONS", "RETRYING", "SERVICE", "set_registrations"]
 
 SERVICE = "deltachat"  # its label value in the core's per-service metrics
 
-NOTIFICATIONS = metrics.with_labels(
-    Counter(
-        "pushproxy_deltachat_notifications",
-        "Delta Chat notifications, by outcome (sent, coalesced, gone, dropped).",
-        ["outcome"],
-        registry=metrics.REGISTRY,
-    ),
+NOTIFICATIONS = metrics.counter(
+    "pushproxy_deltachat_notifications",
+    "Delta Chat notifications, by outcome (sent, coalesced, gone, dropped).",
+    ["outcome"],
     ("sent", "coalesced", "gone", "dropped"),
 )
-RETRYING = Gauge(
-    "pushproxy_deltachat_retrying", "Delta Chat tokens waiting for a retry of their notification.",
-    registry=metrics.REGISTRY,
-)  # fmt: skip
+RETRYING = metrics.gauge("pushproxy_deltachat_retrying", "Delta Chat tokens waiting for a retry of their notification.")
 
 metrics.known_service(SERVICE)
 

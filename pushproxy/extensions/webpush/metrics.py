@@ -23,8 +23,6 @@ Web Push requests are counted in the core's per-service metrics
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
-
 from pushproxy import metrics
 
 __all__ = [
@@ -45,26 +43,19 @@ WEBPUSH_SUBSCRIPTION_STATES = ("inactive", "active", "silenced")
 WEBPUSH_VERIFICATION_RESULTS = ("sent", "acknowledged", "expired", "rate_limited")
 WEBPUSH_PAYLOAD_LEVELS = ("envelope", "flags", "sync")
 
-WEBPUSH_SUBSCRIPTIONS = metrics.with_labels(
-    Gauge("pushproxy_webpush_subscriptions", "Web Push subscriptions, by state.", ["state"], registry=metrics.REGISTRY),
-    WEBPUSH_SUBSCRIPTION_STATES,
+WEBPUSH_SUBSCRIPTIONS = metrics.gauge(
+    "pushproxy_webpush_subscriptions", "Web Push subscriptions, by state.", ["state"], WEBPUSH_SUBSCRIPTION_STATES
 )
-WEBPUSH_VERIFICATIONS = metrics.with_labels(
-    Counter(
-        "pushproxy_webpush_verifications",
-        "Web Push subscription verification pushes, by result.",
-        ["result"],
-        registry=metrics.REGISTRY,
-    ),
+WEBPUSH_VERIFICATIONS = metrics.counter(
+    "pushproxy_webpush_verifications",
+    "Web Push subscription verification pushes, by result.",
+    ["result"],
     WEBPUSH_VERIFICATION_RESULTS,
 )
-WEBPUSH_PAYLOAD_FALLBACKS = metrics.with_labels(
-    Counter(
-        "pushproxy_webpush_payload_fallbacks",
-        "Web Push payloads that were too large and fell back to a smaller notification level.",
-        ["level"],
-        registry=metrics.REGISTRY,
-    ),
+WEBPUSH_PAYLOAD_FALLBACKS = metrics.counter(
+    "pushproxy_webpush_payload_fallbacks",
+    "Web Push payloads that were too large and fell back to a smaller notification level.",
+    ["level"],
     WEBPUSH_PAYLOAD_LEVELS,
 )
 

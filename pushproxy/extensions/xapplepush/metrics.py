@@ -25,8 +25,6 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from prometheus_client import Gauge
-
 from pushproxy import metrics
 
 __all__ = [
@@ -40,15 +38,12 @@ __all__ = [
 
 SERVICE = "apns"  # its label value in the core's per-service metrics
 
-APNS_CERTIFICATE_DAYS_LEFT = Gauge(
-    "pushproxy_apns_certificate_days_left",
-    "Days until the APNs client certificate expires (negative once expired).",
-    registry=metrics.REGISTRY,
+APNS_CERTIFICATE_DAYS_LEFT = metrics.gauge(
+    "pushproxy_apns_certificate_days_left", "Days until the APNs client certificate expires (negative once expired)."
 )
-APNS_CERTIFICATE_EXPIRY = Gauge(
+APNS_CERTIFICATE_EXPIRY = metrics.gauge(
     "pushproxy_apns_certificate_expiry_timestamp_seconds",
     "When the APNs client certificate expires (Unix time; 0 without a certificate).",
-    registry=metrics.REGISTRY,
 )
 
 metrics.known_service(SERVICE)
