@@ -1,7 +1,8 @@
 """The watcher supervisor: one upstream watcher per account with push registrations.
 
 It owns the watchers (:mod:`pushproxy.watch.watcher`) and is the proxy's
-:class:`~pushproxy.extensions.base.CredentialSink`: every successful client
+:class:`~pushproxy.extensions.base.CredentialSink` (what it keeps of the
+logins: :mod:`pushproxy.watch.logins`): every successful client
 LOGIN / AUTHENTICATE PLAIN is reported to :meth:`Supervisor.logged_in`, and
 the push extensions call :meth:`Supervisor.registration_changed` after a
 registration was added, changed or removed.
@@ -25,12 +26,10 @@ with the user's own sessions through the proxy: raise that limit upstream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 from pushproxy import metrics
@@ -43,6 +42,7 @@ from pushproxy.store.pending import MailboxStates
 from pushproxy.watch.connect import make_tls_context
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
 from pushproxy.watch.detection import WatchSpec
+from pushproxy.watch.logins import AccountLocks, CapturedLogin, LiveLogins
 from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.progress import RampProgress
 from pushproxy.watch.watcher import STATES, Watcher, WatcherState
@@ -54,21 +54,6 @@ log = logging.getLogger(__name__)
 _STOP_TIMEOUT = 10.0  # per watcher at close(): LOGOUT, then cancel
 
 
-@dataclass(slots=True)
-class _Captured:
-    """Credentials of a live client session (kept only while the session lasts)."""
-
-    account: str
-    login: str
-    secret: str
-    # The supervisor's forget count when the provider last took these (-1: never): at the
-    # session's close they are handed over again only if they may be missing from it.
-    taken_at: int = -1
-
-    def __repr__(self) -> str:
-        return f"_Captured(account={self.account!r}, login={self.login!r})"
-
-
 class WatchSource(Protocol):
     """Which mailboxes of an account to watch (the extensions decide: ``pushproxy.extensions.manager``)."""
 
@@ -78,14 +63,6 @@ class WatchSource(Protocol):
 
     async def listed(self, account: str, items: list[ListItem]) -> WatchSpec | None:
         """A watcher listed the account's subscribed mailboxes (``WatchSpec.list_subscribed``); the spec now."""
-
-
-class _AccountLock:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
 
 
 class Supervisor:
@@ -121,10 +98,9 @@ class Supervisor:
         # The watchers' mailbox state, in memory too: kept through a store outage, written back after.
         self.states = MailboxStates(store, store.health)
         self._watchers: dict[str, Watcher] = {}
-        self._sessions: dict[str, _Captured] = {}
-        self._locks: dict[str, _AccountLock] = {}
+        self._logins = LiveLogins()
+        self._locks = AccountLocks()
         self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
-        self._forgets = 0  # how often an account's credentials were forgotten (see _Captured.taken_at)
         self._closed = False
         self.wanted = 0  # accounts with registrations at start (the file descriptor estimate's)
 
@@ -163,12 +139,12 @@ class Supervisor:
 
     async def close(self) -> None:
         """Stop every watcher (LOGOUT, bounded), cancel what is left."""
-        self._closed = True
+        self._closed = self._locks.closing = True
         await self._progress.close()
         watchers = list(self._watchers.values())
         if watchers:
             await asyncio.gather(*(w.stop(_STOP_TIMEOUT) for w in watchers), return_exceptions=True)
-        self._sessions.clear()
+        self._logins.clear()
         if self.states.pending and self._store.health.up:
             try:  # the last state, for whoever watches these accounts next
                 async with asyncio.timeout(_STOP_TIMEOUT):
@@ -189,10 +165,10 @@ class Supervisor:
     async def logged_in(self, account: str, login: str, secret: str, session_id: str) -> None:
         account = normalise_account(account)
         # Kept before any await: a registration in this session may follow at once.
-        captured = self._sessions[session_id] = _Captured(account, login, secret)
+        captured = self._logins.capture(session_id, account, login, secret)
         if self._closed:
             return
-        async with self._lock(account):
+        async with self._locks.hold(account):
             await self._hand_over(captured)
 
     async def session_closed(self, session_id: str) -> None:
@@ -207,34 +183,34 @@ class Supervisor:
         itself, like a login does -- the provider keeps them by its own rules
         (``memory``: in memory only).  Without registrations nothing is kept.
         """
-        captured = self._sessions.get(session_id)
+        captured = self._logins.get(session_id)
         if captured is None:
             return
         try:
             if not self._closed:
-                async with self._lock(captured.account):
-                    if captured.taken_at != self._forgets:
+                async with self._locks.hold(captured.account):
+                    if self._logins.may_be_missing(captured):
                         await self._hand_over(captured)
         finally:
-            self._sessions.pop(session_id, None)
+            self._logins.drop(session_id)
 
     async def registration_changed(self, account: str, session_id: str | None = None) -> None:
         """A registration of ``account`` was added, changed or removed: follow it."""
         account = normalise_account(account)
         if self._closed:
             return
-        async with self._lock(account):
+        async with self._locks.hold(account):
             spec = await self._spec(account)
             if spec is None:
                 await self._remove(account)
-                self._forgets += 1
+                self._logins.forgotten()
                 await self._credentials.forget(account)
                 # A later registration starts afresh instead of pushing what arrived meanwhile.
                 self.states.forget(account)
                 await self._store.delete_mailbox_states(account)
                 log.info("watcher %s: no registrations left; stopped", account)
                 return
-            captured = self._captured(account, session_id)
+            captured = self._logins.latest(account, session_id)
             changed = False
             if captured is not None:
                 changed = await self._remember(captured)
@@ -258,7 +234,7 @@ class Supervisor:
 
         ``lost``: another node holds the lease already; what this node did not store is not written
         (the other node's state is newer)."""
-        async with self._lock(account):
+        async with self._locks.hold(account):
             await self._remove(account)
             try:  # its last state first, so that the next owner catches up from there
                 if not lost:
@@ -274,38 +250,7 @@ class Supervisor:
     async def _listed(self, account: str, items: list[ListItem]) -> WatchSpec | None:
         return await self._watching.listed(account, items)
 
-    @contextlib.asynccontextmanager
-    async def _lock(self, account: str) -> AsyncIterator[None]:
-        """Serialise the changes of one account (a login and a registration may race)."""
-        entry = self._locks.get(account)
-        if entry is None:
-            entry = self._locks[account] = _AccountLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        except StoreUnavailable:
-            # A login or registration still being followed when the proxy shuts down
-            # (the store closes after the watchers): nothing left to follow.
-            if not self._closed:
-                raise
-            log.debug("watcher %s: change not followed, shutting down", account)
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[account]  # every user of the proxy logs in: do not keep one per account
-
-    def _captured(self, account: str, session_id: str | None) -> _Captured | None:
-        if session_id is not None:
-            captured = self._sessions.get(session_id)
-            if captured is not None and captured.account == account:
-                return captured
-        for captured in reversed(self._sessions.values()):  # the most recent login first
-            if captured.account == account:
-                return captured
-        return None
-
-    async def _hand_over(self, captured: _Captured) -> None:
+    async def _hand_over(self, captured: CapturedLogin) -> None:
         """Give a session's credentials to the provider if its account has registrations (under its lock)."""
         spec = await self._spec(captured.account)
         if spec is None:
@@ -313,7 +258,7 @@ class Supervisor:
         changed = await self._remember(captured)
         await self._ensure(captured.account, spec, changed)
 
-    async def _remember(self, captured: _Captured) -> bool:
+    async def _remember(self, captured: CapturedLogin) -> bool:
         """Give the provider a session's credentials; True if they changed what it keeps.
 
         A store that cannot take them now (full, read-only, busy: logged once per
@@ -325,7 +270,7 @@ class Supervisor:
         except StoreUnavailable as exc:
             log.debug("watcher %s: credentials not kept now: %s", captured.account, exc.reason)
             return False
-        captured.taken_at = self._forgets
+        self._logins.taken(captured)
         return changed
 
     async def _spec(self, account: str) -> WatchSpec | None:

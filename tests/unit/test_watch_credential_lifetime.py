@@ -87,7 +87,7 @@ async def assert_watching_with_captured_password(env: Env) -> None:
     assert env.sup.watcher("alice") is not None
     await until(lambda: env.sup.status()["idle"] == 1)
     assert env.login_lines() and all(b"alicepw" in line for line in env.login_lines())
-    assert not env.sup._sessions  # the capture itself went with the session
+    assert not env.sup._logins  # the capture itself went with the session
 
 
 async def test_close_while_the_registration_is_followed(env: Env, caplog: pytest.LogCaptureFixture) -> None:
@@ -143,7 +143,7 @@ async def test_close_without_registrations_keeps_nothing(env: Env) -> None:
     await env.sup.session_closed("s1")
     assert await env.provider.status("alice") == "missing"
     assert env.sup.watcher("alice") is None
-    assert not env.sup._sessions
+    assert not env.sup._logins
     # A registration reported after the close (no session of the account left) has nothing to start with.
     env.regs.registered["alice"] = INBOX
     await env.sup.registration_changed("alice", "s1")
