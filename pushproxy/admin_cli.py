@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 from pushproxy.accounts import normalise_account
@@ -21,6 +21,20 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
 
 def short(token: str) -> str:
     return token[:8] + "…" if len(token) > 12 else token
+
+
+def table(columns: Sequence[tuple[str, int]], rows: Iterable[Sequence[object]], total: str) -> None:
+    """Print a heading line (each column's name padded to its width; the last is not padded), a line per row,
+    then ``total`` (what was listed, counted)."""
+    widths = [width for _, width in columns[:-1]]
+
+    def line(cells: Sequence[object]) -> str:
+        return " ".join([f"{cell!s:{width}}" for cell, width in zip(cells, widths, strict=False)] + [str(cells[-1])])
+
+    print(line([name for name, _ in columns]))
+    for row in rows:
+        print(line(row))
+    print(total)
 
 
 def when(ts: float | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pushproxy.accounts import normalise_account
-from pushproxy.admin_cli import listed, when, with_store
+from pushproxy.admin_cli import listed, table, when, with_store
 from pushproxy.config import Config
 from pushproxy.extensions.deltachat.settings import deltachat_settings
 from pushproxy.extensions.deltachat.store import DeltaChatQueries
@@ -15,13 +15,14 @@ from pushproxy.store.base import Store
 def tokens_list(cfg: Config, args: argparse.Namespace) -> int:
     tokens = listed(cfg, args, lambda store, account: store.queries(DeltaChatQueries).list_tokens(account))
     expiry = deltachat_settings(cfg).token_expiry
-    print(f"{'ACCOUNT':32} {'TOKEN ID':12} {'FIRST SET':21} {'LAST SET':21} EXPIRES")
-    for t in tokens:
-        print(
-            f"{t.account:32} {t.token_id:12} {when(t.first_registered):21} {when(t.last_registered):21} "
-            f"{when(t.last_registered + expiry)}"
-        )
-    print(f"{len(tokens)} Delta Chat token(s)")
+    table(
+        [("ACCOUNT", 32), ("TOKEN ID", 12), ("FIRST SET", 21), ("LAST SET", 21), ("EXPIRES", 0)],
+        (
+            (t.account, t.token_id, when(t.first_registered), when(t.last_registered), when(t.last_registered + expiry))
+            for t in tokens
+        ),
+        f"{len(tokens)} Delta Chat token(s)",
+    )
     return 0
 
 

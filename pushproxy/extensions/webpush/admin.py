@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from pushproxy.admin_cli import listed, when, with_store
+from pushproxy.admin_cli import listed, table, when, with_store
 from pushproxy.config import Config
 from pushproxy.extensions.webpush.settings import vapid_key_path
-from pushproxy.extensions.webpush.store import WebPushQueries
+from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring
 from pushproxy.store.base import Store
 
@@ -16,13 +16,17 @@ from pushproxy.store.base import Store
 def subscriptions_list(cfg: Config, args: argparse.Namespace) -> int:
     subs = listed(cfg, args, lambda store, account: store.queries(WebPushQueries).list_subscriptions(account))
     now = time.time()
-    print(f"{'ACCOUNT':24} {'ID':38} {'STATE':9} {'LAST SUCCESS':21} FAILURES")
-    for s in subs:
-        state = "active" if s.active else "inactive"
+
+    def state(s: WebPushSubscription) -> str:
         if s.active and (s.silenced_session or (s.silenced_until or 0) > now):
-            state = "silenced"
-        print(f"{s.account:24} {s.sub_id:38} {state:9} {when(s.last_success):21} {s.failures}")
-    print(f"{len(subs)} subscription(s) (endpoints and keys are never shown)")
+            return "silenced"
+        return "active" if s.active else "inactive"
+
+    table(
+        [("ACCOUNT", 24), ("ID", 38), ("STATE", 9), ("LAST SUCCESS", 21), ("FAILURES", 0)],
+        ((s.account, s.sub_id, state(s), when(s.last_success), s.failures) for s in subs),
+        f"{len(subs)} subscription(s) (endpoints and keys are never shown)",
+    )
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pushproxy.accounts import canonical_mailbox, normalise_account
-from pushproxy.admin_cli import listed, open_store, run_async, short, when, with_store
+from pushproxy.admin_cli import listed, open_store, run_async, short, table, when, with_store
 from pushproxy.config import Config, ConfigError
 from pushproxy.extensions.xapplepush.apns import ApnsPusher
 from pushproxy.extensions.xapplepush.apns_cert import inspect_credentials
@@ -44,13 +44,14 @@ def apns_check(cfg: Config) -> int:
 
 def devices_list(cfg: Config, args: argparse.Namespace) -> int:
     devices = listed(cfg, args, lambda store, account: store.queries(ApnsQueries).list_devices(account))
-    print(f"{'ACCOUNT':24} {'APS-ACCOUNT-ID':38} {'TOKEN':10} {'LAST REGISTERED':21} MAILBOXES")
-    for d in devices:
-        print(
-            f"{d.account:24} {d.aps_account_id:38} {short(d.device_token):10} "
-            f"{when(d.last_registered):21} {', '.join(d.mailboxes)}"
-        )
-    print(f"{len(devices)} device registration(s)")
+    table(
+        [("ACCOUNT", 24), ("APS-ACCOUNT-ID", 38), ("TOKEN", 10), ("LAST REGISTERED", 21), ("MAILBOXES", 0)],
+        (
+            (d.account, d.aps_account_id, short(d.device_token), when(d.last_registered), ", ".join(d.mailboxes))
+            for d in devices
+        ),
+        f"{len(devices)} device registration(s)",
+    )
     return 0
 
 
