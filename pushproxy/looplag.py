@@ -24,18 +24,11 @@ INTERVAL = 0.25
 WINDOW = 60.0  # seconds the maximum looks back
 
 
-class LoopLagProbe:
+class LoopLagProbe(BackgroundTask):
     def __init__(self) -> None:
-        self._task = BackgroundTask(self._run)
         self._recent: deque[tuple[float, float]] = deque()  # (when, lag), decreasing lags
 
-    def start(self) -> None:
-        self._task.start()
-
-    async def close(self) -> None:
-        await self._task.stop()
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         while True:
             before = time.monotonic()
             await asyncio.sleep(INTERVAL)

@@ -155,7 +155,7 @@ async def build(app: Assembly) -> None:
     app.components.append(_Closing("admin", admin.stop))
     probe = LoopLagProbe()
     probe.start()
-    app.components.append(probe)
+    app.components.append(_Closing("loop lag probe", probe.stop))
 
     service.start()
     app.service = service

@@ -22,22 +22,15 @@ __all__ = ["Housekeeping"]
 log = logging.getLogger("pushproxy.extensions")
 
 
-class Housekeeping:
+class Housekeeping(BackgroundTask):
     """``round()`` now and then every ``interval`` seconds, until :meth:`stop`."""
 
     def __init__(self, extension: str, round: Callable[[], Awaitable[None]], interval: float = 60.0) -> None:
         self.extension = extension
         self.interval = interval
         self._round = round
-        self._task = BackgroundTask(self._run)
 
-    def start(self) -> None:
-        self._task.start()
-
-    async def stop(self) -> None:
-        await self._task.stop()
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         while True:
             try:
                 with guarded(self.extension, "housekeeping", passthrough=(StoreUnavailable,)):

@@ -29,13 +29,12 @@ log = logging.getLogger("pushproxy.watch.supervisor")
 EVERY = 5.0  # seconds between progress lines
 
 
-class RampProgress:
+class RampProgress(BackgroundTask):
     def __init__(self, limiter: ConnectLimiter, counts: Callable[[], tuple[int, int]], every: float = EVERY) -> None:
         """``counts()``: (watchers up, watchers wanted)."""
         self._limiter = limiter
         self._counts = counts
         self._every = every
-        self._task = BackgroundTask(self._run)
         self._ramp_started: float | None = None
         self._started_at_ramp = 0
         self._last = 0.0
@@ -43,17 +42,11 @@ class RampProgress:
         metrics.WATCHERS_LOGINS_IN_FLIGHT.set_function(lambda: limiter.in_flight)
         metrics.WATCHERS_CONNECT_QUEUE.set_function(lambda: limiter.queued)
 
-    def start(self) -> None:
-        self._task.start()
-
-    async def close(self) -> None:
-        await self._task.stop()
-
     def _busy(self) -> bool:
         up, wanted = self._counts()
         return up < wanted and (self._limiter.queued > 0 or self._limiter.in_flight > 0)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         while True:
             await asyncio.sleep(self._every)
             self.tick(time.monotonic())

@@ -140,7 +140,7 @@ class Supervisor:
     async def close(self) -> None:
         """Stop every watcher (LOGOUT, bounded), cancel what is left."""
         self._closed = self._locks.closing = True
-        await self._progress.close()
+        await self._progress.stop()
         watchers = list(self._watchers.values())
         if watchers:
             await asyncio.gather(*(w.stop(_STOP_TIMEOUT) for w in watchers), return_exceptions=True)
