@@ -11,6 +11,12 @@ To install it, make it a package whose ``pyproject.toml`` declares the entry poi
     [project.entry-points."pushproxy.extensions"]
     newcount = "example_extension:NewCount"
 
+and list it in the config (installed is not loaded; pushproxy's own are the default)::
+
+    extensions: [xapplepush, webpush, deltachat, newcount]
+    newcount:
+      enabled: true
+
 ``tests/unit/test_example_extension.py`` runs it in a real session and through
 the push pipeline's fan-out.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pushproxy.config import Config, ConfigError, load_config, masked_dict, parse_hostport
 from pushproxy.config_check import FileReport, check_files
-from pushproxy.extensions import add_subcommands, extension_sections
+from pushproxy.extensions import add_subcommands, catalogue
 from pushproxy.extensions.manager import ExtensionManager
 
 
@@ -59,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: Path) -> Config:
-    """The config, every section valid: the core's and each discovered extension's, by its own model.
+    """The config, every section valid: the core's and each enabled extension's, by its own model.
 
-    A ConfigError names every bad key of every section, each under its section's name.
+    A ConfigError names every bad key of every section, each under its section's name, every
+    top-level key that is no enabled extension's section (with the likely intended name), and
+    every name of the ``extensions`` list that is not installed (with the available ones).
     """
-    return load_config(path, extension_sections())
+    return load_config(path, catalogue())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

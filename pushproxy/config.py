@@ -1,52 +1,60 @@
 """Configuration: one pydantic model per section of the YAML file.
 
-:class:`Config` has the core's sections.  Every other top-level key is an
-extension's section: kept as it was read and validated by that extension's
-own model (``Extension.settings``) when the extension manager configures the
-extensions (:meth:`pushproxy.extensions.manager.ExtensionManager.configure`),
-or when code first reads it typed with :meth:`Config.section` (e.g.
-``webpush_settings(config)``).  A key no discovered extension claims is an
-error there.  This module knows no extension.
+:class:`Config` has the core's sections and ``extensions``, the names of the
+extensions this proxy loads (default: the push protocols that ship with
+pushproxy).  Every other top-level key is an extension's section: validated by
+that extension's own model (``Extension.settings``) when the file is loaded
+with the extensions' :class:`~pushproxy.config_sections.Catalogue` (the CLI
+does: ``load_config(path, catalogue())``), when the extension manager
+configures the extensions
+(:meth:`pushproxy.extensions.manager.ExtensionManager.for_config`), or when
+code first reads it typed with :meth:`Config.section` (e.g.
+``webpush_settings(config)``).  A key that is neither the core's nor an
+enabled extension's section is an error there, and so is the section of an
+installed extension the list does not enable.  This module knows no extension.
 
 Every key can be overridden by ``PUSHPROXY_<SECTION>__<KEY>`` environment
-variables (environment wins over the file), extension sections' keys too.
-Unknown keys are errors.  Durations accept numbers (seconds) or strings such as
-``30s``, ``25m``, ``2h``, ``30d``.  Secrets are read from ``*_file`` paths so
-that they never have to sit in the YAML file itself.
+variables (environment wins over the file), extension sections' keys too, and
+the list by ``PUSHPROXY_EXTENSIONS`` (a JSON list or ``a,b,c``).  Unknown keys
+are errors.  Durations accept numbers (seconds) or strings such as ``30s``,
+``25m``, ``2h``, ``30d``.  Secrets are read from ``*_file`` paths so that they
+never have to sit in the YAML file itself.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 from pushproxy.config_sections import (
     ENV,
+    Catalogue,
     ConfigError,
     Problem,
+    check_extensions,
+    extension_list,
     layered,
     problem_message,
     problems_of,
-    unknown_section,
     validate_section,
 )
 
 # Re-exported: sections and extensions build on these.
 from pushproxy.config_types import Duration, _check_hostport, _Section, parse_duration, parse_hostport
 
-__all__ = ["Config", "ConfigError", "Duration", "parse_duration", "parse_hostport", "unknown_section"]
+__all__ = ["Catalogue", "Config", "ConfigError", "Duration", "parse_duration", "parse_hostport"]
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -188,9 +196,16 @@ class RuntimeConfig(_Section):
 class Config(BaseSettings):
     """The core's sections; any other top-level key is an extension's (see :meth:`section`)."""
 
-    # extra="allow": the extensions' sections, as read, until their models validate them.
+    # extra="allow": the extensions' sections, as read, until their models validate them
+    # (check_extensions refuses a key that is no enabled extension's section).
     model_config = SettingsConfigDict(**ENV, extra="allow")
     _source: Path | None = PrivateAttr(None)  # the YAML file it was read from (error messages)
+
+    # The extensions this proxy loads, by name, in this order (their hooks are called so): their
+    # sections are validated and each still decides from its section whether it runs (e.g.
+    # webpush.enabled).  None: the push protocols that ship with pushproxy; load_config with the
+    # catalogue puts the effective list here.
+    extensions: Annotated[list[str] | None, NoDecode] = None
 
     listen: ListenConfig = Field(default_factory=ListenConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
@@ -201,6 +216,8 @@ class Config(BaseSettings):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    _listed = field_validator("extensions", mode="before")(classmethod(lambda cls, v: extension_list(v)))
 
     def section(self, name: str, model: type[S]) -> S:
         """An extension's section (``Extension.section``), validated by its model (``Extension.settings``).
@@ -222,9 +239,17 @@ class Config(BaseSettings):
         extra[name] = validated  # config.<name> is the typed section from now on
         return validated
 
-    def extension_keys(self) -> list[str]:
-        """The top-level keys that are no core section (the extensions claim theirs)."""
-        return sorted(self.__pydantic_extra__ or {})
+    def check_extensions(self, catalogue: Catalogue) -> list[str]:
+        """The enabled extensions' names, every key beyond the core's checked and their sections validated.
+
+        Raises one ConfigError with every problem, each under its section's name.
+        """
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        enabled, validated, problems = check_extensions(catalogue, self.extensions, extra, type(self).model_fields)
+        if problems:
+            raise ConfigError(self._where(problems), problems)
+        extra.update(validated)  # config.<name> is the typed section from now on
+        return enabled
 
     def _where(self, lines: list[Problem]) -> str:
         return problem_message(lines, self._source)
@@ -259,16 +284,15 @@ def read_secret_file(path: Path) -> str:
         raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from exc
 
 
-def load_config(
-    path: Path | str | None, sections: Mapping[str, type[BaseModel]] | None = None, **overrides: Any
-) -> Config:
+def load_config(path: Path | str | None, catalogue: Catalogue | None = None, **overrides: Any) -> Config:
     """Read the YAML file (if any), apply env overrides, validate.
 
-    ``sections``: the extensions' sections and their models (the CLI passes every discovered
-    extension's, ``pushproxy.extensions.manager.extension_sections``): each is validated by its
-    model, a top-level key that is neither the core's nor one of them is unknown, and every
-    problem of every section is in the one ConfigError.  Without it only the core's sections
-    are validated here; an extension's is when first read (:meth:`Config.section`).
+    ``catalogue``: the extensions installed here (the CLI passes ``pushproxy.extensions.catalogue()``):
+    the ``extensions`` list must name some of them, each enabled one's section is validated by its
+    model, a top-level key that is neither the core's nor an enabled extension's section is an
+    error (naming the likely intended key), and every problem of every section is in the one
+    ConfigError; ``config.extensions`` is then the effective list.  Without it only the core's
+    sections are validated here; an extension's is when first read (:meth:`Config.section`).
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -294,28 +318,35 @@ def load_config(
     except ValidationError as exc:
         problems = problems_of(exc)
     validated: dict[str, BaseModel] = {}
-    if sections is not None:
-        problems += [unknown_section(k) for k in merged if k not in Config.model_fields and k not in sections]
-        for name, model in sections.items():
-            value = merged.get(name)
-            if value is not None and not isinstance(value, dict):
-                problems.append((f"  {name}: must be a mapping of keys", False))
-                continue
-            try:
-                validated[name] = validate_section(name, model, value or {}, lambda lines: "")
-            except ConfigError as exc:
-                problems += exc.problems
+    enabled: list[str] | None = None
+    if catalogue is not None:
+        extra = {key: value for key, value in merged.items() if key not in Config.model_fields}
+        listed = config.extensions if config is not None else _listed_as_given(merged.get("extensions"), catalogue)
+        enabled, validated, more = check_extensions(catalogue, listed, extra, Config.model_fields)
+        problems += more
     if problems or config is None:
         raise ConfigError(problem_message(problems, source), problems)
     config._source = source
+    if enabled is not None:
+        config.extensions = enabled
     if config.__pydantic_extra__ is not None:
         config.__pydantic_extra__.update(validated)
     return config
 
 
-def config_error(problems: list[Problem], config: Config) -> ConfigError:
-    """One ConfigError for the problems of several sections."""
-    return ConfigError(problem_message(problems, config._source), problems)
+def _listed_as_given(value: Any, catalogue: Catalogue) -> list[str] | None:
+    """The ``extensions`` list of a config the core's model refused: as given if it reads, else every one.
+
+    (Every available one when the list itself is bad: each section is still validated by its
+    model, and no section is refused as "not enabled" by a list that could not be read.)
+    """
+    try:
+        value = extension_list(value)
+    except ValueError:
+        return list(catalogue.sections)
+    if value is None or (isinstance(value, list) and all(isinstance(name, str) for name in value)):
+        return value
+    return list(catalogue.sections)
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]+)(@)")

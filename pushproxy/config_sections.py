@@ -7,12 +7,24 @@ is first validated), validated by the extension's own model.  A problem is one
 line, the key's whole dotted path first (``webpush.ttl: ...``), with the
 variable that set it when one did, so ``check-config`` reports every section's
 problems under its own name.
+
+Which extensions' sections a configuration may have is the :class:`Catalogue`'s
+to say (built by :func:`pushproxy.extensions.catalogue`, from discovery): every
+top-level key is the core's, the section of an extension the config's
+``extensions`` list enables (validated by that extension's model), or an error
+-- an unknown key (with the likely intended name when one is close), or the
+section of an installed extension that is not enabled (refused rather than
+ignored: a section that would do nothing is a mistake the admin wants to hear
+of).  ``PUSHPROXY_<SECTION>__<KEY>`` variables count as their section's keys.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,8 +34,11 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 __all__ = [
     "ENV",
+    "Catalogue",
     "ConfigError",
     "Problem",
+    "check_extensions",
+    "extension_list",
     "layered",
     "problem_message",
     "problems_of",
@@ -59,9 +74,118 @@ class ConfigError(Exception):
         self.problems = problems or []
 
 
-def unknown_section(name: str) -> Problem:
-    """The problem line of a top-level key that neither the core nor any extension claims."""
-    return f"  {name}: unknown key", False
+def unknown_section(name: str, known: Collection[str] = ()) -> Problem:
+    """The problem line of a top-level key that neither the core nor any extension claims.
+
+    ``known``: the keys there are; the closest (if close enough) is named as the likely intended one.
+    """
+    return f"  {name}: unknown key{_did_you_mean(name, known)}", False
+
+
+def _did_you_mean(name: str, known: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def extension_list(value: object) -> object:
+    """The ``extensions`` key as given: a list, or (an environment variable) a JSON list or ``a,b,c``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError("not a JSON list: give a list, or names separated by commas") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The extensions installed here, as the configuration sees them (:func:`pushproxy.extensions.catalogue`).
+
+    ``sections``: every available extension's name (discovery order) -> its section and the model
+    validating it (None, None: it has no section); ``default``: the names enabled when the
+    config has no ``extensions`` key.
+    """
+
+    sections: Mapping[str, tuple[str | None, type[BaseModel] | None]]
+    default: tuple[str, ...]
+
+    def resolve(self, listed: Sequence[str] | None) -> tuple[list[str], list[Problem]]:
+        """The enabled names (``listed``, or the default), and a problem for each name not available."""
+        if listed is None:
+            return [name for name in self.default if name in self.sections], []
+        variable = _env_variable_for(["extensions"])
+        key = f"extensions (environment variable {variable})" if variable else "extensions"
+        available = ", ".join(sorted(self.sections)) or "none"
+        names: list[str] = []
+        problems: list[Problem] = []
+        for name in listed:
+            if name in names:
+                problems.append((f"  {key}: {name} is listed twice", variable is not None))
+            elif name not in self.sections:
+                hint = _did_you_mean(name, self.sections)
+                line = f"  {key}: no extension {name!r} is installed{hint}; available: {available}"
+                problems.append((line, variable is not None))
+            else:
+                names.append(name)
+        return names, problems
+
+
+def check_extensions(
+    catalogue: Catalogue, listed: Sequence[str] | None, extra: Mapping[str, Any], core: Collection[str]
+) -> tuple[list[str], dict[str, BaseModel], list[Problem]]:
+    """The enabled extensions' names and validated sections, and every problem of the keys beyond the core's.
+
+    ``extra``: the top-level keys that are not the core's (``core``), as read (a mapping) or
+    already validated (a model); the ``PUSHPROXY_<SECTION>__*`` variables of other sections
+    are looked at too.  A problem of an extension's section is under its name (``webpush.ttl``).
+    """
+    enabled, problems = catalogue.resolve(listed)
+    owners = {section: name for name, (section, _) in catalogue.sections.items() if section is not None}
+    models = {
+        section: model
+        for section, model in (catalogue.sections[name] for name in enabled)
+        if section is not None and model is not None
+    }
+    given = {key: (f"  {key}", False) for key in extra}
+    for key, variable in _env_sections(core).items():
+        given.setdefault(key, (f"  {key} (environment variable {variable})", True))
+    for key, (where, from_env) in given.items():
+        if key in models:
+            continue
+        owner = owners.get(key)
+        if owner is not None:
+            line = f"{where}: extension {owner}'s section, but {owner} is not in extensions (add it, or remove this)"
+        else:
+            line = f"{where}: unknown key{_did_you_mean(key, {*core, *owners})}"
+        problems.append((line, from_env))
+    validated: dict[str, BaseModel] = {}
+    for section, model in models.items():
+        value = extra.get(section)
+        if isinstance(value, model):
+            validated[section] = value
+        elif value is not None and not isinstance(value, dict):
+            problems.append((f"  {section}: must be a mapping of keys", False))
+        else:
+            try:
+                validated[section] = validate_section(section, model, value or {}, lambda lines: "")
+            except ConfigError as exc:
+                problems += exc.problems
+    return enabled, validated, problems
+
+
+def _env_sections(core: Collection[str]) -> dict[str, str]:
+    """Sections named by ``PUSHPROXY_<SECTION>__<KEY>`` variables that are not the core's -> one such variable."""
+    found: dict[str, str] = {}
+    for variable in sorted(os.environ):
+        upper = variable.upper()
+        if upper.startswith("PUSHPROXY_") and "__" in upper[len("PUSHPROXY_") :]:
+            section = upper[len("PUSHPROXY_") :].partition("__")[0].lower()
+            if section and section not in core:
+                found.setdefault(section, variable)
+    return found
 
 
 def problem_message(lines: list[Problem], path: Path | None) -> str:

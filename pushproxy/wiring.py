@@ -2,8 +2,9 @@
 
 A config with only ``listen``, ``upstream`` and ``store`` is a plain
 transparent proxy: no store is opened, no capability added, no watcher runs.
-When the config enables an extension (``pushproxy.extensions.EXTENSIONS``:
-XAPPLEPUSHSERVICE with ``apns.enabled``, WEBPUSH with ``webpush.enabled``)
+When the config enables an extension (one its ``extensions`` list loads and
+whose section turns it on: XAPPLEPUSHSERVICE with ``apns.enabled``, WEBPUSH
+with ``webpush.enabled``)
 the push flow is built, knowing extensions only through their hooks:
 
     watchers (Supervisor) ─┐

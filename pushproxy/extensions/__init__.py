@@ -1,16 +1,25 @@
-"""Which extensions this proxy has: discovery.
+"""Which extensions this proxy has: discovery, and the config's ``extensions`` list.
 
-Two sources, in this order:
+Two sources, in this order (together: the extensions *available* here, by name):
 
-- :data:`EXTENSIONS`, the push protocols that ship with pushproxy (``"module:Class"``);
+- :data:`EXTENSIONS`, the push protocols that ship with pushproxy (name -> ``"module:Class"``);
 - the Python entry points of group ``pushproxy.extensions`` (:data:`ENTRY_POINT_GROUP`)
   of every installed distribution, in entry point name order: how a third-party
   package adds one (``[project.entry-points."pushproxy.extensions"]`` in its
-  ``pyproject.toml``: ``myproto = "mypackage.extension:MyProto"``).  The tests
-  add their ``eventlog`` extension this way (``tests/support/test_distribution.py``).
+  ``pyproject.toml``: ``myproto = "mypackage.extension:MyProto"``; the entry point's
+  name is the extension's name).  An entry point whose name is already taken is
+  not loaded (pushproxy's own come first).  The tests add their ``eventlog``
+  extension this way (``tests/support/distribution.py``).
 
-A discovered extension is active when its ``configure(config)`` says so; the
-:class:`~pushproxy.extensions.manager.ExtensionManager` does the rest.  An
+The config's ``extensions`` list says which available ones this proxy *loads*
+(default: pushproxy's own, :data:`EXTENSIONS`): installing a package never changes
+what a proxy does until its name is listed.  A name that is not available is a
+config error naming the available ones; the section of an available extension
+that is not listed is refused (:func:`pushproxy.config_sections.check_extensions`).
+A loaded extension is active when its ``configure(config)`` says so (e.g.
+``webpush.enabled``); the :class:`~pushproxy.extensions.manager.ExtensionManager`
+does the rest.  Every available extension's admin subcommands and tables are
+there whether it is listed or not (they come before any config is read).  An
 extension module must be cheap to import (heavy dependencies in ``start``):
 ``pushproxy --help`` imports every one to add its subcommands.
 """
@@ -19,17 +28,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from pushproxy.config import Config, ConfigError, config_error, unknown_section
+from pushproxy.config import Catalogue, Config
 from pushproxy.extensions.safecall import guarded
 from pushproxy.store import tables
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
-
     from pushproxy.extensions.base import Extension
     from pushproxy.store.schema import SchemaPart
 
@@ -37,16 +44,17 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "EXTENSIONS",
     "add_subcommands",
+    "available",
+    "catalogue",
     "check_sections",
     "extension_classes",
-    "extension_sections",
 ]
 
-EXTENSIONS: tuple[str, ...] = (
-    "pushproxy.extensions.xapplepush.addon:XApplePush",
-    "pushproxy.extensions.webpush.addon:WebPush",
-    "pushproxy.extensions.deltachat.addon:DeltaChat",
-)
+EXTENSIONS: dict[str, str] = {
+    "xapplepush": "pushproxy.extensions.xapplepush.addon:XApplePush",
+    "webpush": "pushproxy.extensions.webpush.addon:WebPush",
+    "deltachat": "pushproxy.extensions.deltachat.addon:DeltaChat",
+}
 ENTRY_POINT_GROUP = "pushproxy.extensions"
 
 
@@ -56,37 +64,36 @@ def _load(entry: str) -> type[Extension]:
     return loaded
 
 
-def extension_classes(entries: tuple[str, ...] = EXTENSIONS, *, installed: bool = True) -> list[type[Extension]]:
-    """The listed extensions, then (``installed``) every installed distribution's entry points, each class once."""
-    classes = [_load(entry) for entry in entries]
+def available(entries: Mapping[str, str] = EXTENSIONS, *, installed: bool = True) -> dict[str, type[Extension]]:
+    """The listed extensions by name, then (``installed``) every installed distribution's entry points."""
+    found = {name: _load(entry) for name, entry in entries.items()}
     points = metadata.entry_points(group=ENTRY_POINT_GROUP) if installed else ()
     for point in sorted(points, key=lambda p: p.name):
-        cls = point.load()
-        if cls not in classes:
-            classes.append(cls)
-    return classes
+        if point.name not in found:
+            found[point.name] = point.load()
+    return found
 
 
-def check_sections(config: Config, classes: Sequence[type[Extension]]) -> None:
-    """Validate every extension's section by its own model; one ConfigError with every problem, under its name.
+def extension_classes(entries: Mapping[str, str] = EXTENSIONS, *, installed: bool = True) -> list[type[Extension]]:
+    """Every available extension's class (:func:`available`), in discovery order."""
+    return list(available(entries, installed=installed).values())
 
-    A top-level key that neither the core nor any of ``classes`` claims is an unknown key.
+
+def catalogue(found: Mapping[str, type[Extension]] | None = None) -> Catalogue:
+    """What the config needs to know of the available extensions: names, sections, models, the default list."""
+    found = available() if found is None else found
+    return Catalogue({name: (cls.section, cls.settings) for name, cls in found.items()}, tuple(EXTENSIONS))
+
+
+def check_sections(config: Config, found: Mapping[str, type[Extension]] | None = None) -> list[type[Extension]]:
+    """The classes of the extensions ``config`` enables (its ``extensions`` list), every section checked.
+
+    Each enabled extension's section is validated by its own model; a top-level key that is
+    neither the core's nor an enabled extension's section is an error; one ConfigError names
+    every problem, under its section's name.
     """
-    claimed = {cls.section for cls in classes if cls.section is not None}
-    problems = [unknown_section(key) for key in config.extension_keys() if key not in claimed]
-    for cls in classes:
-        if cls.section is not None and cls.settings is not None:
-            try:
-                config.section(cls.section, cls.settings)
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-    if problems:
-        raise config_error(problems, config)
-
-
-def extension_sections() -> dict[str, type[BaseModel]]:
-    """Every discovered extension's section and the model that validates it (for ``load_config``)."""
-    return {cls.section: cls.settings for cls in extension_classes() if cls.section and cls.settings}
+    found = available() if found is None else found
+    return [found[name] for name in config.check_extensions(catalogue(found))]
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction[Any]) -> None:

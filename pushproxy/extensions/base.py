@@ -6,28 +6,35 @@ subclass of :class:`Extension`, with named hooks, and nothing else.  The core
 never calls a hook itself: the extension manager
 (:class:`pushproxy.extensions.manager.ExtensionManager`) owns the extensions
 and makes every call.  ``docs/example_extension.py`` is a whole extension in
-60 lines (``tests/unit/test_example_extension.py`` runs it); copy it.
+one short file (``tests/unit/test_example_extension.py`` runs it); copy it.
 
 How the proxy finds it (:mod:`pushproxy.extensions`): the push protocols that
 ship with pushproxy are listed in :data:`pushproxy.extensions.EXTENSIONS`;
-any other comes from an installed distribution's entry point::
+any other comes from an installed distribution's entry point, whose name is
+the extension's name::
 
     [project.entry-points."pushproxy.extensions"]
     newcount = "example_extension:NewCount"
 
-Its module must be cheap to import (``pushproxy --help`` imports every one to
-add its subcommands): heavy dependencies go into ``start``.
+Installed is not loaded: the admin lists it in the config's ``extensions``
+(default: pushproxy's own), e.g. ``extensions: [xapplepush, webpush, newcount]``.
+An unlisted extension's section is refused; its subcommands and tables are
+there anyway (they come before any config is read).  Its module must be cheap
+to import (``pushproxy --help`` imports every one to add its subcommands):
+heavy dependencies go into ``start``.
 
 The life of an extension, in the order the manager calls it:
 
 - ``section`` / ``settings``: its top-level key of the YAML (and its
   ``PUSHPROXY_<SECTION>__<KEY>`` variables) and the pydantic model that
   validates it (``extra="forbid"``: an unknown key is an error).  The core's
-  :class:`~pushproxy.config.Config` knows no extension; ``check-config``
-  reports every bad key as ``<section>.<key>``.
+  :class:`~pushproxy.config.Config` knows no extension; the manager has every
+  listed extension's section validated before it configures any, and
+  ``check-config`` reports every bad key as ``<section>.<key>``.
 - ``configure(config)``: read the section, typed, with
   ``config.section(self.section, MySettings)``; return False to stay out
-  (disabled).  A bad section raises ConfigError here (it is not caught).
+  (disabled: listed, but off, e.g. ``webpush.enabled: false``).  A bad
+  section raises ConfigError here (it is not caught).
 - ``schema``: its tables, a part of the store's schema with its own numbered
   migrations (``pushproxy.store.schema``) and the query naming its
   registered accounts; its records and queries are in its package (a

@@ -121,15 +121,14 @@ class ExtensionManager:
 
     @classmethod
     def for_config(cls, config: Config) -> ExtensionManager:
-        """The discovered extensions that ``config`` enables, configured (not attached, not started).
+        """The extensions ``config`` loads (its ``extensions`` list) and that say they are on, configured.
 
-        Every discovered extension's section is validated first (:func:`check_sections`): a bad
-        key of a disabled extension is an error too.
+        Not attached, not started.  Every section is checked first (:func:`check_sections`): a bad
+        key of a loaded extension is an error even when its section leaves it off, and so is the
+        section of an extension the list does not load.
         """
-        classes = extension_classes()
-        check_sections(config, classes)
         extensions = []
-        for extension_class in classes:
+        for extension_class in check_sections(config):
             ext = extension_class()
             if ext.configure(config):
                 extensions.append(ext)

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import yaml
 
+from pushproxy.extensions import EXTENSIONS
 from tests.support.distribution import ROOT
 from tests.support.dovecot import Dovecot, make_message
 from tests.support.waiting import wait_for
 
 imaplib.Commands.setdefault("XEVENTLOG", ("AUTH", "SELECTED"))
+LISTED = [*EXTENSIONS, "eventlog"]
 
 
 def records(path: Path, count: int, timeout: float = 15.0) -> list[dict[str, object]]:
@@ -36,7 +38,8 @@ def records(path: Path, count: int, timeout: float = 15.0) -> list[dict[str, obj
 
 def test_eventlog_extension_records_a_dovecot_delivery(dovecot: Dovecot, proxy_factory, tmp_path: Path) -> None:
     log_path = tmp_path / "events.jsonl"
-    proxy = proxy_factory(dovecot, eventlog={"path": str(log_path), "accounts": ["alice"]})
+    # Installed (the tests' distribution) and listed, as an admin lists a third-party extension.
+    proxy = proxy_factory(dovecot, extensions=LISTED, eventlog={"path": str(log_path), "accounts": ["alice"]})
     imap = proxy.imap()
     typ, text = imap.login("alice", "alicepw")
     assert typ == "OK" and b"XEVENTLOG" in text[0]  # its capability, after login
@@ -70,7 +73,9 @@ def test_eventlog_extension_records_a_dovecot_delivery(dovecot: Dovecot, proxy_f
 
 def test_eventlog_section_is_validated_by_its_extension(tmp_path: Path) -> None:
     config_file = tmp_path / "pushproxy.yaml"
-    config_file.write_text(yaml.safe_dump({"eventlog": {"path": str(tmp_path / "e"), "colour": "red"}}))
+    config_file.write_text(
+        yaml.safe_dump({"extensions": LISTED, "eventlog": {"path": str(tmp_path / "e"), "colour": "red"}})
+    )
     checked = subprocess.run(
         [sys.executable, "-m", "pushproxy", "check-config", "--config", str(config_file)],
         capture_output=True,
@@ -82,13 +87,15 @@ def test_eventlog_section_is_validated_by_its_extension(tmp_path: Path) -> None:
 
 
 def test_production_has_no_eventlog_and_the_tests_distribution_adds_it() -> None:
-    """check-config of the production example: eventlog's section only where the tests' distribution is installed."""
+    """check-config of the production example: eventlog loads only where installed and listed."""
     example = ROOT / "deploy" / "pushproxy.example.yaml"
 
-    def sections(pythonpath: str) -> set[str]:
+    def check(pythonpath: str, extensions: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PUSHPROXY_")}
         env["PYTHONPATH"] = pythonpath
-        checked = subprocess.run(
+        if extensions is not None:
+            env["PUSHPROXY_EXTENSIONS"] = extensions
+        return subprocess.run(
             [sys.executable, "-m", "pushproxy", "check-config", "--config", str(example)],
             capture_output=True,
             text=True,
@@ -96,8 +103,20 @@ def test_production_has_no_eventlog_and_the_tests_distribution_adds_it() -> None
             env=env,
             cwd=ROOT,
         )
-        return set(json.loads(checked.stdout))
+
+    def sections(pythonpath: str, extensions: str | None = None) -> set[str]:
+        return set(json.loads(check(pythonpath, extensions).stdout))
 
     production = sections(str(ROOT))  # the repository only: what an installed pushproxy sees
     assert {"apns", "webpush"} <= production and "eventlog" not in production
-    assert "eventlog" in sections(os.environ["PYTHONPATH"])  # this session's: the tests' distribution too
+    # This session's path has the tests' distribution: installed, but not loaded until listed.
+    assert "eventlog" not in sections(os.environ["PYTHONPATH"])
+    listed = ",".join(LISTED)
+    assert "eventlog" in sections(os.environ["PYTHONPATH"], listed)
+    # Listed where it is not installed: a config error naming what is.
+    refused = check(str(ROOT), listed)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert (
+        "  extensions (environment variable PUSHPROXY_EXTENSIONS): no extension 'eventlog' is installed; "
+        "available: deltachat, webpush, xapplepush"
+    ) in refused.stderr.splitlines()

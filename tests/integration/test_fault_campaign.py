@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 
 from pushproxy.cluster import wanted_owner
+from pushproxy.extensions import EXTENSIONS
 from tests.support import apns_env
 from tests.support.apns_env import RawClient, apns_config, register
 from tests.support.apns_standin import ApnsStandin
@@ -162,7 +163,11 @@ def start_node(base: Path, dovecot: Dovecot, config: dict[str, Any]) -> ProxyPro
     for attempt in range(3):
         base_dir = Path(tempfile.mkdtemp(prefix="pp-camp-", dir=base))
         eventlog = {"path": str(base_dir / "events.jsonl"), "accounts": ACCOUNTS}
-        node = ProxyProcess(base_dir, {"upstream": upstream_config(dovecot), "eventlog": eventlog, **config})
+        # The tests' eventlog is loaded as a third-party extension is: by its name in the list.
+        listed = [*EXTENSIONS, "eventlog"]
+        node = ProxyProcess(
+            base_dir, {"extensions": listed, "upstream": upstream_config(dovecot), "eventlog": eventlog, **config}
+        )
         try:
             return node.start()
         except RuntimeError as exc:

@@ -9,7 +9,8 @@ installed distribution's metadata.  :func:`install` writes that metadata (the
 into a directory that the test session puts on ``sys.path`` and on every
 subprocess's ``PYTHONPATH`` (``tests/conftest.py``), so every venv sees it
 without installing anything.  A proxy started without that directory on its
-path has no eventlog, as in production.
+path has no eventlog, as in production; with it, a config still has to list
+``eventlog`` in ``extensions`` to load it.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ It exists to show (and test) that the core knows extensions only through
 their hooks, and that a third-party package adds one without touching
 pushproxy: it is this module plus an entry point of the tests' distribution
 (:mod:`tests.support.distribution`), found by the same discovery as any
-installed package's (:mod:`pushproxy.extensions`).  It is off unless its
-section sets ``eventlog.path``; production never sees it.
+installed package's (:mod:`pushproxy.extensions`), and loaded, as a
+third-party extension is, only where the config lists it (``extensions:
+[..., eventlog]``); then it is off unless its section sets ``eventlog.path``.
+Production never sees it.
 
 - section ``eventlog``: ``path`` (the file), ``accounts`` (watched when they
   log in), ``mailboxes`` (default INBOX).

@@ -15,8 +15,9 @@ from types import ModuleType
 
 import pytest
 
-from pushproxy.config import Config, ConfigError
+from pushproxy.config import Config, ConfigError, load_config
 from pushproxy.events import MessageInfo, NewMail
+from pushproxy.extensions import catalogue
 from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.proxy.session import Session, SessionSettings
 from pushproxy.push.pipeline import FanOut
@@ -49,6 +50,20 @@ def test_its_section_is_validated_by_its_model(example: ModuleType) -> None:
     assert not example.NewCount().configure(Config())  # off by default
     with pytest.raises(ConfigError, match=r"newcount\.colour: unknown key"):
         example.NewCount().configure(Config(newcount={"enabled": True, "colour": "red"}))
+
+
+def test_installed_as_the_guide_says_and_listed_it_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its entry point (the guide's ``pyproject.toml`` lines), then its name in the config's ``extensions``."""
+    info = tmp_path / "newcount-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: newcount\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pushproxy.extensions]\nnewcount = example_extension:NewCount\n")
+    monkeypatch.syspath_prepend(str(EXAMPLE.parent))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    listed = load_config(None, catalogue(), extensions=["webpush", "newcount"], newcount={"enabled": True})
+    assert ExtensionManager.for_config(listed).names() == ["newcount"]  # webpush: loaded, left off
+    with pytest.raises(ConfigError, match="newcount: extension newcount's section, but newcount is not in extensions"):
+        load_config(None, catalogue(), newcount={"enabled": True})  # installed, not listed: its section refused
 
 
 async def test_the_example_counts_new_mail_for_the_accounts_that_asked(example: ModuleType, store: SqliteStore) -> None:

@@ -49,14 +49,19 @@ def test_an_extension_is_discovered_from_an_installed_distributions_entry_point(
     names = [cls().name for cls in extensions.extension_classes()]
     # pushproxy's list first, then the entry points by name
     assert names == ["xapplepush", "webpush", "deltachat", "eventlog", "recorder"]
-    assert ExtensionManager.for_config(Config()).names() == ["recorder"]  # enabled by default (configure: True)
+    assert list(extensions.available()) == names  # by the entry point's name
+    # Installed is not loaded: the config's extensions list says which are (default: pushproxy's own).
+    assert not ExtensionManager.for_config(Config())
+    listed = Config(extensions=["recorder"])
+    assert ExtensionManager.for_config(listed).names() == ["recorder"]  # on once listed (configure: True)
 
 
 def test_an_extension_section_is_validated_by_its_own_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = Config(eventlog={"path": str(tmp_path / "e.jsonl"), "accounts": ["Alice"]})
+    config = Config(extensions=["eventlog"], eventlog={"path": str(tmp_path / "e.jsonl"), "accounts": ["Alice"]})
     section = config.section("eventlog", EventLogSettings)
     assert isinstance(section, EventLogSettings) and section.path == tmp_path / "e.jsonl"
     assert ExtensionManager.for_config(config).names() == ["eventlog"]
+    monkeypatch.setenv("PUSHPROXY_EXTENSIONS", "eventlog")
     monkeypatch.setenv("PUSHPROXY_EVENTLOG__MAILBOXES", '["INBOX", "Junk"]')
     section = load_config(None).section("eventlog", EventLogSettings)
     assert isinstance(section, EventLogSettings) and section.mailboxes == ["INBOX", "Junk"]
@@ -71,17 +76,22 @@ def test_an_extension_section_is_validated_by_its_own_model(tmp_path: Path, monk
 def test_each_section_reports_its_own_errors_under_its_name(tmp_path: Path) -> None:
     path = tmp_path / "pushproxy.yaml"
     path.write_text(
+        "extensions: [xapplepush, webpush, eventlog]\n"
         "webpush: {ttl: soon, colour: red}\neventlog: {accounts: 3}\napnss: {enabled: true}\nlog: {level: info}\n"
     )
-    with pytest.raises(ConfigError) as raised:
-        check_sections(load_config(path), extensions.extension_classes())
-    assert str(raised.value).splitlines() == [
+    expected = [
         f"invalid configuration in {path}:",
-        "  apnss: unknown key",  # no core section and no extension claims it
+        "  apnss: unknown key (did you mean apns?)",  # no core section and no extension claims it
         "  webpush.ttl: Input should be a valid integer, unable to parse string as an integer",
         "  webpush.colour: unknown key",
         "  eventlog.accounts: Input should be a valid list",
     ]
+    with pytest.raises(ConfigError) as raised:
+        check_sections(load_config(path))  # as the manager configures them
+    assert str(raised.value).splitlines() == expected
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, extensions.catalogue())  # as the CLI loads the file
+    assert str(raised.value).splitlines() == expected
 
 
 async def test_eventlog_watches_only_its_accounts() -> None:
