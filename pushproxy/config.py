@@ -118,6 +118,9 @@ class UpstreamConfig(_Section):
 class StoreConfig(_Section):
     url: str = "sqlite:///var/lib/pushproxy/pushproxy.db"
     device_expiry: Duration = 30 * 86400.0
+    # Rows per step of a periodic sweep (registration expiry, push ledger pruning); the loop runs
+    # everything else between two steps, so a sweep never stalls it however much is stored.
+    housekeeping_batch: int = Field(500, ge=1, le=100_000)
 
     @field_validator("url")
     @classmethod

@@ -48,7 +48,9 @@ class Cluster:
         self._store = store
         self.node_id = cfg.node_id or default_node_id(config)
         address = cfg.address or f"{socket.gethostname()} {_listener(config)}"
-        self.leases = LeaseManager(store, self.node_id, address, cfg.lease_ttl, cfg.ledger_retention)
+        self.leases = LeaseManager(
+            store, self.node_id, address, cfg.lease_ttl, cfg.ledger_retention, config.store.housekeeping_batch
+        )
         self.feed = RegistrationFeed(store, self.leases.registration_changed, self.leases.resync)
 
     async def start(

@@ -38,6 +38,7 @@ from typing import Protocol
 from pushproxy import metrics
 from pushproxy.cluster.queries import ClusterStore
 from pushproxy.store.base import StoreUnavailable
+from pushproxy.store.batches import in_batches
 from pushproxy.store.sql import SqlStore
 
 log = logging.getLogger("pushproxy.cluster")
@@ -78,6 +79,7 @@ class LeaseManager:
         address: str,
         lease_ttl: float,
         ledger_retention: float,
+        prune_batch: int = 500,
     ) -> None:
         self._store = store
         self._cluster = ClusterStore(store)
@@ -85,6 +87,8 @@ class LeaseManager:
         self._address = address
         self._ttl = float(lease_ttl)
         self._ledger_retention = float(ledger_retention)
+        self._prune_batch = prune_batch  # store.housekeeping_batch
+        self._prune_due = False
         self._held: dict[str, int] = {}  # account -> fence
         self._live: list[str] = [node_id]
         self._watchers: Watchers | None = None
@@ -162,6 +166,9 @@ class LeaseManager:
                 finally:
                     self._defer_starts = False
                 await self._start_taken()  # outside the round's deadline (see _unstarted)
+                if self._prune_due:  # also outside it: batches, however many claims piled up
+                    await in_batches(lambda n: self._cluster.prune_ledger(self._ledger_retention, n), self._prune_batch)
+                    self._prune_due = False
             except (StoreUnavailable, TimeoutError) as exc:
                 # Said once per outage by the store's health, which runs a round as soon as the store
                 # answers again.  The watchers go on: nobody can take their leases while nobody reaches
@@ -250,8 +257,8 @@ class LeaseManager:
 
         self._rounds += 1
         if self._rounds % 30 == 1:
-            await self._cluster.prune_ledger(self._ledger_retention)
-            await self._cluster.prune_nodes(NODE_RETENTION)
+            self._prune_due = True  # the push ledger, after the round (_loop)
+            await self._cluster.prune_nodes(NODE_RETENTION)  # a handful of rows
         metrics.CLUSTER_LEASES_HELD.set(len(self._held))
         metrics.CLUSTER_NODES_LIVE.set(len(self._live))
 

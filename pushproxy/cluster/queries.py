@@ -133,8 +133,16 @@ class ClusterStore:
                 await conn.execute("DELETE FROM watch_leases WHERE owner = $1 AND account = $2", node_id, account)
 
     # --- the push ledger (claimed by pushproxy.push.pipeline) ---------------------------
-    async def prune_ledger(self, older_than: float) -> int:
-        return await self._modify("DELETE FROM push_ledger WHERE claimed < epoch_now() - $1", older_than)
+    async def prune_ledger(self, older_than: float, limit: int) -> int:
+        """Forget at most ``limit`` (the oldest) of the claims older than ``older_than`` seconds; how many."""
+        return await self._modify(
+            """DELETE FROM push_ledger
+               WHERE claimed < epoch_now() - $1 AND (account, mailbox, uidvalidity, uid) IN (
+                   SELECT account, mailbox, uidvalidity, uid FROM push_ledger
+                   WHERE claimed < epoch_now() - $1 ORDER BY claimed LIMIT $2)""",
+            older_than,
+            limit,
+        )
 
     async def _modify(self, sql: str, *args: object) -> int:
         async with self._backend.write() as conn:

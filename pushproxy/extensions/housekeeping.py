@@ -1,5 +1,10 @@
 """An extension's periodic round (expiring registrations, setting its gauge): one owned task.
 
+A round's cost on the loop must not grow with what is stored (issue 23):
+deletions go in batches (:func:`pushproxy.store.batches.in_batches`, ``store.housekeeping_batch``
+rows each, the loop's other work in between) and gauges are counted by the
+database, never by reading every registration.
+
 Started in the extension's ``start`` and stopped in its ``stop``.  A round
 that hits a store outage waits for the next one quietly (the store logs each
 outage once); any other exception is the extension's bug and goes through the

@@ -238,12 +238,27 @@ class Queries:
             registered_before,
         )
 
-    async def _expire(self, table: str, not_registered_since: float) -> int:
-        """The rows not registered again since ``not_registered_since`` (unix time)."""
+    async def _expire(self, table: str, key: str, not_registered_since: float, limit: int) -> int:
+        """At most ``limit`` of the rows not registered again since ``not_registered_since`` (unix time),
+        the oldest first; how many.  ``key``: the table's primary key columns.
+
+        One batch of a housekeeping sweep (``store.housekeeping_batch``): what
+        is left waits for the next batch, so the loop never handles (and tells
+        the watchers about) every expired row of a table at once.
+        """
         return await self._change_registrations(
-            f"DELETE FROM {table} WHERE last_registered < $1 RETURNING account",  # noqa: S608
+            f"""DELETE FROM {table}
+                WHERE last_registered < $1 AND ({key}) IN (
+                    SELECT {key} FROM {table} WHERE last_registered < $1 ORDER BY last_registered LIMIT $2)
+                RETURNING account""",  # noqa: S608
             not_registered_since,
+            limit,
         )
+
+    async def _count(self, table: str) -> int:
+        """How many rows the table has, counted by the database (a gauge's census: nothing read or decrypted)."""
+        row = await self._fetchone(f"SELECT COUNT(*) AS n FROM {table}")  # noqa: S608
+        return 0 if row is None else int(row["n"])
 
     def _readable(self, rows: Iterable[Row], read: Callable[[Row, Vault], T], what: str) -> list[T]:
         """``read`` of each row that decrypts; the others are skipped with one log line naming ``what``.

@@ -305,7 +305,7 @@ async def test_single_sqlite_node_stops_watcher_when_senders_remove_the_last_reg
         )  # the 410 path
         await node.feed.drained()
         assert node.watchers.running == {"bob"}
-        await store.queries(ApnsQueries).expire_devices(time.time() + 1)  # housekeeping
+        await store.queries(ApnsQueries).expire_devices(time.time() + 1, 500)  # housekeeping
         await node.feed.drained()
         assert node.watchers.running == set()
         await node.round()

@@ -143,9 +143,9 @@ async def test_remove_device_token_410_timestamp(store: SqlStore) -> None:
 async def test_expire_devices(store: SqlStore) -> None:
     await store.queries(ApnsQueries).upsert_device(device("alice", "a1", "01" * 32, last_registered=100.0))
     await store.queries(ApnsQueries).upsert_device(device("alice", "a2", "02" * 32, last_registered=300.0))
-    assert await store.queries(ApnsQueries).expire_devices(200.0) == 1
+    assert await store.queries(ApnsQueries).expire_devices(200.0, 500) == 1
     assert [d.aps_account_id for d in await store.queries(ApnsQueries).list_devices()] == ["a2"]
-    assert await store.queries(ApnsQueries).expire_devices(200.0) == 0
+    assert await store.queries(ApnsQueries).expire_devices(200.0, 500) == 0
 
 
 async def test_subscription_round_trip(store: SqlStore) -> None:
@@ -222,7 +222,7 @@ async def test_expire_inactive_subscriptions(store: SqlStore) -> None:
     await store.queries(WebPushQueries).put_subscription(
         subscription(sub_id="no-expiry", active=False, ack_expires=None)
     )
-    assert await store.queries(WebPushQueries).expire_inactive_subscriptions(200.0) == 1
+    assert await store.queries(WebPushQueries).expire_inactive_subscriptions(200.0, 500) == [("alice", "old-pending")]
     assert {s.sub_id for s in await store.queries(WebPushQueries).list_subscriptions()} == {
         "new-pending",
         "active",
@@ -529,7 +529,7 @@ async def test_deltachat_tokens(store: SqlStore) -> None:
     # A 410 removes the token wherever it was set before the POST, not where it was set again since.
     assert await tokens.remove_token_everywhere(token, registered_before=2500.0) == 1
     assert [t.account for t in await tokens.list_tokens() if t.token == token] == ["bob"]
-    assert await tokens.expire_tokens(not_registered_since=3500.0) == 2
+    assert await tokens.expire_tokens(not_registered_since=3500.0, limit=500) == 2
     assert await tokens.list_tokens() == []
     await tokens.set_token("carol", token)
     assert "carol" in await store.accounts_with_registrations()

@@ -40,6 +40,7 @@ from pushproxy.extensions.housekeeping import Housekeeping
 from pushproxy.imap.fetch import MalformedResponse, parse_envelope
 from pushproxy.imap.parse import Command
 from pushproxy.store.base import StoreUnavailable
+from pushproxy.store.batches import in_batches
 
 if TYPE_CHECKING:
     from pushproxy.config import Config
@@ -201,10 +202,11 @@ class DeltaChat(Extension):
     # --- housekeeping -------------------------------------------------------------------
     async def expire_tokens(self) -> None:
         """Token expiry and the registration gauge, once a minute."""
-        expired = await self.tokens.expire_tokens(time.time() - self.cfg.token_expiry)
+        cutoff, batch = time.time() - self.cfg.token_expiry, self.core.config.store.housekeeping_batch
+        expired = await in_batches(lambda limit: self.tokens.expire_tokens(cutoff, limit), batch)
         if expired:
             log.info("expired %d Delta Chat token(s) not set again in time", expired)
-        set_registrations(len(await self.tokens.list_tokens()))
+        set_registrations(await self.tokens.count_tokens())  # counted by the database: nothing decrypted
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

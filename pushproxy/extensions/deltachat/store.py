@@ -106,5 +106,10 @@ class DeltaChatQueries(Queries):
             "DELETE FROM deltachat_tokens WHERE account = $1", account, account=account
         )
 
-    async def expire_tokens(self, not_registered_since: float) -> int:
-        return await self._expire("deltachat_tokens", not_registered_since)
+    async def expire_tokens(self, not_registered_since: float, limit: int) -> int:
+        """Delete at most ``limit`` (the oldest) of the tokens not set again since then; how many."""
+        return await self._expire("deltachat_tokens", "account, token_hash", not_registered_since, limit)
+
+    async def count_tokens(self) -> int:
+        """How many tokens there are (nothing decrypted: the gauge's census)."""
+        return await self._count("deltachat_tokens")

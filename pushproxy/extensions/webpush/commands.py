@@ -50,7 +50,7 @@ from pushproxy.extensions.webpush.grammar import (
     webpush_response,
 )
 from pushproxy.extensions.webpush.mailboxes import WatchedMailboxes
-from pushproxy.extensions.webpush.maintenance import SubscriptionMaintenance, is_expired
+from pushproxy.extensions.webpush.maintenance import SubscriptionMaintenance, UndeliveredVerifications, is_expired
 from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter, VerificationQueries
 from pushproxy.extensions.webpush.sender import WebPushSender, endpoint_tag
@@ -140,9 +140,9 @@ class WebPushCommands(SubscriptionMaintenance):
             settings.verification_per_endpoint_per_hour,
             settings.verification_per_account_per_hour,
         )
-        # (account, id) -> token hash of a verification push that was not delivered: an
-        # identical WEBPUSH may then send a new one.  Bounded by the subscriptions.
-        self._undelivered: dict[tuple[str, str], bytes] = {}
+        self._sweep_batch = config.store.housekeeping_batch
+        # Verification pushes not delivered: an identical WEBPUSH may then send a new one.
+        self._undelivered = UndeliveredVerifications(expiry, lambda: self.clock())
         self._silencing_sessions: set[str] = set()  # sessions that hold a silence "until this connection ends"
         self._background: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None

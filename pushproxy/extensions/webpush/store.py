@@ -174,13 +174,52 @@ class WebPushQueries(Queries):
         )
         return None if row is None else subscription_from_row(row, self._vault)
 
-    async def expire_inactive_subscriptions(self, now: float) -> int:
-        return await self._change_registrations(
-            """DELETE FROM webpush_subscriptions
-               WHERE NOT active AND ack_expires IS NOT NULL AND ack_expires <= $1
-               RETURNING account""",
+    async def expire_inactive_subscriptions(self, now: float, limit: int) -> list[tuple[str, str]]:
+        """Delete at most ``limit`` subscriptions never acknowledged by ``ack_expires``; their (account, id).
+
+        One statement, nothing decrypted: the condition is checked again as the
+        rows are deleted, so one acknowledged or sent again meanwhile stays.
+        What is left over waits for the next batch (the housekeeping's).
+        """
+        async with self._backend.write() as conn:
+            rows = await conn.fetch(
+                """DELETE FROM webpush_subscriptions
+                   WHERE NOT active AND ack_expires IS NOT NULL AND ack_expires <= $1
+                     AND (account, sub_id) IN (
+                         SELECT account, sub_id FROM webpush_subscriptions
+                         WHERE NOT active AND ack_expires IS NOT NULL AND ack_expires <= $1
+                         ORDER BY ack_expires LIMIT $2)
+                   RETURNING account, sub_id""",
+                now,
+                limit,
+            )
+            gone = [(r["account"], r["sub_id"]) for r in rows]
+            await self._notify(conn, {account for account, _ in gone})
+        self._registrations_changed(sorted({account for account, _ in gone}))
+        return gone
+
+    async def count_by_state(self, now: float, instance_id: str) -> dict[str, int]:
+        """The gauge's census (``WebPushProcess.silence_remaining``'s rule), counted by the database.
+
+        Expired unacknowledged ones are not counted (gone for the client);
+        nothing is read or decrypted.
+        """
+        prefix = instance_id + ":"
+        row = await self._fetchone(
+            """SELECT COUNT(*) AS total,
+                   COALESCE(SUM(CASE WHEN NOT active THEN 1 ELSE 0 END), 0) AS inactive,
+                   COALESCE(SUM(CASE WHEN active AND (substr(silenced_session, 1, $3) = $2 OR silenced_until > $1)
+                                     THEN 1 ELSE 0 END), 0) AS silenced
+               FROM webpush_subscriptions
+               WHERE active OR ack_expires IS NULL OR ack_expires > $1""",
             now,
+            prefix,
+            len(prefix),
         )
+        if row is None:
+            return {"inactive": 0, "active": 0, "silenced": 0}
+        inactive, silenced = int(row["inactive"]), int(row["silenced"])
+        return {"inactive": inactive, "active": int(row["total"]) - inactive - silenced, "silenced": silenced}
 
     async def clear_session_silences(self, session_id: str) -> int:
         return await self._modify(

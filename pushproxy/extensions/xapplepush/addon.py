@@ -19,6 +19,7 @@ from pushproxy.extensions.xapplepush.metrics import PrometheusApnsMetrics, set_r
 from pushproxy.extensions.xapplepush.schema import XAPPLEPUSH
 from pushproxy.extensions.xapplepush.settings import SECTION, ApnsConfig, apns_settings
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
+from pushproxy.store.batches import in_batches
 from pushproxy.store.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -134,7 +135,8 @@ class XApplePush(Extension):
     async def expire_devices(self) -> None:
         """Device expiry and the registration gauge, once a minute."""
         now = time.time()
-        expired = await self.devices.expire_devices(now - self.config.store.device_expiry)
+        cutoff, batch = now - self.config.store.device_expiry, self.config.store.housekeeping_batch
+        expired = await in_batches(lambda limit: self.devices.expire_devices(cutoff, limit), batch)
         if expired:
             log.info("expired %d device registration(s) not renewed in time", expired)
         # Counted by the database, not by reading (and decrypting) every registration each minute:

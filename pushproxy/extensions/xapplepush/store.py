@@ -121,8 +121,8 @@ class ApnsQueries(Queries):
 
     async def count_devices(self) -> int:
         """How many registrations there are (nothing decrypted: the gauge's census, once a minute)."""
-        row = await self._fetchone("SELECT COUNT(*) AS n FROM apns_devices")
-        return 0 if row is None else int(row["n"])
+        return await self._count("apns_devices")
 
-    async def expire_devices(self, not_registered_since: float) -> int:
-        return await self._expire("apns_devices", not_registered_since)
+    async def expire_devices(self, not_registered_since: float, limit: int) -> int:
+        """Delete at most ``limit`` (the oldest) of the registrations not renewed since then; how many."""
+        return await self._expire("apns_devices", "account, aps_account_id, token_hash", not_registered_since, limit)
