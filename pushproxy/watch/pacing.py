@@ -1,4 +1,4 @@
-"""Pacing of upstream connections: a global connect rate and the poll schedule.
+"""Pacing of upstream connections: a global connect rate, the poll schedule, IDLE refreshes spread in time.
 
 After an upstream restart every watcher reconnects at once; the rate limiter
 spreads the new connections over time (``watch.connect_rate`` per second) so
@@ -13,10 +13,28 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 
-__all__ = ["ConnectLimiter", "PollSchedule"]
+__all__ = ["IDLE_SPREAD", "ConnectLimiter", "PollSchedule", "idle_period"]
+
+IDLE_SPREAD = 0.5  # an IDLE lasts between (1 - IDLE_SPREAD) and 1 times watch.idle_refresh
+
+
+def idle_period(refresh: float, draw: Callable[[], float] = random.random) -> float:
+    """How long the next IDLE (or the wait before a keep-alive NOOP) lasts: ``watch.idle_refresh`` less
+    a random part of up to :data:`IDLE_SPREAD`, drawn afresh every time.
+
+    Watchers that connected together (a start, a takeover, everyone back after
+    an upstream outage, at up to ``watch.connect_rate`` a second) would
+    otherwise end and re-issue IDLE together, every ``idle_refresh``, for as
+    long as they run.  Drawn over half the interval, their refreshes are spread
+    from the first one on, and none waits longer than ``idle_refresh`` (what
+    the server's or a NAT's idle limit allows).  At most twice the refreshes of
+    a fixed period, each a DONE and an IDLE: next to nothing per watcher.
+    """
+    return refresh * (1.0 - IDLE_SPREAD * draw())
 
 
 class ConnectLimiter:

@@ -19,7 +19,8 @@ Per connection (:class:`~pushproxy.watch.upstream.WatcherProtocol`, after login)
 3. Catch up: every watched mailbox is compared with the stored state, so mail
    that arrived while disconnected produces its events, once.
 4. IDLE on the primary mailbox (EXAMINEd: the watcher never changes flags),
-   re-issued every ``watch.idle_refresh``.
+   re-issued after at most ``watch.idle_refresh`` (a random 50-100 % of it each time, so that
+   watchers started together do not refresh together: :func:`~pushproxy.watch.pacing.idle_period`).
 
 When the spec asks for it (``WatchSpec.list_subscribed``), the account's
 subscribed mailboxes are listed (:mod:`~pushproxy.watch.subscribed`) right

@@ -22,6 +22,7 @@ from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.store import MailboxState, SqliteStore, Vault
 from pushproxy.watch import Supervisor
 from pushproxy.watch.credentials import MasterCredentials
+from pushproxy.watch.upstream import WatcherProtocol
 from tests.support.waiting import async_wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -269,3 +270,45 @@ async def test_close_is_bounded_while_in_backoff(env) -> None:
     await sup.close()
     assert time.monotonic() - start < 5
     assert sup.status()["stopped"] == 1
+
+
+async def test_watchers_started_together_refresh_idle_at_spread_times(tmp_path: Path, monkeypatch) -> None:
+    """The IDLE refresh of watchers that connected together is spread over the interval (issue 23), not
+    synchronised: each IDLE ends after a random 50-100 % of watch.idle_refresh (pacing.idle_period)."""
+    refresh, n = 1000.0, 30
+    periods: list[float] = []
+    real_idle = WatcherProtocol.idle
+
+    async def recorded_idle(self, deadline, wake, interesting):  # type: ignore[no-untyped-def]
+        periods.append(deadline - time.monotonic())
+        return await real_idle(self, deadline, wake, interesting)
+
+    monkeypatch.setattr(WatcherProtocol, "idle", recorded_idle)
+    store = SqliteStore(tmp_path / "pp.db", Vault.generate())
+    await store.open()
+    for i in range(n):
+        await store.queries(ApnsQueries).upsert_device(ApnsDevice(f"user{i:02d}", "a", f"{i:064x}"))
+    fake = Fake()
+    server = await asyncio.get_running_loop().create_server(lambda: FakeConn(fake), "127.0.0.1", 0)
+    config = Config(
+        upstream=UpstreamConfig(host="127.0.0.1", port=server.sockets[0].getsockname()[1], security="none"),
+        store=StoreConfig(url=f"sqlite:///{tmp_path}/pp.db"),
+        watch=WatchConfig(idle_refresh=refresh, command_timeout=3, connect_rate=1000),  # type: ignore[arg-type]
+    )
+    sup = Supervisor(
+        config,
+        store,
+        Events(),
+        credentials=MasterCredentials("admin", "pw"),
+        watching=ExtensionManager.every(config, store),
+    )
+    try:
+        await sup.start()
+        await until(lambda: len(periods) >= n and sup.status()["idle"] == n, timeout=20)
+    finally:
+        await sup.close()
+        server.close()
+        await store.close()
+    first = periods[:n]  # one per watcher: they all connected within a moment
+    assert all(refresh * 0.5 - 1 <= p <= refresh for p in first), first
+    assert max(first) - min(first) > refresh * 0.25, sorted(first)  # not one moment for all of them
