@@ -30,7 +30,7 @@ log = logging.getLogger("pushproxy.extensions")
 class Housekeeping(BackgroundTask):
     """``round()`` now and then every ``interval`` seconds, until :meth:`stop`."""
 
-    def __init__(self, extension: str, round: Callable[[], Awaitable[None]], interval: float = 60.0) -> None:
+    def __init__(self, extension: str, round: Callable[[], Awaitable[object]], interval: float = 60.0) -> None:
         self.extension = extension
         self.interval = interval
         self._round = round
