@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from pushproxy.store.records import Row
+from pushproxy.store.records import Row, record_from_row
 from pushproxy.store.sql_base import Queries
 from pushproxy.store.vault import Vault
 
@@ -50,14 +50,8 @@ def token_id(digest: bytes) -> str:
 
 def _record(row: Row, vault: Vault) -> DeltaChatToken:
     """Raises VaultError when the token cannot be decrypted."""
-    account = row["account"]
-    return DeltaChatToken(
-        account=account,
-        token=vault.decrypt(bytes(row["token"]), token_aad(account)).decode(),
-        first_registered=float(row["first_registered"]),
-        last_registered=float(row["last_registered"]),
-        token_id=token_id(bytes(row["token_hash"])),
-    )
+    token = vault.decrypt(bytes(row["token"]), token_aad(row["account"])).decode()
+    return record_from_row(DeltaChatToken, row, token=token, token_id=token_id(bytes(row["token_hash"])))
 
 
 class DeltaChatQueries(Queries):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from pushproxy.store.records import Row, opt_float
+from pushproxy.store.records import Row, record_from_row
 from pushproxy.store.sql_base import Queries
 from pushproxy.store.vault import Vault
 
@@ -60,35 +60,16 @@ def endpoint_aad(account: str, sub_id: str) -> bytes:
 def subscription_from_row(row: Row, vault: Vault) -> WebPushSubscription:
     """Raises VaultError when the secrets cannot be decrypted (wrong key, moved row)."""
     account, sub_id = row["account"], row["sub_id"]
-    token_hash = row["ack_token_hash"]
-    return WebPushSubscription(
-        account=account,
-        sub_id=sub_id,
+    return record_from_row(
+        WebPushSubscription,
+        row,
         endpoint=vault.decrypt(bytes(row["endpoint"]), endpoint_aad(account, sub_id)).decode(),
-        p256dh=row["p256dh"],
         auth=vault.decrypt(bytes(row["auth"]), auth_aad(account, sub_id)).decode(),
-        vapid_key_id=row["vapid_key_id"],
-        active=bool(row["active"]),
-        ack_token_hash=None if token_hash is None else bytes(token_hash),
-        ack_expires=opt_float(row["ack_expires"]),
-        silenced_until=opt_float(row["silenced_until"]),
-        silenced_session=row["silenced_session"],
-        want_changes=bool(row["want_changes"]),
-        created=float(row["created"]),
-        updated=float(row["updated"]),
-        last_success=opt_float(row["last_success"]),
-        failures=int(row["failures"]),
     )
 
 
 def vapid_key_from_row(row: Row) -> VapidKey:
-    return VapidKey(
-        key_id=row["key_id"],
-        public_key=row["public_key"],
-        private_key_path=row["private_key_path"],
-        created=float(row["created"]),
-        current=bool(row["current"]),
-    )
+    return record_from_row(VapidKey, row)
 
 
 # Advisory lock key serialising VAPID key changes across nodes (spells "pushvapi").

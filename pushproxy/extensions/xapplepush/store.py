@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from pushproxy.store.records import Row
+from pushproxy.store.records import Row, record_from_row
 from pushproxy.store.sql_base import Queries
 from pushproxy.store.vault import Vault
 
@@ -49,16 +49,7 @@ def device_from_row(row: Row, vault: Vault) -> ApnsDevice:
     mailboxes = row["mailboxes"]
     if isinstance(mailboxes, str | bytes):  # JSON text (SQLite, asyncpg's default jsonb codec)
         mailboxes = json.loads(mailboxes)
-    return ApnsDevice(
-        account=account,
-        aps_account_id=aps_account_id,
-        device_token=token,
-        subtopic=row["subtopic"],
-        version=int(row["version"]),
-        mailboxes=list(mailboxes),
-        first_registered=float(row["first_registered"]),
-        last_registered=float(row["last_registered"]),
-    )
+    return record_from_row(ApnsDevice, row, device_token=token, mailboxes=list(mailboxes))
 
 
 class ApnsQueries(Queries):
