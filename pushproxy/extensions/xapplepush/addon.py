@@ -83,9 +83,7 @@ class XApplePush(Extension):
             apns_settings(self.config), on_invalid_token=invalid_token, metrics=PrometheusApnsMetrics()
         )
         await self.pusher.start()
-        self.registrations = DeviceRegistrations(
-            self.config, self.core.store, self.pusher.topic, self.core.registration_changed
-        )
+        self.registrations = DeviceRegistrations(self.core, self.pusher.topic)
         self.commands = {"XAPPLEPUSHSERVICE": self.registrations.handle}
         self.housekeeping.start()
 

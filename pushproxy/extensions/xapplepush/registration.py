@@ -13,9 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from pushproxy.config import Config
 from pushproxy.extensions.base import (
-    RegistrationChanged,
+    Core,
     Reply,
     SessionContext,
     UpstreamCommandError,
@@ -32,7 +31,7 @@ from pushproxy.extensions.xapplepush.payload import short_token
 from pushproxy.extensions.xapplepush.settings import apns_settings
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.imap.parse import Command, ParseError
-from pushproxy.store.base import MailboxState, Store, StoreUnavailable
+from pushproxy.store.base import MailboxState, StoreUnavailable
 
 log = logging.getLogger("pushproxy.xapplepush")
 
@@ -44,18 +43,11 @@ _STORE_RETRIES = (1.0, 5.0, 30.0, 120.0, 600.0)
 class DeviceRegistrations:
     """The XAPPLEPUSHSERVICE command handler of :class:`~.addon.XApplePush` and its background store retries."""
 
-    def __init__(
-        self,
-        config: Config,
-        store: Store,
-        topic: str,
-        registration_changed: RegistrationChanged,
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.devices = store.queries(ApnsQueries)
+    def __init__(self, core: Core, topic: str) -> None:
+        """``core``: the config, the store and whom to tell of a changed registration (the extension's)."""
+        self.core = core
+        self.devices = core.store.queries(ApnsQueries)
         self.topic = topic
-        self.registration_changed = registration_changed
         self._background: set[asyncio.Task[None]] = set()
 
     async def handle(self, cmd: Command, ctx: SessionContext) -> Reply:
@@ -77,8 +69,8 @@ class DeviceRegistrations:
         )
         # Before the OK, so that mail arriving from now on is pushed (see extensions/baseline.py).
         unsaved: list[MailboxState] = []  # written with the device if the store cannot take them now
-        await record_baseline(ctx, self.store, account, device.mailboxes, unsaved=unsaved)
-        if self.config.admin.ox_secret_file is not None:  # Dovecot's ox driver pushes for this user too
+        await record_baseline(ctx, self.core.store, account, device.mailboxes, unsaved=unsaved)
+        if self.core.config.admin.ox_secret_file is not None:  # Dovecot's ox driver pushes for this user too
             await enable_ox_notify(ctx)
         stored = await self._store_device(device, unsaved)
         for line in answer_lines(reg, existing, self.topic):
@@ -96,7 +88,7 @@ class DeviceRegistrations:
 
     async def _follow(self, account: str, session_id: str | None) -> None:
         try:
-            await self.registration_changed(account, session_id)
+            await self.core.registration_changed(account, session_id)
         except StoreUnavailable as exc:  # the store logged the episode; the next change or login follows it
             log.debug("watcher of %s not updated now: %s", account, exc.reason)
 
@@ -136,11 +128,11 @@ class DeviceRegistrations:
         """The baseline the registration took but could not store, then the device: mail that
         arrives meanwhile is new to the watcher that starts once the device is stored."""
         async with asyncio.timeout(_STORE_TIMEOUT):
-            await save_baseline(self.store, baseline)
+            await save_baseline(self.core.store, baseline)
             await self.devices.upsert_device(device)
 
     async def _enforce_cap(self, newest: ApnsDevice) -> None:
-        cap = apns_settings(self.config).max_devices_per_account
+        cap = apns_settings(self.core.config).max_devices_per_account
         devices = await self.devices.devices_for_account(newest.account)
         if len(devices) <= cap:
             return
@@ -161,7 +153,7 @@ class DeviceRegistrations:
             await asyncio.sleep(delay)
             try:
                 await self._write(device, baseline)
-                await self.registration_changed(device.account, None)
+                await self.core.registration_changed(device.account, None)
                 return
             except StoreUnavailable as exc:
                 log.debug("storing a registration failed again (%s)", exc.reason)
