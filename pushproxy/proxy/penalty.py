@@ -13,28 +13,24 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 
+@dataclass(eq=False)
 class AuthPenalty:
-    def __init__(
-        self,
-        max_delay: float,
-        reset_after: float,
-        max_entries: int = 65536,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.max_delay = max_delay
-        self.reset_after = reset_after
-        self.max_entries = max_entries
-        self._clock = clock
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # ip -> (count, last failure)
+    max_delay: float
+    reset_after: float
+    max_entries: int = 65536
+    clock: Callable[[], float] = time.monotonic
+    # ip -> (count, last failure), least recently failed first
+    _failures: OrderedDict[str, tuple[int, float]] = field(default_factory=OrderedDict, init=False, repr=False)
 
     def failures(self, ip: str) -> int:
         entry = self._failures.get(ip)
         if entry is None:
             return 0
         count, last = entry
-        if self._clock() - last > self.reset_after:
+        if self.clock() - last > self.reset_after:
             del self._failures[ip]
             return 0
         return count
@@ -48,7 +44,7 @@ class AuthPenalty:
 
     def failed(self, ip: str) -> None:
         count = self.failures(ip)
-        self._failures[ip] = (count + 1, self._clock())
+        self._failures[ip] = (count + 1, self.clock())
         self._failures.move_to_end(ip)
         while len(self._failures) > self.max_entries:
             self._failures.popitem(last=False)
