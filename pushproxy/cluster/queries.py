@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pushproxy.store.records import Row
 from pushproxy.store.sql import SqlStore
 
 
@@ -26,6 +27,10 @@ class Lease:
     owner: str
     expires: float
     fence: int
+
+
+def _lease(row: Row) -> Lease:
+    return Lease(row["account"], row["owner"], float(row["expires"]), int(row["fence"]))
 
 
 class ClusterStore:
@@ -75,7 +80,7 @@ class ClusterStore:
     async def leases(self) -> list[Lease]:
         async with self._backend.read() as conn:
             rows = await conn.fetch("SELECT * FROM watch_leases")
-        return [Lease(r["account"], r["owner"], float(r["expires"]), int(r["fence"])) for r in rows]
+        return [_lease(r) for r in rows]
 
     async def renew(self, node_id: str, ttl: float) -> dict[str, int]:
         """Extend every unexpired lease of this node; account -> fence of the leases still held.
@@ -93,6 +98,60 @@ class ClusterStore:
                 ttl,
             )
         return {r["account"]: int(r["fence"]) for r in rows}
+
+    async def renew_counted(self, node_id: str, ttl: float) -> int:
+        """:meth:`renew`, telling only how many leases it extended (no row handed back: the usual round)."""
+        return await self._modify(
+            "UPDATE watch_leases SET expires = epoch_now() + $2 WHERE owner = $1 AND expires > epoch_now()",
+            node_id,
+            ttl,
+        )
+
+    async def expiring(self, node_id: str, within: float) -> list[Lease]:
+        """Other nodes' leases that expire within ``within`` seconds or have expired: a live node renews
+        every TTL/3, so in a quiet cluster there are none, whatever the number of accounts."""
+        async with self._backend.read() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM watch_leases WHERE owner <> $1 AND expires < epoch_now() + $2", node_id, within
+            )
+        return [_lease(r) for r in rows]
+
+    async def unleased(self) -> dict[str, Lease | None]:
+        """Accounts with registrations and no live lease: account -> its expired lease (None: never leased).
+
+        Joined by the database: in a quiet cluster nothing comes back, whatever the number of accounts.
+        """
+        registered = self._store.registered_accounts_sql()
+        if registered is None:
+            return {}
+        async with self._backend.read() as conn:
+            rows = await conn.fetch(
+                # The f-string inserts the extensions' static SELECTs (SchemaPart.registered_accounts), no input.
+                f"""SELECT r.account AS account, l.owner AS owner, l.expires AS expires, l.fence AS fence
+                    FROM ({registered}) r LEFT JOIN watch_leases l ON l.account = r.account
+                    WHERE l.account IS NULL OR l.expires <= epoch_now()"""  # noqa: S608
+            )
+        return {
+            r["account"]: None
+            if r["owner"] is None
+            else Lease(r["account"], r["owner"], float(r["expires"]), int(r["fence"]))
+            for r in rows
+        }
+
+    async def unregistered(self, node_id: str) -> list[str]:
+        """This node's leases of accounts that have no registration any more."""
+        registered = self._store.registered_accounts_sql()
+        async with self._backend.read() as conn:
+            if registered is None:
+                rows = await conn.fetch("SELECT account FROM watch_leases WHERE owner = $1", node_id)
+            else:
+                rows = await conn.fetch(
+                    # As in unleased: static SELECTs only.
+                    f"""SELECT account FROM watch_leases WHERE owner = $1
+                        AND account NOT IN (SELECT account FROM ({registered}) r)""",  # noqa: S608
+                    node_id,
+                )
+        return [r["account"] for r in rows]
 
     async def reassert(self, node_id: str, held: dict[str, int], ttl: float) -> dict[str, int]:
         """After an outage: extend this node's expired leases that nobody took meanwhile (same owner, same

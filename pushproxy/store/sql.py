@@ -130,11 +130,16 @@ class SqlStore(SqlBase, Store):
 
     # --- accounts -----------------------------------------------------------------
     async def accounts_with_registrations(self) -> list[str]:
-        selects = [part.registered_accounts for part in self._parts if part.registered_accounts]
-        if not selects:
+        registered = self.registered_accounts_sql()
+        if registered is None:
             return []
-        rows = await self._fetch(" UNION ".join(selects) + " ORDER BY account")
+        rows = await self._fetch(registered + " ORDER BY account")
         return [r["account"] for r in rows]
+
+    def registered_accounts_sql(self) -> str | None:
+        """One SELECT of the accounts with registrations (``account``), for queries to join; None: no part has any."""
+        selects = [part.registered_accounts for part in self._parts if part.registered_accounts]
+        return " UNION ".join(selects) if selects else None
 
     # --- keys shared by every node --------------------------------------------------
     async def claim_key_fingerprint(self, name: str, fingerprint: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from pushproxy.cluster.leases import CHECK_EVERY, LeaseManager
 from pushproxy.cluster.queries import ClusterStore
 from pushproxy.config import Config, StoreConfig
 from pushproxy.extensions.deltachat.addon import DeltaChat
@@ -31,6 +32,7 @@ from pushproxy.extensions.webpush.process import WebPushProcess
 from pushproxy.extensions.webpush.ratelimit import VerificationLimiter, VerificationQueries
 from pushproxy.extensions.webpush.store import WebPushQueries, auth_aad, endpoint_aad
 from pushproxy.extensions.xapplepush.addon import XApplePush
+from pushproxy.extensions.xapplepush.store import ApnsQueries
 from pushproxy.extensions.xapplepush.store import token_aad as apns_aad
 from pushproxy.extensions.xapplepush.store import token_hash as apns_hash
 from pushproxy.metrics import REGISTRY
@@ -348,3 +350,53 @@ async def test_the_push_ledger_is_pruned_in_batches(store: SqlStore) -> None:
     async with store.backend.read() as conn:
         (row,) = await conn.fetch("SELECT COUNT(*) AS n FROM push_ledger")
     assert row["n"] == 470
+
+
+# --- the lease round --------------------------------------------------------------------------------------
+
+
+class NoWatchers:
+    async def registration_changed(self, account: str, session_id: str | None = None) -> None:
+        pass
+
+    async def release(self, account: str, lost: bool = False) -> None:
+        pass
+
+
+async def test_a_quiet_lease_round_hands_the_loop_no_row_per_account(store: SqlStore) -> None:
+    """Every TTL/3, whatever the number of accounts: the renewal only counts, and the check of who should
+    watch what (every CHECK_EVERY rounds) gets back only what is to be done: nothing, here."""
+    vault, n = store._vault, 3000
+    sql = """INSERT INTO apns_devices (account, aps_account_id, token_hash, device_token, subtopic, version, mailboxes,
+                 first_registered, last_registered)
+             VALUES ($1, 'aps', $2, $3, 'com.apple.mobilemail', 2, '["INBOX"]', 1, $4)"""
+    await seed(
+        store,
+        (
+            (sql, (f"user{i:05d}", apns_hash(vault, f"{i:064x}"), vault.encrypt(b"x", b"x"), time.time()))
+            for i in range(n)
+        ),
+    )
+    leases = LeaseManager(store, "n1", "test n1", 30.0, 3600.0)
+    leases.attach(NoWatchers())
+    for _ in range(20):  # TAKE_PER_ROUND a round
+        await leases.run_round()
+        if len(leases.held()) == n:
+            break
+    assert len(leases.held()) == n
+    statements, before = Statements(store), decrypts(store)
+    for _ in range(CHECK_EVERY + 1):  # at least one check among them
+        await leases.run_round()
+    assert len(leases.held()) == n and decrypts(store) == before
+    assert max(statements.fetched()) <= 1  # the heartbeat's and the clock's one row, no row per account
+    assert any("watch_leases l ON" in sql for sql, _ in statements.log)  # a check ran, and found nothing to do
+    assert gauge("pushproxy_cluster_accounts_unwatched") == 0
+
+    # One account's registration goes away (the registration feed tells the leases): the next round's
+    # check hands its lease back, reading one row.
+    assert await store.queries(ApnsQueries).remove_device("user00007", "aps", f"{7:064x}") == 1
+    await leases.registration_changed("user00007")
+    statements.clear()
+    await leases.run_round()
+    assert "user00007" not in leases.held() and len(leases.held()) == n - 1
+    assert max(statements.fetched()) <= 1
