@@ -12,8 +12,8 @@ answers, a login's outcome, a penalty) it is told through :class:`ResponseHost`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from pushproxy.extensions.base import CredentialSink, SessionContext
 from pushproxy.extensions.manager import ExtensionManager
@@ -44,7 +44,7 @@ class ResponseHost(Protocol):
     def penalise(self, delay: float) -> None:
         """Hold back the failed login's NO, and all after it, for ``delay`` seconds."""
 
-    def spawn(self, coro: Awaitable[None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` off the relay (its failure is logged)."""
 
 

@@ -1,9 +1,11 @@
 """The command router: reads the client's commands and sends each to one route, by command name.
 
-Most commands are relayed upstream unchanged (``_route_forward``); the table
-:data:`ROUTES` names the few the proxy handles itself, like aiosmtpd's one
-method per command.  Extension commands (XAPPLEPUSHSERVICE, WEBPUSH ...) are
-intercepted.  The router owns the client's framer and what it knows of the
+Most commands are relayed upstream unchanged; the routes
+(:mod:`pushproxy.proxy.routes`, a table of one function per command name, like
+aiosmtpd's one method per command) name the few the proxy handles itself, and
+extension commands (XAPPLEPUSHSERVICE, WEBPUSH ...) are intercepted.  A route
+acts through the router's methods (``forward``, ``intercept``, ``discard`` ...:
+:class:`~pushproxy.proxy.routes.Routed`).  The router owns the client's framer and what it knows of the
 command being read (its mode, tag, name and kept bytes), of IDLE and of the
 upstream's continuation requests; the ID commands that go upstream before
 login are its :class:`~pushproxy.proxy.upstream_id.UpstreamId`.  Refusals,
@@ -15,7 +17,6 @@ themselves live in :mod:`pushproxy.proxy.ledger`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from enum import Enum
 from typing import Protocol
@@ -28,6 +29,7 @@ from pushproxy.imap.parse import is_valid_tag, split_tag_command
 from pushproxy.proxy.capture import MAX_CAPTURE, CredentialCapture
 from pushproxy.proxy.ledger import CommandLedger, Pending
 from pushproxy.proxy.local import LocalAnswers
+from pushproxy.proxy.routes import route_extension, routes_for
 from pushproxy.proxy.session_io import SessionIO, SessionSettings
 from pushproxy.proxy.upstream_id import UpstreamId
 
@@ -82,11 +84,12 @@ class CommandRouter:
     ) -> None:
         self._host = host
         self._io = io
-        self._settings = settings
-        self._facts = facts
-        self._ledger = ledger
+        # settings, facts, ledger, local, tag, name: read by the routes (routes.Routed), written here only.
+        self.settings = settings
+        self.facts = facts
+        self.ledger = ledger
         self._capture = capture
-        self._local = local  # answers (refusals, extension commands) in command order
+        self.local = local  # answers (refusals, extension commands) in command order
         # Command names as they come off the wire (upper-cased bytes): no str per command.
         self._intercepted = intercepted
         self._routes = routes_for(observed, claimed)
@@ -94,8 +97,8 @@ class CommandRouter:
         self._claims = claims
         self.framer = Framer(server=False, max_line=settings.max_line)
         self._mode = NONE
-        self._tag = b""
-        self._name = b""
+        self.tag = b""
+        self.name = b""
         self._pending: Pending | None = None  # the forwarded command being read
         self._buf: list[bytes] = []
         self._size = 0
@@ -110,7 +113,7 @@ class CommandRouter:
 
     def restart_framer(self) -> None:
         """STARTTLS: the client's stream starts afresh (what it pipelined in clear text is dropped)."""
-        self.framer = Framer(server=False, max_line=self._settings.max_line)
+        self.framer = Framer(server=False, max_line=self.settings.max_line)
 
     # -- from the upstream side -----------------------------------------------------------
     def continuation(self) -> bool:
@@ -180,11 +183,11 @@ class CommandRouter:
         if self._credits > 0:
             # The answer to a "+" (DONE after IDLE, a SASL response).
             self._credits -= 1
-            if self._ledger.login is not None and self._capture.sasl_waiting:
+            if self.ledger.login is not None and self._capture.sasl_waiting:
                 self._capture.sasl_response(line)
             self._io.to_upstream(line)
             return
-        if self._ledger.login is not None:
+        if self.ledger.login is not None:
             # One login at a time, and what follows it runs in the state it ends in.
             self._host.wait_for_login(ev)
             return
@@ -192,83 +195,54 @@ class CommandRouter:
         if head is None or not is_valid_tag(head[0]):
             if line.strip() == b"":
                 return  # stray empty line: ignore like Dovecot does
-            self._begin_discard(ev)
+            self.discard(ev)
             reason = "Expected a tag and a command name" if head is None else "Invalid tag"
-            self._local.reply(guess_tag(line), Reply("BAD", reason))
+            self.local.reply(guess_tag(line), Reply("BAD", reason))
             return
         tag, name = head
-        self._tag, self._name = tag, name
+        self.tag, self.name = tag, name
         if name in self._intercepted:
-            self._route_extension(ev)
+            route_extension(self, ev)
             return
-        self._routes.get(name, CommandRouter._route_forward)(self, ev)
-
-    # -- the routes -------------------------------------------------------------------
-    def _route_forward(self, ev: Line) -> None:
-        self._mode = FORWARD
-        self._forward_first_line(ev, login=False)
-
-    def _route_observed(self, ev: Line) -> None:
-        """Relayed like any command; an extension hears of its tagged OK (``observed_commands``)."""
-        self._mode = FORWARD
-        self._forward_first_line(ev, login=False, observed=self._facts.authenticated)
-
-    def _route_claimed(self, ev: Line) -> None:
-        """Answered by an extension when its claim wants this one (``Extension.claims``), else relayed."""
-        if self._facts.authenticated and self._claims is not None and self._claims(self._name, ev.data):
-            self._keep(ev, INTERCEPT)
+        route = self._routes.get(name)
+        if route is None:
+            self.forward(ev)  # most commands: relayed unchanged
         else:
-            self._route_forward(ev)
+            route(self, ev)
 
-    def _route_extension(self, ev: Line) -> None:
-        if not self._facts.authenticated:
-            self._begin_discard(ev)
-            self._local.reply(self._tag, Reply("BAD", f"{self._name.decode()} is only valid after login"))
-            return
-        self._keep(ev, INTERCEPT)
+    # -- what a route does with the command (pushproxy.proxy.routes) -----------------------
+    def forward(self, ev: Line, *, observed: bool = False) -> None:
+        self._mode = FORWARD
+        self._forward_first_line(ev, login=False, observed=observed)
 
-    def _route_starttls(self, ev: Line) -> None:
-        self._begin_discard(ev)
-        self._local.starttls(self._tag, self._settings.starttls_offered)
-
-    def _route_compress(self, ev: Line) -> None:
-        self._begin_discard(ev)
-        self._local.reply(self._tag, Reply("NO", "Compression is not available through this proxy"))
-
-    def _route_id(self, ev: Line) -> None:
-        if self._facts.authenticated:
-            self._route_forward(ev)
-            return
-        # Rewritten before it goes: a client must not choose the address upstream
-        # records (x- fields), and with forward_client_ip: id it carries the proxy's.
-        self._keep(ev, REWRITE)
-
-    def _route_login(self, ev: Line) -> None:
-        refusal = CommandLedger.login_refusal(self._facts)
-        if refusal is not None:
-            self._begin_discard(ev)
-            self._local.reply(self._tag, refusal)
-            return
-        if self._ledger:
-            # Forwarded only when nothing else is in flight, so that the next
-            # tagged response from upstream is its answer, whatever the tags.
-            self._host.wait_for_drain(ev)
-            return
+    def forward_login(self, ev: Line) -> None:
         self._mode = CAPTURE
         self._buf = [ev.data]
         self._size = len(ev.data)
         self._capture.begin()
         self._forward_first_line(ev, login=True)
 
+    def intercept(self, ev: Line) -> None:
+        self._keep(ev, INTERCEPT)
+
+    def rewrite(self, ev: Line) -> None:
+        self._keep(ev, REWRITE)
+
+    def claimed(self, ev: Line) -> bool:
+        return self._claims is not None and self._claims(self.name, ev.data)
+
+    def wait_for_drain(self, ev: Line) -> None:
+        self._host.wait_for_drain(ev)
+
     def _forward_first_line(self, ev: Line, *, login: bool, observed: bool = False) -> None:
         if ev.literal is not None and not self._literal_allowed(ev):
             return
         if login:
             self._upstream_id.before_login()
-        pending = self._ledger.sent(self._tag, login=login, observed=self._name if observed else None)
+        pending = self.ledger.sent(self.tag, login=login, observed=self.name if observed else None)
         self._pending = pending
         self._io.to_upstream(ev.data)
-        if self._name == b"IDLE":
+        if self.name == b"IDLE":
             self._idle = pending
         if ev.literal is not None:
             if ev.literal.sync:
@@ -290,7 +264,7 @@ class CommandRouter:
     def _literal_allowed(self, ev: Line) -> bool:
         """Enforce the pre-authentication literal cap; False when the command was refused."""
         assert ev.literal is not None
-        if self._facts.authenticated or ev.literal.size <= self._settings.max_preauth_literal:
+        if self.facts.authenticated or ev.literal.size <= self.settings.max_preauth_literal:
             return True
         if ev.literal.nonsync:
             # The client is already sending it: no way to stay in sync cheaply.
@@ -303,7 +277,7 @@ class CommandRouter:
             # upstream answers the tag (BAD) and both sides stay in sync.
             self._io.to_upstream(b"\r\n")
             return False
-        self._local.reply(self._tag, Reply("BAD", "Literal too large before authentication", "TOOBIG"))
+        self.local.reply(self.tag, Reply("BAD", "Literal too large before authentication", "TOOBIG"))
         return False
 
     def _intercept_literal(self, ev: Line) -> None:
@@ -314,7 +288,7 @@ class CommandRouter:
                 return
             self.framer.cancel_literal()
             self._mode = NONE
-            self._local.reply(self._tag, Reply("BAD", "Command too long", "TOOBIG"))
+            self.local.reply(self.tag, Reply("BAD", "Command too long", "TOOBIG"))
             return
         if ev.literal.sync:
             self._io.to_client(r.continuation())
@@ -336,16 +310,16 @@ class CommandRouter:
         self._buf = []
         if mode is CAPTURE:
             if self._pending is not None:
-                self._capture.command(self._name, data)
+                self._capture.command(self.name, data)
         elif mode is INTERCEPT:
-            self._local.extension_command(self._tag, data)
+            self.local.extension_command(self.tag, data)
         elif mode is REWRITE:
-            refusal = self._upstream_id.client_id(self._tag, data)
+            refusal = self._upstream_id.client_id(self.tag, data)
             if refusal is not None:
-                self._local.reply(self._tag, refusal)
+                self.local.reply(self.tag, refusal)
 
-    def _begin_discard(self, ev: Line) -> None:
-        """Drop the rest of a refused command (its literal and continuation lines)."""
+    def discard(self, ev: Line) -> None:
+        """Drop the rest of a refused command, or one the proxy answers (its literal and continuation lines)."""
         if ev.literal is None:
             self._mode = NONE
         elif ev.literal.sync:
@@ -363,27 +337,7 @@ class CommandRouter:
         head = split_tag_command(ev.head)
         tag = head[0] if head is not None and is_valid_tag(head[0]) else b"*"
         self._mode = DISCARD if ev.skipped_literal else NONE
-        self._local.reply(tag, Reply("BAD", f"Line too long (limit {self._settings.max_line} bytes)", "TOOBIG"))
-
-
-Route = Callable[[CommandRouter, Line], None]
-
-ROUTES: dict[bytes, Route] = {
-    b"LOGIN": CommandRouter._route_login,
-    b"AUTHENTICATE": CommandRouter._route_login,
-    b"STARTTLS": CommandRouter._route_starttls,
-    b"COMPRESS": CommandRouter._route_compress,
-    b"ID": CommandRouter._route_id,
-}
-
-
-@functools.cache
-def routes_for(observed: frozenset[bytes], claimed: frozenset[bytes] = frozenset()) -> dict[bytes, Route]:
-    """:data:`ROUTES` plus the commands extensions observe or claim (one table lookup per command, as before)."""
-    routes: dict[bytes, Route] = dict.fromkeys(observed, CommandRouter._route_observed)
-    routes.update(dict.fromkeys(claimed, CommandRouter._route_claimed))
-    routes.update(ROUTES)  # the proxy's own handling of a command comes first
-    return routes
+        self.local.reply(tag, Reply("BAD", f"Line too long (limit {self.settings.max_line} bytes)", "TOOBIG"))
 
 
 def guess_tag(line: bytes) -> bytes:

@@ -12,14 +12,16 @@ ask, through the small Protocol each declares).  Each part keeps its own state
 behind a narrow interface (h11's ``Connection`` and aiosmtpd's
 one-method-per-command ``SMTP`` are the models):
 
-- :class:`~pushproxy.proxy.handshake.UpstreamHandshake`: greeting, STARTTLS upstream (sans-IO steps);
+- :class:`~pushproxy.proxy.upstream_start.UpstreamStart`: the proxy's greeting, the upstream handshake
+  (:class:`~pushproxy.proxy.handshake.UpstreamHandshake`'s sans-IO steps) carried out;
 - :class:`~pushproxy.proxy.routing.CommandRouter`: reads client commands, one route per command name;
 - :class:`~pushproxy.proxy.responses.ResponseRouter`: each upstream response to its command, login outcomes;
 - :class:`~pushproxy.proxy.ledger.CommandLedger`: commands in flight, the login rules;
 - :class:`~pushproxy.proxy.capture.CredentialCapture`: a login's credentials, the session's identity;
 - :class:`~pushproxy.proxy.local.LocalAnswers`: what the proxy answers itself (in command order);
 - :class:`~pushproxy.proxy.output.ClientOutput`: what the client is owed (held back by the auth penalty);
-- :class:`~pushproxy.proxy.own.OwnCommands`: extensions' commands on this upstream connection.
+- :class:`~pushproxy.proxy.own.OwnCommands`: extensions' commands on this upstream connection;
+- :class:`~pushproxy.background.TaskSet`: what it spawned (kept until done).
 
 Invariants:
 - every byte the proxy does not deliberately change is forwarded unchanged and
@@ -36,9 +38,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from operator import attrgetter, is_
+from typing import Any
 
+from pushproxy.background import TaskSet
 from pushproxy.extensions.base import CredentialSink
 from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.imap import response as r
@@ -47,7 +51,7 @@ from pushproxy.imap.framing import Framer, FramingError, Line
 from pushproxy.imap.parse import StatusResponse
 from pushproxy.proxy.capture import CredentialCapture
 from pushproxy.proxy.context import SessionContextImpl
-from pushproxy.proxy.handshake import Action, UpstreamHandshake
+from pushproxy.proxy.handshake import UpstreamHandshake
 from pushproxy.proxy.ledger import CommandLedger
 from pushproxy.proxy.local import LocalAnswers
 from pushproxy.proxy.output import ClientOutput
@@ -57,6 +61,7 @@ from pushproxy.proxy.phase import Phase
 from pushproxy.proxy.responses import ResponseRouter
 from pushproxy.proxy.routing import CommandRouter
 from pushproxy.proxy.session_io import SessionIO, SessionSettings
+from pushproxy.proxy.upstream_start import UpstreamStart
 
 __all__ = ["Phase", "Session", "SessionIO", "SessionSettings"]
 
@@ -105,7 +110,6 @@ class Session:
         self.output = ClientOutput(io)  # what the client is owed, written at the end of each read
 
         # The collaborators.
-        self.handshake = UpstreamHandshake(settings.upstream_security)
         self.ledger = CommandLedger()
         self.capture = CredentialCapture()
         self.local = LocalAnswers(
@@ -125,6 +129,10 @@ class Session:
             on_upstream_capabilities=on_upstream_capabilities,
         )  # fmt: skip
         self.own = OwnCommands(self, io, self.ledger)
+        self.handshake = UpstreamHandshake(settings.upstream_security)
+        self.start = UpstreamStart(
+            self, io, self.facts, self.responses, self.handshake, upstream_tls=settings.upstream_security == "tls"
+        )
         self.upstream_framer = Framer(server=True, max_line=_UPSTREAM_MAX_LINE)
 
         self.started = time.monotonic()
@@ -133,9 +141,7 @@ class Session:
         self.bytes_from_upstream = 0
         self.phase = CONNECTING
         self._queue: deque[object] = deque()  # client events waiting for the phase to be RELAYING
-        self._background: set[asyncio.Task[None]] = set()  # spawned, kept until done
-        self._greeted = False  # the proxy greeted the client itself (upstream opened lazily)
-        self._upstream_requested = True
+        self._background = TaskSet(log)  # spawned, kept until done
 
     # ------------------------------------------------------------------ state
     @property
@@ -169,13 +175,10 @@ class Session:
     # --------------------------------------------------------------- upstream
     def greet(self, capabilities: list[bytes] | None) -> None:
         """Greet the client from the proxy; upstream is opened at the client's first bytes."""
-        self._greeted = True
-        self._upstream_requested = False
-        self.io.to_client(self.responses.proxy_greeting(capabilities))
+        self.start.greet(capabilities)
 
     def upstream_connected(self) -> None:
-        if self.settings.upstream_security == "tls":
-            self.io.start_upstream_tls()
+        self.start.connected()
 
     def upstream_data(self, data: bytes) -> None:
         self.bytes_from_upstream += len(data)
@@ -195,7 +198,7 @@ class Session:
                 if handshake.ready:
                     response(ev)
                 else:
-                    self._handshake_line(ev.data)
+                    self.start.line(ev.data)
             else:  # literal chunks, continued lines, parts of overlong lines
                 if ledger.special and ledger.held:
                     self.responses.release_held()
@@ -229,27 +232,6 @@ class Session:
         log.warning("session %s: upstream unavailable: %s", self.session_id, reason)
         self.fatal("Upstream server unavailable, try again later", "UNAVAILABLE")
 
-    def _handshake_line(self, line: bytes) -> None:
-        step = self.handshake.line(line)
-        action = step.action
-        if action is Action.SEND:
-            self.io.to_upstream(step.data)
-        elif action is Action.START_TLS_AND_SEND:
-            self.io.start_upstream_tls()
-            self.io.to_upstream(step.data)
-        elif action is Action.FATAL:
-            self.fatal(step.text, "UNAVAILABLE")
-        elif action is Action.BYE:
-            self.io.to_client(step.data)
-            self.close()
-        elif action is Action.READY:
-            if step.preauth:
-                CommandLedger.preauthenticated(self.facts)
-            line = self.responses.greeting(step.data, step.status)
-            if not self._greeted:
-                self.io.to_client(line)
-            self.resume()
-
     def login_wait_over(self) -> None:
         if self.phase is AWAITING_LOGIN:
             self.phase = RELAYING
@@ -279,9 +261,7 @@ class Session:
             self.fatal(f"Protocol error: {exc}", "TOOBIG")
             return
         if self.phase is not RELAYING or self._queue:
-            if not self._upstream_requested:
-                self._upstream_requested = True
-                self.io.open_upstream()
+            self.start.request()
             self._queue.extend(events)
             if self.phase is not RELAYING:
                 self.io.pause_client()
@@ -348,15 +328,8 @@ class Session:
     def flush_client(self) -> None:
         self.output.flush()
 
-    def spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)  # the loop keeps only a weak reference to a task
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[None]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", exc_info=task.exception())
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._background.spawn(coro)  # kept: the loop keeps only a weak reference to a task
 
     def fatal(self, text: str, code: str | None = None) -> None:
         if self.closed:
