@@ -22,7 +22,7 @@ from pushproxy.imap.commands import mailbox_arg
 from pushproxy.imap.data import Response
 from pushproxy.retry import Backoff
 from pushproxy.watch.connect import login, open_connection
-from pushproxy.watch.pacing import ConnectLimiter, idle_period
+from pushproxy.watch.pacing import ConnectLimiter, spread
 from pushproxy.watch.upstream import WatcherProtocol
 from pushproxy.watch.upstream_types import AuthenticationFailed, LoginCredentials, UpstreamError
 
@@ -119,7 +119,7 @@ class ExtraIdler:
 
         while not self._stop.is_set():
             first.clear()
-            responses = await conn.idle(time.monotonic() + idle_period(refresh), self._stop, interesting)
+            responses = await conn.idle(time.monotonic() + spread(refresh), self._stop, interesting)
             if any(r.kind == "BYE" for r in responses):
                 raise UpstreamError("upstream said BYE")
             if first:

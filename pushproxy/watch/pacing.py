@@ -17,24 +17,24 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 
-__all__ = ["IDLE_SPREAD", "ConnectLimiter", "PollSchedule", "idle_period"]
+__all__ = ["SPREAD", "ConnectLimiter", "PollSchedule", "spread"]
 
-IDLE_SPREAD = 0.5  # an IDLE lasts between (1 - IDLE_SPREAD) and 1 times watch.idle_refresh
+SPREAD = 0.5  # a spread period lasts between (1 - SPREAD) and 1 times what it is drawn for
 
 
-def idle_period(refresh: float, draw: Callable[[], float] = random.random) -> float:
-    """How long the next IDLE (or the wait before a keep-alive NOOP) lasts: ``watch.idle_refresh`` less
-    a random part of up to :data:`IDLE_SPREAD`, drawn afresh every time.
+def spread(period: float, draw: Callable[[], float] = random.random) -> float:
+    """How long the next period of a watcher's repeated chore lasts: ``period`` less a random part
+    of up to :data:`SPREAD`, drawn afresh every time.  Used for the IDLE refresh (and the wait before
+    a keep-alive NOOP without IDLE), ``watch.idle_refresh``, and the subscribed-mailbox listing.
 
     Watchers that connected together (a start, a takeover, everyone back after
     an upstream outage, at up to ``watch.connect_rate`` a second) would
-    otherwise end and re-issue IDLE together, every ``idle_refresh``, for as
-    long as they run.  Drawn over half the interval, their refreshes are spread
-    from the first one on, and none waits longer than ``idle_refresh`` (what
-    the server's or a NAT's idle limit allows).  At most twice the refreshes of
-    a fixed period, each a DONE and an IDLE: next to nothing per watcher.
+    otherwise do it together, every period, for as long as they run.  Drawn
+    over half the period, theirs are spread from the first one on, and none
+    waits longer than ``period`` (for IDLE: what the server's or a NAT's idle
+    limit allows).  At most twice the (tiny) exchanges of a fixed period.
     """
-    return refresh * (1.0 - IDLE_SPREAD * draw())
+    return period * (1.0 - SPREAD * draw())
 
 
 class ConnectLimiter:

@@ -20,7 +20,7 @@ Per connection (:class:`~pushproxy.watch.upstream.WatcherProtocol`, after login)
    that arrived while disconnected produces its events, once.
 4. IDLE on the primary mailbox (EXAMINEd: the watcher never changes flags),
    re-issued after at most ``watch.idle_refresh`` (a random 50-100 % of it each time, so that
-   watchers started together do not refresh together: :func:`~pushproxy.watch.pacing.idle_period`).
+   watchers started together do not refresh together: :func:`~pushproxy.watch.pacing.spread`).
 
 When the spec asks for it (``WatchSpec.list_subscribed``), the account's
 subscribed mailboxes are listed (:mod:`~pushproxy.watch.subscribed`) right
@@ -60,7 +60,7 @@ from pushproxy.store.pending import MailboxStates
 from pushproxy.watch.connect import login, open_connection
 from pushproxy.watch.credentials import CredentialProvider
 from pushproxy.watch.detection import WatchSpec
-from pushproxy.watch.pacing import ConnectLimiter
+from pushproxy.watch.pacing import ConnectLimiter, spread
 from pushproxy.watch.subscribed import list_subscribed
 from pushproxy.watch.tracker import MailboxTracker
 from pushproxy.watch.upstream import WatcherProtocol
@@ -309,7 +309,7 @@ class Watcher:
             self._next_list = None
             return False
         self._listed_at = time.monotonic()
-        self._next_list = self._listed_at + max(1.0, every)
+        self._next_list = self._listed_at + spread(max(1.0, every))  # not every watcher of a ramp at once
         try:
             items = await list_subscribed(conn)
         except CommandFailed as exc:

@@ -31,7 +31,7 @@ from pushproxy.push.pipeline import PushPipeline
 from pushproxy.watch.bodies import attach_bodies
 from pushproxy.watch.detection import notify_set_command
 from pushproxy.watch.idlers import ExtraIdler
-from pushproxy.watch.pacing import PollSchedule, idle_period
+from pushproxy.watch.pacing import PollSchedule, spread
 from pushproxy.watch.tracker import MailboxTracker, Outcome
 from pushproxy.watch.upstream import WatcherProtocol
 from pushproxy.watch.upstream_types import CommandFailed, LoginCredentials
@@ -220,7 +220,7 @@ class Detector:
         refresh = max(_MIN_INTERVAL, self._watch.idle_refresh)
         while not self.w.stopping:
             now = time.monotonic()
-            deadline = now + idle_period(refresh)  # spread: not every watcher of a ramp at once
+            deadline = now + spread(refresh)  # spread: not every watcher of a ramp at once
             next_poll = self.schedule.next_due()
             if next_poll is not None:
                 deadline = min(deadline, next_poll)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pushproxy.watch.pacing import IDLE_SPREAD, ConnectLimiter, idle_period
+from pushproxy.watch.pacing import SPREAD, ConnectLimiter, spread
 
 
 async def test_the_most_recently_active_go_first() -> None:
@@ -65,12 +65,12 @@ async def _slot(limiter: ConnectLimiter) -> None:
         pass
 
 
-def test_idle_periods_fill_the_second_half_of_the_refresh_interval() -> None:
+def test_spreads_fill_the_second_half_of_the_refresh_interval() -> None:
     """Never longer than watch.idle_refresh (a server's idle limit), never shorter than half of it, and
     drawn over that whole range: a herd of watchers refreshes spread, not at one moment."""
-    assert idle_period(1500.0, lambda: 0.0) == 1500.0
-    assert idle_period(1500.0, lambda: 1.0) == 1500.0 * (1 - IDLE_SPREAD) == 750.0
-    periods = [idle_period(1500.0, lambda i=i: i / 99) for i in range(100)]
+    assert spread(1500.0, lambda: 0.0) == 1500.0
+    assert spread(1500.0, lambda: 1.0) == 1500.0 * (1 - SPREAD) == 750.0
+    periods = [spread(1500.0, lambda i=i: i / 99) for i in range(100)]
     assert min(periods) == 750.0 and max(periods) == 1500.0
     buckets = [0] * 10  # ten equal slices of [750, 1500]: evenly used by evenly drawn numbers
     for p in periods:

@@ -274,7 +274,7 @@ async def test_close_is_bounded_while_in_backoff(env) -> None:
 
 async def test_watchers_started_together_refresh_idle_at_spread_times(tmp_path: Path, monkeypatch) -> None:
     """The IDLE refresh of watchers that connected together is spread over the interval (issue 23), not
-    synchronised: each IDLE ends after a random 50-100 % of watch.idle_refresh (pacing.idle_period)."""
+    synchronised: each IDLE ends after a random 50-100 % of watch.idle_refresh (pacing.spread)."""
     refresh, n = 1000.0, 30
     periods: list[float] = []
     real_idle = WatcherProtocol.idle
