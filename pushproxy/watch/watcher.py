@@ -48,7 +48,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Final, Literal
 
 from pushproxy import metrics
 from pushproxy.config import Config
@@ -111,16 +111,18 @@ class Watcher:
     ) -> None:
         self.account = account
         self.spec = spec
-        self._config = config
-        self._watch = config.watch
-        self._store = store
+        # What its connections (pushproxy.watch.watching) read; never rebound.
+        self.config: Final = config
+        self.store: Final = store
         # Mailbox state through memory: a store outage neither stops the watcher nor loses its state.
-        self._states = states if states is not None else MailboxStates(store, store.health)
+        self.states: Final = states if states is not None else MailboxStates(store, store.health)
+        self.pipeline: Final = pipeline  # where the connection's events go (Detector._apply)
+        self.limiter: Final = limiter
+        self.tls_context: Final = tls_context
+        self.wake_event: Final = asyncio.Event()
+        self._watch = config.watch
         self._last_creds: LoginCredentials | None = None  # to reconnect while the store is away
         self._credentials = credentials
-        self._pipeline = pipeline
-        self._limiter = limiter
-        self._tls = tls_context
         self._on_state = on_state
         self._on_listed = on_listed
         self._relist = False  # relist() asked for a listing
@@ -129,7 +131,6 @@ class Watcher:
         self.state: WatcherState = "connecting"
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._wake = asyncio.Event()
         self._backoff = Backoff(self._watch.backoff_min, self._watch.backoff_max)
         self._conn: WatcherProtocol | None = None
         self.connections = 0  # successful logins of the main connection, for tests and the bench
@@ -157,18 +158,18 @@ class Watcher:
         if self.spec.list_subscribed is not None:
             self._relist = True
             if self.state in ("idle", "polling"):
-                self._wake.set()  # not in backoff: that wait stays as long as it is
+                self.wake_event.set()  # not in backoff: that wait stays as long as it is
 
     def poke(self) -> None:
         """Retry now if waiting in backoff (e.g. new credentials arrived)."""
         if self.state == "backoff":
             self._backoff.reset()
-            self._wake.set()
+            self.wake_event.set()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """LOGOUT and end (bounded by ``timeout``; then the task is cancelled)."""
         self._stopping = True
-        self._wake.set()
+        self.wake_event.set()
         task = self._task
         if task is not None and not task.done() and (self._conn is None or self.state == "connecting"):
             # Nothing to log out of (waiting in backoff or for a connect slot, or still
@@ -206,7 +207,7 @@ class Watcher:
     async def _run(self) -> None:
         try:
             while not self._stopping:
-                self._wake.clear()
+                self.wake_event.clear()
                 try:
                     creds = await self._credentials.get(self.account)
                 except StoreUnavailable as exc:
@@ -228,11 +229,11 @@ class Watcher:
                 try:
                     # The one gate of every watcher connection (start, restart, takeover, reconnects):
                     # the rate, a bound on logins in flight, the most recently active accounts first.
-                    async with self._limiter.slot(self.priority):
+                    async with self.limiter.slot(self.priority):
                         if self._stopping:
                             break
                         conn = await open_connection(
-                            self._config.upstream, self._tls, command_timeout=self._watch.command_timeout
+                            self.config.upstream, self.tls_context, command_timeout=self._watch.command_timeout
                         )
                         self._conn = conn
                         async with asyncio.timeout(self._watch.command_timeout * 2):
@@ -278,7 +279,7 @@ class Watcher:
         self._set_state("backoff")
         metrics.WATCHER_RECONNECTS.inc()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            await asyncio.wait_for(self.wake_event.wait(), delay)
 
     async def _connected(self, conn: WatcherProtocol, creds: LoginCredentials) -> bool:
         """One logged-in connection, until it fails or the watcher stops; True: reconnect at once."""
@@ -326,37 +327,8 @@ class Watcher:
     def stopping(self) -> bool:
         return self._stopping
 
-    @property
-    def wake_event(self) -> asyncio.Event:
-        return self._wake
-
     def set_mode(self, polling: bool) -> None:
         self._set_state("polling" if polling else "idle")
-
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    @property
-    def store(self) -> Store:
-        return self._store
-
-    @property
-    def states(self) -> MailboxStates:
-        return self._states
-
-    @property
-    def pipeline(self) -> PushPipeline:
-        """Where the connection's events go (:meth:`~pushproxy.watch.watching.Detector._apply`)."""
-        return self._pipeline
-
-    @property
-    def limiter(self) -> ConnectLimiter:
-        return self._limiter
-
-    @property
-    def tls_context(self) -> ssl.SSLContext | None:
-        return self._tls
 
 
 def _describe(exc: BaseException) -> str:

@@ -219,7 +219,7 @@ async def test_uidvalidity_change_resets_without_a_flood(env) -> None:
     await until(lambda: watcher.connections == 2 and sup.status()["idle"] == 1)
     # "idle" comes after the catch-up (state stored); the next mail below is the ordering check.
     assert events.uids() == [2]  # no pushes for the rebuilt mailbox
-    state = await watcher._store.get_mailbox_state("alice", "INBOX")
+    state = await watcher.store.get_mailbox_state("alice", "INBOX")
     assert state is not None and state.uidvalidity == fake.uidvalidity and state.uidnext == 6
     fake.deliver()
     await until(lambda: events.uids() == [2, 6])
@@ -243,7 +243,7 @@ async def test_emit_comes_before_the_state_is_stored(env) -> None:
     await until(lambda: sup.status()["idle"] == 1)
     watcher = sup.watcher("alice")
     assert watcher is not None
-    store = watcher._store
+    store = watcher.store
     real_put = store.put_mailbox_state
 
     async def put(state: MailboxState) -> None:
