@@ -9,8 +9,11 @@ a third.  Two loads:
   RSS per watcher (over a proxy with no account, same loop and upstream leg),
   idle CPU (% of one core over a quiet window), time from start until every
   watcher idles, peak logins per one-second window and peak logins in flight
-  as the upstream saw them, open file descriptors, the longest loop stall in
-  the quiet window (``pushproxy_loop_lag_seconds``, bucket bound) and error
+  as the upstream saw them, watchers brought up per second of the proxy's
+  CPU (its CPU until all were up, over what a proxy with no account took to
+  start: one core's bring-up rate, whatever else shares the machine), open
+  file descriptors, the longest loop stall in the quiet window
+  (``pushproxy_loop_lag_seconds``, bucket bound) and error
   lines in the log.
 - **idle sessions**: M clients, each LOGIN, SELECT INBOX, IDLE, then quiet;
   TLS to the client, TLS or plain upstream.  Printed: RSS per session, idle
@@ -146,7 +149,7 @@ def run_watchers(n: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -
         empty = proxy_for(base / "empty", upstream, certs, 0, args, loop).start(60)
         assert empty.proc is not None
         time.sleep(2)
-        rss0 = rss_kb(empty.proc.pid)
+        rss0, cpu_empty = rss_kb(empty.proc.pid), cpu_s(empty.proc.pid)
         empty.stop()
 
         proxy = proxy_for(base / "full", upstream, certs, n, args, loop)
@@ -156,6 +159,7 @@ def run_watchers(n: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -
         pid = proxy.proc.pid
         wait(lambda: proxy.metric("pushproxy_watchers_up") >= n, 120 + n / 5, f"{n} watchers up")
         ramp = time.monotonic() - start
+        ramp_cpu = cpu_s(pid) - cpu_empty  # the bring-up's CPU: over what an idle proxy took to start
         logins = [(t, k) for t, k in upstream.logins() if t >= start]
         time.sleep(3)  # let the last catch-ups and store writes settle
         lag0, cpu0, t0 = lag_buckets(proxy), cpu_s(pid), time.monotonic()
@@ -171,6 +175,7 @@ def run_watchers(n: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -
             "all_idle_s": ramp,
             "peak_logins_s": max(per_second(logins), default=0),
             "peak_in_flight": max((k for _, k in logins), default=0),
+            "per_core_s": n / ramp_cpu if ramp_cpu > 0 else 0.0,
             "fds": fds(pid),
             "stall": stall,
             "resumed": upstream.stats()["resumed"],
@@ -374,6 +379,7 @@ def row(r: dict[str, Any] | str) -> str:
         f"{r['idle_cpu_pct']:.2f} %",
         f"{r['all_idle_s']:.1f} s" if "all_idle_s" in r else "",
         f"{r['peak_logins_s']} / {r['peak_in_flight']}" if "peak_logins_s" in r else "",
+        f"{r['per_core_s']:.0f}" if "per_core_s" in r else "",
         str(r["fds"]),
         r.get("stall", ""),
         str(r.get("resumed", "")),
@@ -383,8 +389,8 @@ def row(r: dict[str, Any] | str) -> str:
 
 
 HEADER = (
-    "| load | KB each | RSS MB | idle CPU | until all idle | peak logins/s / in flight | fds | longest stall "
-    "(idle) | TLS resumed | error lines |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| load | KB each | RSS MB | idle CPU | until all idle | peak logins/s / in flight | up per core-s | fds "
+    "| longest stall (idle) | TLS resumed | error lines |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

@@ -19,7 +19,7 @@ import ssl
 from pushproxy.config import UpstreamConfig
 from pushproxy.imap.commands import astring
 from pushproxy.imap.data import parse_capabilities
-from pushproxy.watch.tlsbio import connect_tls, loop_tls_is_small
+from pushproxy.watch.tlsbio import connect_tls
 from pushproxy.watch.upstream import WatcherProtocol
 from pushproxy.watch.upstream_types import (
     AuthenticationFailed,
@@ -70,7 +70,7 @@ async def open_connection(
     if upstream.security != "none" and tls_context is None:
         tls_context = make_tls_context(upstream)
     async with asyncio.timeout(upstream.connect_timeout):
-        if implicit_tls and not loop_tls_is_small(loop):
+        if implicit_tls:
             assert tls_context is not None
             protocol = WatcherProtocol(command_timeout)
             transport: asyncio.BaseTransport = await connect_tls(
@@ -78,11 +78,7 @@ async def open_connection(
             )
         else:
             transport, protocol = await loop.create_connection(
-                lambda: WatcherProtocol(command_timeout),
-                upstream.host,
-                upstream.port,
-                ssl=tls_context if implicit_tls else None,
-                server_hostname=server_name if implicit_tls else None,
+                lambda: WatcherProtocol(command_timeout), upstream.host, upstream.port
             )
     _set_keepalive(transport)
     try:

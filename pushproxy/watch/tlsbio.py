@@ -1,24 +1,26 @@
-"""TLS for the watchers' upstream connections on the standard loop: OpenSSL over ``ssl.MemoryBIO``.
+"""TLS for the watchers' upstream connections, on any loop: OpenSSL over ``ssl.MemoryBIO``.
 
-Why not the standard loop's own TLS (``create_connection(ssl=...)``, ``start_tls``):
+Why not the loop's own TLS (``create_connection(ssl=...)``, ``start_tls``):
 
+- resumption: every connection offers a session an earlier handshake with
+  the same server (host, port, server name, context) got, a TLS 1.3 ticket or
+  a TLS 1.2 session, so the upstream can resume instead of a full handshake
+  (:class:`SessionCache`).  Neither loop can: uvloop's ``create_connection``
+  and ``start_tls`` take no session.  A resumed handshake skips parsing and
+  verifying the server's certificate chain: it costs the client about 0.35
+  ms of CPU against 0.85 ms (OpenSSL 3.0, ECDSA P-256), and a connection
+  resumed shares the server's certificate with the session it came from
+  instead of holding a parsed copy of its own;
 - memory: asyncio's SSL protocol allocates a 256 KiB read buffer per
-  connection: about 310 KB per idle TLS watcher, against 50 KB on uvloop.
-  Here nothing is allocated beyond OpenSSL's own state (about 40 KB per client
-  connection with OpenSSL 3.0, whatever the BIO: measured with a bare client,
-  uvloop's TLS included) and the two BIOs' buffers: about 68 KB per watcher
-  (bench/scale.py);
-- resumption: every connection offers the session the last handshake with
-  the same server got (a TLS 1.3 ticket or a TLS 1.2 session), so the upstream
-  can resume instead of a full handshake (:class:`SessionCache`; 90 % resumed in
-  bench/scale.py);
+  connection; uvloop's is smaller, but measured with the same watcher logins
+  (bench/tls_floor.py, bench/scale.py) OpenSSL over MemoryBIO on uvloop's plain
+  TCP transport costs ~25 KB a connection against ~37 KB with uvloop's TLS;
 - a handshake cut short by a stop is just an aborted TCP connection.
 
-On uvloop (the default) the loop's own TLS is used (:func:`loop_tls_is_small`):
-it is smaller than this (its buffers are C's) and its handshakes cost less CPU
-than this module's Python-level steps -- measured 253 against 152 logins/s on
-the same loaded machine, resumption notwithstanding -- but it cannot offer a
-session (no ``session=`` in ``create_connection``).
+Certificate and host name checks are the context's, as strict as with the
+loop's TLS: a session is only offered to the server (host, port, SNI) and
+through the context it was verified for; a server that does not resume it
+gets a full handshake, verified as always.
 
 :class:`TLSBioTransport` is the TCP connection's protocol and the IMAP
 protocol's transport.  :func:`connect_tls` opens a connection with implicit
@@ -29,34 +31,49 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import weakref
 from typing import Any, cast
 
-__all__ = ["SessionCache", "TLSBioTransport", "connect_tls", "loop_tls_is_small", "start_tls"]
-
-
-def loop_tls_is_small(loop: asyncio.AbstractEventLoop) -> bool:
-    """True on uvloop, whose own TLS transport is used; False on the standard loop (use this module)."""
-    return type(loop).__module__.startswith("uvloop")
+__all__ = ["SessionCache", "TLSBioTransport", "connect_tls", "start_tls"]
 
 
 _READ = 16384  # one TLS record at most per read call
 
 
 class SessionCache:
-    """The last TLS session per (context, server): offered to the next handshake with that server."""
+    """The TLS session to offer per (context, server): taken from one connection, offered by the next ones.
 
-    _sessions: weakref.WeakKeyDictionary[ssl.SSLContext, dict[tuple[str, int, str], ssl.SSLSession]]
+    Taking a session is dear: CPython's ``SSLObject.session`` copies it through
+    DER, parsing the server's certificate anew (about 1 ms with OpenSSL 3.0,
+    more than a resumed handshake saves), and every connection resumed from
+    that copy keeps its certificate alive.  So a connection takes its session
+    only when there is none to offer, when the server did not resume the one it
+    offered (refused, expired, single-use ticket), or when the one offered is
+    older than ``REFRESH`` seconds: one copy a minute per server, shared by the
+    connections resumed from it.
+    """
+
+    REFRESH = 60.0
+
+    _sessions: weakref.WeakKeyDictionary[ssl.SSLContext, dict[tuple[str, int, str], tuple[ssl.SSLSession, float]]]
     _sessions = weakref.WeakKeyDictionary()
 
     @classmethod
     def get(cls, ctx: ssl.SSLContext, key: tuple[str, int, str]) -> ssl.SSLSession | None:
-        return cls._sessions.get(ctx, {}).get(key)
+        entry = cls._sessions.get(ctx, {}).get(key)
+        return None if entry is None else entry[0]
+
+    @classmethod
+    def wants(cls, ctx: ssl.SSLContext, key: tuple[str, int, str], obj: ssl.SSLObject) -> bool:
+        """Whether connection ``obj`` (handshake done) should give its session to the cache."""
+        entry = cls._sessions.get(ctx, {}).get(key)
+        return entry is None or not obj.session_reused or time.monotonic() - entry[1] > cls.REFRESH
 
     @classmethod
     def put(cls, ctx: ssl.SSLContext, key: tuple[str, int, str], session: ssl.SSLSession | None) -> None:
-        if session is not None:
-            cls._sessions.setdefault(ctx, {})[key] = session
+        if session is not None and (session.has_ticket or session.id):
+            cls._sessions.setdefault(ctx, {})[key] = (session, time.monotonic())
 
     @classmethod
     def forget(cls, ctx: ssl.SSLContext, key: tuple[str, int, str]) -> None:
@@ -88,6 +105,7 @@ class TLSBioTransport(asyncio.Transport, asyncio.Protocol):
         self._raw: asyncio.Transport | None = None
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed = False
+        self._session_seen = False  # whether this connection's session was considered for the cache
 
     # ------------------------------------------------------------------ below: the TCP connection's protocol
 
@@ -171,9 +189,12 @@ class TLSBioTransport(asyncio.Transport, asyncio.Protocol):
                 break
             if not chunk:
                 break
+            if not self._session_seen:
+                # TLS 1.3 tickets come after the handshake, before the first application data.
+                self._session_seen = True
+                if SessionCache.wants(self._ctx, self._key, self._ssl):
+                    SessionCache.put(self._ctx, self._key, self._ssl.session)
             self._app.data_received(chunk)
-        # TLS 1.3 tickets come after the handshake: keep the newest for the next connection.
-        SessionCache.put(self._ctx, self._key, self._ssl.session)
         self._flush()
 
     def _flush(self) -> None:

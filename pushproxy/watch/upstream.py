@@ -12,7 +12,7 @@ what a watcher needs and aioimaplib 2.0 lacks:
 - a queue of unsolicited responses (aioimaplib drops untagged responses that
   arrive outside IDLE while no command is pending): :meth:`idle` hands them
   to the watcher, with those that arrived between commands;
-- STARTTLS (on the standard loop through :mod:`pushproxy.watch.tlsbio`),
+- STARTTLS (through :mod:`pushproxy.watch.tlsbio`, which resumes sessions),
   refusing anything the server sent in clear text after its OK;
 - NOTIFY, ENABLE, EXAMINE with QRESYNC, LOGIN and AUTHENTICATE: any command
   through :meth:`command`, with literals (synchronising or LITERAL+/-) and a
@@ -41,7 +41,7 @@ from aioimaplib import AUTH, LOGOUT, NONAUTH, IMAP4ClientProtocol
 from pushproxy.imap.assemble import MalformedResponse, ResponseAssembler
 from pushproxy.imap.commands import CommandPart, Literal
 from pushproxy.imap.data import Response, parse_capabilities, read_response
-from pushproxy.watch.tlsbio import loop_tls_is_small, start_tls
+from pushproxy.watch.tlsbio import start_tls
 from pushproxy.watch.upstream_types import CommandFailed, CommandResult, ConnectionLost, UpstreamError
 
 __all__ = ["WatcherProtocol"]
@@ -196,17 +196,10 @@ class WatcherProtocol(IMAP4ClientProtocol):
             # a man in the middle could have injected it (CVE-2011-0411 style).
             raise UpstreamError("upstream sent data after STARTTLS OK; refusing to continue")
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        host, port = (self.transport.get_extra_info("peername") or ("?", 0))[:2]
+        key = (str(host), int(port), server_name)
         async with asyncio.timeout(self.command_timeout):
-            if loop_tls_is_small(loop):
-                new_transport = await loop.start_tls(self.transport, self, ctx, server_hostname=server_name)
-                if new_transport is None:
-                    raise ConnectionLost("TLS handshake failed")
-                self.transport = new_transport
-            else:  # the standard loop's TLS costs 256 KiB per connection: ours (see tlsbio)
-                host, port = (self.transport.get_extra_info("peername") or ("?", 0))[:2]
-                key = (str(host), int(port), server_name)
-                self.transport = await start_tls(self.transport, self, ctx, server_name, key)
+            self.transport = await start_tls(self.transport, self, ctx, server_name, key)
         self.capabilities = set()  # pre-TLS capabilities are not to be trusted
 
     # ------------------------------------------------------------------ commands

@@ -105,6 +105,7 @@ class Conn(asyncio.Protocol):
         self.idle_tag: bytes | None = None
         self.pending = True  # accepted, not yet logged in (counted in s.in_flight)
         self._tls_task: asyncio.Future[None] | None = None
+        self._upgrading: list[bytes] | None = None  # answers held while start_tls has not returned
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -144,6 +145,9 @@ class Conn(asyncio.Protocol):
             self.write(b"* %d EXISTS\r\n" % n)
 
     def write(self, data: bytes) -> None:
+        if self._upgrading is not None:  # the client's first command can beat start_tls's return
+            self._upgrading.append(data)
+            return
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
@@ -253,13 +257,19 @@ class Conn(asyncio.Protocol):
     async def _starttls(self) -> None:
         assert self.transport is not None and self.s.tls is not None
         loop = asyncio.get_running_loop()
+        held: list[bytes] = []
+        self._upgrading = held
         try:
             new = await loop.start_tls(self.transport, self, self.s.tls, server_side=True)
         except (OSError, ssl.SSLError, ConnectionError):
             return
+        finally:
+            self._upgrading = None
         if new is not None:
             self.transport = new
             self._count_handshake(new)
+            for data in held:
+                self.write(data)
 
 
 class Listener:
