@@ -9,7 +9,10 @@ auth secrets are never logged (an endpoint tag stands in).
 
 Verification pushes are bounded per endpoint and per account
 (:mod:`.ratelimit`), and an identical WEBPUSH for a subscription still waiting
-for its ACK does not send another one (unless the first was not delivered).
+for its ACK does not send another one (unless the first was not delivered):
+:mod:`.verification`.  Background work (the verification pushes, the watcher
+updates that outlive a command's bounded wait) is kept in one
+:class:`~pushproxy.background.TaskSet` and cancelled at close.
 
 The maintenance loop that deletes unacknowledged subscriptions once
 ``webpush.ack_expiry`` has passed is :mod:`.maintenance`; commands also
@@ -22,15 +25,12 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import logging
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import yarl
-
+from pushproxy.background import TaskSet
 from pushproxy.config import Config
 from pushproxy.extensions.base import RegistrationChanged, Reply, SessionContext, login_and_parse
 from pushproxy.extensions.baseline import record_baseline
@@ -58,6 +58,7 @@ from pushproxy.extensions.webpush.settings import webpush_settings
 from pushproxy.extensions.webpush.ssrf import EndpointRefused
 from pushproxy.extensions.webpush.store import WebPushQueries, WebPushSubscription
 from pushproxy.extensions.webpush.vapid import VapidKeyring
+from pushproxy.extensions.webpush.verification import VerificationPush, new_token, token_hash
 from pushproxy.imap.parse import Command
 from pushproxy.store.base import Store, StoreUnavailable
 
@@ -65,23 +66,10 @@ log = logging.getLogger("pushproxy.webpush")
 
 T = TypeVar("T")
 
-TOKEN_BYTES = 24  # 192 bits of randomness; 32 base64url characters
 _REGISTRATION_WAIT = 10.0  # the OK waits this long at most for the watcher update (it goes on after)
 _ENDPOINT_CHECK_SLACK = 5.0  # on top of webpush.timeout (the resolver's own limit)
 _MAX_SWEEP_INTERVAL = 60.0
 _MIN_SWEEP_INTERVAL = 0.5
-
-
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode("ascii")).digest()
-
-
-def _endpoint_key(endpoint: str) -> str:
-    """The endpoint as the rate limit counts it: the normalised URL (host case, default port)."""
-    try:
-        return str(yarl.URL(endpoint))
-    except (ValueError, TypeError):
-        return endpoint
 
 
 _Method = Callable[["WebPushCommands", Command, SessionContext], Awaitable[Reply]]
@@ -143,8 +131,11 @@ class WebPushCommands(SubscriptionMaintenance):
         self._sweep_batch = config.store.housekeeping_batch
         # Verification pushes not delivered: an identical WEBPUSH may then send a new one.
         self._undelivered = UndeliveredVerifications(expiry, lambda: self.clock())
+        self.verification = VerificationPush(
+            sender, self.subscriptions, process, self.limiter, self._undelivered, self._endpoint_gone
+        )
         self._silencing_sessions: set[str] = set()  # sessions that hold a silence "until this connection ends"
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = TaskSet(log, "webpush background task failed")
         self._maintenance: asyncio.Task[None] | None = None
         self._closed = False
         with contextlib.suppress(RuntimeError):  # no running loop: started by the first command
@@ -159,10 +150,10 @@ class WebPushCommands(SubscriptionMaintenance):
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [t for t in (self._maintenance, *self._background) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+        await self._background.close()
         self._maintenance = None
 
     # --- GETVAPID -----------------------------------------------------------------------
@@ -216,15 +207,13 @@ class WebPushCommands(SubscriptionMaintenance):
                 ctx.reply_untagged(vapid_response(current_key.public_key_b64))
                 ctx.reply_untagged(webpush_response(old.sub_id, old.endpoint, self.process.state_of(old, now)))
                 return Reply("OK", "WEBPUSH completed")
-            refusal = await self.limiter.take(account, _endpoint_key(request.endpoint))
+            refusal = await self.verification.refusal(account, request.endpoint)
             if refusal is not None:
-                log.info("webpush %s: verification push refused by the rate limit", account)
-                metrics.WEBPUSH_VERIFICATIONS.labels(result="rate_limited").inc()
                 return Reply("NO", refusal, "LIMIT")
             self._undelivered.pop((account, request.sub_id), None)
             # New, changed, still waiting for its ACK (a new token replaces the old one), or
             # acknowledged under an older VAPID key: a new version that must be acknowledged.
-            token = secrets.token_urlsafe(TOKEN_BYTES)
+            token = new_token()
             version: dict[str, Any] = {
                 "endpoint": request.endpoint,
                 "p256dh": request.p256dh,
@@ -254,7 +243,7 @@ class WebPushCommands(SubscriptionMaintenance):
         )
         ctx.reply_untagged(vapid_response(current_key.public_key_b64))
         ctx.reply_untagged(webpush_response(sub.sub_id, sub.endpoint, None))
-        self._spawn(self._send_verification(sub, token))
+        self._background.spawn(self.verification.send(sub, token))
         await self._registration_changed(account, ctx.session_id)
         return Reply("OK", "WEBPUSH completed")
 
@@ -279,26 +268,6 @@ class WebPushCommands(SubscriptionMaintenance):
             log.info("webpush %s/%s: deleted by the client", account, sub_id)
             await self._registration_changed(account, ctx.session_id)
         return Reply("OK", "WEBPUSH completed")
-
-    async def _send_verification(self, sub: WebPushSubscription, token: str) -> None:
-        """The ``* ACKWEBPUSH <token>`` push; the only push an inactive subscription ever gets."""
-        result = await self.sender.send_ack(sub, token)
-        who = f"{sub.account}/{sub.sub_id} {endpoint_tag(sub.endpoint)}"
-        if result.ok:
-            metrics.WEBPUSH_VERIFICATIONS.labels(result="sent").inc()
-            return
-        if sub.ack_token_hash is not None:
-            self._undelivered[(sub.account, sub.sub_id)] = sub.ack_token_hash
-        log.info("webpush %s: verification push not delivered (%s: %s)", who, result.outcome, result.detail)
-        if result.outcome != "delete":
-            return  # the client can send WEBPUSH again; unacknowledged, it expires
-        async with self.process.account_lock(sub.account):
-            current = await self.subscriptions.get_subscription(sub.account, sub.sub_id)
-            if current is None or current.ack_token_hash != sub.ack_token_hash:
-                return  # replaced meanwhile: the push service's answer is about an older version
-            await self.subscriptions.delete_subscription(sub.account, sub.sub_id)
-        log.info("webpush %s: the push service does not know the endpoint; deleted", who)
-        await self._registration_changed(sub.account, None)
 
     # --- ACKWEBPUSH ---------------------------------------------------------------------
     @_after_login("ACKWEBPUSH", parse_ackwebpush)
@@ -375,7 +344,7 @@ class WebPushCommands(SubscriptionMaintenance):
 
     async def _registration_changed(self, account: str, session_id: str | None) -> None:
         """Tell the watcher supervisor; the OK waits a bounded time, the update goes on regardless."""
-        task = self._spawn(self._call_registration_changed(account, session_id))
+        task = self._background.spawn(self._call_registration_changed(account, session_id))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), _REGISTRATION_WAIT)
 
@@ -387,13 +356,5 @@ class WebPushCommands(SubscriptionMaintenance):
         except Exception:
             log.exception("webpush %s: updating the watcher failed", account)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("webpush background task failed", exc_info=task.exception())
+    async def _endpoint_gone(self, account: str) -> None:
+        await self._registration_changed(account, None)
