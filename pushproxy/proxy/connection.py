@@ -219,12 +219,9 @@ class ClientProtocol(protocol.Protocol):
             settings=settings,
             extensions=svc.extensions,
             credentials=svc.credentials,
-            on_intercepted=svc.stats.intercepted,
+            events=svc.session_events,
             client_ip=ip,
             penalty=svc.penalty,
-            on_auth_failed=svc.stats.auth_failed,
-            on_logged_in=svc.stats.logged_in,
-            on_upstream_capabilities=svc.remember_capabilities,
         )
         self._has_session = True
         if self._phase is _Phase.PROXY_HEADER:

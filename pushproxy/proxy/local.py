@@ -22,7 +22,7 @@ from pushproxy.imap.capabilities import ConnectionFacts
 from pushproxy.imap.parse import ParseError, parse_command
 from pushproxy.proxy.ledger import CommandLedger
 from pushproxy.proxy.phase import Phase
-from pushproxy.proxy.session_io import SessionIO
+from pushproxy.proxy.session_io import SessionEvents, SessionIO
 from pushproxy.store.errors import StoreUnavailable
 
 log = logging.getLogger("pushproxy.session")
@@ -60,7 +60,7 @@ class LocalAnswers:
         context: SessionContext,
         *,
         session_id: str,
-        on_intercepted: Callable[[str], None] | None = None,
+        events: SessionEvents,
     ) -> None:
         self._host = host
         self._io = io
@@ -69,7 +69,7 @@ class LocalAnswers:
         self._extensions = extensions
         self._context = context
         self._session_id = session_id
-        self._on_intercepted = on_intercepted
+        self._events = events
         self._waiter: Callable[[], None] | None = None  # runs when nothing is in flight upstream
         self._task: asyncio.Task[None] | None = None
 
@@ -88,8 +88,7 @@ class LocalAnswers:
         except ParseError as exc:
             self.reply(tag, Reply("BAD", f"Invalid arguments: {exc}"))
             return
-        if self._on_intercepted is not None:
-            self._on_intercepted(cmd.name)
+        self._events.intercepted(cmd.name)
         extensions, context = self._extensions, self._context
 
         async def run() -> Reply:

@@ -12,7 +12,7 @@ answers, a login's outcome, a penalty) it is told through :class:`ResponseHost`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from pushproxy.extensions.base import CredentialSink, SessionContext
@@ -26,6 +26,7 @@ from pushproxy.proxy.ledger import CommandLedger, Pending
 from pushproxy.proxy.local import LocalAnswers
 from pushproxy.proxy.penalty import AuthPenalty
 from pushproxy.proxy.routing import CommandRouter
+from pushproxy.proxy.session_io import SessionEvents
 
 log = logging.getLogger("pushproxy.session")
 
@@ -65,9 +66,7 @@ class ResponseRouter:
         credentials: CredentialSink,
         penalty: AuthPenalty | None = None,
         client_ip: str = "",
-        on_auth_failed: Callable[[], None] | None = None,
-        on_logged_in: Callable[[], None] | None = None,
-        on_upstream_capabilities: Callable[[list[bytes]], None] | None = None,
+        events: SessionEvents,
     ) -> None:
         self._host = host
         self._out = out
@@ -87,9 +86,7 @@ class ResponseRouter:
         self._credentials = credentials
         self._penalty = penalty
         self._client_ip = client_ip
-        self._on_auth_failed = on_auth_failed
-        self._on_logged_in = on_logged_in
-        self._on_upstream_capabilities = on_upstream_capabilities
+        self._events = events
         self.upstream_capabilities: frozenset[str] = frozenset()  # as upstream listed them at login
 
     def proxy_greeting(self, capabilities: list[bytes] | None) -> bytes:
@@ -102,8 +99,8 @@ class ResponseRouter:
     def greeting(self, line: bytes, status: StatusResponse | None) -> bytes:
         """The upstream's greeting (after the handshake), rewritten; its capabilities are remembered."""
         if status is not None and has_capability_code(status):
-            if self._on_upstream_capabilities is not None and status.status == b"OK":
-                self._on_upstream_capabilities(status.code.split()[1:])  # type: ignore[union-attr]
+            if status.status == b"OK":
+                self._events.upstream_capabilities(status.code.split()[1:])  # type: ignore[union-attr]
             line = rewrite_code(line, status, self._policy, self._facts)
         return line
 
@@ -181,13 +178,12 @@ class ResponseRouter:
         self._host.login_wait_over()
         if status.status == b"NO":
             self._login_failed()
-        elif logged_in and self._on_logged_in is not None:
-            self._on_logged_in()
+        elif logged_in:
+            self._events.logged_in()
         return logged_in
 
     def _login_failed(self) -> None:
-        if self._on_auth_failed is not None:
-            self._on_auth_failed()
+        self._events.auth_failed()
         if self._penalty is None or not self._client_ip:
             return
         delay = self._penalty.delay(self._client_ip)

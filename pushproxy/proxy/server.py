@@ -20,6 +20,7 @@ from pushproxy.proxy.connection import ClientProtocol
 from pushproxy.proxy.limits import ConnectionLimiter
 from pushproxy.proxy.penalty import AuthPenalty
 from pushproxy.proxy.session import Session, SessionSettings
+from pushproxy.proxy.session_io import SessionEvents
 from pushproxy.proxy.shared import SessionStats
 from pushproxy.proxy.tls import client_tls_options, server_tls_options
 
@@ -43,6 +44,26 @@ class _ClientFactory(protocol.ServerFactory):
         if self.service.draining:
             return None
         return ClientProtocol(self.service, self.implicit_tls)
+
+
+class _ServiceEvents(SessionEvents):
+    """What the service's sessions report: counted in its stats, and the upstream's greeting capabilities
+    kept (:attr:`ProxyService.greeting_capabilities`)."""
+
+    def __init__(self, service: ProxyService) -> None:
+        self._service = service
+
+    def intercepted(self, command: str) -> None:
+        self._service.stats.intercepted(command)
+
+    def auth_failed(self) -> None:
+        self._service.stats.auth_failed()
+
+    def logged_in(self) -> None:
+        self._service.stats.logged_in()
+
+    def upstream_capabilities(self, atoms: list[bytes]) -> None:
+        self._service.remember_capabilities(atoms)
 
 
 class ProxyService:
@@ -76,6 +97,7 @@ class ProxyService:
         # Upstream's pre-login capabilities, learnt from the last handshake: with them the
         # proxy greets clients itself and opens upstream only once a client speaks.
         self.greeting_capabilities: list[bytes] | None = None
+        self.session_events: SessionEvents = _ServiceEvents(self)
 
     def proxy_header_trusted(self, peer_ip: str) -> bool:
         return bool(self._proxy_networks) and proxyproto.in_networks(peer_ip, self._proxy_networks)

@@ -38,7 +38,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from operator import attrgetter, is_
 from typing import Any
 
@@ -60,7 +60,7 @@ from pushproxy.proxy.penalty import AuthPenalty
 from pushproxy.proxy.phase import Phase
 from pushproxy.proxy.responses import ResponseRouter
 from pushproxy.proxy.routing import CommandRouter
-from pushproxy.proxy.session_io import SessionIO, SessionSettings
+from pushproxy.proxy.session_io import SessionEvents, SessionIO, SessionSettings
 from pushproxy.proxy.upstream_start import UpstreamStart
 
 __all__ = ["Phase", "Session", "SessionIO", "SessionSettings"]
@@ -87,12 +87,9 @@ class Session:
         settings: SessionSettings,
         extensions: ExtensionManager,
         credentials: CredentialSink,
-        on_intercepted: Callable[[str], None] | None = None,
+        events: SessionEvents | None = None,
         client_ip: str = "",
         penalty: AuthPenalty | None = None,
-        on_auth_failed: Callable[[], None] | None = None,
-        on_logged_in: Callable[[], None] | None = None,
-        on_upstream_capabilities: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.io = io
         self.session_id = session_id
@@ -101,6 +98,7 @@ class Session:
         self.settings = settings
         self._extensions = extensions
         self._credentials = credentials
+        events = events if events is not None else SessionEvents()
         self.facts = ConnectionFacts(
             client_tls=client_tls,
             starttls_offered=settings.starttls_offered,
@@ -114,7 +112,7 @@ class Session:
         self.capture = CredentialCapture()
         self.local = LocalAnswers(
             self, io, self.facts, self.ledger, extensions, self.context,
-            session_id=session_id, on_intercepted=on_intercepted,
+            session_id=session_id, events=events,
         )  # fmt: skip
         self.router = CommandRouter(
             self, io, settings, self.facts, self.ledger, self.capture, self.local,
@@ -125,8 +123,7 @@ class Session:
         self.responses = ResponseRouter(
             self, self.output.lines, self.ledger, self.router, self.local, self.capture, self.facts,
             session_id=session_id, extensions=extensions, context=self.context, credentials=credentials,
-            penalty=penalty, client_ip=client_ip, on_auth_failed=on_auth_failed, on_logged_in=on_logged_in,
-            on_upstream_capabilities=on_upstream_capabilities,
+            penalty=penalty, client_ip=client_ip, events=events,
         )  # fmt: skip
         self.own = OwnCommands(self, io, self.ledger)
         self.handshake = UpstreamHandshake(settings.upstream_security)

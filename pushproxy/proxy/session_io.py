@@ -1,4 +1,5 @@
-"""What a session is given: the byte pipes of its connection (:class:`SessionIO`) and its settings.
+"""What a session is given: the byte pipes of its connection (:class:`SessionIO`), its settings, and
+whom it reports to as it goes (:class:`SessionEvents`).
 
 The lowest module of the session's parts: the session and its collaborators
 import it, it imports none of them.
@@ -23,6 +24,23 @@ class SessionIO(Protocol):
     def resume_client(self) -> None: ...
     def close(self) -> None: ...
     def open_upstream(self) -> None: ...
+
+
+class SessionEvents:
+    """What a session reports to whoever runs it (the service: its metrics, the capabilities it greets
+    with); each report does nothing here, a subclass overrides those it wants."""
+
+    def intercepted(self, command: str) -> None:
+        """An extension answers this client command (upper-case name) instead of the upstream."""
+
+    def auth_failed(self) -> None:
+        """The upstream answered a client's LOGIN / AUTHENTICATE with NO."""
+
+    def logged_in(self) -> None:
+        """The upstream answered a client's LOGIN / AUTHENTICATE with OK."""
+
+    def upstream_capabilities(self, atoms: list[bytes]) -> None:
+        """The upstream's greeting (OK) named these pre-login capabilities."""
 
 
 @dataclass(slots=True)

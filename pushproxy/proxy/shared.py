@@ -16,7 +16,7 @@ from pushproxy.extensions.manager import ExtensionManager
 from pushproxy.proxy.limits import ConnectionLimiter
 from pushproxy.proxy.penalty import AuthPenalty
 from pushproxy.proxy.session import Session
-from pushproxy.proxy.session_io import SessionSettings
+from pushproxy.proxy.session_io import SessionEvents, SessionSettings
 
 
 class SessionStats:
@@ -36,6 +36,7 @@ class ConnectionService(Protocol):
     extensions: ExtensionManager
     credentials: CredentialSink
     stats: SessionStats
+    session_events: SessionEvents  # what every session reports: into stats, and the greeting's capabilities
     limiter: ConnectionLimiter
     penalty: AuthPenalty
     sessions: set[Session]  # the live sessions (drained at stop)
@@ -47,4 +48,3 @@ class ConnectionService(Protocol):
 
     def proxy_header_trusted(self, peer_ip: str) -> bool: ...
     def session_settings(self, peer_host: str, implicit_tls: bool) -> SessionSettings: ...
-    def remember_capabilities(self, atoms: list[bytes]) -> None: ...
