@@ -127,7 +127,7 @@ class Session:
         )  # fmt: skip
         self.own = OwnCommands(self, io, self.ledger)
         self.handshake = UpstreamHandshake(settings.upstream_security)
-        self.start = UpstreamStart(
+        self.upstream_start = UpstreamStart(
             self, io, self.facts, self.responses, self.handshake, upstream_tls=settings.upstream_security == "tls"
         )
         self.upstream_framer = Framer(server=True, max_line=_UPSTREAM_MAX_LINE)
@@ -172,10 +172,10 @@ class Session:
     # --------------------------------------------------------------- upstream
     def greet(self, capabilities: list[bytes] | None) -> None:
         """Greet the client from the proxy; upstream is opened at the client's first bytes."""
-        self.start.greet(capabilities)
+        self.upstream_start.greet(capabilities)
 
     def upstream_connected(self) -> None:
-        self.start.connected()
+        self.upstream_start.connected()
 
     def upstream_data(self, data: bytes) -> None:
         self.bytes_from_upstream += len(data)
@@ -195,7 +195,7 @@ class Session:
                 if handshake.ready:
                     response(ev)
                 else:
-                    self.start.line(ev.data)
+                    self.upstream_start.line(ev.data)
             else:  # literal chunks, continued lines, parts of overlong lines
                 if ledger.special and ledger.held:
                     self.responses.release_held()
@@ -258,7 +258,7 @@ class Session:
             self.fatal(f"Protocol error: {exc}", "TOOBIG")
             return
         if self.phase is not RELAYING or self._queue:
-            self.start.request()
+            self.upstream_start.request()
             self._queue.extend(events)
             if self.phase is not RELAYING:
                 self.io.pause_client()

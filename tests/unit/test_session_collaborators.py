@@ -94,7 +94,8 @@ def test_client_output_is_held_back_and_released_in_order() -> None:
 def test_session_exposes_its_parts_not_their_state() -> None:
     names = set(vars(new_session()))
     assert not {n for n in names if n.startswith("_cmd") or n in ("_held", "_held_by_login", "_idle", "_own")}
-    assert {"router", "responses", "ledger", "capture", "local", "own", "output", "handshake", "start"} <= names
+    parts = {"router", "responses", "ledger", "capture", "local", "own", "output", "handshake", "upstream_start"}
+    assert parts <= names
     assert isinstance(Session.closed, property)
 
 
