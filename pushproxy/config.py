@@ -319,7 +319,7 @@ def load_config(path: Path | str | None, catalogue: Catalogue | None = None, **o
     try:
         config = Config.model_validate(merged)
     except ValidationError as exc:
-        problems = problems_of(exc)
+        problems = problems_of(exc, model=Config)
     validated: dict[str, BaseModel] = {}
     enabled: list[str] | None = None
     if catalogue is not None:

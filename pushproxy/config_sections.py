@@ -200,12 +200,20 @@ def problem_message(lines: list[Problem], path: Path | None) -> str:
     return f"invalid configuration{where}:\n" + "\n".join(line for line, _ in lines)
 
 
-def problems_of(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[Problem]:
-    """One line per error, its key's whole path first (``webpush.ttl: ...``), and the variable that set it."""
+def problems_of(
+    exc: ValidationError, prefix: tuple[str, ...] = (), model: type[BaseModel] | None = None
+) -> list[Problem]:
+    """One line per error, its key's whole path first (``webpush.ttl: ...``), and the variable that set it.
+
+    ``model``: the one validated; an unknown key of it (or of a section nested in it) then
+    names the key probably meant (``webpush.enabeld: unknown key (did you mean enabled?)``).
+    """
     lines = []
     for err in exc.errors():
         loc = [*prefix, *(str(p) for p in err["loc"])]
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key" + _did_you_mean(loc[-1], _keys_at(model, err["loc"][:-1]))
         variable = _env_variable_for(loc)
         if variable is not None:
             lines.append((f"  {'.'.join(loc)} (environment variable {variable}): {msg}", True))
@@ -236,8 +244,17 @@ def validate_section(name: str, model: type[S], data: dict[str, Any], message: C
     try:
         return model.model_validate(layered(data, env if isinstance(env, dict) else {}))
     except ValidationError as exc:
-        lines = problems_of(exc, (name,))
+        lines = problems_of(exc, (name,), model)
         raise ConfigError(message(lines), lines) from None
+
+
+def _keys_at(model: type[BaseModel] | None, path: tuple[int | str, ...]) -> list[str]:
+    """The keys of the section at ``path`` in ``model`` (nested models' fields); none if it is no model."""
+    for part in path:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
 
 
 def _env_variable_for(loc: list[str]) -> str | None:

@@ -97,6 +97,18 @@ def test_a_typod_top_level_key_is_refused_at_load_naming_the_likely_key(tmp_path
         ExtensionManager.for_config(Config(webpsh={"enabled": True}))
 
 
+def test_a_typod_key_inside_a_section_names_the_likely_key_too(tmp_path: Path) -> None:
+    """The core's sections and an extension's: the keys of that section are the candidates."""
+    assert problems(
+        tmp_path,
+        {"upstream": {"hots": "x"}, "webpush": {"enabeld": True, "colour": "red"}, "extensions": ["webpush"]},
+    ) == [
+        "  upstream.hots: unknown key (did you mean host?)",
+        "  webpush.enabeld: unknown key (did you mean enabled?)",
+        "  webpush.colour: unknown key",
+    ]
+
+
 def test_the_environment_sets_the_list_and_its_problems_name_the_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
