@@ -97,7 +97,11 @@ newest layout):
 - Claim a command rather than own it when clients also send it for the
   upstream (``claims``): decide on the first line only, with the sans-IO
   readers (``pushproxy.imap``), and let the rest pass byte for byte.
-  ``ctx.upstream_capabilities`` says what the upstream has.
+  ``ctx.upstream_capabilities`` says what the upstream has.  A command valid
+  after login only starts with :func:`login_and_parse` (the account and its
+  parsed arguments, or the BAD reply); :func:`require_login` when it takes none.
+- Short tasks you spawn (a push, a watcher update) go into a
+  ``pushproxy.background.TaskSet`` (kept until done), closed in ``stop``.
 - Secrets (tokens, endpoints) are vault-encrypted with associated data naming
   the row, found by ``vault.keyed_hash``; logs and the CLI show a prefix of
   that hash, never the secret.
