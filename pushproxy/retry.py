@@ -1,8 +1,9 @@
 """How long to wait before trying again: exponential backoff with jitter, and Retry-After.
 
-Everything that retries uses these: upstream watchers reconnecting
-(:class:`Backoff`), the APNs and Web Push senders (:func:`retry_delay` per
-attempt, with the server's Retry-After from :func:`parse_retry_after`).
+Everything that retries uses these: upstream watchers reconnecting and the
+APNs sender's retries of one push (:class:`Backoff`), the Web Push sender
+(:func:`retry_delay` per attempt); both senders never retry sooner than the
+server's Retry-After (:func:`parse_retry_after`) asks.
 
 The jitter is "equal jitter": each delay is drawn from [d/2, d] where d
 doubles per attempt up to a maximum, so many clients failing together do not

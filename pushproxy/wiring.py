@@ -119,7 +119,7 @@ async def build(app: Assembly) -> None:
         # Leases, registration feed and the push ledger: the same code on one SQLite node and on
         # several PostgreSQL nodes.  Appended before the supervisor, so closed after it.
         cluster = Cluster(cfg, store)
-        dedupe = PushLedger(store, cluster.node_id, cluster.leases.sure_to_hold)
+        dedupe = PushLedger(store, cluster.node_id, cluster.leases)
         pipeline = PushPipeline(dedupe, FanOut(extensions))
         app.components.append(pipeline)
         app.pipeline = pipeline

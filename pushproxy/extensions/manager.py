@@ -46,7 +46,7 @@ from pushproxy.extensions.base import (
 from pushproxy.extensions.safecall import failed, guarded
 from pushproxy.retry import Backoff
 from pushproxy.store.base import StoreUnavailable
-from pushproxy.watch.detection import WatchSpec
+from pushproxy.watch.spec import WatchSpec
 
 if TYPE_CHECKING:
     from pushproxy.config_check import FileReport

@@ -7,7 +7,7 @@
     ox endpoint                                         extension manager (its own sender: APNs, ...)
 
 Every source enters at one point, :meth:`PushPipeline.submit`: the upstream
-watchers (:meth:`pushproxy.watch.watching.Detector._apply`) and Dovecot's ox
+watchers (:meth:`pushproxy.watch.checks.MailboxChecks._apply`) and Dovecot's ox
 endpoint (:mod:`pushproxy.watch.dovecot_ox`), on any node.  ``submit``
 returns at once; the mailbox name is made canonical there (``INBOX`` in any
 case is ``INBOX``), once, for every later stage.  An account's events pass the
@@ -55,7 +55,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Protocol
 
@@ -70,6 +70,7 @@ __all__ = [
     "Extensions",
     "FanOut",
     "HoldForStore",
+    "Leases",
     "PushLedger",
     "PushPipeline",
     "skip_seen",
@@ -86,15 +87,21 @@ class HoldForStore(Exception):
     """The event waits for the store (this node may no longer hold the account's lease)."""
 
 
+class Leases(Protocol):
+    """What the dedupe stage asks the cluster's lease manager (:class:`pushproxy.cluster.leases.LeaseManager`)."""
+
+    def sure_to_hold(self, account: str) -> bool:
+        """True while no other node can have taken the account's lease: its mail may go on unclaimed."""
+
+
 class PushLedger:
     """The dedupe stage: claims each message in the store's push ledger; only what this call claimed goes on."""
 
-    def __init__(self, store: SqlStore, node_id: str, sure_to_hold: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, store: SqlStore, node_id: str, leases: Leases | None = None) -> None:
         self._store = store
         self._health = store.health
         self._node_id = node_id
-        # The lease manager's answer: may this node push the account's mail unclaimed?
-        self._sure_to_hold = sure_to_hold or (lambda account: True)
+        self._leases = leases  # None: one node alone, which nobody else can take an account from
         self._states: MailboxStates | None = None  # the watchers' (wiring); without, the store's rows alone
         self.pending = PendingClaims()
 
@@ -145,7 +152,7 @@ class PushLedger:
                 if conflicts:
                     metrics.PUSH_LEDGER_CONFLICTS.inc(conflicts)
                 return claimed
-        if not self._sure_to_hold(event.account):
+        if self._leases is not None and not self._leases.sure_to_hold(event.account):
             raise HoldForStore
         self.remember(event)
         return set(uids)

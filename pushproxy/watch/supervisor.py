@@ -41,10 +41,10 @@ from pushproxy.store.base import Store, StoreUnavailable
 from pushproxy.store.pending import MailboxStates
 from pushproxy.watch.connect import make_tls_context
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
-from pushproxy.watch.detection import WatchSpec
 from pushproxy.watch.logins import AccountLocks, CapturedLogin, LiveLogins
 from pushproxy.watch.pacing import ConnectLimiter
 from pushproxy.watch.progress import RampProgress
+from pushproxy.watch.spec import WatchSpec
 from pushproxy.watch.watcher import STATES, Watcher, WatcherState
 
 __all__ = ["Supervisor"]

@@ -23,33 +23,67 @@ Rules (the correctness core of push):
   least the stored UIDNEXT (``n:*`` also returns the last message when its
   UID is below ``n``); messages already ``\\Seen`` are passed over;
 - with QRESYNC, and only for mailboxes whose subscribers want changes,
-  VANISHED and flag FETCHes become Expunge / FlagChange events, and
-  HIGHESTMODSEQ is stored so a reconnect catches up on what it missed.
+  VANISHED and flag FETCHes become Expunge / FlagChange events
+  (:mod:`pushproxy.watch.changes`), and HIGHESTMODSEQ is stored so a
+  reconnect catches up on what it missed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pushproxy.events import Expunge, FlagChange, MailEvent, NewMail
-from pushproxy.imap.data import (
-    MalformedResponse,
-    Response,
-    SelectInfo,
-    StatusInfo,
-    parse_status,
-    parse_vanished,
-)
+from pushproxy.events import MailEvent, MessageInfo, NewMail
+from pushproxy.imap.data import MalformedResponse, Response, SelectInfo, StatusInfo, parse_status, parse_vanished
 from pushproxy.imap.fetch import FetchItems, parse_fetch
 from pushproxy.store.base import MailboxState
-from pushproxy.watch.detection import WatchSpec, new_messages
+from pushproxy.watch.changes import LiveChanges, caught_up, change_events
+from pushproxy.watch.spec import WatchSpec
 
-__all__ = ["MailboxTracker", "Outcome"]
+__all__ = ["MAX_MESSAGES_PER_EVENT", "MailboxTracker", "NewMessages", "Outcome", "new_messages"]
 
 log = logging.getLogger("pushproxy.watch.watcher")
+
+
+# A NewMail carries at most this many (the newest) messages: after a long
+# outage thousands may have arrived.  Large enough that a Web Push burst at the
+# cap never fits its bounded pushes even in the compact form (it becomes one
+# SYNC: nothing is cut silently; see webpush/payload.py MAX_NEW_MAIL_PUSHES).
+MAX_MESSAGES_PER_EVENT = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessages:
+    messages: tuple[MessageInfo, ...]  # unseen new messages, ascending UID, at most MAX_MESSAGES_PER_EVENT
+    uidnext: int  # the UIDNEXT to remember after these
+    seen_skipped: int = 0
+    count: int = 0  # new messages in all (seen or not, before the cap)
+
+
+def new_messages(fetched: Iterable[FetchItems], from_uid: int, uidnext_hint: int | None = None) -> NewMessages:
+    """Which of the fetched messages are new since ``from_uid`` (the stored UIDNEXT)."""
+    by_uid: dict[int, tuple[tuple[str, ...] | None, bytes | None]] = {}
+    for item in fetched:
+        if item.uid is None or item.uid < from_uid:
+            continue
+        flags, envelope = by_uid.get(item.uid, (None, None))
+        by_uid[item.uid] = (
+            item.flags if item.flags is not None else flags,
+            item.envelope if item.envelope is not None else envelope,
+        )
+    uidnext = max(from_uid, uidnext_hint or 0, max(by_uid, default=0) + 1)
+    fresh: list[MessageInfo] = []
+    skipped = 0
+    for uid in sorted(by_uid):
+        flags, envelope = by_uid[uid]
+        info = MessageInfo(uid=uid, flags=flags or (), envelope=envelope)
+        if info.seen:
+            skipped += 1
+            continue
+        fresh.append(info)
+    return NewMessages(tuple(fresh[-MAX_MESSAGES_PER_EVENT:]), uidnext, skipped, len(by_uid))
 
 
 @dataclass(slots=True)
@@ -63,9 +97,8 @@ class MailboxTracker:
 
     __slots__ = (
         "_empty",
-        "_flags",
+        "_live",
         "_modseq",
-        "_vanished",
         "account",
         "dirty",
         "hints",
@@ -83,8 +116,7 @@ class MailboxTracker:
         self.dirty: dict[str, float | None] = {}  # mailbox -> monotonic time of its first notification
         self.hints: dict[str, StatusInfo] = {}
         self.selected: str | None = None
-        self._vanished: list[int] = []
-        self._flags: dict[int, tuple[str, ...]] = {}
+        self._live = LiveChanges()  # QRESYNC: expunges and flag changes of the selected mailbox
         self._modseq: int | None = None
         self._empty: dict[str, int] = {}  # mailbox -> the UIDVALIDITY under which it was last seen empty
 
@@ -131,7 +163,7 @@ class MailboxTracker:
             elif kind == "VANISHED":
                 earlier, uids = parse_vanished(resp)
                 if not earlier and self.qresync:
-                    self._vanished.extend(uids)
+                    self._live.vanished.extend(uids)
                     self.mark(self.selected, now)
             elif kind == "FETCH":
                 self._note_fetch(parse_fetch(resp.raw), now)
@@ -154,7 +186,7 @@ class MailboxTracker:
         if state is not None and item.uid >= state.uidnext:
             self.mark(box, now)  # a new message announced by its FETCH
         elif item.flags is not None and self.qresync:
-            self._flags[item.uid] = item.flags
+            self._live.flags[item.uid] = item.flags
             self.mark(box, now)
 
     # ------------------------------------------------------------------ detection steps
@@ -189,8 +221,7 @@ class MailboxTracker:
     def selecting(self) -> None:
         """A new mailbox is being selected: live changes of the old one are dropped (QRESYNC catches up)."""
         self.selected = None
-        self._vanished.clear()
-        self._flags.clear()
+        self._live.clear()
         self._modseq = None
 
     def selected_ok(self, box: str) -> None:
@@ -211,16 +242,7 @@ class MailboxTracker:
         self._seen_count(box, uidvalidity, info.exists)
         out = Outcome()
         if self.wants_changes(box) and (info.vanished or info.changed):
-            out.events += self._changes(
-                box,
-                [u for u in info.vanished if u < state.uidnext],
-                {
-                    f.uid: f.flags
-                    for f in info.changed
-                    if f.uid is not None and f.uid < state.uidnext and f.flags is not None  # FLAGS () counts
-                },
-                trigger,
-            )
+            out.events += change_events(self.account, box, *caught_up(info, state.uidnext), trigger)
         self._modseq = None if info.nomodseq else info.highestmodseq
         if info.uidnext is None or info.uidnext > state.uidnext:
             return "fetch", out
@@ -310,30 +332,14 @@ class MailboxTracker:
     def flush_live(self, box: str) -> Outcome:
         """Expunges and flag changes seen while IDLE in the selected mailbox."""
         out = Outcome()
-        if self._vanished or self._flags:
-            vanished, flags = list(self._vanished), dict(self._flags)
-            self._vanished.clear()
-            self._flags.clear()
+        if self._live:
+            vanished, flags = self._live.take()
             if box in self.spec.changes:
-                out.events += self._changes(box, vanished, flags, None)
+                out.events += change_events(self.account, box, vanished, flags, None)
         out.save = self._modseq_save(box)
         return out
 
     # ------------------------------------------------------------------ internals
-
-    def _changes(
-        self, box: str, vanished: list[int], flags: Mapping[int, tuple[str, ...] | None], trigger: float | None
-    ) -> list[MailEvent]:
-        detected = trigger if trigger is not None else time.monotonic()
-        events: list[MailEvent] = []
-        if vanished:
-            events.append(Expunge(self.account, box, tuple(sorted(set(vanished))), detected_at=detected))
-        changes = tuple((uid, f) for uid, f in sorted(flags.items()) if f is not None and uid not in vanished)
-        if changes:
-            events.append(FlagChange(self.account, box, changes, detected_at=detected))
-        if events:
-            log.debug("watcher %s: %s: %d expunged, %d flag changes", self.account, box, len(vanished), len(changes))
-        return events
 
     def _modseq_changed(self, box: str) -> bool:
         state = self.states.get(box)

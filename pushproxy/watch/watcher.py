@@ -29,7 +29,9 @@ asks, and handed to ``on_listed`` (the extensions), which answers with the spec
 now: a changed one is used at once at login, and by reconnecting later on.
 
 The detection itself is :class:`~pushproxy.watch.tracker.MailboxTracker`
-(pure); this module only performs the commands it asks for.
+(pure); the connection (:class:`~pushproxy.watch.watching.Detector`) waits and
+its detection step (:class:`~pushproxy.watch.checks.MailboxChecks`) performs
+the commands the tracker asks for.
 
 Dovecot note: the watcher is one more IMAP connection of the user from the
 proxy's address (``idle_connections`` of them without NOTIFY), counted by
@@ -59,8 +61,8 @@ from pushproxy.store.base import Store, StoreUnavailable
 from pushproxy.store.pending import MailboxStates
 from pushproxy.watch.connect import login, open_connection
 from pushproxy.watch.credentials import CredentialProvider
-from pushproxy.watch.detection import WatchSpec
 from pushproxy.watch.pacing import ConnectLimiter, spread
+from pushproxy.watch.spec import WatchSpec
 from pushproxy.watch.subscribed import list_subscribed
 from pushproxy.watch.tracker import MailboxTracker
 from pushproxy.watch.upstream import WatcherProtocol
@@ -116,7 +118,7 @@ class Watcher:
         self.store: Final = store
         # Mailbox state through memory: a store outage neither stops the watcher nor loses its state.
         self.states: Final = states if states is not None else MailboxStates(store, store.health)
-        self.pipeline: Final = pipeline  # where the connection's events go (Detector._apply)
+        self.pipeline: Final = pipeline  # where the connection's events go (MailboxChecks._apply)
         self.limiter: Final = limiter
         self.tls_context: Final = tls_context
         self.wake_event: Final = asyncio.Event()

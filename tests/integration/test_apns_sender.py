@@ -43,7 +43,7 @@ def token_standin(certs: ApnsTestCerts) -> Iterator[ApnsStandin]:
 
 
 class Recorder:
-    """on_invalid_token calls and metrics callbacks."""
+    """invalid_token calls and metrics callbacks."""
 
     def __init__(self) -> None:
         self.invalid: list[tuple[str, float | None]] = []
@@ -54,7 +54,7 @@ class Recorder:
         self.expiries: list[float] = []
         self.delivered = asyncio.Event()
 
-    async def on_invalid_token(self, token: str, registered_before: float | None) -> None:
+    async def invalid_token(self, token: str, registered_before: float | None) -> None:
         self.invalid.append((token, registered_before))
 
     def sent(self, status: str) -> None:
@@ -106,9 +106,7 @@ async def make_pusher(certs: ApnsTestCerts, recorder: Recorder) -> AsyncIterator
             }
         settings |= overrides
         backoff = settings.pop("backoff_base", 0.01)
-        pusher = ApnsPusher(
-            ApnsConfig(**settings), recorder.on_invalid_token, recorder, backoff_base=backoff, backoff_max=0.1
-        )
+        pusher = ApnsPusher(ApnsConfig(**settings), recorder, recorder, backoff_base=backoff, backoff_max=0.1)
         await pusher.start()
         pushers.append(pusher)
         return pusher
@@ -342,7 +340,7 @@ async def test_connection_refused_is_retried_and_does_not_crash(
         timeout=2.0,
         retry_budget=2,
     )
-    pusher = ApnsPusher(cfg, recorder.on_invalid_token, recorder, backoff_base=0.01, backoff_max=0.05)
+    pusher = ApnsPusher(cfg, recorder, recorder, backoff_base=0.01, backoff_max=0.05)
     await pusher.start()
     try:
         with caplog.at_level(logging.DEBUG):

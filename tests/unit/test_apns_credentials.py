@@ -28,8 +28,12 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> ApnsTestCerts:
     return make_apns_certs(tmp_path_factory.mktemp("apns-certs"))
 
 
-async def _ignore(token: str, before: float | None) -> None:
-    pass
+class _Ignore:
+    async def invalid_token(self, token: str, registered_before: float | None) -> None:
+        pass
+
+
+_ignore = _Ignore()
 
 
 # -- payload -------------------------------------------------------------------------

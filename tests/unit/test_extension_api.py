@@ -16,7 +16,7 @@ from pushproxy.extensions.manager import ExtensionManager, merge_requests
 from pushproxy.extensions.webpush.settings import WebPushConfig
 from pushproxy.store import tables
 from pushproxy.store.schema import SchemaPart
-from pushproxy.watch.detection import WatchSpec
+from pushproxy.watch.spec import WatchSpec
 from tests.support.eventlog import EventLog, EventLogSettings
 
 

@@ -460,7 +460,7 @@ def test_a_burst_takes_the_fewest_pushes_of_the_richest_form_that_fits() -> None
 
 def test_a_burst_beyond_the_bound_is_one_sync_and_a_capped_event_never_fits() -> None:
     from pushproxy.extensions.webpush.payload import MAX_NEW_MAIL_PUSHES, new_mail_payloads
-    from pushproxy.watch.detection import MAX_MESSAGES_PER_EVENT
+    from pushproxy.watch.tracker import MAX_MESSAGES_PER_EVENT
 
     # The smallest messages there are (short UIDs, no flags) at the watcher's cap per event: one
     # SYNC, so an event cut at the cap never shows its newest messages as if they were all.

@@ -117,9 +117,19 @@ class Pushed(list[MailEvent]):
         pass
 
 
+class _Leases:
+    """This node's leases as the dedupe stage sees them: sure to be held, or not."""
+
+    def __init__(self, *, sure: bool) -> None:
+        self.sure = sure
+
+    def sure_to_hold(self, account: str) -> bool:
+        return self.sure
+
+
 async def test_ledger_pushes_unclaimed_while_the_lease_is_sure_and_records_the_claims(store: SqliteStore) -> None:
     got = Pushed()
-    pipeline = PushPipeline(PushLedger(store, "solo", sure_to_hold=lambda account: True), FanOut(got))
+    pipeline = PushPipeline(PushLedger(store, "solo", leases=_Leases(sure=True)), FanOut(got))
     ledger = pipeline.dedupe
     await store.close()
     pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(7),), uidvalidity=1))
@@ -136,7 +146,7 @@ async def test_ledger_pushes_unclaimed_while_the_lease_is_sure_and_records_the_c
 
 async def test_ledger_holds_events_past_the_lease_and_claims_them_when_the_store_is_back(store: SqliteStore) -> None:
     got = Pushed()
-    pipeline = PushPipeline(PushLedger(store, "solo", sure_to_hold=lambda account: False), FanOut(got))
+    pipeline = PushPipeline(PushLedger(store, "solo", leases=_Leases(sure=False)), FanOut(got))
     await store.close()
     store.health.failed(StoreUnavailable("gone"))
     pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(8),), uidvalidity=1))

@@ -20,7 +20,7 @@ from pushproxy.config import Config, StoreConfig, UpstreamConfig, WatchConfig
 from pushproxy.store import SqliteStore, Vault
 from pushproxy.watch import Supervisor
 from pushproxy.watch.credentials import CredentialProvider, MemoryCredentials, VaultCredentials
-from pushproxy.watch.detection import WatchSpec
+from pushproxy.watch.spec import WatchSpec
 from tests.unit.test_watch_watcher import Events, Fake, FakeConn, until
 
 pytestmark = pytest.mark.timeout(30)

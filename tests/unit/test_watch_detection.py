@@ -18,14 +18,9 @@ from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.imap.fetch import FetchItems
 from pushproxy.store import SqliteStore, StoredCredential, Vault
 from pushproxy.watch.credentials import MasterCredentials, MemoryCredentials, VaultCredentials, make_provider
-from pushproxy.watch.detection import (
-    MAX_MESSAGES_PER_EVENT,
-    WatchSpec,
-    new_messages,
-    normalise_mailboxes,
-    notify_set_command,
-)
 from pushproxy.watch.pacing import ConnectLimiter
+from pushproxy.watch.spec import WatchSpec, normalise_mailboxes, notify_set_command
+from pushproxy.watch.tracker import MAX_MESSAGES_PER_EVENT, new_messages
 from pushproxy.watch.upstream_types import LoginCredentials
 
 # --------------------------------------------------------------------------- new_messages

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pushproxy.events import Expunge, FlagChange, NewMail
 from pushproxy.imap.data import Response, SelectInfo, StatusInfo, parse_select, read_response
 from pushproxy.store.base import MailboxState
-from pushproxy.watch.detection import WatchSpec
+from pushproxy.watch.spec import WatchSpec
 from pushproxy.watch.tracker import MailboxTracker
 
 

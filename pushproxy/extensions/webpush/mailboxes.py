@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from pushproxy.accounts import mailbox_matches
 from pushproxy.imap.data import ListItem
-from pushproxy.watch.detection import normalise_mailboxes
+from pushproxy.watch.spec import normalise_mailboxes
 
 __all__ = ["EXCLUDED", "SKIPPED", "WatchedMailboxes", "candidates", "pick_subscribed"]
 

@@ -11,7 +11,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from pushproxy.accounts import mailbox_matches
 from pushproxy.events import MailEvent, NewMail
 from pushproxy.extensions.base import Extension, WatchRequest, admin_command, admin_group
 from pushproxy.extensions.housekeeping import Housekeeping
@@ -68,20 +67,7 @@ class XApplePush(Extension):
         from pushproxy.extensions.xapplepush.apns import ApnsPusher
         from pushproxy.extensions.xapplepush.registration import DeviceRegistrations
 
-        devices = self.devices
-
-        async def invalid_token(token: str, registered_before: float | None) -> None:
-            try:
-                removed = await devices.remove_device_token(token, registered_before)
-            except StoreUnavailable as exc:  # APNs says it again at the next push to it
-                log.info("a device APNs no longer knows is not removed yet: %s", exc)
-                return
-            if removed:
-                log.info("removed %d registration(s) of a device APNs no longer knows", removed)
-
-        self.pusher = ApnsPusher(
-            apns_settings(self.config), on_invalid_token=invalid_token, metrics=PrometheusApnsMetrics()
-        )
+        self.pusher = ApnsPusher(apns_settings(self.config), tokens=self, metrics=PrometheusApnsMetrics())
         await self.pusher.start()
         self.registrations = DeviceRegistrations(self.core, self.pusher.topic)
         self.commands = {"XAPPLEPUSHSERVICE": self.registrations.handle}
@@ -115,8 +101,18 @@ class XApplePush(Extension):
         if not isinstance(event, NewMail) or self.pusher is None:
             return
         for device in await self.devices.devices_for_account(event.account):
-            if mailbox_matches(device.mailboxes, event.mailbox):
+            if device.wants(event.mailbox):
                 self.pusher.notify(device.device_token, device.aps_account_id, event.mailbox)
+
+    async def invalid_token(self, token: str, registered_before: float | None) -> None:
+        """APNs no longer knows ``token`` (:class:`~.apns.InvalidTokens`): its registrations made before then go."""
+        try:
+            removed = await self.devices.remove_device_token(token, registered_before)
+        except StoreUnavailable as exc:  # APNs says it again at the next push to it
+            log.info("a device APNs no longer knows is not removed yet: %s", exc)
+            return
+        if removed:
+            log.info("removed %d registration(s) of a device APNs no longer knows", removed)
 
     async def flush(self) -> None:
         if self.pusher is not None:

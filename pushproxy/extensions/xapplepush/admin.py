@@ -77,6 +77,18 @@ def devices_remove(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if removed else 1
 
 
+class _RemovedTokens:
+    """``apns test``: the registrations of a token APNs no longer knows are removed, and counted."""
+
+    def __init__(self, queries: ApnsQueries) -> None:
+        self._queries = queries
+        self.removed: list[str] = []
+
+    async def invalid_token(self, token: str, registered_before: float | None) -> None:
+        self.removed.append(token)
+        await self._queries.remove_device_token(token, registered_before)
+
+
 def apns_test(cfg: Config, args: argparse.Namespace) -> int:
     """Send one push to every device of ``--account``, as new mail in ``--mailbox`` would."""
     account: str = args.account
@@ -87,13 +99,8 @@ def apns_test(cfg: Config, args: argparse.Namespace) -> int:
     async def go() -> int:
         store = await open_store(cfg)
         queries = store.queries(ApnsQueries)
-        invalid: list[str] = []
-
-        async def on_invalid(token: str, before: float | None) -> None:
-            invalid.append(token)
-            await queries.remove_device_token(token, before)
-
-        pusher = ApnsPusher(apns_settings(cfg), on_invalid_token=on_invalid)
+        invalid = _RemovedTokens(queries)
+        pusher = ApnsPusher(apns_settings(cfg), tokens=invalid)
         try:
             await pusher.start()
             devices = await queries.devices_for_account(normalise_account(account))
@@ -103,7 +110,7 @@ def apns_test(cfg: Config, args: argparse.Namespace) -> int:
         finally:
             await pusher.close()
             await store.close()
-        print(f"sent to {len(devices)} device(s); {len(invalid)} removed as unknown to APNs")
+        print(f"sent to {len(devices)} device(s); {len(invalid.removed)} removed as unknown to APNs")
         return 0 if devices else 1
 
     return run_async(go)

@@ -3,26 +3,29 @@
 One :class:`ApnsPusher` per process.  ``notify()`` is called by the dispatcher for every
 (device, mailbox) that saw new mail; pushes are debounced per (device token, account
 id), sent as background pushes with the body iOS Mail expects, retried with backoff on
-429/5xx/transport trouble, and invalid tokens are reported back through
-``on_invalid_token`` so that the store can prune them.
+429/5xx/transport trouble (never sooner than APNs' Retry-After asks), and
+invalid tokens are reported to an :class:`InvalidTokens` (the extension), which
+removes their registrations.
 
 The HTTP/2 side (aioapns with our response handling) is :mod:`.apns_h2`; the
-payload is :mod:`.payload`.
+payload is :func:`build_payload`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pushproxy import metrics as core_metrics
+from pushproxy.accounts import is_inbox
 from pushproxy.config import ConfigError
 from pushproxy.extensions.xapplepush.apns_cert import (
     CertificateInfo,
@@ -32,15 +35,14 @@ from pushproxy.extensions.xapplepush.apns_cert import (
 )
 from pushproxy.extensions.xapplepush.apns_h2 import NotificationRequest, Pool, PushType, new_pool, send_via_pool
 from pushproxy.extensions.xapplepush.metrics import SERVICE, ApnsMetrics, PrometheusApnsMetrics
-from pushproxy.extensions.xapplepush.payload import build_payload, mailbox_hash, short_token
 from pushproxy.extensions.xapplepush.settings import ApnsConfig
-from pushproxy.retry import retry_delay
+from pushproxy.retry import Backoff
 
 __all__ = [
     "ApnsMetrics",
     "ApnsPusher",
     "CertificateInfo",
-    "InvalidTokenCallback",
+    "InvalidTokens",
     "PrometheusApnsMetrics",
     "build_payload",
     "inspect_credentials",
@@ -57,7 +59,39 @@ EXPIRY_WARNING_DAYS = 30
 EXPIRY_CHECK_INTERVAL = 6 * 3600.0
 _TOKEN_RE = re.compile(r"[0-9A-Fa-f]{16,256}")
 
-InvalidTokenCallback = Callable[[str, float | None], Awaitable[None]]
+
+class InvalidTokens(Protocol):
+    """Who is told of a device token APNs no longer knows (:class:`~.addon.XApplePush`: its registrations go)."""
+
+    async def invalid_token(self, token: str, registered_before: float | None) -> None:
+        """Forget ``token``'s registrations made before ``registered_before`` (unix time; None: all)."""
+
+
+def short_token(token: str) -> str:
+    """Device tokens are secrets of a sort: log only their first 8 characters."""
+    return token[:8] + "…"
+
+
+def mailbox_hash(mailbox: str) -> str:
+    """What iOS Mail expects in "m": MD5 of the UTF-8 mailbox name, upper-case hex."""
+    return hashlib.md5(mailbox.encode("utf-8"), usedforsecurity=False).hexdigest().upper()
+
+
+def build_payload(account_id: str, mailboxes: Iterable[str]) -> dict[str, Any]:
+    """The push body: ``{"aps": {"account-id": ...}}`` plus "m" when mail arrived outside INBOX.
+
+    Without "m" iOS syncs INBOX.  When INBOX and other mailboxes changed in the same
+    window, INBOX's own hash is listed too, so that naming the others does not make iOS
+    skip INBOX.
+    """
+    names = set(mailboxes)
+    payload: dict[str, Any] = {"aps": {"account-id": account_id}}
+    others = {m for m in names if not is_inbox(m)}
+    if others:
+        if len(others) < len(names):
+            others.add("INBOX")
+        payload["m"] = sorted(mailbox_hash(m) for m in others)
+    return payload
 
 
 @dataclass
@@ -82,14 +116,14 @@ class ApnsPusher:
     def __init__(
         self,
         cfg: ApnsConfig,
-        on_invalid_token: InvalidTokenCallback,
+        tokens: InvalidTokens,
         metrics: ApnsMetrics | None = None,
         *,
         backoff_base: float = 0.5,
         backoff_max: float = 60.0,
     ) -> None:
         self._cfg = cfg
-        self._on_invalid_token = on_invalid_token
+        self._tokens = tokens
         self._metrics = metrics
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
@@ -227,7 +261,7 @@ class ApnsPusher:
     # -- sending -----------------------------------------------------------------------
 
     async def _deliver(self, token: str, payload: dict[str, Any]) -> None:
-        retries = 0
+        backoff = Backoff(self._backoff_base, self._backoff_max)
         while True:
             attempt = await self._send_once(token, payload)
             status = attempt.status
@@ -260,18 +294,17 @@ class ApnsPusher:
                     "APNs push to %s rejected (%s %s); dropped", short_token(token), status, attempt.reason or ""
                 )
                 return
-            if retries >= self._cfg.retry_budget:
+            if backoff.attempts >= self._cfg.retry_budget:
                 log.warning(
                     "APNs push to %s given up after %d retries (last: %s %s)",
                     short_token(token),
-                    retries,
+                    backoff.attempts,
                     status,
                     attempt.reason or "",
                 )
                 return
-            delay = retry_delay(retries, self._backoff_base, self._backoff_max, attempt.retry_after)
-            retries += 1
-            log.debug("APNs push to %s: %s, retry %d in %.2fs", short_token(token), status, retries, delay)
+            delay = max(backoff.next(), attempt.retry_after or 0.0)  # never sooner than APNs asked
+            log.debug("APNs push to %s: %s, retry %d in %.2fs", short_token(token), status, backoff.attempts, delay)
             await asyncio.sleep(delay)
 
     async def _send_once(self, token: str, payload: dict[str, Any]) -> _Attempt:
@@ -325,8 +358,8 @@ class ApnsPusher:
 
     async def _invalid_token(self, token: str, registered_before: float | None) -> None:
         try:
-            await self._on_invalid_token(token, registered_before)
+            await self._tokens.invalid_token(token, registered_before)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("APNs: on_invalid_token failed for %s", short_token(token))
+            log.exception("APNs: invalid_token failed for %s", short_token(token))

@@ -22,12 +22,12 @@ from pushproxy.extensions.base import (
 )
 from pushproxy.extensions.baseline import record_baseline, save_baseline
 from pushproxy.extensions.ox_metadata import enable_ox_notify
+from pushproxy.extensions.xapplepush.apns import short_token
 from pushproxy.extensions.xapplepush.command import (
     answer_lines,
     parse_list_response,
     parse_registration,
 )
-from pushproxy.extensions.xapplepush.payload import short_token
 from pushproxy.extensions.xapplepush.settings import apns_settings
 from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.imap.parse import Command, ParseError

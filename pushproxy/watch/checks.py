@@ -1,0 +1,263 @@
+"""The detection step of one watcher connection: look at the marked mailboxes, hand the outcomes on.
+
+:meth:`MailboxChecks.settle` runs after every wake-up of the connection
+(:class:`~pushproxy.watch.watching.Detector`): for each mailbox the
+:class:`~pushproxy.watch.tracker.MailboxTracker` marked (an ``EXISTS``, a
+NOTIFY ``STATUS``, a poll that is due) it sends the commands the tracker asks
+for -- STATUS, EXAMINE, ``UID FETCH <stored UIDNEXT>:*`` and, for a few small
+new messages, their bodies -- hands the responses back, and applies each
+:class:`~pushproxy.watch.tracker.Outcome`: its events into the push pipeline
+(:meth:`pushproxy.push.pipeline.PushPipeline.submit`), then the mailbox
+state into the store.  It ends with the primary mailbox selected, for IDLE.
+
+The bodies: asked for by the account's watch spec (``WatchSpec.bodies``, for
+WebPush, which sends a new message whole when the push fits), fetched with
+``BINARY.PEEK[]`` where upstream has BINARY, else ``BODY.PEEK[]`` (never
+setting ``\\Seen``), as a partial fetch: a longer message comes back cut at
+the limit and is left out.  A refused fetch (e.g. ``[UNKNOWN-CTE]``) leaves the
+push with the envelope only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from pushproxy.events import NewMail
+from pushproxy.imap.commands import mailbox_arg
+from pushproxy.imap.data import MalformedResponse, Response, SelectInfo, StatusInfo, parse_select, parse_status
+from pushproxy.imap.fetch import parse_fetch
+from pushproxy.push.pipeline import PushPipeline
+from pushproxy.watch.tracker import MailboxTracker, Outcome
+from pushproxy.watch.upstream import WatcherProtocol
+from pushproxy.watch.upstream_types import CommandFailed
+
+if TYPE_CHECKING:
+    from pushproxy.store.pending import MailboxStates
+
+__all__ = ["BODY_FETCH_LIMIT", "BODY_FETCH_MAX_MESSAGES", "NEW_MAIL_ITEMS", "MailboxChecks", "WatchingConnection"]
+
+log = logging.getLogger("pushproxy.watch.watcher")
+
+# What is fetched for new mail; the message itself is fetched after, for few small ones.
+NEW_MAIL_ITEMS = b"UID FLAGS ENVELOPE"
+# WebPush sends a new message whole when the push fits 3,993 bytes of plaintext (draft
+# -01): fetch at most this much of at most this many messages.
+BODY_FETCH_LIMIT = 3993
+BODY_FETCH_MAX_MESSAGES = 4
+
+
+class WatchingConnection(Protocol):
+    """What the checks tell their connection (:class:`~pushproxy.watch.watching.Detector`)."""
+
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def notify(self) -> bool:
+        """NOTIFY is set: a watched mailbox that appears is not reported on this connection."""
+
+    def mark_active(self) -> None:
+        """The account just had mail (first in line for a connection slot at the next reconnect)."""
+
+    def mark_missing(self, box: str, why: str, text: str) -> None:
+        """``box`` cannot be watched (yet): poll it until it can; ``why`` is logged once (``%s`` box, text)."""
+
+    def mark_present(self, box: str) -> bool:
+        """``box`` answered; True if it was missing until now."""
+
+    def reconnect(self) -> None:
+        """Start afresh after this step (a watched mailbox appeared that NOTIFY does not report)."""
+
+
+class MailboxChecks:
+    """The commands the tracker asks for, for every marked mailbox, and their outcomes applied."""
+
+    def __init__(
+        self,
+        account: str,
+        conn: WatcherProtocol,
+        tracker: MailboxTracker,
+        pipeline: PushPipeline,
+        states: MailboxStates,
+        connection: WatchingConnection,
+    ) -> None:
+        self.account = account
+        self.conn = conn
+        self.t = tracker
+        self.spec = tracker.spec
+        self._pipeline = pipeline
+        self._states = states
+        self._connection = connection
+        self._reported: set[str] = set()  # mailboxes an extra IDLE connection reported a change in
+        self._select_info = SelectInfo()
+
+    def change_reported(self, box: str) -> None:
+        """An extra IDLE connection saw a change in ``box``: examine it (no STATUS needed first)."""
+        self._reported.add(box)
+
+    async def settle(self) -> bool:
+        """Run the detection step for every marked mailbox; end with the primary selected.
+
+        Returns True when something was found (activity: poll faster for a while).
+        """
+        primary, t = self.spec.primary, self.t
+        found = False
+        while t.dirty or t.selected != primary:
+            if self._connection.stopping:
+                return found
+            others = [box for box in t.dirty if box != primary]
+            if others:
+                box = others[0]
+                found |= await self._check_other(box, t.dirty.pop(box))
+                continue
+            if t.selected != primary:
+                trigger = t.dirty.pop(primary, None)
+                if not await self._examine(primary):
+                    t.dirty.pop(primary, None)
+                    return found  # the primary mailbox does not exist (yet): IDLE unselected
+                found |= await self._reconcile(primary, trigger)
+                continue
+            trigger = t.dirty.pop(primary)
+            found |= await self._fetch_new(primary, trigger)
+            outcome = t.flush_live(primary)
+            found |= bool(outcome.events)
+            await self._apply(outcome)
+        return found
+
+    async def _apply(self, outcome: Outcome) -> None:
+        """Into the push pipeline first (at least once: its dedupe stage drops a repeat), then persist."""
+        if outcome.events:
+            self._connection.mark_active()
+        for event in outcome.events:
+            self._pipeline.submit(event)
+        if outcome.save is not None:
+            await self._states.put_mailbox_state(outcome.save)  # never raises for an unreachable store
+
+    async def _check_other(self, box: str, trigger: float | None) -> bool:
+        hint = self.t.hints.pop(box, None)
+        if box in self._reported:
+            # An extra IDLE connection saw a change: STATUS would only confirm it (one round trip less).
+            self._reported.discard(box)
+            if await self._examine(box):
+                return await self._reconcile(box, trigger)
+            return False
+        if hint is None or hint.uidvalidity is None or hint.uidnext is None:
+            # Dovecot's NOTIFY reports omit UIDVALIDITY: one STATUS is cheaper than switching mailboxes.
+            hint = await self._status(box)
+            if hint is None:
+                return False
+        examine, outcome = self.t.on_status(box, hint)
+        await self._apply(outcome)
+        if examine and await self._examine(box):
+            return await self._reconcile(box, trigger)
+        return False
+
+    async def _status(self, box: str) -> StatusInfo | None:
+        items = b"UIDNEXT UIDVALIDITY MESSAGES" + (b" HIGHESTMODSEQ" if self.t.qresync else b"")
+        result = await self.conn.command(b"STATUS " + mailbox_arg(box) + b" (" + items + b")")
+        found: StatusInfo | None = None
+        for resp in result.untagged:
+            if resp.kind == "STATUS":
+                with contextlib.suppress(MalformedResponse):
+                    info = parse_status(resp)
+                    if info.mailbox == box:
+                        found = info
+                        continue
+            self.t.note(resp)
+        if not result.ok:
+            self._connection.mark_missing(box, "cannot watch %s (yet): %s", result.status.text)
+            return None
+        if self._connection.mark_present(box) and self._connection.notify:
+            # Dovecot does not reliably report mailboxes created after NOTIFY SET (even when it
+            # is sent again), so start afresh.
+            log.info("watcher %s: %s exists now; reconnecting to include it in NOTIFY", self.account, box)
+            self._connection.reconnect()
+        return found
+
+    async def _examine(self, box: str) -> bool:
+        command = b"EXAMINE " + mailbox_arg(box) + self.t.examine_args(box)
+        self.t.selecting()
+        result = await self.conn.command(command)
+        if not result.ok:
+            # A failed SELECT/EXAMINE leaves no mailbox selected (RFC 9051 6.3.2).
+            self._connection.mark_missing(box, "cannot EXAMINE %s: %s", result.status.text)
+            return False
+        self._connection.mark_present(box)
+        select_data: list[Response] = []
+        for resp in result.untagged:
+            if resp.kind == "STATUS":
+                self.t.note(resp)  # a NOTIFY report about another mailbox
+            else:
+                select_data.append(resp)
+        self.t.selected_ok(box)
+        self._select_info = parse_select(select_data)
+        return True
+
+    async def _reconcile(self, box: str, trigger: float | None) -> bool:
+        info = self._select_info
+        step, outcome = self.t.on_select(box, info, trigger)
+        await self._apply(outcome)
+        found = bool(outcome.events)
+        if step == "probe":
+            result = await self.conn.command(b"UID FETCH * (UID)")
+            highest = 0
+            for resp in result.untagged:
+                if resp.kind == "FETCH":
+                    with contextlib.suppress(MalformedResponse):
+                        uid = parse_fetch(resp.raw).uid
+                        highest = max(highest, uid or 0)
+            modseq = None if info.nomodseq else info.highestmodseq
+            await self._apply(self.t.fresh(box, info.uidvalidity or 0, highest + 1, modseq))
+        elif step == "fetch":
+            found |= await self._fetch_new(box, trigger, info.uidnext)
+        return found
+
+    async def _fetch_new(self, box: str, trigger: float | None, uidnext_hint: int | None = None) -> bool:
+        start = self.t.fetch_from(box)
+        if start is None:
+            return False
+        result = await self.conn.command(b"UID FETCH %d:* (" % start + NEW_MAIL_ITEMS + b")")
+        if result.status.kind == "BAD":
+            raise CommandFailed("UID FETCH", result.status)
+        if not result.ok:
+            for resp in result.untagged:
+                self.t.note(resp)
+            log.info("watcher %s: UID FETCH in %s refused: %s", self.account, box, result.status.text)
+            return False
+        outcome = self.t.on_fetch(box, result.untagged, trigger, uidnext_hint)
+        if self.spec.bodies:
+            await self._attach_bodies(outcome)
+        await self._apply(outcome)
+        return bool(outcome.events)
+
+    async def _attach_bodies(self, outcome: Outcome) -> None:
+        """The new messages of ``outcome``'s events with their bodies, where small enough (in place)."""
+        item = "BINARY" if "BINARY" in self.conn.capabilities else "BODY"
+        section: Literal["BINARY[]", "BODY[]"] = "BINARY[]" if item == "BINARY" else "BODY[]"
+        for i, event in enumerate(outcome.events):
+            if not isinstance(event, NewMail) or not 0 < len(event.messages) <= BODY_FETCH_MAX_MESSAGES:
+                continue
+            uids = b",".join(b"%d" % m.uid for m in event.messages)
+            command = b"UID FETCH %s (UID %s.PEEK[]<0.%d>)" % (uids, item.encode(), BODY_FETCH_LIMIT + 1)
+            result = await self.conn.command(command)
+            bodies: dict[int, bytes] = {}
+            for resp in result.untagged:
+                fetched = None
+                if resp.kind == "FETCH":
+                    with contextlib.suppress(MalformedResponse):
+                        fetched = parse_fetch(resp.raw)
+                if fetched is None or section not in fetched.sections:
+                    self.t.note(resp)  # e.g. a flag change reported meanwhile
+                    continue
+                data = fetched.sections[section]
+                if fetched.uid is not None and data is not None and len(data) <= BODY_FETCH_LIMIT:
+                    bodies[fetched.uid] = data
+            if not result.ok:
+                log.debug("watcher %s: %s fetch refused: %s", event.account, section, result.status.text)
+            if bodies:
+                messages = tuple(
+                    replace(m, body=bodies[m.uid], body_item=section) if m.uid in bodies else m for m in event.messages
+                )
+                outcome.events[i] = replace(event, messages=messages)
