@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pushproxy.config import Config, ConfigError, load_config, masked_dict, parse_hostport
 from pushproxy.config_check import FileReport, check_files
-from pushproxy.extensions import add_subcommands, catalogue
+from pushproxy.extensions import add_subcommands, available, catalogue
 from pushproxy.extensions.manager import ExtensionManager
 
 
@@ -103,6 +103,9 @@ def _cluster_status(cfg: Config, _args: argparse.Namespace) -> int:
 def check_config(cfg: Config, *, probe: bool) -> int:
     """Print the effective config; exit 2 if a file it names is unusable, or the probe fails."""
     print(json.dumps(masked_dict(cfg), indent=2))
+    unlisted = [name for name in available() if cfg.extensions is not None and name not in cfg.extensions]
+    if unlisted:  # what the admin could list (their sections would be refused until then)
+        print(f"pushproxy: installed, not in extensions (not loaded): {', '.join(unlisted)}", file=sys.stderr)
     report = file_report(cfg)
     for warning in report.warnings:
         print(f"pushproxy: warning: {warning}", file=sys.stderr)

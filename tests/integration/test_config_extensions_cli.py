@@ -89,8 +89,11 @@ def test_check_config_prints_the_effective_list_and_only_the_listed_sections(tmp
     printed = json.loads(checked.stdout)
     assert printed["extensions"] == ["eventlog", "webpush"]
     assert {"eventlog", "webpush"} <= set(printed) and not {"apns", "deltachat"} & set(printed)
+    assert "pushproxy: installed, not in extensions (not loaded): xapplepush, deltachat" in checked.stderr
     # No list: the push protocols that ship with pushproxy, each section printed with its defaults.
     default = write(tmp_path, {"store": {"url": f"sqlite:///{tmp_path}/pp.db"}})
-    printed = json.loads(pushproxy("check-config", "--config", str(default)).stdout)
+    checked = pushproxy("check-config", "--config", str(default))
+    printed = json.loads(checked.stdout)
     assert printed["extensions"] == ["xapplepush", "webpush", "deltachat"]
     assert {"apns", "webpush", "deltachat"} <= set(printed) and "eventlog" not in printed
+    assert "installed, not in extensions (not loaded): eventlog" in checked.stderr  # the tests' distribution
