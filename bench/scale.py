@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import scale_setup  # noqa: E402
 from tests.support.certs import ApnsTestCerts, make_apns_certs  # noqa: E402
+from tests.support.children import end_child  # noqa: E402
 from tests.support.fake_upstream import FakeUpstreamProcess, per_second  # noqa: E402
 from tests.support.proxy import ProxyProcess, free_port  # noqa: E402
 
@@ -225,17 +226,6 @@ def clients(port: int, count: int, ca: Path) -> tuple[subprocess.Popen[str], dic
     return proc, json.loads(proc.stdout.readline())
 
 
-def release(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(OSError):
-        assert proc.stdin is not None
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def measure_sessions(pid: int, port: int, m: int, ca: Path, args: Any) -> dict[str, Any]:
     time.sleep(1)
     rss0, fds0 = rss_kb(pid), fds(pid)
@@ -254,7 +244,7 @@ def measure_sessions(pid: int, port: int, m: int, ca: Path, args: Any) -> dict[s
             "failed": ready["failed"],
         }
     finally:
-        release(proc)
+        end_child(proc, timeout=30)  # a newline ends the clients
 
 
 def run_sessions(m: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -> dict[str, Any]:

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.children import end_child
+
 CAPS = b"IMAP4rev1 IDLE LITERAL+ ENABLE"
 ENVELOPE = (
     b'("Mon, 1 Jan 2024 10:00:00 +0000" "bench message %d" (("Bench" NIL "bench" "example.org")) '
@@ -399,16 +401,7 @@ class FakeUpstreamProcess:
         return self.proc.pid
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError, OSError):
-                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-                self.proc.stdin.flush()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_child(self.proc, json.dumps({"op": "quit"}) + "\n")
 
 
 def per_second(logins: list[tuple[float, int]], since: float = 0.0) -> list[int]:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.children import end_child
+
 
 def _require_root() -> None:
     if os.geteuid() != 0:
@@ -122,12 +124,4 @@ def lock_holder(db: Path) -> Iterator[subprocess.Popen[str]]:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         yield proc
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            assert proc.stdin is not None
-            proc.stdin.write("\n")
-            proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_child(proc)
