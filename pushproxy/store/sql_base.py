@@ -13,7 +13,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from pushproxy.store.dialect import Dialect
 from pushproxy.store.errors import STORE_BUSY, StoreUnavailable
@@ -195,7 +195,8 @@ class Queries:
     def __init__(self, store: SqlBase) -> None:
         self._backend = store.backend
         self._vault = store._vault
-        self._shared_by_nodes = store.shared_by_nodes
+        self.dialect: Final = store.dialect
+        self.shared_by_nodes: Final = store.shared_by_nodes
         self._fetch = store._fetch
         self._fetchone = store._fetchone
         self._modify = store._modify
@@ -204,14 +205,6 @@ class Queries:
         self._notify = store._notify
         self._registrations_changed = store._registrations_changed
         self._registrations = store.registrations
-
-    @property
-    def dialect(self) -> Dialect:
-        return self._backend.dialect
-
-    @property
-    def shared_by_nodes(self) -> bool:
-        return self._shared_by_nodes
 
     # --- what every registration table (a row per account and device) has in common --------------
     # Its rows have ``account``, and those that name a push token ``token_hash`` and ``last_registered``.
