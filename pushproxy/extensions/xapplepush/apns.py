@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 from pushproxy import metrics as core_metrics
 from pushproxy.accounts import is_inbox
-from pushproxy.config import ConfigError
 from pushproxy.extensions.xapplepush.apns_cert import (
+    CertificateExpiry,
     CertificateInfo,
+    check_usable,
     inspect_credentials,
     is_trusted_topic,
     load_credentials,
@@ -55,8 +56,6 @@ log = logging.getLogger("pushproxy.xapplepush.apns")
 
 EXPIRATION = 24 * 3600  # apns-expiration: now + 24 h
 PRIORITY_BACKGROUND = 5  # background pushes must use priority 5
-EXPIRY_WARNING_DAYS = 30
-EXPIRY_CHECK_INTERVAL = 6 * 3600.0
 _TOKEN_RE = re.compile(r"[0-9A-Fa-f]{16,256}")
 
 
@@ -134,7 +133,7 @@ class ApnsPusher:
         self._pool: Pool | None = None
         self._windows: dict[tuple[str, str], _Window] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._expiry_task: asyncio.Task[None] | None = None
+        self._expiry = CertificateExpiry(cfg, metrics)
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------
@@ -144,20 +143,12 @@ class ApnsPusher:
         info = self.info = creds.info
         assert info.topic is not None
         self.topic = info.topic
-        self._check_validity(info)
-        if not info.topic_trusted:
-            if not self._cfg.allow_untrusted_topic:
-                raise ConfigError(
-                    f"apns: topic {info.topic!r} does not start with com.apple.mail. or "
-                    "com.apple.mobilemail.push., so iOS Mail would ignore every push "
-                    "(set apns.allow_untrusted_topic to start anyway)"
-                )
-            log.warning("APNs topic %r is one iOS Mail ignores; starting anyway as configured", info.topic)
+        check_usable(self._cfg, info)
         self._pool = new_pool(self._cfg, creds, self.topic, certificate=info.auth == "certificate")
         core_metrics.report_queue(SERVICE, lambda: len(self._tasks))  # windows waiting, sends and retries
-        self._report_expiry(info)
+        self._expiry.report(info)
         if info.auth == "certificate":
-            self._expiry_task = asyncio.create_task(self._watch_expiry(), name="apns-cert-expiry")
+            self._expiry.start()
         log.info(
             "APNs ready: %s auth, topic %s, %s%s",
             info.auth,
@@ -166,47 +157,11 @@ class ApnsPusher:
             f", endpoint override {self._cfg.endpoint}" if self._cfg.endpoint else "",
         )
 
-    def _check_validity(self, info: CertificateInfo) -> None:
-        if not (info.expired or info.not_yet_valid):
-            return
-        when = f"expired on {info.not_after:%Y-%m-%d}" if info.expired else f"not valid before {info.not_before}"
-        if not self._cfg.allow_expired:
-            raise ConfigError(
-                f"apns: the certificate ({info.subject}) {when}; APNs would refuse it "
-                "(set apns.allow_expired to start anyway)"
-            )
-        log.error("APNs certificate (%s) %s; starting anyway as configured", info.subject, when)
-
-    def _report_expiry(self, info: CertificateInfo) -> None:
-        if info.auth != "certificate":
-            return
-        if self._metrics is not None:
-            self._metrics.cert_days_left(info.days_left)
-            self._metrics.cert_expires_at(info.not_after.timestamp())
-        if 0 <= info.days_left < EXPIRY_WARNING_DAYS:
-            log.warning(
-                "APNs certificate (%s) expires in %d days, on %s: renew it before then",
-                info.subject,
-                info.days_left,
-                f"{info.not_after:%Y-%m-%d}",
-            )
-
-    async def _watch_expiry(self) -> None:
-        while True:
-            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
-            try:
-                info = inspect_credentials(self._cfg)
-            except ConfigError as exc:
-                log.error("APNs credentials became unreadable: %s", exc)
-                continue
-            self._report_expiry(info)
-            if info.expired:
-                log.error("APNs certificate (%s) has expired: pushes will fail", info.subject)
-
     async def close(self) -> None:
         """Stop: pending windows and retries are cancelled (call flush() first to send them)."""
         self._closed = True
-        tasks = [*self._tasks, *([self._expiry_task] if self._expiry_task else [])]
+        await self._expiry.stop()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:

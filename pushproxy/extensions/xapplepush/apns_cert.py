@@ -2,13 +2,16 @@
 
 Apple no longer issues mail push certificates automatically (the macOS Server
 self-service endpoint has refused requests since late October 2024), so all we can do
-is load what the admin has, show its topic and expiry, and refuse what iOS Mail would
-not accept.
+is load what the admin has, show its topic and expiry, refuse what iOS Mail would
+not accept (:func:`check_usable`) and watch the certificate's expiry while the
+sender runs (:class:`CertificateExpiry`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,8 +23,15 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from pushproxy.background import BackgroundTask
 from pushproxy.config import ConfigError, read_secret_file
+from pushproxy.extensions.xapplepush.metrics import ApnsMetrics
 from pushproxy.extensions.xapplepush.settings import ApnsConfig
+
+log = logging.getLogger("pushproxy.xapplepush.apns")
+
+EXPIRY_WARNING_DAYS = 30
+EXPIRY_CHECK_INTERVAL = 6 * 3600.0
 
 # iOS Mail drops pushes whose topic does not start with one of these.
 TRUSTED_TOPIC_PREFIXES = ("com.apple.mail.", "com.apple.mobilemail.push.")
@@ -84,6 +94,61 @@ def load_credentials(cfg: ApnsConfig) -> LoadedCredentials:
         "apns: no credentials: set apns.cert_file (PEM with key_file, or .p12 with p12_password_file) "
         "or apns.token_key_file (.p8 with key_id, team_id and topic)"
     )
+
+
+def check_usable(cfg: ApnsConfig, info: CertificateInfo) -> None:
+    """ConfigError for credentials APNs or iOS Mail would not take; one line instead where the config allows them."""
+    if info.expired or info.not_yet_valid:
+        when = f"expired on {info.not_after:%Y-%m-%d}" if info.expired else f"not valid before {info.not_before}"
+        if not cfg.allow_expired:
+            raise ConfigError(
+                f"apns: the certificate ({info.subject}) {when}; APNs would refuse it "
+                "(set apns.allow_expired to start anyway)"
+            )
+        log.error("APNs certificate (%s) %s; starting anyway as configured", info.subject, when)
+    if not info.topic_trusted:
+        if not cfg.allow_untrusted_topic:
+            raise ConfigError(
+                f"apns: topic {info.topic!r} does not start with com.apple.mail. or "
+                "com.apple.mobilemail.push., so iOS Mail would ignore every push "
+                "(set apns.allow_untrusted_topic to start anyway)"
+            )
+        log.warning("APNs topic %r is one iOS Mail ignores; starting anyway as configured", info.topic)
+
+
+class CertificateExpiry(BackgroundTask):
+    """The client certificate's expiry, at start and every :data:`EXPIRY_CHECK_INTERVAL`: gauges and warnings."""
+
+    def __init__(self, cfg: ApnsConfig, metrics: ApnsMetrics | None) -> None:
+        self._cfg = cfg
+        self._metrics = metrics
+
+    def report(self, info: CertificateInfo) -> None:
+        """The gauges, and a warning within :data:`EXPIRY_WARNING_DAYS` of the end (certificate auth only)."""
+        if info.auth != "certificate":
+            return
+        if self._metrics is not None:
+            self._metrics.cert_days_left(info.days_left)
+            self._metrics.cert_expires_at(info.not_after.timestamp())
+        if 0 <= info.days_left < EXPIRY_WARNING_DAYS:
+            log.warning(
+                "APNs certificate (%s) expires in %d days, on %s: renew it before then",
+                info.subject,
+                info.days_left,
+                f"{info.not_after:%Y-%m-%d}",
+            )
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+            try:
+                info = inspect_credentials(self._cfg)
+            except ConfigError as exc:
+                log.error("APNs credentials became unreadable: %s", exc)
+                continue
+            self.report(info)
+            if info.expired:
+                log.error("APNs certificate (%s) has expired: pushes will fail", info.subject)
 
 
 def _read(path: Path, what: str) -> bytes:
