@@ -116,9 +116,11 @@ def error_lines(proxy: ProxyProcess) -> int:
 
 
 @contextlib.contextmanager
-def upstream_and_dir(leg: str, certs: ApnsTestCerts, prefix: str) -> Iterator[tuple[FakeUpstreamProcess, Path]]:
+def upstream_and_dir(
+    leg: str, certs: ApnsTestCerts, prefix: str, loop: str = "asyncio"
+) -> Iterator[tuple[FakeUpstreamProcess, Path]]:
     """A fake upstream speaking ``leg`` and a scratch directory, both gone at the end of the run."""
-    upstream = FakeUpstreamProcess(leg, cert=certs.server_cert, key=certs.server_key)
+    upstream = FakeUpstreamProcess(leg, cert=certs.server_cert, key=certs.server_key, loop=loop)
     base = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield upstream, base
@@ -146,7 +148,7 @@ def proxy_for(base: Path, upstream: FakeUpstreamProcess, certs: ApnsTestCerts, n
 
 
 def run_watchers(n: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -> dict[str, Any]:
-    with upstream_and_dir(leg, certs, "pp-scale-") as (upstream, base):
+    with upstream_and_dir(leg, certs, "pp-scale-", loop=upstream_loop(n)) as (upstream, base):
         empty = proxy_for(base / "empty", upstream, certs, 0, args, loop).start(60)
         assert empty.proc is not None
         time.sleep(2)
@@ -182,6 +184,47 @@ def run_watchers(n: int, leg: str, loop: str, certs: ApnsTestCerts, args: Any) -
             "resumed": upstream.stats()["resumed"],
         }
         return stopped(proxy, result)
+
+
+# =============================================================================== --large: 50,000 watchers
+
+LARGE = 50_000
+LARGE_NOFILE = 131_072  # descriptors for the proxy and the fake upstream (each holds one per watcher)
+LARGE_PORTS = "10000 65535"  # local ports: 55,536 connections to the one upstream address
+_NETNS_MARK = "PUSHPROXY_SCALE_NETNS"
+
+
+def upstream_loop(n: int) -> str:
+    """The fake upstream's loop: uvloop past 20,000 connections (the std loop's TLS holds 256 KiB each)."""
+    return "uvloop" if n > 20_000 else "asyncio"
+
+
+def enter_large_environment() -> None:
+    """What an admin sets up for 50,000 watchers, done for this run only.
+
+    - descriptors: each watcher is one in the proxy and one in the fake upstream, past the machine's
+      hard limit; as root the hard limit is raised for this process and its children;
+    - local ports: every watcher connects from the proxy's address to the one upstream address, so at
+      most ``net.ipv4.ip_local_port_range`` of them (28,232 by default) can be open at once.  The run
+      re-executes itself in a private network namespace (``unshare --net``, loopback only) whose range
+      is widened, so that the machine's own setting is untouched.
+
+    Without root (or ``unshare``) the run goes on as it is and says what will bound it.
+    """
+    if os.environ.get(_NETNS_MARK) == "1":
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (LARGE_NOFILE, LARGE_NOFILE))
+    except (ValueError, OSError) as exc:
+        print(f"# --large: descriptors not raised ({exc}); watchers past the hard limit will fail", flush=True)
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        print("# --large: not root or no unshare: connections are bounded by ip_local_port_range", flush=True)
+        return
+    prelude = f'ip link set lo up && echo "{LARGE_PORTS}" > /proc/sys/net/ipv4/ip_local_port_range && exec "$@"'
+    os.environ[_NETNS_MARK] = "1"
+    print(f"# --large: in a private network namespace, local ports {LARGE_PORTS}", flush=True)
+    os.execv(unshare, [unshare, "--net", "sh", "-c", prelude, "sh", sys.executable, *sys.argv])
 
 
 # =============================================================================== idle sessions
@@ -395,17 +438,19 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=20.0, help="the quiet window measured")
     parser.add_argument("--no-nginx", action="store_true")
     args = parser.parse_args()
+    if args.large:
+        enter_large_environment()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     certs = make_apns_certs(Path(tempfile.mkdtemp(prefix="pp-scale-certs-")))
     loops = [x for x in args.loops.split(",") if x]
     legs = [x for x in args.legs.split(",") if x]
-    sizes = [int(x) for x in args.watchers.split(",") if x] + ([50_000] if args.large else [])
+    sizes = [int(x) for x in args.watchers.split(",") if x] + ([LARGE] if args.large else [])
     print(HEADER, flush=True)
     for n in sizes:
         for loop in loops:
             for leg in legs:
-                if (loop == "asyncio" and leg != "tls") or (n >= 50_000 and (loop, leg) != ("uvloop", "tls")):
+                if (loop == "asyncio" and leg != "tls") or (n >= LARGE and (loop, leg) != ("uvloop", "tls")):
                     continue
                 print(row(run_watchers(n, leg, loop, certs, args)), flush=True)
     for m in [int(x) for x in args.sessions.split(",") if x]:

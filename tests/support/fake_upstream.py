@@ -363,10 +363,11 @@ class FakeUpstreamProcess:
         cert: Path | None = None,
         key: Path | None = None,
         login_delay: float = 0.0,
+        loop: str = "asyncio",
     ) -> None:
         root = Path(__file__).resolve().parents[2]
         argv = [sys.executable, "-m", "tests.support.fake_upstream", "--security", security]
-        argv += ["--login-delay", str(login_delay)]
+        argv += ["--login-delay", str(login_delay), "--loop", loop]
         if cert is not None and key is not None:
             argv += ["--cert", str(cert), "--key", str(key)]
         self.security = security
@@ -423,7 +424,15 @@ def main() -> None:
     parser.add_argument("--key")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--login-delay", type=float, default=0.0)
-    asyncio.run(serve(parser.parse_args()))
+    # uvloop for tens of thousands of TLS connections: the std loop's TLS transport holds 256 KiB each
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    args = parser.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(args))
+    else:
+        asyncio.run(serve(args))
 
 
 if __name__ == "__main__":
