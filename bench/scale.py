@@ -192,39 +192,47 @@ LARGE = 50_000
 LARGE_NOFILE = 131_072  # descriptors for the proxy and the fake upstream (each holds one per watcher)
 LARGE_PORTS = "10000 65535"  # local ports: 55,536 connections to the one upstream address
 _NETNS_MARK = "PUSHPROXY_SCALE_NETNS"
+FD_MARGIN = 1000  # descriptors besides the watchers' (listeners, store, admin, the ramp's closing sockets)
 
 
 def upstream_loop(n: int) -> str:
-    """The fake upstream's loop: uvloop past 20,000 connections (the std loop's TLS holds 256 KiB each)."""
-    return "uvloop" if n > 20_000 else "asyncio"
+    """The fake upstream's loop: uvloop past 15,000 connections (the std loop's TLS holds 256 KiB each)."""
+    return "uvloop" if n > 15_000 else "asyncio"
 
 
-def enter_large_environment() -> None:
-    """What an admin sets up for 50,000 watchers, done for this run only.
+def large_size() -> int:
+    """``--large``: 50,000 watchers, or as many as this machine's descriptors allow (said in one line).
 
-    - descriptors: each watcher is one in the proxy and one in the fake upstream, past the machine's
-      hard limit; as root the hard limit is raised for this process and its children;
+    What an admin sets up for that many, done for this run only:
+
+    - descriptors: each watcher is one in the proxy and one in the fake upstream; the soft limit is
+      raised to the hard one, and the hard one too where the process may (root with CAP_SYS_RESOURCE);
+      with less, the run takes the largest round size that fits and says so;
     - local ports: every watcher connects from the proxy's address to the one upstream address, so at
-      most ``net.ipv4.ip_local_port_range`` of them (28,232 by default) can be open at once.  The run
-      re-executes itself in a private network namespace (``unshare --net``, loopback only) whose range
-      is widened, so that the machine's own setting is untouched.
-
-    Without root (or ``unshare``) the run goes on as it is and says what will bound it.
+      most ``net.ipv4.ip_local_port_range`` of them (28,232 by default) can be open at once.  Past that
+      the run re-executes itself in a private network namespace (``unshare --net``, loopback only)
+      whose range is widened, so that the machine's own setting is untouched.
     """
-    if os.environ.get(_NETNS_MARK) == "1":
-        return
-    try:
+    with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (LARGE_NOFILE, LARGE_NOFILE))
-    except (ValueError, OSError) as exc:
-        print(f"# --large: descriptors not raised ({exc}); watchers past the hard limit will fail", flush=True)
-    unshare = shutil.which("unshare")
-    if os.geteuid() != 0 or unshare is None:
-        print("# --large: not root or no unshare: connections are bounded by ip_local_port_range", flush=True)
-        return
-    prelude = f'ip link set lo up && echo "{LARGE_PORTS}" > /proc/sys/net/ipv4/ip_local_port_range && exec "$@"'
-    os.environ[_NETNS_MARK] = "1"
-    print(f"# --large: in a private network namespace, local ports {LARGE_PORTS}", flush=True)
-    os.execv(unshare, [unshare, "--net", "sh", "-c", prelude, "sh", sys.executable, *sys.argv])
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    n = min(LARGE, (hard - FD_MARGIN) // 1000 * 1000)
+    if n < LARGE:
+        print(
+            f"# --large: the hard RLIMIT_NOFILE is {hard:,} and cannot be raised here: {n:,} watchers, not {LARGE:,}",
+            flush=True,
+        )
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    if n > high - low + 1 - FD_MARGIN and os.environ.get(_NETNS_MARK) != "1":
+        unshare = shutil.which("unshare")
+        if os.geteuid() != 0 or unshare is None:
+            print(f"# --large: not root or no unshare: at most {high - low + 1:,} connections upstream", flush=True)
+            return n
+        prelude = f'ip link set lo up && echo "{LARGE_PORTS}" > /proc/sys/net/ipv4/ip_local_port_range && exec "$@"'
+        os.environ[_NETNS_MARK] = "1"
+        print(f"# --large: in a private network namespace, local ports {LARGE_PORTS}", flush=True)
+        os.execv(unshare, [unshare, "--net", "sh", "-c", prelude, "sh", sys.executable, *sys.argv])
+    return n
 
 
 # =============================================================================== idle sessions
@@ -438,19 +446,18 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=20.0, help="the quiet window measured")
     parser.add_argument("--no-nginx", action="store_true")
     args = parser.parse_args()
-    if args.large:
-        enter_large_environment()
+    large = large_size() if args.large else 0
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     certs = make_apns_certs(Path(tempfile.mkdtemp(prefix="pp-scale-certs-")))
     loops = [x for x in args.loops.split(",") if x]
     legs = [x for x in args.legs.split(",") if x]
-    sizes = [int(x) for x in args.watchers.split(",") if x] + ([LARGE] if args.large else [])
+    sizes = [int(x) for x in args.watchers.split(",") if x] + ([large] if large else [])
     print(HEADER, flush=True)
     for n in sizes:
         for loop in loops:
             for leg in legs:
-                if (loop == "asyncio" and leg != "tls") or (n >= LARGE and (loop, leg) != ("uvloop", "tls")):
+                if (loop == "asyncio" and leg != "tls") or (n == large and (loop, leg) != ("uvloop", "tls")):
                     continue
                 print(row(run_watchers(n, leg, loop, certs, args)), flush=True)
     for m in [int(x) for x in args.sessions.split(",") if x]:

@@ -110,8 +110,7 @@ class Conn(asyncio.Protocol):
         self._upgrading: list[bytes] | None = None  # answers held while start_tls has not returned
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are no asyncio.Transport
         self.s.conns.add(self)
         self.s.in_flight += 1
         if self.s.security == "tls":
