@@ -10,7 +10,8 @@ number of accounts:
    hashing over the live nodes (heartbeat within the TTL), so accounts
    spread evenly and a node joining or leaving moves only its share;
 3. takes the leases of its accounts that are free or expired (a bounded
-   number per round: no thundering herd), and hands back (a bounded number
+   number per round with several nodes: no thundering herd; every one at
+   once on a node alone), and hands back (a bounded number
    per round) the leases of accounts now wanted elsewhere or with no
    registrations left.
 
@@ -50,6 +51,7 @@ from pushproxy.store.sql import SqlStore
 log = logging.getLogger("pushproxy.cluster")
 
 TAKE_PER_ROUND = 500  # leases taken per round at most
+START_BATCH = 500  # watchers started (their registrations read) per store query
 NEXT_BATCH_AFTER = 0.5  # seconds between batches of a large takeover (watchers start at watch.connect_rate)
 EXPIRY_GRACE = 0.2  # seconds after another node's lease expires before the round that may take it
 HANDOFF_PER_ROUND = 100  # leases handed to their wanted owner per round at most
@@ -62,6 +64,9 @@ class Watchers(Protocol):
     """What the lease manager asks of the watcher supervisor."""
 
     async def registration_changed(self, account: str, session_id: str | None = None) -> None: ...
+
+    async def registrations_changed(self, accounts: Sequence[str]) -> None:
+        """``registration_changed`` of many accounts, read with one store query per extension."""
 
     async def release(self, account: str, lost: bool = False) -> None: ...
 
@@ -109,10 +114,11 @@ class LeaseManager:
         self._grace_until = 0.0  # monotonic: until then, no other node's expired lease is taken
         self._wake_in = self.interval  # until the next round: sooner when another node's lease is about to expire
         # Leases taken whose watchers are not started yet.  The periodic round runs under a deadline
-        # (lease_ttl); starting a batch of 500 watchers one registration read at a time may outlast it
-        # under load, and a round cut short there left taken leases without watchers for good (seen
-        # at 10,000 accounts: 10,000 leases held, 689 watchers).  So the loop starts them after the
-        # round, outside its deadline, and whatever is left (a store fault) at the next one.
+        # (lease_ttl); starting a batch of 500 watchers may outlast it under load, and a round cut
+        # short there left taken leases without watchers for good (seen at 10,000 accounts: 10,000
+        # leases held, 689 watchers).  So the loop starts them after the round, outside its deadline,
+        # in batches of START_BATCH (one registration read per extension each), and whatever is
+        # left (a store fault) at the next one.
         self._unstarted: deque[str] = deque()
         self._defer_starts = False
         # What the last check (_check) was for: the live nodes; whether another is due anyway.
@@ -295,8 +301,11 @@ class LeaseManager:
             and wanted_owner(a, live) == self.node_id
             and (lease is None or not (in_grace and lease.owner != self.node_id))
         ]
-        taken = await self._take(mine[:TAKE_PER_ROUND], defer=self._defer_starts)
-        if len(mine) > TAKE_PER_ROUND:  # more orphans than one batch: the next one soon, not a round later
+        # One node (SQLite) shares the herd with nobody: it takes every lease at once and the watchers'
+        # connect gate (watch.connect_rate, most recently active first) paces the start, not the rounds.
+        per_round = TAKE_PER_ROUND if self._shared else len(mine)
+        taken = await self._take(mine[:per_round], defer=self._defer_starts)
+        if len(mine) > per_round:  # more orphans than one batch: the next one soon, not a round later
             self._wake_in = min(self._wake_in, NEXT_BATCH_AFTER)
         for account in taken:
             previous = unleased.get(account)
@@ -304,7 +313,7 @@ class LeaseManager:
                 metrics.CLUSTER_TAKEOVERS.inc()
                 log.info("cluster: took over %s from %s (lease expired)", account, previous.owner)
         metrics.CLUSTER_ACCOUNTS_UNWATCHED.set(sum(1 for a in unleased if a not in self._held))
-        self._checked_for, self._check_due = live, len(mine) > TAKE_PER_ROUND or self._handoff_left
+        self._checked_for, self._check_due = live, len(mine) > per_round or self._handoff_left
 
     async def registration_changed(self, account: str) -> None:
         """An account's registrations changed (on any node): follow it at once if it is, or should be, ours."""
@@ -319,12 +328,13 @@ class LeaseManager:
             await self._watchers.registration_changed(account)
 
     async def resync(self) -> None:
-        """After missed notices (the listening connection was lost): re-read every held account."""
+        """After missed notices (the listening connection was lost): re-read every held account, in batches."""
         self._check_due = True
         await self.run_round()
-        for account in list(self._held):
+        held = list(self._held)
+        for i in range(0, len(held), START_BATCH):
             if self._watchers is not None:
-                await self._watchers.registration_changed(account)
+                await self._watchers.registrations_changed(held[i : i + START_BATCH])
 
     async def _take(self, accounts: list[str], *, defer: bool = False) -> list[str]:
         """Take these accounts' leases where free or expired (one transaction) and start their watchers.
@@ -339,15 +349,17 @@ class LeaseManager:
         return list(taken)
 
     async def _start_taken(self) -> None:
-        """Start the watchers of the leases taken so far (each leaves the queue once it is started)."""
+        """Start the watchers of the leases taken so far, a batch at a time (it leaves the queue once started)."""
         while self._unstarted and self._watchers is not None:
-            account = self._unstarted.popleft()
-            if account not in self._held:
-                continue
+            batch: list[str] = []
+            while self._unstarted and len(batch) < START_BATCH:
+                account = self._unstarted.popleft()
+                if account in self._held:
+                    batch.append(account)
             try:
-                await self._watchers.registration_changed(account)
+                await self._watchers.registrations_changed(batch)
             except StoreUnavailable:
-                self._unstarted.appendleft(account)  # the next round tries again
+                self._unstarted.extendleft(reversed(batch))  # the next round tries again, in the same order
                 raise
 
     async def _hand_back(self, account: str) -> None:

@@ -61,8 +61,9 @@ The life of an extension, in the order the manager calls it:
 - ``observed_commands`` / ``command_succeeded(name, session)``: client
   commands relayed upstream (e.g. SUBSCRIBE) whose tagged OK the extension
   wants to hear of; the relay itself is not delayed.
-- ``watched_mailboxes(account)`` / ``watched_accounts()``: which mailboxes of
-  an account the extension wants watched (the manager merges every
+- ``watched_mailboxes(account)`` / ``watched_accounts()`` /
+  ``watched_mailboxes_of(accounts)``: which mailboxes of an account (of every
+  account; of a batch of them, read with one query) the extension wants watched (the manager merges every
   extension's :class:`WatchRequest`).  A request may also ask for the
   account's subscribed mailboxes: its watcher then lists them when it
   connects, every ``subscribed_refresh`` seconds and after
@@ -304,6 +305,16 @@ class Extension(ABC):  # noqa: B024 - every hook has a default; subclasses overr
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         """:meth:`watched_mailboxes` for every account it has registrations of (the start-up path)."""
         return {}
+
+    async def watched_mailboxes_of(self, accounts: Sequence[str]) -> dict[str, WatchRequest]:
+        """:meth:`watched_mailboxes` of many accounts (a lease round's batch of starts or takeovers), the
+        accounts without a request left out.  Override it with one store query: this default asks per account."""
+        requests = {}
+        for account in accounts:
+            request = await self.watched_mailboxes(account)
+            if request is not None:
+                requests[account] = request
+        return requests
 
     async def subscribed_listed(self, account: str, items: Sequence[ListItem]) -> None:
         """The account's subscribed mailboxes, as its watcher just listed them (see ``WatchRequest``)."""

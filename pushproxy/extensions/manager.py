@@ -355,6 +355,20 @@ class ExtensionManager:
                 requests.append(request)
         return merge_requests(requests)
 
+    async def specs_of(self, accounts: Sequence[str]) -> dict[str, WatchSpec]:
+        """:meth:`spec` of many accounts (a lease batch), one query per extension; those without one left out."""
+        by_account: dict[str, list[WatchRequest]] = {}
+        for ext in self.extensions:
+            answered = await self.safecall(ext, "watched_mailboxes_of", accounts, passthrough=(StoreUnavailable,))
+            for account, request in (answered or {}).items():
+                by_account.setdefault(account, []).append(request)
+        specs = {}
+        for account in accounts:
+            spec = merge_requests(by_account.get(account, []))
+            if spec is not None:
+                specs[account] = spec
+        return specs
+
     async def specs(self) -> dict[str, WatchSpec]:
         """:meth:`spec` for every account some request wants watched at start-up (one bulk read per extension)."""
         by_account: dict[str, list[WatchRequest]] = {}

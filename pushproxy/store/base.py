@@ -16,10 +16,12 @@ only after it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from pushproxy.store.errors import StoreUnavailable
 from pushproxy.store.records import MailboxState, StoredCredential
+from pushproxy.store.vault import VaultError
 
 if TYPE_CHECKING:
     from pushproxy.store.health import StoreHealth
@@ -67,6 +69,19 @@ class Store(ABC):
     async def get_credential(self, account: str) -> StoredCredential | None:
         """None when absent; raises VaultError when the record cannot be decrypted."""
 
+    async def get_credentials(self, accounts: Sequence[str]) -> dict[str, StoredCredential]:
+        """The stored credentials of these accounts (a batch of watcher starts); one that is absent or
+        does not decrypt is left out.  The SQL store reads them with one query."""
+        found: dict[str, StoredCredential] = {}
+        for account in accounts:
+            try:
+                cred = await self.get_credential(account)
+            except VaultError:
+                continue
+            if cred is not None:
+                found[account] = cred
+        return found
+
     @abstractmethod
     async def mark_credential_stale(self, account: str) -> None: ...
 
@@ -83,8 +98,9 @@ class Store(ABC):
     @abstractmethod
     async def delete_mailbox_states(self, account: str) -> None: ...
 
-    async def last_activity(self) -> dict[str, float]:
-        """When each account's watch state last changed (epoch seconds): the watchers' start order."""
+    async def last_activity(self, accounts: Sequence[str] | None = None) -> dict[str, float]:
+        """When each account's (of ``accounts``, or every) watch state last changed (epoch seconds):
+        the watchers' start order."""
         return {}
 
     # --- accounts -----------------------------------------------------------------

@@ -44,6 +44,15 @@ class Dialect:
     def json_param(self, n: int) -> str:
         return f"CAST(${n} AS JSONB)" if self.json_cast else f"${n}"
 
+    def text_list(self, n: int) -> str:
+        """A subquery of the strings of parameter ``n``, a JSON array (``account IN {text_list(1)}``).
+
+        One parameter however long the list: a batch of accounts is one statement, one plan.
+        """
+        if self.json_cast:
+            return f"(SELECT jsonb_array_elements_text(CAST(${n} AS JSONB)))"
+        return f"(SELECT value FROM json_each(${n}))"  # noqa: S608  (a placeholder number, no input)
+
 
 @functools.lru_cache(maxsize=1024)
 def _render(text: str, question: bool, epoch_now: str) -> str:

@@ -19,7 +19,8 @@ senders read an account's registrations through this view:
 
 The accounts this node watches are read when their watchers start (the
 extensions' ``watched_mailboxes`` go through the same queries), so the view
-holds what a send needs before any outage.  At most :data:`MAX_ENTRIES`
+holds what a send needs before any outage; a batch of them (a lease round's
+takeover, the start) is read with one query (:meth:`RegistrationView.get_many`).  At most :data:`MAX_ENTRIES`
 entries, least recently used first out.
 """
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -79,6 +80,57 @@ class RegistrationView:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
         return value
+
+    async def get_many(
+        self, kind: str, accounts: Sequence[str], load: Callable[[list[str]], Awaitable[dict[str, T]]]
+    ) -> dict[str, T]:
+        """:meth:`get` for every account of ``accounts``, those not answered from memory with one ``load``.
+
+        ``load(accounts)`` answers every account it is given (an empty value where there is none).
+        When the store is away, or the load fails, what was read before is used; an account never
+        read then raises :class:`StoreUnavailable` for the whole batch (a partial answer would read
+        as "no registrations" and stop watchers).
+        """
+        found: dict[str, T] = {}
+        to_read: list[str] = []
+        for account in dict.fromkeys(accounts):
+            entry = self._entry(kind, account)
+            if entry is not None and ((entry.current and self._notified) or not self._health.up):
+                found[account] = copy.deepcopy(entry.value)
+            elif entry is None and not self._health.up:
+                raise StoreUnavailable(f"the store is away and the {kind} of {account} were never read")
+            else:
+                to_read.append(account)
+        if not to_read:
+            return found
+        generations = {a: (self._all_generation, self._generation.get(a, 0)) for a in to_read}
+        try:
+            values = await load(to_read)
+        except StoreUnavailable as exc:
+            self._health.failed(exc)
+            for account in to_read:
+                entry = self._entry(kind, account)
+                if entry is None:
+                    raise
+                found[account] = copy.deepcopy(entry.value)
+            return found
+        self._health.succeeded()
+        for account in to_read:
+            value = values[account]
+            current = generations[account] == (self._all_generation, self._generation.get(account, 0))
+            self._entries.setdefault(account, {})[kind] = _Entry(copy.deepcopy(value), current)
+            self._entries.move_to_end(account)
+            found[account] = value
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return found
+
+    def _entry(self, kind: str, account: str) -> _Entry | None:
+        kinds = self._entries.get(account)
+        entry = None if kinds is None else kinds.get(kind)
+        if entry is not None:
+            self._entries.move_to_end(account)
+        return entry
 
     def changed(self, account: str | None) -> None:
         """A change notice: the account's registrations (None or "": some account's) changed."""

@@ -16,6 +16,7 @@ their package, bound with :meth:`SqlStore.queries`).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
 from typing import TypeVar
@@ -23,7 +24,7 @@ from typing import TypeVar
 from pushproxy.store.base import MailboxState, Store, StoredCredential
 from pushproxy.store.records import credential_aad, credential_from_row, mailbox_state_from_row
 from pushproxy.store.schema import SCHEMA_VERSION, SchemaPart, migrate
-from pushproxy.store.sql_base import Queries, SqlBackend, SqlBase
+from pushproxy.store.sql_base import Queries, SqlBackend, SqlBase, readable
 from pushproxy.store.tables import parts_of_extensions
 from pushproxy.store.vault import Vault
 
@@ -94,6 +95,14 @@ class SqlStore(SqlBase, Store):
         row = await self._fetchone("SELECT * FROM credentials WHERE account = $1", account)
         return None if row is None else credential_from_row(row, self._vault)  # VaultError propagates
 
+    async def get_credentials(self, accounts: Sequence[str]) -> dict[str, StoredCredential]:
+        rows = await self._fetch(
+            f"SELECT * FROM credentials WHERE account IN {self.dialect.text_list(1)}",  # noqa: S608  (no input)
+            json.dumps(list(accounts)),
+        )
+        # One that does not decrypt reads as absent (VaultCredentials: missing until the next login).
+        return {cred.account: cred for cred in readable(rows, credential_from_row, self._vault, "stored credential(s)")}
+
     async def mark_credential_stale(self, account: str) -> None:
         await self._modify("UPDATE credentials SET stale = TRUE, updated = $1 WHERE account = $2", time.time(), account)
 
@@ -124,8 +133,15 @@ class SqlStore(SqlBase, Store):
     async def delete_mailbox_states(self, account: str) -> None:
         await self._modify("DELETE FROM mailbox_state WHERE account = $1", account)
 
-    async def last_activity(self) -> dict[str, float]:
-        rows = await self._fetch("SELECT account, MAX(updated) AS last FROM mailbox_state GROUP BY account")
+    async def last_activity(self, accounts: Sequence[str] | None = None) -> dict[str, float]:
+        if accounts is None:
+            rows = await self._fetch("SELECT account, MAX(updated) AS last FROM mailbox_state GROUP BY account")
+        else:
+            rows = await self._fetch(
+                f"""SELECT account, MAX(updated) AS last FROM mailbox_state
+                    WHERE account IN {self.dialect.text_list(1)} GROUP BY account""",  # noqa: S608  (no input)
+                json.dumps(list(accounts)),
+            )
         return {row["account"]: float(row["last"]) for row in rows}
 
     # --- accounts -----------------------------------------------------------------

@@ -254,18 +254,22 @@ class Queries:
         return 0 if row is None else int(row["n"])
 
     def _readable(self, rows: Iterable[Row], read: Callable[[Row, Vault], T], what: str) -> list[T]:
-        """``read`` of each row that decrypts; the others are skipped with one log line naming ``what``.
+        return readable(rows, read, self._vault, what)
 
-        One unreadable row (tampered, or written under another key, which the
-        factory refuses at start) must not stop the pushes of the rest.
-        """
-        records: list[T] = []
-        skipped = 0
-        for row in rows:
-            try:
-                records.append(read(row, self._vault))
-            except VaultError:
-                skipped += 1
-        if skipped:
-            log.warning("skipped %d %s that do not decrypt", skipped, what)
-        return records
+
+def readable(rows: Iterable[Row], read: Callable[[Row, Vault], T], vault: Vault, what: str) -> list[T]:
+    """``read`` of each row that decrypts; the others are skipped with one log line naming ``what``.
+
+    One unreadable row (tampered, or written under another key, which the
+    factory refuses at start) must not stop the pushes of the rest.
+    """
+    records: list[T] = []
+    skipped = 0
+    for row in rows:
+        try:
+            records.append(read(row, vault))
+        except VaultError:
+            skipped += 1
+    if skipped:
+        log.warning("skipped %d %s that do not decrypt", skipped, what)
+    return records

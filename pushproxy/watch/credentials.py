@@ -21,6 +21,7 @@ import hmac
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,6 +57,10 @@ class CredentialProvider(ABC):
 
     @abstractmethod
     async def status(self, account: str) -> CredentialStatus: ...
+
+    async def statuses(self, accounts: Sequence[str]) -> dict[str, CredentialStatus]:
+        """:meth:`status` of many accounts (a batch of watcher starts; the vault reads them with one query)."""
+        return {account: await self.status(account) for account in accounts}
 
     @abstractmethod
     async def remember(self, account: str, login: str, secret: str) -> bool:
@@ -162,6 +167,14 @@ class VaultCredentials(CredentialProvider):
         if cred is None:
             return "missing"
         return "failed" if cred.stale else "ok"
+
+    async def statuses(self, accounts: Sequence[str]) -> dict[str, CredentialStatus]:
+        stored = await self._store.get_credentials(accounts)
+        return {
+            account: "missing" if cred is None else "failed" if cred.stale else "ok"
+            for account in accounts
+            for cred in [stored.get(account)]
+        }
 
     async def remember(self, account: str, login: str, secret: str) -> bool:
         digest = self._digest(login, secret)

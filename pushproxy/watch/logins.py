@@ -75,6 +75,10 @@ class LiveLogins:
                 return captured
         return None
 
+    def latest_of_each(self) -> dict[str, CapturedLogin]:
+        """Every account's most recent login (a batch of accounts looks them up once, not per account)."""
+        return {captured.account: captured for captured in self._sessions.values()}
+
     def forgotten(self) -> None:
         """An account's credentials were forgotten by the provider."""
         self.forgets += 1

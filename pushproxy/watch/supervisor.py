@@ -29,7 +29,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pushproxy import metrics
@@ -60,6 +60,9 @@ class WatchSource(Protocol):
     async def spec(self, account: str) -> WatchSpec | None: ...
 
     async def specs(self) -> dict[str, WatchSpec]: ...
+
+    async def specs_of(self, accounts: Sequence[str]) -> dict[str, WatchSpec]:
+        """:meth:`spec` of many accounts, one store query per extension; those without a spec left out."""
 
     async def listed(self, account: str, items: list[ListItem]) -> WatchSpec | None:
         """A watcher listed the account's subscribed mailboxes (``WatchSpec.list_subscribed``); the spec now."""
@@ -101,6 +104,9 @@ class Supervisor:
         self._logins = LiveLogins()
         self._locks = AccountLocks()
         self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        # The accounts that logged in or changed while a batch (registrations_changed) was read and
+        # followed, one set per batch in progress: those the batch's reads may be older than.
+        self._batches: list[set[str]] = []
         self._closed = False
         self.wanted = 0  # accounts with registrations at start (the file descriptor estimate's)
 
@@ -115,16 +121,15 @@ class Supervisor:
         specs = await self._watching.specs()  # without accounts the user's next login starts
         self.wanted = len(specs)
         activity = await self._store.last_activity()
-        plan: list[tuple[str, WatchSpec, bool]] = []
-        for account, spec in specs.items():
-            status = await self._credentials.status(account)
-            if status != "missing":
-                plan.append((account, spec, status == "failed"))
+        statuses = await self._credentials.statuses(list(specs))  # one store query (vault)
+        plan = [(a, spec, statuses[a] == "failed") for a, spec in specs.items() if statuses[a] != "missing"]
         # The most recently active accounts first (they get new mail soonest); the connect gate
         # keeps that order for every later reconnect too (Watcher.priority).
         plan.sort(key=lambda item: activity.get(item[0], 0.0), reverse=True)
         self._progress.start()
-        for account, spec, failed in plan:
+        for i, (account, spec, failed) in enumerate(plan):
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # tens of thousands of launches are not one stall of the loop
             if self._closed:
                 return
             if account not in self._watchers:
@@ -168,6 +173,7 @@ class Supervisor:
         captured = self._logins.capture(session_id, account, login, secret)
         if self._closed:
             return
+        self._touched(account)
         async with self._locks.hold(account):
             await self._hand_over(captured)
 
@@ -199,29 +205,75 @@ class Supervisor:
         account = normalise_account(account)
         if self._closed:
             return
+        self._touched(account)
         async with self._locks.hold(account):
             spec = await self._spec(account)
-            if spec is None:
-                await self._remove(account)
-                self._logins.forgotten()
-                await self._credentials.forget(account)
-                # A later registration starts afresh instead of pushing what arrived meanwhile.
-                self.states.forget(account)
-                await self._store.delete_mailbox_states(account)
-                log.info("watcher %s: no registrations left; stopped", account)
-                return
-            captured = self._logins.latest(account, session_id)
-            changed = False
-            if captured is not None:
-                changed = await self._remember(captured)
-            elif self._credentials.needs_user_login and await self._credentials.status(account) == "missing":
-                log.info(
-                    "watcher %s: no credentials captured (login was not LOGIN / AUTHENTICATE PLAIN); "
-                    "push starts after such a login",
-                    account,
-                )
-                return
-            await self._ensure(account, spec, changed)
+            await self._follow(account, spec, self._logins.latest(account, session_id))
+
+    async def registrations_changed(self, accounts: Sequence[str]) -> None:
+        """:meth:`registration_changed` of many accounts (lease starts, takeovers, a resync): their specs,
+        credential status and last activity read with one query each (per extension), then each followed
+        under its lock; one that logs in or changes meanwhile gets its own read.  A store fault raises
+        StoreUnavailable before any is followed."""
+        accounts = list(dict.fromkeys(normalise_account(a) for a in accounts))
+        if self._closed or not accounts:
+            return
+        meanwhile: set[str] = set()
+        self._batches.append(meanwhile)
+        try:
+            specs = await self._watching.specs_of(accounts)
+            # Not the user's doing: each keeps its place in the connect queue (its last activity).
+            activity = await self._store.last_activity(accounts)
+            latest = self._logins.latest_of_each()
+            statuses = {}
+            if self._credentials.needs_user_login:
+                statuses = await self._credentials.statuses([a for a in accounts if a in specs and a not in latest])
+            for account in accounts:
+                if self._closed:
+                    return
+                if account in meanwhile:
+                    await self.registration_changed(account)
+                    continue
+                async with self._locks.hold(account):
+                    spec, status = specs.get(account), statuses.get(account)
+                    await self._follow(account, spec, latest.get(account), status, activity.get(account, 0.0))
+        finally:
+            self._batches.remove(meanwhile)
+
+    def _touched(self, account: str) -> None:
+        for batch in self._batches:
+            batch.add(account)
+
+    async def _follow(
+        self,
+        account: str,
+        spec: WatchSpec | None,
+        captured: CapturedLogin | None,
+        status: str | None = None,
+        priority: float | None = None,
+    ) -> None:
+        """Bring the account's watcher in line with ``spec``, under the account's lock (``captured``: its
+        latest session's credentials; ``status`` and ``priority``: a batch's, see :meth:`_ensure`)."""
+        if spec is None:
+            await self._remove(account)
+            self._logins.forgotten()
+            await self._credentials.forget(account)
+            # A later registration starts afresh instead of pushing what arrived meanwhile.
+            self.states.forget(account)
+            await self._store.delete_mailbox_states(account)
+            log.info("watcher %s: no registrations left; stopped", account)
+            return
+        changed = False
+        if captured is not None:
+            changed = await self._remember(captured)
+        elif self._credentials.needs_user_login and (status or await self._credentials.status(account)) == "missing":
+            log.info(
+                "watcher %s: no credentials captured (login was not LOGIN / AUTHENTICATE PLAIN); "
+                "push starts after such a login",
+                account,
+            )
+            return
+        await self._ensure(account, spec, changed, priority)
 
     def relist_subscribed(self, account: str) -> None:
         """A client (un)subscribed through the proxy: the account's watcher lists its mailboxes again."""
@@ -276,9 +328,12 @@ class Supervisor:
     async def _spec(self, account: str) -> WatchSpec | None:
         return await self._watching.spec(account)
 
-    async def _ensure(self, account: str, spec: WatchSpec, credentials_changed: bool) -> None:
+    async def _ensure(
+        self, account: str, spec: WatchSpec, credentials_changed: bool, priority: float | None = None
+    ) -> None:
+        """``priority``: a lease batch's (the account's last activity); None: the user is active now."""
         current = self._watchers.get(account)
-        if current is not None:
+        if current is not None and priority is None:
             current.priority = time.time()  # the user is active now: first in line at the next reconnect
         if current is not None and current.spec == spec and current.running:
             if credentials_changed:
@@ -290,7 +345,7 @@ class Supervisor:
             await self._remove(account)
         if self._closed:
             return
-        self._launch(account, spec)
+        self._launch(account, spec, priority=priority)
 
     def _launch(self, account: str, spec: WatchSpec, *, dormant: bool = False, priority: float | None = None) -> None:
         if self._owns is not None and not self._owns(account):

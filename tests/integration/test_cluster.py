@@ -54,6 +54,15 @@ class FakeWatchers:
         else:
             self.running.discard(account)
 
+    async def registrations_changed(self, accounts: list[str]) -> None:
+        assert self.leases is not None
+        registered = await self.store.queries(ApnsQueries).devices_of_accounts(accounts)
+        for account in accounts:
+            if self.leases.owns(account) and registered[account]:
+                self.running.add(account)
+            else:
+                self.running.discard(account)
+
     async def release(self, account: str, lost: bool = False) -> None:
         self.running.discard(account)
 

@@ -534,3 +534,49 @@ async def test_deltachat_tokens(store: SqlStore) -> None:
     await tokens.set_token("carol", token)
     assert "carol" in await store.accounts_with_registrations()
     assert await tokens.remove_account("carol") == 1
+
+
+async def test_registrations_of_a_batch_of_accounts(store: SqlStore) -> None:
+    """A lease batch's reads: each extension's registrations and the credentials of many accounts, one query
+    each; every account asked is answered (empty where it has none), in each account's usual order."""
+    odd = 'o\'brien "quoted" \u00e9'  # quotes and non-ASCII go through the JSON parameter unharmed
+    apns, webpush, deltachat = (
+        store.queries(ApnsQueries),
+        store.queries(WebPushQueries),
+        store.queries(DeltaChatQueries),
+    )
+    await apns.upsert_device(device("alice", "acct-1", "aa" * 32))
+    await apns.upsert_device(device("alice", "acct-2", "bb" * 32))
+    await apns.upsert_device(device(odd, "acct-1", "cc" * 32))
+    await webpush.put_subscription(subscription("alice", "s2", created=2.0))
+    await webpush.put_subscription(subscription("alice", "s1", created=1.0))
+    await webpush.put_subscription(subscription("bob", "s1", created=3.0))
+    await deltachat.set_token("bob", "openpgp:one", now=2.0)
+    await deltachat.set_token("bob", "openpgp:two", now=1.0)
+    await store.put_credential(StoredCredential("alice", "alice", PASSWORD))
+    await store.put_credential(StoredCredential(odd, odd, "pw", stale=True))
+    accounts = ["alice", "bob", odd, "nobody"]
+
+    devices = await apns.devices_of_accounts(accounts)
+    assert {a: [d.aps_account_id for d in ds] for a, ds in devices.items()} == {
+        "alice": ["acct-1", "acct-2"],
+        "bob": [],
+        odd: ["acct-1"],
+        "nobody": [],
+    }
+    assert devices["alice"] == await apns.list_devices("alice")
+    subs = await webpush.subscriptions_of_accounts(accounts)
+    assert {a: [s.sub_id for s in ss] for a, ss in subs.items()} == {
+        "alice": ["s1", "s2"],
+        "bob": ["s1"],
+        odd: [],
+        "nobody": [],
+    }
+    tokens = await deltachat.tokens_of_accounts(accounts)
+    assert [t.token for t in tokens["bob"]] == ["openpgp:two", "openpgp:one"]  # least recently set first
+    assert tokens["alice"] == tokens[odd] == tokens["nobody"] == []
+    creds = await store.get_credentials(accounts)
+    assert sorted(creds) == sorted(["alice", odd])
+    assert creds["alice"].secret == PASSWORD and not creds["alice"].stale and creds[odd].stale
+    assert await store.get_credentials([]) == {}
+    assert await apns.devices_of_accounts([]) == {}

@@ -100,6 +100,26 @@ async def test_a_change_notice_makes_the_view_read_again(store: SqliteStore) -> 
     assert len(await devices.devices_for_account("alice")) == 2  # this node's write is a notice too
 
 
+async def test_a_batch_read_fills_the_view_the_senders_use_while_the_store_is_away(store: SqliteStore) -> None:
+    """A lease batch reads its accounts' registrations with one query (devices_of_accounts); what it read
+    is what a send uses once the store is away, as if each account had been read alone."""
+    devices = store.queries(ApnsQueries)
+    await devices.upsert_device(ApnsDevice(account="alice", aps_account_id="aps", device_token=TOKEN))
+    batch = await devices.devices_of_accounts(["alice", "bob"])
+    assert [d.device_token for d in batch["alice"]] == [TOKEN] and batch["bob"] == []
+    await store.close()  # the next read fails: the view answers from memory and the store is marked away
+    again = await devices.devices_of_accounts(["alice", "bob"])
+    assert not store.health.up
+    assert [d.device_token for d in again["alice"]] == [TOKEN] and again["bob"] == []
+    assert [d.device_token for d in await devices.devices_for_account("alice")] == [TOKEN]  # no wait, no error
+    with pytest.raises(StoreUnavailable):  # carol was never read: the whole batch waits for the store
+        await devices.devices_of_accounts(["alice", "carol"])
+    await store.open()
+    store.health.succeeded()  # a call worked: the probe sees the store back
+    await async_wait_for(lambda: store.health.up, 5, "the store back")
+    assert (await devices.devices_of_accounts(["alice", "carol"]))["carol"] == []
+
+
 def test_pending_claims_are_bounded_oldest_first() -> None:
     claims = PendingClaims(limit=3)
     claims.add("a", "INBOX", 1, [1, 2])

@@ -16,7 +16,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pushproxy.events import MailEvent, MessageInfo, NewMail
@@ -167,6 +167,10 @@ class DeltaChat(Extension):
 
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         return {token.account: INBOX_ONLY for token in await self.tokens.list_tokens()}
+
+    async def watched_mailboxes_of(self, accounts: Sequence[str]) -> dict[str, WatchRequest]:
+        by_account = await self.tokens.tokens_of_accounts(accounts)
+        return {account: INBOX_ONLY for account, tokens in by_account.items() if tokens}
 
     async def on_event(self, event: MailEvent) -> None:
         """New mail in INBOX not from the account itself: each of its tokens to the gateway."""

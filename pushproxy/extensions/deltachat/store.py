@@ -10,7 +10,9 @@ are :data:`pushproxy.extensions.deltachat.schema.DELTACHAT`.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pushproxy.store.records import Row, record_from_row
@@ -82,6 +84,18 @@ class DeltaChatQueries(Queries):
         """The account's tokens (every account's with None), least recently set first."""
         order = "account, last_registered, token_hash"
         return await self._listing("deltachat_tokens", order, account, _record, "Delta Chat token(s)")
+
+    async def tokens_of_accounts(self, accounts: Sequence[str]) -> dict[str, list[DeltaChatToken]]:
+        """:meth:`list_tokens` of many accounts (each least recently set first), with one query."""
+        rows = await self._fetch(
+            f"""SELECT * FROM deltachat_tokens WHERE account IN {self.dialect.text_list(1)}
+               ORDER BY account, last_registered, token_hash""",  # noqa: S608  (the dialect's subquery, no input)
+            json.dumps(list(accounts)),
+        )
+        by_account: dict[str, list[DeltaChatToken]] = {account: [] for account in accounts}
+        for token in self._readable(rows, _record, "Delta Chat token(s)"):
+            by_account[token.account].append(token)
+        return by_account
 
     async def remove_token(self, account: str, token: str) -> int:
         return await self._change_registrations(

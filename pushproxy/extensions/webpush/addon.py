@@ -104,6 +104,16 @@ class WebPush(Extension):
             return None
         return self._watch(account, subs)
 
+    async def watched_mailboxes_of(self, accounts: Sequence[str]) -> dict[str, WatchRequest]:
+        by_account = await self.core.store.queries(WebPushQueries).subscriptions_of_accounts(accounts)
+        requests = {}
+        for account, subs in by_account.items():
+            if subs:
+                requests[account] = self._watch(account, subs)
+            else:
+                self.mailboxes.forget(account)
+        return requests
+
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         by_account: dict[str, list[WebPushSubscription]] = {}
         for sub in await self.core.store.queries(WebPushQueries).list_subscriptions():

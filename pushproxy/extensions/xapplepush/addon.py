@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pushproxy.events import MailEvent, NewMail
@@ -83,6 +84,10 @@ class XApplePush(Extension):
     async def watched_mailboxes(self, account: str) -> WatchRequest | None:
         devices = await self.devices.devices_for_account(account)
         return _devices_watch(devices) if devices else None
+
+    async def watched_mailboxes_of(self, accounts: Sequence[str]) -> dict[str, WatchRequest]:
+        by_account = await self.devices.devices_of_accounts(accounts)
+        return {account: _devices_watch(devices) for account, devices in by_account.items() if devices}
 
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         by_account: dict[str, list[ApnsDevice]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pushproxy.accounts import canonical_mailbox
@@ -99,6 +100,21 @@ class ApnsQueries(Queries):
     async def devices_for_account(self, account: str) -> list[ApnsDevice]:
         """The account's devices; from memory when the store is away (``pushproxy.store.regview``)."""
         return await self._registrations.get("apns devices", account, lambda: self.list_devices(account))
+
+    async def devices_of_accounts(self, accounts: Sequence[str]) -> dict[str, list[ApnsDevice]]:
+        """:meth:`devices_for_account` of many accounts, with one query (a lease batch, the start)."""
+        return await self._registrations.get_many("apns devices", accounts, self._list_devices_of)
+
+    async def _list_devices_of(self, accounts: list[str]) -> dict[str, list[ApnsDevice]]:
+        rows = await self._fetch(
+            f"""SELECT * FROM apns_devices WHERE account IN {self.dialect.text_list(1)}
+               ORDER BY account, aps_account_id, token_hash""",  # noqa: S608  (the dialect's subquery, no input)
+            json.dumps(accounts),
+        )
+        by_account: dict[str, list[ApnsDevice]] = {account: [] for account in accounts}
+        for device in self._readable(rows, device_from_row, "APNs registration(s)"):
+            by_account[device.account].append(device)
+        return by_account
 
     async def list_devices(self, account: str | None = None) -> list[ApnsDevice]:
         order = "account, aps_account_id, token_hash"
