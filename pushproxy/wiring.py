@@ -165,3 +165,4 @@ async def build(app: Assembly) -> None:
         await supervisor.start()
         app.components.append(supervisor)
     fdlimit.check(cfg, supervisor.wanted if supervisor is not None else 0)
+    fdlimit.check_local_ports(cfg, supervisor.wanted if supervisor is not None else 0)
