@@ -95,6 +95,11 @@ class Store(ABC):
     @abstractmethod
     async def put_mailbox_state(self, state: MailboxState) -> None: ...
 
+    async def put_mailbox_states(self, states: Sequence[MailboxState]) -> None:
+        """Several states at once (the SQL store: one transaction)."""
+        for state in states:
+            await self.put_mailbox_state(state)
+
     @abstractmethod
     async def delete_mailbox_states(self, account: str) -> None: ...
 

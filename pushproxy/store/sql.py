@@ -16,6 +16,7 @@ their package, bound with :meth:`SqlStore.queries`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -31,6 +32,23 @@ from pushproxy.store.vault import Vault
 __all__ = ["SqlBackend", "SqlStore"]
 
 Q = TypeVar("Q", bound=Queries)
+
+
+_PUT_MAILBOX_STATE = """INSERT INTO mailbox_state (account, mailbox, uidvalidity, uidnext, highestmodseq, updated)
+   VALUES ($1, $2, $3, $4, $5, $6)
+   ON CONFLICT (account, mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+       uidnext = excluded.uidnext, highestmodseq = excluded.highestmodseq, updated = excluded.updated"""
+
+
+def _mailbox_state_args(state: MailboxState) -> tuple[object, ...]:
+    return (
+        state.account,
+        state.mailbox,
+        state.uidvalidity,
+        state.uidnext,
+        state.highestmodseq,
+        state.updated or time.time(),
+    )
 
 
 class SqlStore(SqlBase, Store):
@@ -115,20 +133,17 @@ class SqlStore(SqlBase, Store):
         return None if row is None else mailbox_state_from_row(row)
 
     async def put_mailbox_state(self, state: MailboxState) -> None:
-        async with self._in_call_order(("mailbox_state", state.account, state.mailbox)):
-            await self._modify(
-                """INSERT INTO mailbox_state (account, mailbox, uidvalidity, uidnext, highestmodseq, updated)
-                   VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (account, mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity,
-                       uidnext = excluded.uidnext, highestmodseq = excluded.highestmodseq,
-                       updated = excluded.updated""",
-                state.account,
-                state.mailbox,
-                state.uidvalidity,
-                state.uidnext,
-                state.highestmodseq,
-                state.updated or time.time(),
-            )
+        await self.put_mailbox_states([state])
+
+    async def put_mailbox_states(self, states: Sequence[MailboxState]) -> None:
+        """Several mailbox states in one transaction: one commit (one fsync) for a group of watchers' writes."""
+        keys = sorted({("mailbox_state", s.account, s.mailbox) for s in states})
+        async with contextlib.AsyncExitStack() as held:
+            for key in keys:  # each row's writes in call order; sorted, so two groups never wait on each other
+                await held.enter_async_context(self._in_call_order(key))
+            async with self._backend.write() as conn:
+                for state in states:
+                    await conn.execute(_PUT_MAILBOX_STATE, *_mailbox_state_args(state))
 
     async def delete_mailbox_states(self, account: str) -> None:
         await self._modify("DELETE FROM mailbox_state WHERE account = $1", account)

@@ -80,6 +80,35 @@ async def test_mailbox_state_is_kept_in_memory_and_written_when_the_store_is_bac
     assert stored is not None and stored.uidnext == 12
 
 
+async def test_the_watchers_state_writes_share_transactions(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 watchers writing their state at once (a start-up ramp) are a few commits, not 300 fsyncs that
+    queue past WRITE_WAIT and read as an outage; each put still returns once its state is stored, and a
+    mailbox written twice meanwhile ends with its later state."""
+    commits: list[int] = []
+    real = store.put_mailbox_states
+
+    async def counted(group: list[MailboxState]) -> None:
+        commits.append(len(group))
+        await real(group)
+
+    monkeypatch.setattr(store, "put_mailbox_states", counted)
+    states = MailboxStates(store, store.health)
+    puts = [MailboxState(f"user{i:03d}", "INBOX", 1, 5) for i in range(300)]
+    await asyncio.gather(
+        *(states.put_mailbox_state(s) for s in puts), states.put_mailbox_state(MailboxState("user000", "INBOX", 1, 9))
+    )
+    assert sum(commits) <= 301 and len(commits) <= 3, commits  # the first alone, then the rest together
+    assert states.pending == 0 and store.health.up
+    stored = await store.get_mailbox_state("user000", "INBOX")
+    assert stored is not None and stored.uidnext == 9
+    assert all([await store.get_mailbox_state(s.account, "INBOX") for s in puts])
+    await store.close()  # a group that fails leaves its states pending, as one write did
+    await states.put_mailbox_state(MailboxState("user001", "INBOX", 1, 7))
+    assert states.pending == 1 and not store.health.up
+
+
 async def test_senders_read_registrations_from_memory_while_the_store_is_away(store: SqliteStore) -> None:
     devices = store.queries(ApnsQueries)
     await devices.upsert_device(ApnsDevice(account="alice", aps_account_id="aps", device_token=TOKEN))

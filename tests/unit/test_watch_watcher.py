@@ -244,20 +244,20 @@ async def test_emit_comes_before_the_state_is_stored(env) -> None:
     watcher = sup.watcher("alice")
     assert watcher is not None
     store = watcher.store
-    real_put = store.put_mailbox_state
+    real_put = store.put_mailbox_states  # the watchers' writes are group commits (store/pending.py)
 
-    async def put(state: MailboxState) -> None:
-        order.append(f"put {state.uidnext}")
-        await real_put(state)
+    async def put(states: list[MailboxState]) -> None:
+        order.extend(f"put {state.uidnext}" for state in states)
+        await real_put(states)
 
-    store.put_mailbox_state = put  # type: ignore[method-assign]
+    store.put_mailbox_states = put  # type: ignore[method-assign]
 
     events.submit = lambda e: order.append(f"emit {e.uids}")  # type: ignore[method-assign, union-attr]
     try:
         fake.deliver()
         await until(lambda: "put 2" in order)
     finally:
-        store.put_mailbox_state = real_put  # type: ignore[method-assign]
+        store.put_mailbox_states = real_put  # type: ignore[method-assign]
     assert order == ["emit (1,)", "put 2"]
 
 
