@@ -124,6 +124,9 @@ class _Conn(SqlConn):
     async def execute(self, sql: str, *args: Any) -> int:
         return _rowcount(await self._conn.execute(POSTGRES.sql(sql), *args))
 
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(POSTGRES.sql(sql), rows)
+
 
 class PostgresBackend(SqlBackend):
     """A pool of connections to one PostgreSQL database."""

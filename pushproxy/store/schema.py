@@ -53,6 +53,10 @@ class SqlConn(Protocol):
         """Rows changed."""
         ...
 
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement for each row of arguments, in one round trip (a group of writes)."""
+        ...
+
 
 DataStep = Callable[[SqlConn, Dialect, Vault], Awaitable[None]]
 Step = str | DataStep

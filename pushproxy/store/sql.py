@@ -137,13 +137,14 @@ class SqlStore(SqlBase, Store):
 
     async def put_mailbox_states(self, states: Sequence[MailboxState]) -> None:
         """Several mailbox states in one transaction: one commit (one fsync) for a group of watchers' writes."""
+        if not states:
+            return
         keys = sorted({("mailbox_state", s.account, s.mailbox) for s in states})
         async with contextlib.AsyncExitStack() as held:
             for key in keys:  # each row's writes in call order; sorted, so two groups never wait on each other
                 await held.enter_async_context(self._in_call_order(key))
-            async with self._backend.write() as conn:
-                for state in states:
-                    await conn.execute(_PUT_MAILBOX_STATE, *_mailbox_state_args(state))
+            async with self._backend.write() as conn:  # one round trip: a busy loop is not a hop per row
+                await conn.execute_many(_PUT_MAILBOX_STATE, [_mailbox_state_args(state) for state in states])
 
     async def delete_mailbox_states(self, account: str) -> None:
         await self._modify("DELETE FROM mailbox_state WHERE account = $1", account)

@@ -107,6 +107,9 @@ class _Conn(SqlConn):
     async def execute(self, sql: str, *args: Any) -> int:
         return await self._worker.run(_execute, self._require(), SQLITE.sql(sql), args)
 
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._worker.run(_execute_many, self._require(), SQLITE.sql(sql), rows)
+
 
 def _fetch(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[Row]:
     cur = conn.execute(sql, args)
@@ -122,6 +125,10 @@ def _execute(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> int:
         return cur.rowcount
     finally:
         cur.close()
+
+
+def _execute_many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    conn.executemany(sql, rows).close()
 
 
 def _begin(conn: sqlite3.Connection) -> None:
