@@ -73,6 +73,8 @@ class Watchers(Protocol):
 
 def wanted_owner(account: str, nodes: Sequence[str]) -> str | None:
     """Rendezvous (highest random weight) hashing: the node with the highest score for the account."""
+    if len(nodes) == 1:  # one node (SQLite, or alone on PostgreSQL): nothing to hash, at 50,000 accounts a round
+        return nodes[0]
     best: tuple[bytes, str] | None = None
     for node in nodes:
         score = hashlib.blake2b(f"{node}\0{account}".encode(), digest_size=8).digest()
