@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +357,9 @@ async def test_the_push_ledger_is_pruned_in_batches(store: SqlStore) -> None:
 
 class NoWatchers:
     async def registration_changed(self, account: str, session_id: str | None = None) -> None:
+        pass
+
+    async def registrations_changed(self, accounts: Sequence[str]) -> None:
         pass
 
     async def release(self, account: str, lost: bool = False) -> None:
