@@ -27,6 +27,7 @@ Memory figures are firm (the same to within ~1 KB run to run).
 
 from __future__ import annotations
 
+import _ssl
 import argparse
 import asyncio
 import gc
@@ -55,6 +56,8 @@ VARIANTS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("client, ssl module, SSLObject over MemoryBIO (tlsbio)", "client", "bio", {"tickets": 2}),
     ("client, ssl module, not verified", "client", "ssl", {"tickets": 2, "verify": False}),
     ("client, ssl module, server sends no tickets", "client", "ssl", {"tickets": 0}),
+    ("client, ssl module, server sends 1 ticket", "client", "ssl", {"tickets": 1}),
+    ("client, ssl module, server sends 4 tickets", "client", "ssl", {"tickets": 4}),
     ("client, ssl module, resumed (TLS 1.3 ticket)", "client", "ssl", {"tickets": 2, "resume": True}),
     ("client, ssl module, resumed, TLS 1.2", "client", "ssl", {"tickets": 2, "resume": True, "tls12": True}),
     ("client, ssl module, full handshake, TLS 1.2", "client", "ssl", {"tickets": 2, "tls12": True}),
@@ -72,6 +75,8 @@ VARIANTS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("server, pyOpenSSL, stateless tickets (cache off)", "server", "pyopenssl", {"tickets": True}),
     ("server, pyOpenSSL, session cache on, OP_NO_TICKET", "server", "pyopenssl", {"cache": True}),
     ("server, pyOpenSSL, RELEASE_BUFFERS cleared", "server", "pyopenssl", {"twisted": True, "no_release": True}),
+    ("server, pyOpenSSL, the ssl module's options", "server", "pyopenssl", {"twisted": True, "py_options": True}),
+    ("server, pyOpenSSL, the ssl module's ciphers", "server", "pyopenssl", {"twisted": True, "py_ciphers": True}),
 ]
 
 
@@ -111,6 +116,10 @@ def pyopenssl_context(certs: dict[str, str], opts: dict[str, Any], server: bool)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)  # as Twisted's CertificateOptions does
     if opts.get("no_release"):
         lib.SSL_CTX_clear_mode(ctx._context, SSL.MODE_RELEASE_BUFFERS)
+    if opts.get("py_options"):
+        ctx.set_options(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).options)
+    if opts.get("py_ciphers"):
+        ctx.set_cipher_list(_ssl._DEFAULT_CIPHERS.encode())
     if server:
         ctx.use_certificate_file(certs["cert"])
         ctx.use_privatekey_file(certs["key"])

@@ -3,6 +3,7 @@
 Delta Chat offers ALPN ``imap`` on implicit TLS on every port but 993; with
 Twisted 26 a server context without acceptable protocols aborted those
 handshakes (issue 22 point 1).  The listener here is on a random port.
+Clients resume their TLS sessions (tickets), on implicit TLS and STARTTLS.
 """
 
 from __future__ import annotations
@@ -107,3 +108,34 @@ def test_openssl_s_client_alpn_imap(dovecot: Dovecot, proxy_factory) -> None:
     )  # fmt: skip
     assert b"* OK" in done.stdout, done.stderr[-500:]
     assert b"a1 OK" in done.stdout
+
+
+def test_clients_resume_tls_sessions(dovecot: Dovecot, proxy_factory) -> None:
+    proxy = _tls_proxy(dovecot, proxy_factory)
+    ctx = _context(dovecot, None)
+    session = None
+    reused = []
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", proxy.imaps_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                assert b"a1 OK" in _login(tls)  # TLS 1.3: the tickets come before the greeting
+                reused.append(tls.session_reused)
+                session = tls.session
+    assert reused == [False, True, True]
+    session = None
+    reused = []
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
+            greeting = _read_until(raw, b"\r\n")
+            raw.sendall(b"s1 STARTTLS\r\n")
+            assert b"s1 OK" in _read_until(raw, b"s1 OK", greeting)
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                assert b"a1 OK" in _login_after_starttls(tls)
+                reused.append(tls.session_reused)
+                session = tls.session
+    assert reused == [False, True]
+
+
+def _login_after_starttls(sock: ssl.SSLSocket) -> bytes:
+    sock.sendall(b"a1 LOGIN alice alicepw\r\n")
+    return _read_until(sock, b"a1 ")
