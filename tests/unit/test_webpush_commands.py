@@ -5,6 +5,8 @@ Only the client session is a fake (it collects the untagged lines).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -591,6 +593,35 @@ async def test_sweep_deletes_expired_and_sets_the_gauge(env: WebPushEnv) -> None
     assert sorted((s.account, s.sub_id) for s in remaining) == [("alice", "on"), ("bob", "quiet")]
     assert sorted(env.registrations) == [("alice", None), ("bob", None)]
     assert metric_value("pushproxy_webpush_subscriptions", {"state": "inactive"}) == 0
+
+
+async def test_a_failing_sweep_is_one_line_and_one_count_and_the_next_one_runs(
+    env: WebPushEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The maintenance loop's policy (the extensions' Housekeeping): no traceback, the loop goes on."""
+    handlers = env.ext.handlers
+    sweeps = 0
+
+    async def broken() -> int:
+        nonlocal sweeps
+        sweeps += 1
+        raise RuntimeError("a bug with a secret https://push.example.net/secret in its text")
+
+    before = metric_value("pushproxy_extension_errors_total", {"extension": "webpush", "hook": "housekeeping"})
+    handlers.sweep = broken  # type: ignore[method-assign]
+    handlers._sweep_interval = 0.01
+    task = asyncio.ensure_future(handlers._maintain())
+    try:
+        await eventually(lambda: sweeps >= 3, what="three sweeps")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    counted = metric_value("pushproxy_extension_errors_total", {"extension": "webpush", "hook": "housekeeping"})
+    assert counted - before >= 3
+    lines = [r for r in caplog.records if "housekeeping failed" in r.getMessage()]
+    assert len(lines) >= 3 and all(r.exc_info is None for r in lines)
+    assert not any("secret" in r.getMessage() for r in caplog.records)
 
 
 async def test_close_stops_background_work(env: WebPushEnv) -> None:
