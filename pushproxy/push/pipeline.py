@@ -26,7 +26,7 @@ pushed once.  Rows are pruned after ``cluster.ledger_retention``
 (:mod:`pushproxy.cluster.leases`).  The key needs the mailbox's UIDVALIDITY: an
 event whose source did not say (a Dovecot ox document without
 ``imap-uidvalidity``) takes the one the watchers last saw for that mailbox
-(:class:`~pushproxy.store.pending.MailboxStates`: in memory, else the store's
+(:class:`~pushproxy.watch.checks.MailboxStates`: in memory, else the store's
 ``mailbox_state``), so its claim and the watcher's meet.  When nobody knows it
 (no watcher has seen the mailbox, or the store is away and its state is not in
 memory) the key holds 0: a watcher pushing the same message under the real
@@ -62,7 +62,8 @@ from typing import Protocol
 from pushproxy import metrics
 from pushproxy.accounts import canonical_mailbox
 from pushproxy.events import MailEvent, NewMail
-from pushproxy.store.pending import MailboxStates, PendingClaims
+from pushproxy.store.base import MailboxState
+from pushproxy.store.pending import PendingClaims
 from pushproxy.store.sql import SqlStore
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "Extensions",
     "FanOut",
     "HoldForStore",
+    "KnownStates",
     "Leases",
     "PushLedger",
     "PushPipeline",
@@ -94,6 +96,13 @@ class Leases(Protocol):
         """True while no other node can have taken the account's lease: its mail may go on unclaimed."""
 
 
+class KnownStates(Protocol):
+    """The watchers' mailbox states (:class:`pushproxy.watch.checks.MailboxStates`), as the dedupe stage reads them."""
+
+    def known(self, account: str, mailbox: str) -> MailboxState | None:
+        """The mailbox's latest state if a watcher of this node has it in memory (the store is not asked)."""
+
+
 class PushLedger:
     """The dedupe stage: claims each message in the store's push ledger; only what this call claimed goes on."""
 
@@ -102,10 +111,10 @@ class PushLedger:
         self._health = store.health
         self._node_id = node_id
         self._leases = leases  # None: one node alone, which nobody else can take an account from
-        self._states: MailboxStates | None = None  # the watchers' (wiring); without, the store's rows alone
+        self._states: KnownStates | None = None  # the watchers' (wiring); without, the store's rows alone
         self.pending = PendingClaims()
 
-    def read_states_from(self, states: MailboxStates) -> None:
+    def read_states_from(self, states: KnownStates) -> None:
         """Take a missing UIDVALIDITY from ``states`` first (the watchers' memory, which outlives a store outage)."""
         self._states = states
 

@@ -8,7 +8,7 @@ for -- STATUS, EXAMINE, ``UID FETCH <stored UIDNEXT>:*`` and, for a few small
 new messages, their bodies -- hands the responses back, and applies each
 :class:`~pushproxy.watch.tracker.Outcome`: its events into the push pipeline
 (:meth:`pushproxy.push.pipeline.PushPipeline.submit`), then the mailbox
-state into the store.  It ends with the primary mailbox selected, for IDLE.
+state into :class:`MailboxStates`.  It ends with the primary mailbox selected, for IDLE.
 
 The bodies: asked for by the account's watch spec (``WatchSpec.bodies``, for
 WebPush, which sends a new message whole when the push fits), fetched with
@@ -16,28 +16,37 @@ WebPush, which sends a new message whole when the push fits), fetched with
 setting ``\\Seen``), as a partial fetch: a longer message comes back cut at
 the limit and is left out.  A refused fetch (e.g. ``[UNKNOWN-CTE]``) leaves the
 push with the envelope only.
+
+:class:`MailboxStates`: the node's watchers' UIDVALIDITY/UIDNEXT/MODSEQ per mailbox (each connection
+loads them at its start, its checks save them), written to the store in group commits: the writes that
+arrive while one commits share the next transaction (a ramp of hundreds of watchers a second is a few
+commits, not one fsync each, which queued past :data:`WRITE_WAIT` and read as an outage).  While the store
+is away the latest state of each watched mailbox stays in memory (bounded by this node's watchers): a
+reconnecting watcher catches up from it; the store's recovery (:class:`~pushproxy.store.health.StoreHealth`)
+writes it back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 from pushproxy.events import NewMail
 from pushproxy.imap.commands import mailbox_arg
 from pushproxy.imap.data import MalformedResponse, Response, SelectInfo, StatusInfo, parse_select, parse_status
 from pushproxy.imap.fetch import parse_fetch
 from pushproxy.push.pipeline import PushPipeline
+from pushproxy.store.base import MailboxState, Store, StoreUnavailable
+from pushproxy.store.health import StoreHealth
 from pushproxy.watch.tracker import MailboxTracker, Outcome
 from pushproxy.watch.upstream import WatcherProtocol
 from pushproxy.watch.upstream_types import CommandFailed
 
-if TYPE_CHECKING:
-    from pushproxy.store.pending import MailboxStates
-
-__all__ = ["BODY_FETCH_LIMIT", "BODY_FETCH_MAX_MESSAGES", "NEW_MAIL_ITEMS", "MailboxChecks", "WatchingConnection"]
+__all__ = ["BODY_FETCH_LIMIT", "BODY_FETCH_MAX_MESSAGES", "NEW_MAIL_ITEMS", "WRITE_WAIT"]
+__all__ += ["MailboxChecks", "MailboxStates", "WatchingConnection"]
 
 log = logging.getLogger("pushproxy.watch.watcher")
 
@@ -47,6 +56,9 @@ NEW_MAIL_ITEMS = b"UID FLAGS ENVELOPE"
 # -01): fetch at most this much of at most this many messages.
 BODY_FETCH_LIMIT = 3993
 BODY_FETCH_MAX_MESSAGES = 4
+
+WRITE_WAIT = 5.0  # a watcher waits this long for its state write, then goes on (the write stays pending)
+FLUSH_GROUP = 500  # states per transaction when what is pending is written back
 
 
 class WatchingConnection(Protocol):
@@ -133,7 +145,7 @@ class MailboxChecks:
         for event in outcome.events:
             self._pipeline.submit(event)
         if outcome.save is not None:
-            await self._states.put_mailbox_state(outcome.save)  # never raises for an unreachable store
+            await self._states.save(outcome.save)  # never raises for an unreachable store
 
     async def _check_other(self, box: str, trigger: float | None) -> bool:
         hint = self.t.hints.pop(box, None)
@@ -261,3 +273,122 @@ class MailboxChecks:
                     replace(m, body=bodies[m.uid], body_item=section) if m.uid in bodies else m for m in event.messages
                 )
                 outcome.events[i] = replace(event, messages=messages)
+
+
+class MailboxStates:
+    """The mailbox state of the accounts this node watches: the store's, and in memory what it could not take."""
+
+    def __init__(self, store: Store, health: StoreHealth) -> None:
+        self._store = store
+        self._health = health
+        self._known: dict[str, dict[str, MailboxState]] = {}  # account -> mailbox -> latest state
+        self._dirty: dict[str, set[str]] = {}  # account -> mailboxes whose latest state is not stored
+        # The next group commit: the states written meanwhile (latest per mailbox) and its outcome.
+        self._group: dict[tuple[str, str], MailboxState] = {}
+        self._group_done: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return sum(len(boxes) for boxes in self._dirty.values())
+
+    def known(self, account: str, mailbox: str) -> MailboxState | None:
+        """The mailbox's latest state if a watcher of this node has it in memory (the store is not asked)."""
+        return self._known.get(account, {}).get(mailbox)
+
+    async def get_mailbox_state(self, account: str, mailbox: str) -> MailboxState | None:
+        known = self._known.get(account, {}).get(mailbox)
+        if known is not None:
+            return known
+        if not self._health.up:
+            raise StoreUnavailable("the store is away and this mailbox's state is not in memory")
+        try:
+            state = await self._store.get_mailbox_state(account, mailbox)
+        except StoreUnavailable as exc:
+            self._health.failed(exc)
+            raise
+        self._health.succeeded()
+        if state is not None:
+            self._known.setdefault(account, {})[mailbox] = state
+        return state
+
+    async def save(self, state: MailboxState) -> None:
+        """Remember ``state``; write it now if the store answers within :data:`WRITE_WAIT`, else later."""
+        self._known.setdefault(state.account, {})[state.mailbox] = state
+        if not self._health.up:
+            self._dirty.setdefault(state.account, set()).add(state.mailbox)
+            return
+        try:
+            async with asyncio.timeout(WRITE_WAIT):
+                await asyncio.shield(self._join_group(state))  # a cancelled watcher does not cancel the group
+        except (StoreUnavailable, TimeoutError) as exc:
+            self._dirty.setdefault(state.account, set()).add(state.mailbox)
+            self._health.failed(exc)
+            return
+        self._health.succeeded()
+        if self._known.get(state.account, {}).get(state.mailbox) is state:
+            self._clean(state.account, state.mailbox)
+
+    def _join_group(self, state: MailboxState) -> asyncio.Future[None]:
+        """The commit that will store ``state`` (or a later state of its mailbox): the next group."""
+        self._group[(state.account, state.mailbox)] = state
+        if self._group_done is None:
+            self._group_done = asyncio.get_running_loop().create_future()
+            self._group_done.add_done_callback(_retrieved)
+        done = self._group_done
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._commit_groups())
+        return done
+
+    async def _commit_groups(self) -> None:
+        """Commit the group formed meanwhile, one transaction each, until none is left."""
+        while self._group_done is not None:
+            states, done = list(self._group.values()), self._group_done
+            self._group, self._group_done = {}, None
+            try:
+                await self._store.put_mailbox_states(states)
+            except Exception as exc:  # StoreUnavailable; anything else fails the callers the same way
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+    async def _drained(self) -> None:
+        """Until the group commits in progress ended (their outcome is their callers')."""
+        writer = self._writer
+        if writer is not None and not writer.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(writer)
+
+    def _clean(self, account: str, mailbox: str) -> None:
+        dirty = self._dirty.get(account)
+        if dirty is not None:
+            dirty.discard(mailbox)
+            if not dirty:
+                del self._dirty[account]
+
+    async def flush(self, account: str | None = None) -> None:
+        """Write what is pending (of one account, or all); raises StoreUnavailable if the store is away."""
+        await self._drained()
+        accounts = [account] if account is not None else list(self._dirty)
+        pending = [
+            (name, mailbox, self._known.get(name, {}).get(mailbox))
+            for name in accounts
+            for mailbox in sorted(self._dirty.get(name, ()))
+        ]
+        for i in range(0, len(pending), FLUSH_GROUP):
+            group = pending[i : i + FLUSH_GROUP]
+            await self._store.put_mailbox_states([state for _, _, state in group if state is not None])
+            for name, mailbox, state in group:
+                if self._known.get(name, {}).get(mailbox) is state:
+                    self._clean(name, mailbox)
+
+    def forget(self, account: str) -> None:
+        """The account is no longer watched here (lease handed over or lost, registrations gone)."""
+        self._known.pop(account, None)
+        self._dirty.pop(account, None)
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    """A group's failure is its callers'; one whose callers all gave up must not log 'never retrieved'."""
+    if not done.cancelled():
+        done.exception()

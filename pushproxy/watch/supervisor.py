@@ -38,7 +38,7 @@ from pushproxy.config import Config, ConfigError
 from pushproxy.imap.data import ListItem
 from pushproxy.push.pipeline import PushPipeline
 from pushproxy.store.base import Store, StoreUnavailable
-from pushproxy.store.pending import MailboxStates
+from pushproxy.watch.checks import MailboxStates
 from pushproxy.watch.connect import make_tls_context
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
 from pushproxy.watch.logins import AccountLocks, CapturedLogin, LiveLogins

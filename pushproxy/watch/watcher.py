@@ -58,7 +58,7 @@ from pushproxy.imap.data import ListItem
 from pushproxy.push.pipeline import PushPipeline
 from pushproxy.retry import Backoff
 from pushproxy.store.base import Store, StoreUnavailable
-from pushproxy.store.pending import MailboxStates
+from pushproxy.watch.checks import MailboxStates
 from pushproxy.watch.connect import login, open_connection
 from pushproxy.watch.credentials import CredentialProvider
 from pushproxy.watch.pacing import ConnectLimiter, spread

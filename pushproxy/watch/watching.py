@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import ssl
 
     from pushproxy.config import Config
-    from pushproxy.store.pending import MailboxStates
+    from pushproxy.watch.checks import MailboxStates
     from pushproxy.watch.pacing import ConnectLimiter
 
 __all__ = ["Detector", "WatchedAccount"]

@@ -15,8 +15,8 @@ from pushproxy.events import Expunge, MailEvent, MessageInfo, NewMail
 from pushproxy.push import pipeline as pipeline_module
 from pushproxy.push.pipeline import FanOut, PushLedger, PushPipeline, skip_seen
 from pushproxy.store import SqliteStore, Vault
-from pushproxy.store.pending import MailboxStates
 from pushproxy.store.records import MailboxState
+from pushproxy.watch.checks import MailboxStates
 
 SEEN = ("\\Seen",)
 
@@ -89,7 +89,7 @@ async def test_an_ox_event_without_uidvalidity_meets_the_watchers_claim(store: S
 
 async def test_the_watchers_view_of_uidvalidity_serves_while_the_store_is_away(store: SqliteStore) -> None:
     states = MailboxStates(store, store.health)
-    await states.put_mailbox_state(MailboxState("alice", "INBOX", 9, 3))
+    await states.save(MailboxState("alice", "INBOX", 9, 3))
     extensions = Extensions()
     ledger = PushLedger(store, "solo")
     ledger.read_states_from(states)

@@ -20,7 +20,8 @@ from pushproxy.extensions.xapplepush.store import ApnsDevice, ApnsQueries
 from pushproxy.push.pipeline import FanOut, PushLedger, PushPipeline
 from pushproxy.store import MailboxState, SqliteStore, StoreUnavailable, Vault
 from pushproxy.store.health import StoreHealth
-from pushproxy.store.pending import MailboxStates, PendingClaims
+from pushproxy.store.pending import PendingClaims
+from pushproxy.watch.checks import MailboxStates
 from tests.support.waiting import async_wait_for
 
 TOKEN = "ab" * 32
@@ -65,10 +66,10 @@ async def test_health_says_it_once_and_runs_the_recovery_in_order(caplog: pytest
 
 async def test_mailbox_state_is_kept_in_memory_and_written_when_the_store_is_back(store: SqliteStore) -> None:
     states = MailboxStates(store, store.health)
-    await states.put_mailbox_state(MailboxState("alice", "INBOX", 7, 10))
+    await states.save(MailboxState("alice", "INBOX", 7, 10))
     await store.close()  # away
     newer = MailboxState("alice", "INBOX", 7, 12)
-    await states.put_mailbox_state(newer)  # no exception: kept
+    await states.save(newer)  # no exception: kept
     assert states.pending == 1 and not store.health.up
     assert await states.get_mailbox_state("alice", "INBOX") is newer  # a reconnecting watcher catches up from it
     with pytest.raises(StoreUnavailable):
@@ -96,16 +97,14 @@ async def test_the_watchers_state_writes_share_transactions(
     monkeypatch.setattr(store, "put_mailbox_states", counted)
     states = MailboxStates(store, store.health)
     puts = [MailboxState(f"user{i:03d}", "INBOX", 1, 5) for i in range(300)]
-    await asyncio.gather(
-        *(states.put_mailbox_state(s) for s in puts), states.put_mailbox_state(MailboxState("user000", "INBOX", 1, 9))
-    )
+    await asyncio.gather(*(states.save(s) for s in puts), states.save(MailboxState("user000", "INBOX", 1, 9)))
     assert sum(commits) <= 301 and len(commits) <= 3, commits  # the first alone, then the rest together
     assert states.pending == 0 and store.health.up
     stored = await store.get_mailbox_state("user000", "INBOX")
     assert stored is not None and stored.uidnext == 9
     assert all([await store.get_mailbox_state(s.account, "INBOX") for s in puts])
     await store.close()  # a group that fails leaves its states pending, as one write did
-    await states.put_mailbox_state(MailboxState("user001", "INBOX", 1, 7))
+    await states.save(MailboxState("user001", "INBOX", 1, 7))
     assert states.pending == 1 and not store.health.up
 
 

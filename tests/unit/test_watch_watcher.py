@@ -244,7 +244,7 @@ async def test_emit_comes_before_the_state_is_stored(env) -> None:
     watcher = sup.watcher("alice")
     assert watcher is not None
     store = watcher.store
-    real_put = store.put_mailbox_states  # the watchers' writes are group commits (store/pending.py)
+    real_put = store.put_mailbox_states  # the watchers' writes are group commits (watch/checks.py MailboxStates)
 
     async def put(states: list[MailboxState]) -> None:
         order.extend(f"put {state.uidnext}" for state in states)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pushproxy.accounts import canonical_mailbox
 from pushproxy.events import MailEvent, NewMail
 from pushproxy.extensions.base import Extension, WatchRequest, admin_command, admin_group
 from pushproxy.extensions.housekeeping import Housekeeping
@@ -37,6 +38,14 @@ def _devices_watch(devices: list[ApnsDevice]) -> WatchRequest:
     """Every mailbox a device of the account registered (INBOX when it named none)."""
     boxes = [box for device in devices for box in (device.mailboxes or ["INBOX"])]
     return WatchRequest(tuple(boxes))
+
+
+def wants_push(device: ApnsDevice, mailbox: str) -> bool:
+    """Does the device want a push for new mail in ``mailbox`` (canonical, as the push pipeline makes it)?
+
+    INBOX matches as registered in any case; other names exactly (they are case-sensitive in IMAP).
+    """
+    return any(canonical_mailbox(registered) == mailbox for registered in device.mailboxes)
 
 
 class XApplePush(Extension):
@@ -106,7 +115,7 @@ class XApplePush(Extension):
         if not isinstance(event, NewMail) or self.pusher is None:
             return
         for device in await self.devices.devices_for_account(event.account):
-            if device.wants(event.mailbox):
+            if wants_push(device, event.mailbox):
                 self.pusher.notify(device.device_token, device.aps_account_id, event.mailbox)
 
     async def invalid_token(self, token: str, registered_before: float | None) -> None:

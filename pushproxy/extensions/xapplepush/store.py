@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pushproxy.accounts import canonical_mailbox
 from pushproxy.store.records import Row, record_from_row
 from pushproxy.store.sql_base import Queries
 from pushproxy.store.vault import Vault
@@ -32,13 +31,6 @@ class ApnsDevice:
     mailboxes: list[str] = field(default_factory=lambda: ["INBOX"])
     first_registered: float = 0.0  # unix time
     last_registered: float = 0.0  # unix time
-
-    def wants(self, mailbox: str) -> bool:
-        """Does the device want a push for new mail in ``mailbox`` (canonical, as the push pipeline makes it)?
-
-        INBOX matches as registered in any case; other names exactly (they are case-sensitive in IMAP).
-        """
-        return any(canonical_mailbox(registered) == mailbox for registered in self.mailboxes)
 
 
 # Keep these exactly as they are: changing them makes every stored token unreadable.
