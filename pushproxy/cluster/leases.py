@@ -19,7 +19,8 @@ What a quiet round costs the loop does not grow with the accounts (issue
 23): the renewal only counts while no lease can have expired, and steps 2-3
 (:meth:`LeaseManager._check`) run when something asks for them (the live
 nodes changed, another node's lease is expiring, a registration changed, an
-outage ended, a batch is left over) and every ``CHECK_EVERY`` rounds, the
+outage ended, a batch is left over, for a TTL after the live nodes changed
+while the others hand back their share) and every ``CHECK_EVERY`` rounds, the
 database answering only with the accounts that need something done.
 
 A lease is taken with one conditional upsert (it succeeds only when the row
@@ -128,6 +129,7 @@ class LeaseManager:
         self._check_due = True
         self._balanced_for: list[str] = []  # the live nodes the held accounts' shares were computed for
         self._handoff_left = False  # more accounts wanted elsewhere than one round hands back
+        self._handoffs_until = 0.0  # monotonic: until then every round checks (the live nodes changed)
 
     @property
     def interval(self) -> float:
@@ -238,7 +240,18 @@ class LeaseManager:
         self._wake_in = min([self.interval, *(d + EXPIRY_GRACE for d in expiring if d > 0)])
         if self._in_grace() and any(d <= 0 for d in expiring):
             self._wake_in = min(self._wake_in, self._grace_until - time.monotonic() + EXPIRY_GRACE)
-        if expiring or self._check_due or self._live != self._checked_for or self._rounds % CHECK_EVERY == 0:
+        if self._live != self._checked_for:
+            # The nodes that see this change too hand their share back at their next rounds (within
+            # TTL/3, HANDOFF_PER_ROUND at a time): check every round until then, or a lease handed
+            # back waits for the next CHECK_EVERY round (2 * lease_ttl) with nobody watching.
+            self._handoffs_until = time.monotonic() + self._ttl
+        if (
+            expiring
+            or self._check_due
+            or self._live != self._checked_for
+            or time.monotonic() < self._handoffs_until
+            or self._rounds % CHECK_EVERY == 0
+        ):
             await self._check(self._live)
 
         self._rounds += 1
@@ -281,7 +294,8 @@ class LeaseManager:
         Not every round: the database answers only with what is to be done (accounts with no live
         lease, this node's leases of accounts without registrations), so a quiet check costs the
         loop nothing per account; and the rendezvous share of every held account is computed only
-        when the live nodes changed.  It runs when the nodes changed, another node's lease is
+        when the live nodes changed.  It runs when the nodes changed (and every round for a TTL
+        after, while the others hand back their share; again after a check that took some), another node's lease is
         expiring, after an outage or a missed notice, while a batch is left over, and every
         CHECK_EVERY rounds; new registrations are followed at once without it (registration_changed).
         """
@@ -315,7 +329,8 @@ class LeaseManager:
                 metrics.CLUSTER_TAKEOVERS.inc()
                 log.info("cluster: took over %s from %s (lease expired)", account, previous.owner)
         metrics.CLUSTER_ACCOUNTS_UNWATCHED.set(sum(1 for a in unleased if a not in self._held))
-        self._checked_for, self._check_due = live, len(mine) > per_round or self._handoff_left
+        # A check that took leases checks again next round: a hand-back of many comes in batches.
+        self._checked_for, self._check_due = live, len(mine) > per_round or self._handoff_left or bool(taken)
 
     async def registration_changed(self, account: str) -> None:
         """An account's registrations changed (on any node): follow it at once if it is, or should be, ours."""

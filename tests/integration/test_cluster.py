@@ -176,6 +176,22 @@ async def test_leases_spread_over_nodes_and_never_overlap(pg_nodes: NodeFactory)
     assert {r["account"]: r["owner"] for r in leases} == {a: n.node_id for n in (n1, n2, n3) for a in n.leases.held()}
 
 
+async def test_joining_node_takes_its_share_the_round_after_it_is_handed_back(pg_nodes: NodeFactory) -> None:
+    """A lease handed back to a node that joined is taken at that node's next round, not at its next
+    periodic check (CHECK_EVERY rounds, 2 * lease_ttl) with nobody watching the account meanwhile."""
+    n1, n2 = await pg_nodes("n1"), await pg_nodes("n2")
+    await register(n1.store, ACCOUNTS)
+    await n1.round()  # alone: everything
+    await n2.round()  # joins: nothing free yet
+    assert not n2.leases.held()
+    await n1.round()  # sees n2: hands its share back
+    share = {a for a in ACCOUNTS if wanted_owner(a, ["n1", "n2"]) == "n2"}
+    assert not share & set(n1.leases.held())
+    await n2.round()
+    assert set(n2.leases.held()) == share
+    assert_exclusive_cover([n1, n2], ACCOUNTS)
+
+
 async def test_dead_node_taken_over_after_ttl(pg_nodes: NodeFactory) -> None:
     nodes = [await pg_nodes(f"n{i}") for i in (1, 2, 3)]
     await register(nodes[0].store, ACCOUNTS)
