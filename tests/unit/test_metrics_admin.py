@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pushproxy import metrics
 from pushproxy.admin import AdminServer, parse_listen
+from pushproxy.extensions import EXTENSIONS, available
 
 EXPECTED_METRICS = {
     # family name as the text parser reports it (counters without _total)
@@ -90,6 +91,9 @@ async def test_healthz(admin: AdminServer, http: aiohttp.ClientSession) -> None:
 
 
 async def test_metrics_exposes_every_metric(admin: AdminServer, http: aiohttp.ClientSession) -> None:
+    # An extension's metrics are registered by its module, imported when the proxy loads the extension
+    # (the add-on model): load pushproxy's own as ``serve`` does, not rely on an earlier test having done so.
+    available(EXTENSIONS, installed=False)
     metrics.SESSIONS_TOTAL.inc()
     metrics.PUSHES.labels(service="apns", status="200").inc()
     async with http.get(f"{admin.url}/metrics") as resp:
