@@ -12,12 +12,15 @@ Variants, each one row:
 - **client** (the watchers' and the sessions' upstream leg): the ``ssl``
   module (``SSLSocket``; ``SSLObject`` over ``ssl.MemoryBIO`` as
   pushproxy/watch/tlsbio.py uses it), pyOpenSSL (Twisted's TLS); certificate
-  verified or not; session tickets from the server (``num_tickets`` 2 or 0);
-  resumed (every connection offers the first one's session) or full;
+  verified or not; session tickets from the server (``num_tickets`` 0, 1, 2
+  or 4); resumed (every connection offers the first one's session) or full;
+  TLS 1.2; uvloop's TLS transport; a client that writes once after the
+  greeting (the others only read it);
 - **server** (the sessions' client leg): the ``ssl`` module and pyOpenSSL as
   Twisted sets it up (session cache off, ``OP_NO_TICKET``), then with
-  stateless tickets, with the server-side session cache, and with
-  ``SSL_MODE_RELEASE_BUFFERS`` cleared.
+  stateless tickets, with the server-side session cache, with
+  ``SSL_MODE_RELEASE_BUFFERS`` cleared, and with the ssl module's options and
+  ciphers.
 
     python bench/tls_floor.py              # 1,000 connections per row
     python bench/tls_floor.py --n 3000
@@ -48,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support.certs import make_apns_certs  # noqa: E402
 
 GREETING = b"* OK ready\r\n"
+OPTS: dict[str, Any] = {}  # the measured variant's options (in the measured process)
 
 # (name, side, library, options): each measured in a fresh process.
 VARIANTS: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -56,6 +60,7 @@ VARIANTS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("client, ssl module, SSLObject over MemoryBIO (tlsbio)", "client", "bio", {"tickets": 2}),
     ("client, ssl module, not verified", "client", "ssl", {"tickets": 2, "verify": False}),
     ("client, ssl module, server sends no tickets", "client", "ssl", {"tickets": 0}),
+    ("client, ssl module, writes a line after the greeting", "client", "ssl", {"tickets": 2, "write": True}),
     ("client, ssl module, server sends 1 ticket", "client", "ssl", {"tickets": 1}),
     ("client, ssl module, server sends 4 tickets", "client", "ssl", {"tickets": 4}),
     ("client, ssl module, resumed (TLS 1.3 ticket)", "client", "ssl", {"tickets": 2, "resume": True}),
@@ -203,6 +208,8 @@ def _client_conn(port: int, lib: str, ctx: ssl.SSLContext, pctx: Any, session: A
     if lib == "ssl":
         tls = ctx.wrap_socket(sock, server_hostname="localhost", session=session)
         _read_line(tls.recv)
+        if OPTS.get("write"):
+            tls.sendall(b"a NOOP\r\n")
         return tls, tls.session, tls.session_reused
     if lib == "bio":
         inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -323,6 +330,7 @@ def child(args: argparse.Namespace) -> None:
     _raise_nofile()
     certs = json.loads(args.certs)
     opts = json.loads(args.opts)
+    OPTS.update(opts)
     if args.role == "peer-server":
         import uvloop
 
