@@ -64,6 +64,26 @@ async def test_health_says_it_once_and_runs_the_recovery_in_order(caplog: pytest
     await health.close()
 
 
+async def test_a_quiet_health_still_says_an_outage_its_back_end_never_saw(caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite's health is quiet (the back end logs its own fault episodes), but a caller's own deadline
+    (a state write outlasting WRITE_WAIT, a lease round its TTL) never reached the back end: one WARNING
+    and one INFO here, else the node ran 'away' without a line."""
+
+    async def ping() -> bool:
+        return True
+
+    with caplog.at_level(logging.INFO, logger="pushproxy.store"):
+        health = StoreHealth(ping, probe_interval=0.02, quiet=True)
+        health.failed(StoreUnavailable("disk full"))  # the back end said this one
+        await async_wait_for(lambda: health.up, 5, "the store back")
+        assert not [r for r in caplog.records if r.name == "pushproxy.store"]
+        health.failed(TimeoutError())
+        await async_wait_for(lambda: health.up, 5, "the store back")
+    lines = [r.levelname for r in caplog.records if r.name == "pushproxy.store"]
+    assert lines == ["WARNING", "INFO"], lines
+    await health.close()
+
+
 async def test_mailbox_state_is_kept_in_memory_and_written_when_the_store_is_back(store: SqliteStore) -> None:
     states = MailboxStates(store, store.health)
     await states.save(MailboxState("alice", "INBOX", 7, 10))
