@@ -36,8 +36,8 @@ from typing import Literal, Protocol
 
 from pushproxy.events import NewMail
 from pushproxy.imap.commands import mailbox_arg
-from pushproxy.imap.data import MalformedResponse, Response, SelectInfo, StatusInfo, parse_select, parse_status
-from pushproxy.imap.fetch import parse_fetch
+from pushproxy.imap.data import Response, SelectInfo, StatusInfo, parse_select
+from pushproxy.imap.untagged import fetched_sections, highest_uid, status_of
 from pushproxy.push.pipeline import PushPipeline
 from pushproxy.store.base import MailboxState, Store, StoreUnavailable
 from pushproxy.store.health import StoreHealth
@@ -169,14 +169,8 @@ class MailboxChecks:
     async def _status(self, box: str) -> StatusInfo | None:
         items = b"UIDNEXT UIDVALIDITY MESSAGES" + (b" HIGHESTMODSEQ" if self.t.qresync else b"")
         result = await self.conn.command(b"STATUS " + mailbox_arg(box) + b" (" + items + b")")
-        found: StatusInfo | None = None
-        for resp in result.untagged:
-            if resp.kind == "STATUS":
-                with contextlib.suppress(MalformedResponse):
-                    info = parse_status(resp)
-                    if info.mailbox == box:
-                        found = info
-                        continue
+        found, others = status_of(box, result.untagged)
+        for resp in others:
             self.t.note(resp)
         if not result.ok:
             self._connection.mark_missing(box, "cannot watch %s (yet): %s", result.status.text)
@@ -214,12 +208,7 @@ class MailboxChecks:
         found = bool(outcome.events)
         if step == "probe":
             result = await self.conn.command(b"UID FETCH * (UID)")
-            highest = 0
-            for resp in result.untagged:
-                if resp.kind == "FETCH":
-                    with contextlib.suppress(MalformedResponse):
-                        uid = parse_fetch(resp.raw).uid
-                        highest = max(highest, uid or 0)
+            highest = highest_uid(result.untagged)
             modseq = None if info.nomodseq else info.highestmodseq
             await self._apply(self.t.fresh(box, info.uidvalidity or 0, highest + 1, modseq))
         elif step == "fetch":
@@ -254,18 +243,9 @@ class MailboxChecks:
             uids = b",".join(b"%d" % m.uid for m in event.messages)
             command = b"UID FETCH %s (UID %s.PEEK[]<0.%d>)" % (uids, item.encode(), BODY_FETCH_LIMIT + 1)
             result = await self.conn.command(command)
-            bodies: dict[int, bytes] = {}
-            for resp in result.untagged:
-                fetched = None
-                if resp.kind == "FETCH":
-                    with contextlib.suppress(MalformedResponse):
-                        fetched = parse_fetch(resp.raw)
-                if fetched is None or section not in fetched.sections:
-                    self.t.note(resp)  # e.g. a flag change reported meanwhile
-                    continue
-                data = fetched.sections[section]
-                if fetched.uid is not None and data is not None and len(data) <= BODY_FETCH_LIMIT:
-                    bodies[fetched.uid] = data
+            bodies, others = fetched_sections(result.untagged, section, BODY_FETCH_LIMIT)
+            for resp in others:
+                self.t.note(resp)  # e.g. a flag change reported meanwhile
             if not result.ok:
                 log.debug("watcher %s: %s fetch refused: %s", event.account, section, result.status.text)
             if bodies:
