@@ -56,6 +56,7 @@ START_BATCH = 500  # watchers started (their registrations read) per store query
 NEXT_BATCH_AFTER = 0.5  # seconds between batches of a large takeover (watchers start at watch.connect_rate)
 EXPIRY_GRACE = 0.2  # seconds after another node's lease expires before the round that may take it
 HANDOFF_PER_ROUND = 100  # leases handed to their wanted owner per round at most
+SHARE_BATCH = 2000  # accounts hashed (rendezvous) between two turns of the loop
 CHECK_EVERY = 6  # rounds between two checks of who should watch what when nothing asked for one
 NODE_RETENTION = 7 * 86400.0  # nodes silent this long disappear from `cluster status`
 LEAVE_TIMEOUT = 5.0
@@ -304,19 +305,18 @@ class LeaseManager:
         elsewhere: list[str] = []
         if live != self._balanced_for or self._handoff_left:
             gone = set(unwanted)
-            elsewhere = [a for a in self._held if a not in gone and wanted_owner(a, live) != self.node_id]
-        for account in unwanted + elsewhere[:HANDOFF_PER_ROUND]:
+            elsewhere = await self._shares([a for a in self._held if a not in gone], live, here=False)
+        for account in unwanted + [a for a in elsewhere if a in self._held][:HANDOFF_PER_ROUND]:
             await self._hand_back(account)
         self._balanced_for, self._handoff_left = live, len(elsewhere) > HANDOFF_PER_ROUND
 
         in_grace = self._in_grace()
-        mine = [
+        free = [
             a
             for a, lease in sorted(unleased.items())
-            if a not in self._held
-            and wanted_owner(a, live) == self.node_id
-            and (lease is None or not (in_grace and lease.owner != self.node_id))
+            if a not in self._held and (lease is None or not (in_grace and lease.owner != self.node_id))
         ]
+        mine = [a for a in await self._shares(free, live, here=True) if a not in self._held]
         # One node (SQLite) shares the herd with nobody: it takes every lease at once and the watchers'
         # connect gate (watch.connect_rate, most recently active first) paces the start, not the rounds.
         per_round = TAKE_PER_ROUND if self._shared else len(mine)
@@ -331,6 +331,22 @@ class LeaseManager:
         metrics.CLUSTER_ACCOUNTS_UNWATCHED.set(sum(1 for a in unleased if a not in self._held))
         # A check that took leases checks again next round: a hand-back of many comes in batches.
         self._checked_for, self._check_due = live, len(mine) > per_round or self._handoff_left or bool(taken)
+
+    async def _shares(self, accounts: list[str], live: list[str], *, here: bool) -> list[str]:
+        """The accounts whose wanted owner among ``live`` is (``here``) or is not this node, in order.
+
+        The loop runs its other work between two batches of SHARE_BATCH: a change of the live nodes
+        hashes every held account, a takeover every orphan (at 50,000 accounts, ~150 ms at once).
+        """
+        if live == [self.node_id]:
+            return list(accounts) if here else []
+        out: list[str] = []
+        for start in range(0, len(accounts), SHARE_BATCH):
+            if start:
+                await asyncio.sleep(0)
+            batch = accounts[start : start + SHARE_BATCH]
+            out += [a for a in batch if (wanted_owner(a, live) == self.node_id) == here]
+        return out
 
     async def registration_changed(self, account: str) -> None:
         """An account's registrations changed (on any node): follow it at once if it is, or should be, ours."""
