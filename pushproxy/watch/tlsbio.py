@@ -48,8 +48,9 @@ class SessionCache:
     DER, parsing the server's certificate anew (about 1 ms with OpenSSL 3.0,
     more than a resumed handshake saves), and every connection resumed from
     that copy keeps its certificate alive.  So a connection takes its session
-    only when there is none to offer, when the server did not resume the one it
-    offered (refused, expired, single-use ticket), or when the one offered is
+    only when the cache holds none (of a herd opened before any session was
+    there, the first to finish), when the server did not resume the one it
+    offered (refused, expired, single-use ticket), or when the cached one is
     older than ``REFRESH`` seconds: one copy a minute per server, shared by the
     connections resumed from it.
     """
@@ -65,10 +66,12 @@ class SessionCache:
         return None if entry is None else entry[0]
 
     @classmethod
-    def wants(cls, ctx: ssl.SSLContext, key: tuple[str, int, str], obj: ssl.SSLObject) -> bool:
-        """Whether connection ``obj`` (handshake done) should give its session to the cache."""
+    def wants(cls, ctx: ssl.SSLContext, key: tuple[str, int, str], obj: ssl.SSLObject, offered: bool) -> bool:
+        """Whether connection ``obj`` (handshake done; ``offered``: it offered a session) gives the cache its own."""
         entry = cls._sessions.get(ctx, {}).get(key)
-        return entry is None or not obj.session_reused or time.monotonic() - entry[1] > cls.REFRESH
+        if entry is None or time.monotonic() - entry[1] > cls.REFRESH:
+            return True
+        return offered and not obj.session_reused  # refused; one that offered none (a herd's first) is not
 
     @classmethod
     def put(cls, ctx: ssl.SSLContext, key: tuple[str, int, str], session: ssl.SSLSession | None) -> None:
@@ -99,9 +102,9 @@ class TLSBioTransport(asyncio.Transport, asyncio.Protocol):
         self._announce = announce  # call app.connection_made once the handshake is done (implicit TLS)
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._ssl = ctx.wrap_bio(
-            self._in, self._out, server_side=False, server_hostname=server_name, session=SessionCache.get(ctx, key)
-        )
+        session = SessionCache.get(ctx, key)
+        self._offered = session is not None
+        self._ssl = ctx.wrap_bio(self._in, self._out, server_side=False, server_hostname=server_name, session=session)
         self._raw: asyncio.Transport | None = None
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed = False
@@ -192,7 +195,7 @@ class TLSBioTransport(asyncio.Transport, asyncio.Protocol):
             if not self._session_seen:
                 # TLS 1.3 tickets come after the handshake, before the first application data.
                 self._session_seen = True
-                if SessionCache.wants(self._ctx, self._key, self._ssl):
+                if SessionCache.wants(self._ctx, self._key, self._ssl, self._offered):
                     SessionCache.put(self._ctx, self._key, self._ssl.session)
             self._app.data_received(chunk)
         self._flush()

@@ -196,6 +196,20 @@ async def test_session_is_taken_once_a_refresh_period(
     assert reused and SessionCache.get(ctx, key) is not first
 
 
+async def test_a_herd_opened_before_any_session_gives_the_cache_one(
+    server: Server, certs: ApnsTestCerts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[object] = []
+    put = SessionCache.put
+    monkeypatch.setattr(SessionCache, "put", classmethod(lambda cls, *a: (taken.append(a), put(*a))))
+    ctx = client_context(certs)
+    herd = await asyncio.gather(*(connect(server.port, ctx) for _ in range(5)))
+    assert [reused for _, reused in herd] == [False] * 5
+    assert len(taken) == 1  # the first to finish; the others found it there
+    _, reused = await connect(server.port, ctx)
+    assert reused and len(taken) == 1
+
+
 async def test_starttls_resumes_too(certs: ApnsTestCerts) -> None:
     srv = await Server(certs.server_cert, certs.server_key, starttls=True).open()
     ctx = client_context(certs)
