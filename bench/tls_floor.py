@@ -405,7 +405,11 @@ def main() -> None:
     _raise_nofile()
     pki = make_apns_certs(Path(tempfile.mkdtemp(prefix="pp-tlsfloor-")))
     certs = {"cert": str(pki.server_cert), "key": str(pki.server_key), "ca": str(pki.ca_cert)}
-    print(f"{ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}; {args.n:,} idle connections per row")
+    from OpenSSL import SSL
+
+    bundled = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+    python = sys.version.split()[0]
+    print(f"ssl module: {ssl.OPENSSL_VERSION}; pyOpenSSL: {bundled}; Python {python}; {args.n:,} per row")
     print("| connection (the measured side; the peer is another process) | KB each | resumed |\n|---|---|---|")
     baseline = {"client": 0.0, "server": 0.0}
     for name, side, lib, opts in VARIANTS:
