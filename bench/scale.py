@@ -34,6 +34,7 @@ CPU and time ones.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import http.server
 import json
@@ -449,7 +450,9 @@ def main() -> None:
     large = large_size() if args.large else 0
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    certs = make_apns_certs(Path(tempfile.mkdtemp(prefix="pp-scale-certs-")))
+    certs_dir = Path(tempfile.mkdtemp(prefix="pp-scale-certs-"))
+    atexit.register(shutil.rmtree, certs_dir, True)  # each run left its test PKI in /tmp
+    certs = make_apns_certs(certs_dir)
     loops = [x for x in args.loops.split(",") if x]
     legs = [x for x in args.legs.split(",") if x]
     sizes = [int(x) for x in args.watchers.split(",") if x] + ([large] if large else [])
