@@ -241,7 +241,7 @@ class LeaseManager:
         self._wake_in = min([self.interval, *(d + EXPIRY_GRACE for d in expiring if d > 0)])
         if self._in_grace() and any(d <= 0 for d in expiring):
             self._wake_in = min(self._wake_in, self._grace_until - time.monotonic() + EXPIRY_GRACE)
-        if self._live != self._checked_for:
+        if self._shared and self._live != self._checked_for:  # one SQLite node: nobody hands anything back
             # The nodes that see this change too hand their share back at their next rounds (within
             # TTL/3, HANDOFF_PER_ROUND at a time): check every round until then, or a lease handed
             # back waits for the next CHECK_EVERY round (2 * lease_ttl) with nobody watching.
