@@ -33,7 +33,7 @@ from pushproxy.imap.metadata import (
     setmetadata_command,
 )
 from pushproxy.imap.parse import Command, ParseError, StatusResponse, parse_command
-from pushproxy.store import SqliteStore, Vault
+from pushproxy.store import SqliteStore, StoreUnavailable, Vault
 from tests.support.sessions import FakeIO, new_session, settle
 from tests.support.waiting import async_assert_quiet, async_wait_for
 
@@ -405,3 +405,33 @@ async def test_new_mail_for_the_account_reaches_its_tokens(ext: DeltaChat, gatew
         assert await ext.watched_mailboxes("alice") is not None and await ext.watched_mailboxes("bob") is None
     finally:
         await ext.stop()
+
+
+async def test_new_mail_while_the_store_is_away_reaches_the_tokens_read_before(
+    ext: DeltaChat, gateway: tuple[Gateway, str]
+) -> None:
+    """The sender reads the tokens through the store's registration view (pushproxy.store.regview),
+    as the APNs and Web Push senders do: the store away, the tokens read last go out at once;
+    an account never read raises StoreUnavailable (the extension manager retries the event)."""
+    gw, url = gateway
+    store = ext.core.store
+    await ext.tokens.set_token("alice", TOKEN)
+    assert await ext.watched_mailboxes("alice") is not None  # the watcher's start reads the tokens
+    await ext.tokens.set_token("alice", "openpgp:second")  # this node's write is a change notice
+    ext.cfg = DeltaChatConfig(notify_url=url, coalesce=0)
+    await ext.start()
+    carol = MessageInfo(5, envelope=envelope_from_fields(None, "s", "carol@example.org", None))
+    try:
+        await ext.on_event(NewMail("alice", "INBOX", (carol,)))  # read again: both tokens
+        await ext.flush()
+        assert sorted(gw.bodies) == sorted([TOKEN, "openpgp:second"])
+        await store.close()
+        store.health.failed(StoreUnavailable("gone"))
+        await ext.on_event(NewMail("alice", "INBOX", (carol,)))  # no store, no wait
+        await ext.flush()
+        assert sorted(gw.bodies[2:]) == sorted([TOKEN, "openpgp:second"])
+        with pytest.raises(StoreUnavailable):
+            await ext.on_event(NewMail("bob", "INBOX", (carol,)))
+    finally:
+        await ext.stop()
+        await store.open()

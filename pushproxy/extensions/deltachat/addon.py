@@ -70,7 +70,6 @@ class DeltaChat(Extension):
         self.cfg = DeltaChatConfig()
         self.notifier: DeltaChatNotifier | None = None
         self.housekeeping = Housekeeping("deltachat", self.expire_tokens, HOUSEKEEPING_INTERVAL)
-        self._known: dict[str, list[DeltaChatToken]] = {}  # last tokens read per account (store outages)
         self._background: set[asyncio.Task[None]] = set()
 
     def configure(self, config: Config) -> bool:
@@ -142,7 +141,6 @@ class DeltaChat(Extension):
         except Exception as exc:
             _store_fault(f"removing the Delta Chat tokens of {account}", exc)
             return Reply("NO", "Cannot remove the device token now, try again later", "UNAVAILABLE")
-        self._known.pop(account, None)
         log.info("removed %d Delta Chat token(s) of %s (SETMETADATA NIL)", removed, account)
         return Reply("OK", "SETMETADATA completed.")
 
@@ -163,7 +161,7 @@ class DeltaChat(Extension):
 
     # --- watching and notifying ---------------------------------------------------------
     async def watched_mailboxes(self, account: str) -> WatchRequest | None:
-        return INBOX_ONLY if await self.tokens.list_tokens(account) else None
+        return INBOX_ONLY if await self.tokens.tokens_for_account(account) else None
 
     async def watched_accounts(self) -> dict[str, WatchRequest]:
         return {token.account: INBOX_ONLY for token in await self.tokens.list_tokens()}
@@ -173,18 +171,18 @@ class DeltaChat(Extension):
         return {account: INBOX_ONLY for account, tokens in by_account.items() if tokens}
 
     async def on_event(self, event: MailEvent) -> None:
-        """New mail in INBOX not from the account itself: each of its tokens to the gateway."""
+        """New mail in INBOX not from the account itself: each of its tokens to the gateway.
+
+        The tokens are read through the store's registration view (``pushproxy.store.regview``), as
+        the APNs and Web Push senders read theirs: while the store is away the last tokens read are
+        used without waiting; change notices (this node's writes, other nodes' NOTIFY) keep them
+        current.  An account never read raises StoreUnavailable: the extension manager retries the event.
+        """
         if not isinstance(event, NewMail) or self.notifier is None or event.mailbox != "INBOX":
             return
         if event.messages and all(_from_account(m, event.account) for m in event.messages):
             return  # Delta Chat's own copies (multi-device) wake nobody
-        try:
-            tokens = await asyncio.wait_for(self.tokens.list_tokens(event.account), _STORE_TIMEOUT)
-            self._known[event.account] = tokens
-        except Exception as exc:
-            tokens = self._known.get(event.account, [])
-            _store_fault(f"reading the Delta Chat tokens of {event.account} (using the {len(tokens)} last read)", exc)
-        for token in tokens:
+        for token in await self.tokens.tokens_for_account(event.account):
             self.notifier.notify(token.token, token.token_id)
 
     async def flush(self) -> None:
@@ -198,8 +196,6 @@ class DeltaChat(Extension):
         except Exception as exc:
             _store_fault(f"removing the gone Delta Chat token {digest_id}", exc)
             return
-        for tokens in self._known.values():
-            tokens[:] = [t for t in tokens if t.token != token]
         if removed:
             log.info("removed %d registration(s) of Delta Chat token %s (gone)", removed, digest_id)
 

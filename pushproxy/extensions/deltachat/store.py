@@ -85,8 +85,15 @@ class DeltaChatQueries(Queries):
         order = "account, last_registered, token_hash"
         return await self._listing("deltachat_tokens", order, account, _record, "Delta Chat token(s)")
 
+    async def tokens_for_account(self, account: str) -> list[DeltaChatToken]:
+        """The account's tokens; from memory when the store is away (``pushproxy.store.regview``)."""
+        return await self._registrations.get("deltachat tokens", account, lambda: self.list_tokens(account))
+
     async def tokens_of_accounts(self, accounts: Sequence[str]) -> dict[str, list[DeltaChatToken]]:
-        """:meth:`list_tokens` of many accounts (each least recently set first), with one query."""
+        """:meth:`tokens_for_account` of many accounts (each least recently set first), with one query."""
+        return await self._registrations.get_many("deltachat tokens", accounts, self._list_tokens_of)
+
+    async def _list_tokens_of(self, accounts: Sequence[str]) -> dict[str, list[DeltaChatToken]]:
         rows = await self._fetch(
             f"""SELECT * FROM deltachat_tokens WHERE account IN {self.dialect.text_list(1)}
                ORDER BY account, last_registered, token_hash""",  # noqa: S608  (the dialect's subquery, no input)
