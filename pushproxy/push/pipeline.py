@@ -37,7 +37,8 @@ the dedupe stage does not wait on it.  For an account whose lease this node is
 sure to hold (renewed within ``lease_ttl``: nobody else can have taken it), the
 event goes on unclaimed (a possible duplicate beats a lost push) and its claims
 are kept (:class:`~pushproxy.store.pending.PendingClaims`) and written when the
-store is back, before the held events go on.  Past that, another node may have
+store is back, before the held events go on; meanwhile they are this node's
+ledger (a message it already pushed unclaimed does not go on again).  Past that, another node may have
 taken the account over (this node alone may be cut off), so the pipeline holds
 the account's events, in order (at most :data:`MAX_HELD_EVENTS`; beyond that the
 oldest goes on unclaimed), and claims them when the store is back
@@ -163,12 +164,13 @@ class PushLedger:
                 return claimed
         if self._leases is not None and not self._leases.sure_to_hold(event.account):
             raise HoldForStore
-        self.remember(event)
-        return set(uids)
+        # Only what this node did not push unclaimed already meanwhile: its pending claims are the
+        # ledger while the store is away (a watcher's catch-up after a reconnect reports them again).
+        return self.remember(event)
 
-    def remember(self, event: NewMail) -> None:
-        """``event`` goes on unclaimed: its claims are written when the store is back."""
-        self.pending.add(event.account, event.mailbox, event.uidvalidity, {m.uid for m in event.messages})
+    def remember(self, event: NewMail) -> set[int]:
+        """``event`` goes on unclaimed: its claims are written when the store is back; the UIDs not pending yet."""
+        return self.pending.add(event.account, event.mailbox, event.uidvalidity, {m.uid for m in event.messages})
 
     async def store_returned(self) -> None:
         """Until the store counts as up (again)."""

@@ -35,11 +35,12 @@ class PendingClaims:
     def __len__(self) -> int:
         return self._count
 
-    def add(self, account: str, mailbox: str, uidvalidity: int, uids: Iterable[int]) -> None:
+    def add(self, account: str, mailbox: str, uidvalidity: int, uids: Iterable[int]) -> set[int]:
+        """Keep these claims; the UIDs among them that were not pending yet."""
         group = self._claims.setdefault((account, mailbox, uidvalidity), set())
-        before = len(group)
-        group.update(uids)
-        self._count += len(group) - before
+        new = set(uids) - group
+        group.update(new)
+        self._count += len(new)
         while self._count > self._limit and self._claims:
             _, oldest = self._claims.popitem(last=False)
             self._count -= len(oldest)
@@ -50,6 +51,7 @@ class PendingClaims:
                     self._limit,
                 )
             self.forgotten += len(oldest)
+        return new
 
     async def write(self, claim: ClaimWriter) -> int:
         """Record every pending claim (``claim`` is the ledger's query); how many were written."""

@@ -101,6 +101,21 @@ async def test_the_watchers_view_of_uidvalidity_serves_while_the_store_is_away(s
     assert ledger.pending._claims == {("alice", "INBOX", 9): {1}}
 
 
+async def test_a_message_reported_twice_while_the_store_is_away_is_pushed_once(store: SqliteStore) -> None:
+    """While the store is away this node's unrecorded claims are its ledger: a watcher's catch-up after a
+    reconnect (or a second source) reporting the same message again does not push it a second time."""
+    extensions = Extensions()
+    ledger = PushLedger(store, "solo")
+    pipeline = PushPipeline(ledger, FanOut(extensions))
+    store.health.failed("test: the store is away")
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(1), MessageInfo(2)), uidvalidity=9))
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(2), MessageInfo(3)), uidvalidity=9))  # a replay
+    pipeline.submit(NewMail("alice", "INBOX", (MessageInfo(3),), uidvalidity=9))
+    await pipeline.flush()
+    assert extensions.uids() == [1, 2, 3]
+    assert ledger.pending._claims == {("alice", "INBOX", 9): {1, 2, 3}}
+
+
 async def test_a_seen_message_is_claimed_and_never_pushed(store: SqliteStore) -> None:
     extensions = Extensions()
     pipeline = make(store, extensions)
