@@ -95,14 +95,23 @@ class Campaign:
     def pushed(self) -> dict[str, Counter[int]]:
         """Every UID each account's INBOX events carried, over every node's event log."""
         out: dict[str, Counter[int]] = {a: Counter() for a in ACCOUNTS}
+        for by_node in self.pushed_by_node().values():
+            for account, uids in by_node.items():
+                out[account].update(uids)
+        return out
+
+    def pushed_by_node(self) -> dict[str, dict[str, Counter[int]]]:
+        """node_id -> account -> UID -> pushes (a restarted node's logs counted under its node_id)."""
+        out: dict[str, dict[str, Counter[int]]] = {}
         for node in self.nodes:
             path = node.base_dir / "events.jsonl"
             if not path.exists():
                 continue
+            mine = out.setdefault(node.config["cluster"]["node_id"], {a: Counter() for a in ACCOUNTS})
             for line in path.read_text().splitlines():
                 record = json.loads(line)
-                if record["type"] == "NewMail" and record["account"] in out:
-                    out[record["account"]].update(record["uids"])
+                if record["type"] == "NewMail" and record["account"] in mine:
+                    mine[record["account"]].update(record["uids"])
         return out
 
     def apns_counts(self) -> dict[str, int]:
@@ -156,7 +165,14 @@ class Campaign:
             extra = [u for u in pushed[account] if not 1 <= u <= self.rounds]
             if extra:
                 problems.setdefault(account, []).append(("unexpected", extra))
-        assert not problems, f"(uid, pushes) off the mark: {problems}"
+        # Which node pushed them, and where its log is: the diagnosis of a failure seen once in a while.
+        by_node = self.pushed_by_node()
+        whom = {
+            account: {n: [(u, by[account][u]) for u, _ in marks if isinstance(u, int)] for n, by in by_node.items()}
+            for account, marks in problems.items()
+        }
+        logs = [str(n.log_file) for n in self.nodes]
+        assert not problems, f"(uid, pushes) off the mark: {problems}; pushes by node: {whom}; logs: {logs}"
 
 
 def start_node(base: Path, dovecot: Dovecot, config: dict[str, Any]) -> ProxyProcess:
