@@ -349,6 +349,9 @@ def test_envelope_strings_round_trip(date, subject, message_id) -> None:
 
 @settings(deadline=None)
 @given(st.text(max_size=60), st.emails())
+# Seen failing: the standard library reads '")\r" <U@A.ID>' as the address ")" (no "@"), which the
+# ENVELOPE gives as mailbox ")" and an empty host; the test split it as host ")".
+@example(")\r", "U@A.ID")
 def test_envelope_from_round_trips(name, address) -> None:
     from email.utils import formataddr, getaddresses
 
@@ -364,7 +367,9 @@ def test_envelope_from_round_trips(name, address) -> None:
         pname, adl, mbox, host = parsed
         assert pname == (n.encode() if n else NIL)
         assert adl is NIL
-        local, _, domain = a.rpartition("@")
+        local, at, domain = a.rpartition("@")
+        if not at:  # no "@" (a header the library could not read as name and address): all mailbox
+            local, domain = a, ""
         assert mbox == local.encode() and host == domain.encode()
 
 
