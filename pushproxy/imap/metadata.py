@@ -5,7 +5,8 @@
   gives them);
 - :func:`first_line_entries`: the mailbox and the entry names a command's
   first line names before its first literal (whose body it never reads),
-  for deciding whether to take a command over while it is still arriving;
+  for deciding whether to take a command over while it is still arriving
+  (:func:`ends_in_literal`: whether one follows);
 - :func:`metadata_response` / :func:`setmetadata_command`: building
   ``* METADATA`` payloads and SETMETADATA commands.
 
@@ -25,6 +26,7 @@ __all__ = [
     "FirstLine",
     "GetMetadata",
     "SetMetadata",
+    "ends_in_literal",
     "first_line_entries",
     "metadata_response",
     "parse_getmetadata",
@@ -135,6 +137,11 @@ def parse_getmetadata(args: list[Token]) -> GetMetadata:
     if not names or len(names) > MAX_ENTRIES:
         raise ParseError(f"expected 1 to {MAX_ENTRIES} entries")
     return GetMetadata(_mailbox(args[0]), tuple(entry_name(n) for n in names), maxsize, depth)
+
+
+def ends_in_literal(line: bytes) -> bool:
+    """Whether a command's line ends in a literal's ``{n}`` marker (more of the command follows)."""
+    return _TRAILING_LITERAL.search(line) is not None
 
 
 def first_line_entries(line: bytes) -> FirstLine | None:

@@ -114,6 +114,56 @@ def test_delta_chat_metadata_commands_replayed(dovecot_factory, proxy_factory, m
     assert TOKEN not in proxy.log_text()  # never logged
 
 
+@pytest.mark.parametrize("metadata", [True, False], ids=["metadata", "no-metadata"])
+def test_device_token_after_a_literal_is_intercepted(dovecot_factory, proxy_factory, metadata: bool) -> None:
+    """A SETMETADATA whose first line ends in a literal may name /private/devicetoken further on (the
+    claim cannot read the literal): the proxy reads it whole, bounded, and answers it; the token never
+    goes upstream, the command's other entries do (when upstream has METADATA)."""
+    dovecot = dovecot_factory(metadata=metadata)
+    proxy = _proxy(dovecot, proxy_factory)
+    c = Raw(proxy.port)
+    box, name, after = (f"openpgp:{form}" for form in ("mailbox-literal", "name-literal", "after-a-value"))
+    try:
+        assert b"a1 OK" in c.cmd(b"a1", b"LOGIN alice alicepw")
+        # The mailbox as a synchronising literal: the proxy asks for it.
+        c.sock.sendall(b"e1 SETMETADATA {5}\r\n")
+        assert c.until(b"\r\n").startswith(b"+ ")
+        c.sock.sendall(b'INBOX (/private/devicetoken "%s")\r\n' % box.encode())
+        assert b"e1 OK" in c._tagged(b"e1")
+        # The entry name as a literal.
+        c.sock.sendall(b'e2 SETMETADATA INBOX ({20+}\r\n/private/devicetoken "%s")\r\n' % name.encode())
+        assert b"e2 OK" in c._tagged(b"e2")
+        # The token after another entry's literal value: that entry goes upstream, the token does not.
+        c.sock.sendall(b'e3 SETMETADATA INBOX (/private/comment {5+}\r\nhello /private/devicetoken "%s")\r\n'
+                       % after.encode())  # fmt: skip
+        e3 = c._tagged(b"e3")
+        # A literal where the list belongs (the key after it): malformed, answered here, stream in sync.
+        c.sock.sendall(b"e4 SETMETADATA INBOX {21+}\r\n/private/devicetoken x\r\n")
+        assert b"e4 BAD" in c._tagged(b"e4")
+        # Another entry's literal value alone: relayed by the proxy when upstream has METADATA.
+        c.sock.sendall(b"e5 SETMETADATA INBOX (/private/comment {3+}\r\nbye)\r\n")
+        e5 = c._tagged(b"e5")
+        # Bounded: a synchronising literal past the intercept limit is refused before it is sent.
+        c.sock.sendall(b"e6 SETMETADATA INBOX (/private/comment {70000}\r\n")
+        assert b"e6 BAD [TOOBIG]" in c._tagged(b"e6")
+        assert b"e7 OK" in c.cmd(b"e7", b"NOOP")
+        read = c.cmd(b"e8", b'GETMETADATA "INBOX" (/private/comment /private/devicetoken)')
+        assert b"e8 OK" in read and b"openpgp:" not in read  # never stored upstream
+        stored = {token for _, token in stored_tokens(proxy.config_file)}
+        if metadata:
+            assert b"e3 OK" in e3 and b"e5 OK" in e5 and b"bye" in read
+            assert stored == {box, name, after}
+        else:  # only the token can be set here: a command with other entries sets nothing
+            assert b"e3 NO" in e3 and b"e5 NO" in e5 and b"* METADATA" not in read
+            assert stored == {box, name}
+        c.sock.sendall(b"e9 SETMETADATA INBOX (/private/comment {70000+}\r\n")  # already on its way: BYE
+        assert c.until(b"\r\n").startswith(b"* BYE [TOOBIG]")
+    finally:
+        c.close()
+    assert "Traceback" not in proxy.log_text()
+    assert all(token not in proxy.log_text() for token in (box, name, after))
+
+
 def test_admin_cli_lists_and_removes_tokens(dovecot: Dovecot, proxy_factory) -> None:
     import subprocess
     import sys

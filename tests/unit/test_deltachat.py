@@ -21,11 +21,13 @@ from hypothesis import strategies as st
 from pushproxy.config import Config
 from pushproxy.events import MessageInfo, NewMail
 from pushproxy.extensions.base import Claim, Extension, Reply, SessionContext
+from pushproxy.extensions.deltachat import commands
 from pushproxy.extensions.deltachat.addon import DeltaChat, _from_account
 from pushproxy.extensions.deltachat.notifier import DeltaChatNotifier
 from pushproxy.extensions.deltachat.settings import DeltaChatConfig
 from pushproxy.imap.envelope import envelope_from_fields
 from pushproxy.imap.metadata import (
+    ends_in_literal,
     first_line_entries,
     parse_getmetadata,
     parse_metadata_response,
@@ -84,6 +86,7 @@ def test_setmetadata_forms_and_refusals() -> None:
 def test_metadata_readers_never_fail_on_hostile_bytes(data: bytes) -> None:
     for head in (b"a SETMETADATA ", b"a GETMETADATA "):
         first_line_entries(head + data)
+        ends_in_literal(head + data)
         try:
             cmd = parse_command(head + data + b"\r\n")
         except ParseError:
@@ -435,3 +438,34 @@ async def test_new_mail_while_the_store_is_away_reaches_the_tokens_read_before(
     finally:
         await ext.stop()
         await store.open()
+
+
+@pytest.mark.parametrize(
+    ("line", "claimed"),
+    [
+        (b'a SETMETADATA INBOX (/shared/comment "x")\r\n', False),  # no token, no literal: relayed
+        (b'a SETMETADATA INBOX (/private/devicetoken "x")\r\n', True),
+        (b"a SETMETADATA INBOX (/private/devicetoken {5+}\r\n", True),
+        (b"a SETMETADATA {5}\r\n", True),  # the mailbox a literal: the token may follow
+        (b"a SETMETADATA INBOX ({20+}\r\n", True),  # an entry name a literal
+        (b"a SETMETADATA INBOX (/shared/comment {3}\r\n", True),  # a value a literal, more may follow
+        (b"a SETMETADATA INBOX {21}\r\n", True),  # malformed, with a literal: answered BAD here
+        (b"a SETMETADATA INBOX (/bad* {5}\r\n", True),
+        (b"a SETMETADATA INBOX (/bad* x)\r\n", False),  # malformed, no literal: upstream says BAD
+    ],
+)
+def test_setmetadata_is_claimed_whenever_the_token_may_follow_a_literal(line: bytes, claimed: bool) -> None:
+    assert commands.wants_setmetadata(line, Ctx()) is claimed  # type: ignore[arg-type]
+    without_metadata = Ctx(frozenset({"IMAP4REV1"}))
+    assert commands.wants_setmetadata(line, without_metadata)  # type: ignore[arg-type]  # all answered here
+
+
+async def test_a_claimed_command_without_the_token_sets_its_entries_upstream(ext: DeltaChat) -> None:
+    ctx = Ctx()
+    ctx.answers = [([b"* 4 EXISTS\r\n"], b"OK")]
+    first, rest = b"a SETMETADATA INBOX (/shared/comment {5+}\r\n", b"hello)\r\n"
+    assert commands.wants_setmetadata(first, ctx)  # type: ignore[arg-type]
+    assert (await ext.setmetadata(parse_command(first + rest), ctx)).status == "OK"  # type: ignore[arg-type]
+    assert ctx.upstream == [b'SETMETADATA INBOX ("/shared/comment" "hello")']
+    assert ctx.untagged == [b"4 EXISTS"]  # what upstream said meanwhile reaches the client
+    assert await ext.tokens.list_tokens() == []

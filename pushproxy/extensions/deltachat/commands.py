@@ -11,6 +11,10 @@ What the proxy takes over (the claims of :class:`~pushproxy.extensions.base.Clai
 - SETMETADATA whose first line names ``/private/devicetoken``: stored here,
   never relayed; the command's other entries, if any, go upstream first
   (when the upstream has METADATA; else the command is refused, nothing set);
+- SETMETADATA whose first line ends in a literal (the token may come after
+  it, in a part the claim cannot see): read whole here, as the router reads
+  every intercepted command (at most 64 KiB, else ``BAD [TOOBIG]``), and
+  handled as above (without the token: its entries set upstream);
 - every SETMETADATA / GETMETADATA when the upstream lacks METADATA: answered
   here (only ``/private/devicetoken`` can be set; GETMETADATA returns what
   the proxy itself has: ``maxsmtprecipients`` when configured);
@@ -32,6 +36,7 @@ from pushproxy.imap.commands import mailbox_arg
 from pushproxy.imap.data import MalformedResponse, parse_capabilities, read_response
 from pushproxy.imap.metadata import (
     GetMetadata,
+    ends_in_literal,
     first_line_entries,
     metadata_response,
     parse_getmetadata,
@@ -70,11 +75,18 @@ async def upstream_metadata(ctx: SessionContext, mailbox: str | None) -> bool:
 
 
 def wants_setmetadata(line: bytes, ctx: SessionContext) -> bool:
-    """Claim: a SETMETADATA naming the device token, or any when upstream cannot answer it."""
+    """Claim: a SETMETADATA that names the device token or may name it after a literal, or any when
+    upstream cannot answer it.
+
+    The claim sees the first line only, and a literal's body is never read on the relay path: a
+    command whose first line ends in a literal (the mailbox, an entry name or a value) may carry
+    the token further on, so it is read whole here (at most the router's ``MAX_INTERCEPTED``) and
+    its entries other than the token are set upstream (:func:`set_other_entries`).
+    """
     first = first_line_entries(line)
     if first is None:  # unreadable: whoever answers METADATA says BAD
-        return not upstream_has_metadata(ctx, "INBOX")
-    return DEVICETOKEN in first.entries or not upstream_has_metadata(ctx, first.mailbox)
+        return ends_in_literal(line) or not upstream_has_metadata(ctx, "INBOX")
+    return DEVICETOKEN in first.entries or not first.complete or not upstream_has_metadata(ctx, first.mailbox)
 
 
 def wants_getmetadata(line: bytes, ctx: SessionContext, max_smtp_recipients: int | None) -> bool:
@@ -123,13 +135,14 @@ async def set_other_entries(ctx: SessionContext, mailbox: str, others: list[tupl
         return Reply("NO", f"Only {DEVICETOKEN} can be set on this server")
     needs_literal = any(value is not None and quote(value).startswith(b"{") for _, value in others)
     if needs_literal and "LITERAL+" not in ctx.upstream_capabilities:
-        return Reply("NO", "Set these entries in a separate command")
+        return Reply("NO", "Values that need a literal cannot be relayed to this server (it lacks LITERAL+)")
     try:
-        _, status = await ctx.upstream_command(
+        untagged, status = await ctx.upstream_command(
             setmetadata_command(_mailbox_wire(mailbox), others), timeout=_UPSTREAM_TIMEOUT
         )
     except UpstreamCommandError:
         return Reply("NO", "Upstream server unavailable, try again later", "UNAVAILABLE")
+    _relay_untagged(ctx, untagged)  # what upstream said meanwhile (EXISTS, EXPUNGE ...), as if relayed
     if status.status != b"OK":
         return Reply("NO" if status.status == b"NO" else "BAD", "SETMETADATA failed upstream", _code(status))
     return None
@@ -155,7 +168,7 @@ async def get_metadata(cmd: Command, ctx: SessionContext, max_smtp_recipients: i
             parsed = parse_metadata_response(raw)
             if parsed is not None:
                 answered.update(parsed[1])
-            ctx.reply_untagged(raw[2:].rstrip(b"\r\n") if raw.startswith(b"* ") else raw.rstrip(b"\r\n"))
+        _relay_untagged(ctx, untagged)
         reply = Reply("OK", "GETMETADATA completed.", _code(status))
     missing = [(name, value) for name, value in ours if name not in answered]
     if missing:
@@ -170,6 +183,11 @@ def _own_entries(request: GetMetadata, max_smtp_recipients: int | None) -> list[
         if name == MAXSMTPRECIPIENTS or (request.depth != "0" and MAXSMTPRECIPIENTS.startswith(name + "/")):
             return [(MAXSMTPRECIPIENTS, str(max_smtp_recipients).encode())]
     return []
+
+
+def _relay_untagged(ctx: SessionContext, untagged: list[bytes]) -> None:
+    for raw in untagged:
+        ctx.reply_untagged(raw[2:].rstrip(b"\r\n") if raw.startswith(b"* ") else raw.rstrip(b"\r\n"))
 
 
 def _code(status: StatusResponse) -> str | None:
