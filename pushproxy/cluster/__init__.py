@@ -22,7 +22,8 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from pushproxy.cluster.feed import RegistrationFeed
-from pushproxy.cluster.leases import LeaseManager, Watchers, wanted_owner
+from pushproxy.cluster.leases import LeaseManager, Watchers
+from pushproxy.cluster.rendezvous import wanted_owner
 from pushproxy.config import Config
 from pushproxy.push.pipeline import PushPipeline
 from pushproxy.store.sql import SqlStore

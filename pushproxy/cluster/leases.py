@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections import deque
@@ -45,6 +44,7 @@ from typing import Protocol
 
 from pushproxy import metrics
 from pushproxy.cluster.queries import ClusterStore
+from pushproxy.cluster.rendezvous import shares, wanted_owner
 from pushproxy.store.base import StoreUnavailable
 from pushproxy.store.batches import in_batches
 from pushproxy.store.sql import SqlStore
@@ -56,7 +56,6 @@ START_BATCH = 500  # watchers started (their registrations read) per store query
 NEXT_BATCH_AFTER = 0.5  # seconds between batches of a large takeover (watchers start at watch.connect_rate)
 EXPIRY_GRACE = 0.2  # seconds after another node's lease expires before the round that may take it
 HANDOFF_PER_ROUND = 100  # leases handed to their wanted owner per round at most
-SHARE_BATCH = 2000  # accounts hashed (rendezvous) between two turns of the loop
 CHECK_EVERY = 6  # rounds between two checks of who should watch what when nothing asked for one
 NODE_RETENTION = 7 * 86400.0  # nodes silent this long disappear from `cluster status`
 LEAVE_TIMEOUT = 5.0
@@ -71,18 +70,6 @@ class Watchers(Protocol):
         """``registration_changed`` of many accounts, read with one store query per extension."""
 
     async def release(self, account: str, lost: bool = False) -> None: ...
-
-
-def wanted_owner(account: str, nodes: Sequence[str]) -> str | None:
-    """Rendezvous (highest random weight) hashing: the node with the highest score for the account."""
-    if len(nodes) == 1:  # one node (SQLite, or alone on PostgreSQL): nothing to hash, at 50,000 accounts a round
-        return nodes[0]
-    best: tuple[bytes, str] | None = None
-    for node in nodes:
-        score = hashlib.blake2b(f"{node}\0{account}".encode(), digest_size=8).digest()
-        if best is None or score > best[0]:
-            best = (score, node)
-    return None if best is None else best[1]
 
 
 class LeaseManager:
@@ -333,20 +320,8 @@ class LeaseManager:
         self._checked_for, self._check_due = live, len(mine) > per_round or self._handoff_left or bool(taken)
 
     async def _shares(self, accounts: list[str], live: list[str], *, here: bool) -> list[str]:
-        """The accounts whose wanted owner among ``live`` is (``here``) or is not this node, in order.
-
-        The loop runs its other work between two batches of SHARE_BATCH: a change of the live nodes
-        hashes every held account, a takeover every orphan (at 50,000 accounts, ~150 ms at once).
-        """
-        if live == [self.node_id]:
-            return list(accounts) if here else []
-        out: list[str] = []
-        for start in range(0, len(accounts), SHARE_BATCH):
-            if start:
-                await asyncio.sleep(0)
-            batch = accounts[start : start + SHARE_BATCH]
-            out += [a for a in batch if (wanted_owner(a, live) == self.node_id) == here]
-        return out
+        """The accounts whose wanted owner among ``live`` is (``here``) or is not this node, in order."""
+        return await shares(accounts, live, self.node_id, here=here)
 
     async def registration_changed(self, account: str) -> None:
         """An account's registrations changed (on any node): follow it at once if it is, or should be, ours."""

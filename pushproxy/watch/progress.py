@@ -21,12 +21,46 @@ from collections.abc import Callable
 from pushproxy import metrics
 from pushproxy.background import BackgroundTask
 from pushproxy.watch.pacing import ConnectLimiter
+from pushproxy.watch.watcher import STATES
 
-__all__ = ["EVERY", "RampProgress"]
+__all__ = ["EVERY", "RampProgress", "WatcherCensus"]
 
 log = logging.getLogger("pushproxy.watch.supervisor")
 
 EVERY = 5.0  # seconds between progress lines
+
+
+class WatcherCensus:
+    """The supervisor's watchers by state, kept incrementally, and the gauges that show them."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
+
+    def add(self, state: str) -> None:
+        self._count(state, +1)
+
+    def remove(self, state: str) -> None:
+        self._count(state, -1)
+
+    def moved(self, old: str, new: str) -> None:
+        self._count(old, -1)  # the gauge of the state it left too, not only the count
+        self._count(new, +1)
+
+    def by_state(self) -> dict[str, int]:
+        """Watchers by state (every state present, zeros included)."""
+        return dict(self._counts)
+
+    def up_and_wanted(self) -> tuple[int, int]:
+        counts = self._counts
+        up = counts["idle"] + counts["polling"]
+        return up, sum(counts.values()) - counts["auth_failed"] - counts["stopped"]
+
+    def _count(self, state: str, delta: int) -> None:
+        self._counts[state] = self._counts.get(state, 0) + delta
+        metrics.WATCHERS.labels(state).set(self._counts[state])
+        up, wanted = self.up_and_wanted()
+        metrics.WATCHERS_UP.set(up)
+        metrics.WATCHERS_WANTED.set(wanted)
 
 
 class RampProgress(BackgroundTask):

@@ -43,9 +43,9 @@ from pushproxy.watch.connect import make_tls_context
 from pushproxy.watch.credentials import CredentialProvider, MasterLoginStyle, make_provider
 from pushproxy.watch.logins import AccountLocks, CapturedLogin, LiveLogins
 from pushproxy.watch.pacing import ConnectLimiter
-from pushproxy.watch.progress import RampProgress
+from pushproxy.watch.progress import RampProgress, WatcherCensus
 from pushproxy.watch.spec import WatchSpec
-from pushproxy.watch.watcher import STATES, Watcher, WatcherState
+from pushproxy.watch.watcher import Watcher, WatcherState
 
 __all__ = ["Supervisor"]
 
@@ -93,7 +93,8 @@ class Supervisor:
         self._limiter = ConnectLimiter(
             watch.connect_rate, in_flight=watch.connect_in_flight, on_grant=metrics.WATCHERS_LOGINS.inc
         )
-        self._progress = RampProgress(self._limiter, self._up_and_wanted)
+        self._census = WatcherCensus()
+        self._progress = RampProgress(self._limiter, self._census.up_and_wanted)
         try:
             self._tls = make_tls_context(config.upstream) if config.upstream.security != "none" else None
         except (OSError, ssl.SSLError) as exc:
@@ -103,7 +104,6 @@ class Supervisor:
         self._watchers: dict[str, Watcher] = {}
         self._logins = LiveLogins()
         self._locks = AccountLocks()
-        self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
         # The accounts that logged in or changed while a batch (registrations_changed) was read and
         # followed, one set per batch in progress: those the batch's reads may be older than.
         self._batches: list[set[str]] = []
@@ -159,7 +159,7 @@ class Supervisor:
 
     def status(self) -> dict[str, int]:
         """Watchers by state (every state present, zeros included)."""
-        return dict(self._counts)
+        return self._census.by_state()
 
     def watcher(self, account: str) -> Watcher | None:
         """The watcher of an account (for tests and diagnostics)."""
@@ -368,7 +368,7 @@ class Supervisor:
         )
         watcher.priority = priority
         self._watchers[account] = watcher
-        self._count(watcher.state, +1)
+        self._census.add(watcher.state)
         if dormant:
             watcher.mark_auth_failed()
         else:
@@ -378,23 +378,10 @@ class Supervisor:
         watcher = self._watchers.pop(account, None)
         if watcher is None:
             return
-        self._count(watcher.state, -1)
+        self._census.remove(watcher.state)
         await watcher.stop(_STOP_TIMEOUT)
 
     def _state_changed(self, watcher: Watcher, old: WatcherState, new: WatcherState) -> None:
         if self._watchers.get(watcher.account) is not watcher:
             return  # already removed: no longer counted
-        self._count(old, -1)  # the gauge of the state it left too, not only the count
-        self._count(new, +1)
-
-    def _count(self, state: str, delta: int) -> None:
-        self._counts[state] = self._counts.get(state, 0) + delta
-        metrics.WATCHERS.labels(state).set(self._counts[state])
-        up, wanted = self._up_and_wanted()
-        metrics.WATCHERS_UP.set(up)
-        metrics.WATCHERS_WANTED.set(wanted)
-
-    def _up_and_wanted(self) -> tuple[int, int]:
-        counts = self._counts
-        up = counts["idle"] + counts["polling"]
-        return up, sum(counts.values()) - counts["auth_failed"] - counts["stopped"]
+        self._census.moved(old, new)
