@@ -207,6 +207,14 @@ class LeaseManager:
                 if kept:
                     log.info("cluster: re-asserted %d lease(s) that expired while the store was away", len(kept))
                 renewed.update(kept)
+        lost: list[str] = []
+        if renewed is not None:
+            # Out of _held before _renewed_at vouches for it: else, while their watchers stop, sure_to_hold
+            # says yes to leases another node holds (pushes unclaimed while the store is away: twice).
+            lost = [a for a in self._held if a not in renewed]
+            for account in lost:
+                del self._held[account]
+            self._held.update(renewed)
         self._renewed_at = started
         self._health.succeeded()
         if self._failing:
@@ -216,8 +224,8 @@ class LeaseManager:
             self._check_due = True
             if self._shared:
                 self._grace_until = time.monotonic() + self._ttl
-        if renewed is not None:
-            await self._drop_lost(renewed)
+        if lost:
+            await self._stop_lost(lost)
 
         now, nodes = await self._cluster.nodes()
         self._live = sorted({n.node_id for n in nodes if n.heartbeat > now - self._ttl} | {self.node_id})
@@ -262,19 +270,16 @@ class LeaseManager:
                 return None
         return await self._cluster.renew(self.node_id, self._ttl)
 
-    async def _drop_lost(self, renewed: dict[str, int]) -> None:
-        lost = [a for a in self._held if a not in renewed]
-        if lost:
-            log.warning(
-                "cluster: %d lease(s) lost (this node was unreachable past the TTL and another took them: %s); "
-                "watcher(s) stopped",
-                len(lost),
-                ", ".join(lost[:5]) + (", ..." if len(lost) > 5 else ""),
-            )
+    async def _stop_lost(self, lost: list[str]) -> None:
+        """Stop the watchers of leases found lost (already out of ``_held``)."""
+        log.warning(
+            "cluster: %d lease(s) lost (this node was unreachable past the TTL and another took them: %s); "
+            "watcher(s) stopped",
+            len(lost),
+            ", ".join(lost[:5]) + (", ..." if len(lost) > 5 else ""),
+        )
         for account in lost:
-            self._held.pop(account, None)
             await self._stop(account, lost=True)
-        self._held.update(renewed)
 
     async def _check(self, live: list[str]) -> None:
         """Who should watch what: hand back what is wanted elsewhere or by nobody, take what is ours.

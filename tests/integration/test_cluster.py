@@ -244,6 +244,35 @@ async def test_frozen_node_notices_lost_leases_and_stops_watchers(pg_nodes: Node
     assert_exclusive_cover(nodes, ACCOUNTS)
 
 
+async def test_a_lost_lease_is_never_sure_while_the_watchers_stop(pg_nodes: NodeFactory) -> None:
+    """The round that finds a frozen node's leases taken renews nothing of them: none of them counts as
+    sure to be held (the push ledger's licence to push unclaimed while the store is away) at any point,
+    not even while the first of their watchers is being stopped. Seen in the fault campaign: a message
+    pushed by the node that took over and again, unclaimed, by the node coming back (camp05 UID 6)."""
+    frozen, alive = await pg_nodes("n1"), await pg_nodes("n2")
+    await register(frozen.store, ACCOUNTS)
+    await balanced([frozen, alive])
+    lost = set(frozen.leases.held())
+    assert len(lost) >= 2
+
+    async def step() -> None:
+        await alive.round()
+
+    await until(lambda: set(alive.leases.held()) == set(ACCOUNTS), 3 * TTL, step)
+    sure_while_stopping: list[str] = []
+    release = frozen.watchers.release
+
+    async def release_and_look(account: str, lost_lease: bool = False) -> None:
+        sure_while_stopping.extend(a for a in lost if frozen.leases.sure_to_hold(a))
+        await asyncio.sleep(0)  # a stop takes the loop's turn: other tasks (the pipeline) run meanwhile
+        await release(account, lost_lease)
+
+    frozen.watchers.release = release_and_look  # type: ignore[method-assign]
+    await frozen.round()  # wakes up: every one of its leases was taken
+    assert frozen.watchers.running == set() and not frozen.leases.held()
+    assert sure_while_stopping == []
+
+
 async def test_registration_reaches_the_owner_within_a_second(pg_nodes: NodeFactory) -> None:
     a, b = await pg_nodes("na"), await pg_nodes("nb")
     await register(a.store, ["seed"])
