@@ -26,6 +26,7 @@ from pushproxy.proxy import transport as tx
 from pushproxy.proxy.client_id import ClientAddress
 from pushproxy.proxy.session import Session
 from pushproxy.proxy.shared import ConnectionService
+from pushproxy.proxy.upstream_tls import UpstreamTLS
 
 log = logging.getLogger("pushproxy.server")
 
@@ -293,8 +294,17 @@ class ClientProtocol(protocol.Protocol):
     def start_upstream_tls(self) -> None:
         assert self.upstream is not None and self.upstream.transport is not None
         self.upstream_out.send_now()
-        self.upstream.transport.startTLS(self.service.upstream_tls)  # type: ignore[attr-defined]
-        tx.gather_tls_reads(tx.tls_layer(self.upstream.transport), self.client_out)
+        up = self.service.config.upstream
+        name = up.server_name or up.host
+        tls = UpstreamTLS(
+            self.upstream.transport,
+            self.upstream,
+            self.service.upstream_tls,
+            name,
+            (up.host, up.port, name),
+            self.client_out,
+        )
+        self.upstream_out.attach(tls)
 
     def pause_client(self) -> None:
         if self.transport is not None:

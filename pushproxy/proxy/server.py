@@ -22,7 +22,7 @@ from pushproxy.proxy.penalty import AuthPenalty
 from pushproxy.proxy.session import Session, SessionSettings
 from pushproxy.proxy.session_io import SessionEvents
 from pushproxy.proxy.shared import SessionStats
-from pushproxy.proxy.tls import client_tls_options, server_tls_options
+from pushproxy.proxy.tls import server_tls_options, upstream_tls_context
 
 log = logging.getLogger("pushproxy.server")
 
@@ -87,7 +87,7 @@ class ProxyService:
         self.server_tls: Any = None
         if config.listen.tls_cert_file is not None:
             self.server_tls = server_tls_options(config.listen.tls_cert_file, config.listen.tls_key_file)
-        self.upstream_tls = client_tls_options(config.upstream)
+        self.upstream_tls = upstream_tls_context(config.upstream)
         limits = config.session
         self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
         self.penalty = AuthPenalty(limits.auth_penalty_max, limits.auth_penalty_reset)

@@ -42,7 +42,7 @@ class ConnectionService(Protocol):
     sessions: set[Session]  # the live sessions (drained at stop)
     background: set[asyncio.Task[None]]  # sessions' finishing tasks, awaited at stop
     server_tls: Any  # Twisted's TLS options for the client-facing side (None: no TLS)
-    upstream_tls: Any
+    upstream_tls: Any  # the ssl.SSLContext of the upstream leg (pushproxy.proxy.upstream_tls)
     # Upstream's pre-login capabilities, once learnt: the proxy then greets clients itself.
     greeting_capabilities: list[bytes] | None
 

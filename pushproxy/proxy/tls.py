@@ -13,6 +13,7 @@ acceptable protocols, aborts any handshake that offers one with an
 from __future__ import annotations
 
 import logging
+import ssl as stdlib_ssl
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from twisted.internet import ssl
 
 from pushproxy.config import ConfigError, UpstreamConfig
 from pushproxy.proxy.transport import set_alpn_selector, tls_peer
+from pushproxy.watch.connect import make_tls_context
 
 log = logging.getLogger("pushproxy.tls")
 
@@ -94,17 +96,9 @@ def server_tls_options(cert_file: Path, key_file: Path | None) -> Any:
     return options
 
 
-def client_tls_options(cfg: UpstreamConfig) -> Any:
-    """Options for the upstream side; verification is on unless ``verify: false``."""
-    if not cfg.verify:
-        return ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
-    trust: Any = None
-    if cfg.ca_file is not None:
-        data = _read(cfg.ca_file, "upstream.ca_file")
-        try:
-            blocks = [b"-----BEGIN CERTIFICATE-----" + p for p in data.split(b"-----BEGIN CERTIFICATE-----")[1:]]
-            trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
-        except Exception as exc:
-            raise ConfigError(f"invalid upstream.ca_file {cfg.ca_file}: {exc}") from exc
-    name = cfg.server_name or cfg.host
-    return ssl.optionsForClientTLS(name, trustRoot=trust)
+def upstream_tls_context(cfg: UpstreamConfig) -> stdlib_ssl.SSLContext:
+    """The upstream leg's context (:mod:`pushproxy.proxy.upstream_tls`): the watchers' verification rules."""
+    try:
+        return make_tls_context(cfg)
+    except (OSError, stdlib_ssl.SSLError) as exc:
+        raise ConfigError(f"invalid upstream.ca_file {cfg.ca_file}: {exc}") from exc

@@ -24,6 +24,7 @@ upgrade that breaks one fails a test named after it):
   ``FileDescriptor`` write state ``_tempDataLen``, ``dataBuffer``,
   ``connected``, ``disconnecting``, ``_writeDisconnected``;
   ``FileDescriptor.write`` queues bytes;
+- a TCP transport delivers to whatever its ``protocol`` attribute holds (:func:`interpose`);
 - after ``startTLS`` the transport's ``protocol`` is the ``TLSMemoryBIOProtocol``
   (:func:`tls_layer`), whose ``transport`` is a ``_BypassTLS`` with ``_connection``;
   an implicit-TLS listener hands the protocol a ``TLSMemoryBIOProtocol`` over a
@@ -58,6 +59,8 @@ __all__ = [
     "Outbox",
     "asyncio_loop_of",
     "gather_tls_reads",
+    "interpose",
+    "send_ciphertext",
     "set_alpn_selector",
     "tls_layer",
     "tls_peer",
@@ -153,7 +156,7 @@ def _send_plain(transport: Any, data: bytes) -> None:
     FileDescriptor.write(transport, data)
 
 
-def _send_small(transport: Any, data: bytes) -> None:
+def send_ciphertext(transport: Any, data: bytes) -> None:
     """Ciphertext: a short record (a command's answer) goes at once; bulk records queue.
 
     The TLS layer hands over one record per 16 KiB of data; sending each at
@@ -179,7 +182,7 @@ def _direct_ciphertext(tls: TLSMemoryBIOProtocol) -> None:
     lower: Any = tls.transport
     base = getattr(lower, "_connection", lower)
     if base.__class__ in _PLAIN and (lower is not base or not base.TLS):
-        setattr(lower, "write", partial(_send_small, base))  # noqa: B010 (an instance attribute, on purpose)
+        setattr(lower, "write", partial(send_ciphertext, base))  # noqa: B010 (an instance attribute, on purpose)
 
 
 def _write_tls(tls: TLSMemoryBIOProtocol, data: bytes) -> None:
@@ -261,6 +264,16 @@ def gather_tls_reads(tls: Any, outbox: Outbox) -> None:
             outbox.flush()
 
     setattr(tls, "dataReceived", data_received)  # noqa: B010 (an instance attribute, on purpose)
+
+
+def interpose(tcp_transport: Any, layer: Any, app: Any) -> None:
+    """Put ``layer`` between Twisted TCP transport ``tcp_transport`` and its protocol ``app``.
+
+    What Twisted's own ``startTLS`` does with its TLS protocol: the TCP
+    transport delivers to ``layer``, ``app`` writes to it (``upstream_tls.py``).
+    """
+    tcp_transport.protocol = layer
+    app.transport = layer
 
 
 def tls_layer(transport: Any) -> Any:

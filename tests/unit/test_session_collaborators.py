@@ -115,9 +115,12 @@ def _foreign_writes() -> dict[tuple[str, str], set[str]]:
 
 def test_no_module_writes_another_objects_attributes() -> None:
     # The connection facts are shared values: each field has one writer (the login rules, STARTTLS);
-    # the Twisted adapter sets a Twisted transport's read size.
+    # the Twisted adapter sets a Twisted transport's read size and puts the upstream leg's TLS layer
+    # between the TCP transport and its protocol (as Twisted's own startTLS does).
     assert _foreign_writes() == {
         ("facts", "authenticated"): {"ledger.py"},
         ("self._facts", "client_tls"): {"local.py"},
         ("base", "bufferSize"): {"transport.py"},
+        ("tcp_transport", "protocol"): {"transport.py"},
+        ("app", "transport"): {"transport.py"},
     }

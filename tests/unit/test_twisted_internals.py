@@ -101,3 +101,14 @@ def test_port_constructor_and_listen_ssl_shape() -> None:
     assert "TLSMemoryBIOFactory(contextFactory, False, factory)" in inspect.getsource(
         posixbase.PosixReactorBase.listenSSL
     )
+
+
+# --- proxy/transport.py's interpose (the upstream leg's TLS layer, proxy/upstream_tls.py) ---------------
+
+
+def test_tcp_connection_delivers_to_its_protocol_attribute() -> None:
+    """``interpose`` swaps a connected transport's ``protocol``: reads and the loss must look it up each time."""
+    from twisted.internet import tcp
+
+    assert "self.protocol.dataReceived" in inspect.getsource(tcp.Connection._dataReceived)
+    assert "self.protocol" in inspect.getsource(tcp.Connection.connectionLost)
