@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from pushproxy.store.dialect import Dialect
 from pushproxy.store.errors import STORE_BUSY, StoreUnavailable
@@ -26,6 +27,14 @@ from pushproxy.store.vault import Vault, VaultError
 log = logging.getLogger("pushproxy.store")
 
 T = TypeVar("T")
+
+
+class _OfAnAccount(Protocol):
+    @property
+    def account(self) -> str: ...
+
+
+A = TypeVar("A", bound=_OfAnAccount)  # a registration record: it belongs to an account
 
 ORDER_TIMEOUT = 15.0  # waiting for this node's earlier writes to the same row
 
@@ -220,6 +229,19 @@ class Queries:
             account,
         )
         return self._readable(rows, read, what)
+
+    async def _listing_of(
+        self, table: str, order_by: str, accounts: Sequence[str], read: Callable[[Row, Vault], A], what: str
+    ) -> dict[str, list[A]]:
+        """:meth:`_listing` of many accounts with one query: each account's readable rows, ordered."""
+        rows = await self._fetch(
+            f"SELECT * FROM {table} WHERE account IN {self.dialect.text_list(1)} ORDER BY {order_by}",  # noqa: S608
+            json.dumps(list(accounts)),
+        )
+        by_account: dict[str, list[A]] = {account: [] for account in accounts}
+        for record in self._readable(rows, read, what):
+            by_account[record.account].append(record)
+        return by_account
 
     async def _forget_token(self, table: str, digest: bytes, registered_before: float | None) -> int:
         """The push service says the token is gone: every account's rows of it, unless registered again since."""

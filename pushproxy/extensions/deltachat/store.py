@@ -10,7 +10,6 @@ are :data:`pushproxy.extensions.deltachat.schema.DELTACHAT`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,15 +93,8 @@ class DeltaChatQueries(Queries):
         return await self._registrations.get_many("deltachat tokens", accounts, self._list_tokens_of)
 
     async def _list_tokens_of(self, accounts: Sequence[str]) -> dict[str, list[DeltaChatToken]]:
-        rows = await self._fetch(
-            f"""SELECT * FROM deltachat_tokens WHERE account IN {self.dialect.text_list(1)}
-               ORDER BY account, last_registered, token_hash""",  # noqa: S608  (the dialect's subquery, no input)
-            json.dumps(list(accounts)),
-        )
-        by_account: dict[str, list[DeltaChatToken]] = {account: [] for account in accounts}
-        for token in self._readable(rows, _record, "Delta Chat token(s)"):
-            by_account[token.account].append(token)
-        return by_account
+        order = "account, last_registered, token_hash"
+        return await self._listing_of("deltachat_tokens", order, accounts, _record, "Delta Chat token(s)")
 
     async def remove_token(self, account: str, token: str) -> int:
         return await self._change_registrations(

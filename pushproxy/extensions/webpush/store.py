@@ -7,7 +7,6 @@ migrations are :data:`pushproxy.extensions.webpush.schema.WEBPUSH`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,15 +137,10 @@ class WebPushQueries(Queries):
         return await self._registrations.get_many("webpush subscriptions", accounts, self._list_subscriptions_of)
 
     async def _list_subscriptions_of(self, accounts: list[str]) -> dict[str, list[WebPushSubscription]]:
-        rows = await self._fetch(
-            f"""SELECT * FROM webpush_subscriptions WHERE account IN {self.dialect.text_list(1)}
-               ORDER BY account, created, sub_id""",  # noqa: S608  (the dialect's subquery, no input)
-            json.dumps(accounts),
+        order = "account, created, sub_id"
+        return await self._listing_of(
+            "webpush_subscriptions", order, accounts, subscription_from_row, "Web Push subscription(s)"
         )
-        by_account: dict[str, list[WebPushSubscription]] = {account: [] for account in accounts}
-        for sub in self._readable(rows, subscription_from_row, "Web Push subscription(s)"):
-            by_account[sub.account].append(sub)
-        return by_account
 
     async def list_subscriptions(self, account: str | None = None) -> list[WebPushSubscription]:
         order = "account, created, sub_id"

@@ -98,15 +98,8 @@ class ApnsQueries(Queries):
         return await self._registrations.get_many("apns devices", accounts, self._list_devices_of)
 
     async def _list_devices_of(self, accounts: list[str]) -> dict[str, list[ApnsDevice]]:
-        rows = await self._fetch(
-            f"""SELECT * FROM apns_devices WHERE account IN {self.dialect.text_list(1)}
-               ORDER BY account, aps_account_id, token_hash""",  # noqa: S608  (the dialect's subquery, no input)
-            json.dumps(accounts),
-        )
-        by_account: dict[str, list[ApnsDevice]] = {account: [] for account in accounts}
-        for device in self._readable(rows, device_from_row, "APNs registration(s)"):
-            by_account[device.account].append(device)
-        return by_account
+        order = "account, aps_account_id, token_hash"
+        return await self._listing_of("apns_devices", order, accounts, device_from_row, "APNs registration(s)")
 
     async def list_devices(self, account: str | None = None) -> list[ApnsDevice]:
         order = "account, aps_account_id, token_hash"
