@@ -33,11 +33,9 @@ from twisted.internet import error
 from twisted.python.failure import Failure
 
 from pushproxy.proxy import transport as tx
-from pushproxy.watch.tlsbio import SessionCache
+from pushproxy.watch.tlsbio import ClientTLS
 
 __all__ = ["UpstreamTLS"]
-
-_READ = 16384  # one TLS record at most per read call
 
 
 class UpstreamTLS:
@@ -48,17 +46,10 @@ class UpstreamTLS:
     ) -> None:
         self._raw = raw
         self._app = app
-        self._ctx = ctx
-        self._key = key
         self._out_box = out  # the client's: what one socket read releases leaves in one write
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        session = SessionCache.get(ctx, key)
-        self._offered = session is not None
-        self._ssl = ctx.wrap_bio(self._in, self._out, server_side=False, server_hostname=server_name, session=session)
+        self._tls = ClientTLS(ctx, server_name, key)
         self._pending: list[bytes] = []  # the session's writes before the handshake is done
         self._done = False
-        self._session_seen = False
         self._closed = False
         self._reason: Failure | None = None  # why this layer ended the connection (a TLS error)
         tx.interpose(raw, self, app)
@@ -67,7 +58,7 @@ class UpstreamTLS:
     # ------------------------------------------------------------------ below: the TCP transport's protocol
 
     def dataReceived(self, data: bytes) -> None:
-        self._in.write(data)
+        self._tls.receive(data)
         if not self._done:
             self._step_handshake()
         if self._done:
@@ -81,19 +72,15 @@ class UpstreamTLS:
 
     def _step_handshake(self) -> None:
         try:
-            self._ssl.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush()
-            return
+            self._done = self._tls.handshake()
         except (ssl.SSLError, OSError) as exc:
-            SessionCache.forget(self._ctx, self._key)  # a refused session must not be offered again
             self._flush()
             self._fail(f"TLS handshake with upstream failed: {exc}")
             return
-        self._done = True
-        pending, self._pending = self._pending, []
-        for data in pending:
-            self._ssl.write(data)
+        if self._done:
+            pending, self._pending = self._pending, []
+            for data in pending:
+                self._tls.write(data)
         self._flush()
 
     def _fail(self, why: str) -> None:
@@ -107,30 +94,25 @@ class UpstreamTLS:
         try:
             while not self._closed:
                 try:
-                    chunk = self._ssl.read(_READ)
-                except ssl.SSLWantReadError:
-                    break
-                except ssl.SSLZeroReturnError:
-                    chunk = b""
+                    chunk = self._tls.read()
                 except (ssl.SSLError, OSError) as exc:
                     self._fail(f"TLS error from upstream: {exc}")
                     break
-                if not chunk:  # the server's close_notify (CPython returns b"" once it came)
+                if chunk is None:
+                    break
+                if not chunk:  # the server's close_notify
                     self.loseConnection()
                     break
-                if not self._session_seen:
-                    # TLS 1.3 tickets come after the handshake, before the first application data.
-                    self._session_seen = True
-                    if SessionCache.wants(self._ctx, self._key, self._ssl, self._offered):
-                        SessionCache.put(self._ctx, self._key, self._ssl.session)
                 self._app.dataReceived(chunk)
         finally:
             out.flush()
         self._flush()
 
     def _flush(self) -> None:
-        if self._out.pending and self._raw.connected:
-            tx.send_ciphertext(self._raw, self._out.read())
+        if self._raw.connected:
+            ciphertext = self._tls.outgoing()
+            if ciphertext:
+                tx.send_ciphertext(self._raw, ciphertext)
 
     # ------------------------------------------------------------------ above: the upstream protocol's transport
 
@@ -140,7 +122,7 @@ class UpstreamTLS:
         if not self._done:
             self._pending.append(data)
             return
-        self._ssl.write(data)
+        self._tls.write(data)
         self._flush()
 
     def writeSequence(self, parts: list[bytes]) -> None:
@@ -151,10 +133,7 @@ class UpstreamTLS:
             return
         self._closed = True
         if self._done:
-            try:
-                self._ssl.unwrap()  # close_notify; the server's answer is not awaited
-            except (ssl.SSLError, OSError, ValueError):
-                pass
+            self._tls.close_notify()
             self._flush()
         self._raw.loseConnection()
 
@@ -168,7 +147,7 @@ class UpstreamTLS:
 
     @property
     def session_reused(self) -> bool:
-        return self._done and self._ssl.session_reused
+        return self._done and self._tls.session_reused
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._raw.registerProducer(producer, streaming)

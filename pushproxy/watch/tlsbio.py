@@ -35,7 +35,7 @@ import time
 import weakref
 from typing import Any, cast
 
-__all__ = ["SessionCache", "TLSBioTransport", "connect_tls", "start_tls"]
+__all__ = ["ClientTLS", "SessionCache", "TLSBioTransport", "connect_tls", "start_tls"]
 
 
 _READ = 16384  # one TLS record at most per read call
@@ -83,6 +83,82 @@ class SessionCache:
         cls._sessions.get(ctx, {}).pop(key, None)
 
 
+class ClientTLS:
+    """OpenSSL's client side over two MemoryBIOs, with no I/O: ciphertext in, plaintext out and back.
+
+    The one TLS engine of both transports that drive it (the watchers'
+    :class:`TLSBioTransport` on asyncio, the sessions' upstream leg on
+    Twisted: :mod:`pushproxy.proxy.upstream_tls`): it offers the cached
+    session, forgets it when a handshake fails and gives the cache this
+    connection's when :meth:`SessionCache.wants` says so.
+    """
+
+    def __init__(self, ctx: ssl.SSLContext, server_name: str, key: tuple[str, int, str]) -> None:
+        self.ctx = ctx
+        self.key = key
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        session = SessionCache.get(ctx, key)
+        self._offered = session is not None
+        self.ssl = ctx.wrap_bio(self._in, self._out, server_side=False, server_hostname=server_name, session=session)
+        self._session_seen = False  # whether this connection's session was considered for the cache
+
+    def receive(self, ciphertext: bytes) -> None:
+        self._in.write(ciphertext)
+
+    def receive_eof(self) -> None:
+        self._in.write_eof()
+
+    def handshake(self) -> bool:
+        """One step of the handshake: whether it is done (False: more from the server is needed).
+
+        Raises ``ssl.SSLError`` / ``OSError`` when it failed; the cached session is forgotten then (a
+        refused session must not be offered again)."""
+        try:
+            self.ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except (ssl.SSLError, OSError):
+            SessionCache.forget(self.ctx, self.key)
+            raise
+        return True
+
+    def read(self) -> bytes | None:
+        """One record's plaintext; None when more ciphertext is needed; b"" once the server closed TLS.
+
+        Raises ``ssl.SSLError`` / ``OSError`` on a TLS error."""
+        try:
+            chunk = self.ssl.read(_READ)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLZeroReturnError:  # the server's close_notify (CPython mostly returns b"" instead)
+            return b""
+        if chunk and not self._session_seen:
+            # TLS 1.3 tickets come after the handshake, before the first application data.
+            self._session_seen = True
+            if SessionCache.wants(self.ctx, self.key, self.ssl, self._offered):
+                SessionCache.put(self.ctx, self.key, self.ssl.session)
+        return chunk
+
+    def write(self, plaintext: bytes | bytearray | memoryview) -> None:
+        self.ssl.write(plaintext)
+
+    def outgoing(self) -> bytes:
+        """The ciphertext to send now (b"" when there is none)."""
+        return self._out.read() if self._out.pending else b""
+
+    def close_notify(self) -> None:
+        """Send close_notify (with :meth:`outgoing`); the server's answer is not awaited."""
+        try:
+            self.ssl.unwrap()
+        except (ssl.SSLError, OSError, ValueError):
+            pass
+
+    @property
+    def session_reused(self) -> bool:
+        return self.ssl.session_reused
+
+
 class TLSBioTransport(asyncio.Transport, asyncio.Protocol):
     """A client TLS connection: TCP transport below, ``app`` (an asyncio.Protocol) above."""
 
@@ -100,15 +176,11 @@ class TLSBioTransport(asyncio.Transport, asyncio.Protocol):
         self._ctx = ctx
         self._key = key
         self._announce = announce  # call app.connection_made once the handshake is done (implicit TLS)
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        session = SessionCache.get(ctx, key)
-        self._offered = session is not None
-        self._ssl = ctx.wrap_bio(self._in, self._out, server_side=False, server_hostname=server_name, session=session)
+        self._tls = ClientTLS(ctx, server_name, key)
+        self._ssl = self._tls.ssl
         self._raw: asyncio.Transport | None = None
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed = False
-        self._session_seen = False  # whether this connection's session was considered for the cache
 
     # ------------------------------------------------------------------ below: the TCP connection's protocol
 
@@ -117,14 +189,14 @@ class TLSBioTransport(asyncio.Transport, asyncio.Protocol):
         self._step_handshake()
 
     def data_received(self, data: bytes) -> None:
-        self._in.write(data)
+        self._tls.receive(data)
         if not self.handshake.done():
             self._step_handshake()
         if self._established():
             self._read()
 
     def eof_received(self) -> bool:
-        self._in.write_eof()
+        self._tls.receive_eof()
         if not self.handshake.done():
             self._fail_handshake(ConnectionResetError("connection closed during the TLS handshake"))
             return False
@@ -153,21 +225,20 @@ class TLSBioTransport(asyncio.Transport, asyncio.Protocol):
 
     def _step_handshake(self) -> None:
         try:
-            self._ssl.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush()
-            return
+            done = self._tls.handshake()
         except (ssl.SSLError, OSError) as exc:
             self._flush()
             self._fail_handshake(exc)
             return
         self._flush()
+        if not done:
+            return
         self.handshake.set_result(None)
         if self._announce:
             self._app.connection_made(self)
 
     def _fail_handshake(self, exc: BaseException) -> None:
-        SessionCache.forget(self._ctx, self._key)  # a refused session must not be offered again
+        SessionCache.forget(self._ctx, self._key)  # a refused session must not be offered again (also a cut)
         if not self.handshake.done():
             self.handshake.set_exception(exc)
             self.handshake.exception()  # retrieved: the opener may have given up already
@@ -177,39 +248,34 @@ class TLSBioTransport(asyncio.Transport, asyncio.Protocol):
     def _read(self) -> None:
         while not self._closed:
             try:
-                chunk = self._ssl.read(_READ)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:  # the server's close_notify
-                self._app.eof_received()
-                self.close()
-                break
+                chunk = self._tls.read()
             except (ssl.SSLError, OSError) as exc:
                 self._app.connection_lost(exc)
                 self._closed = True
                 if self._raw is not None:
                     self._raw.abort()
                 break
-            if not chunk:
+            if chunk is None:
                 break
-            if not self._session_seen:
-                # TLS 1.3 tickets come after the handshake, before the first application data.
-                self._session_seen = True
-                if SessionCache.wants(self._ctx, self._key, self._ssl, self._offered):
-                    SessionCache.put(self._ctx, self._key, self._ssl.session)
+            if not chunk:  # the server's close_notify
+                self._app.eof_received()
+                self.close()
+                break
             self._app.data_received(chunk)
         self._flush()
 
     def _flush(self) -> None:
-        if self._out.pending and self._raw is not None and not self._raw.is_closing():
-            self._raw.write(self._out.read())
+        if self._raw is not None and not self._raw.is_closing():
+            ciphertext = self._tls.outgoing()
+            if ciphertext:
+                self._raw.write(ciphertext)
 
     # ------------------------------------------------------------------ above: the IMAP protocol's transport
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed or not self._established():
             raise ConnectionResetError("TLS connection not open")
-        self._ssl.write(data)
+        self._tls.write(data)
         self._flush()
 
     def is_closing(self) -> bool:
@@ -219,10 +285,7 @@ class TLSBioTransport(asyncio.Transport, asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
-        try:
-            self._ssl.unwrap()  # close_notify; the server's answer is not awaited
-        except (ssl.SSLError, OSError, ValueError):
-            pass
+        self._tls.close_notify()
         self._flush()
         if self._raw is not None:
             self._raw.close()
