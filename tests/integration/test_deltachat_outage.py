@@ -25,22 +25,12 @@ from pushproxy.extensions.deltachat.store import DeltaChatQueries
 from pushproxy.imap.envelope import envelope_from_fields
 from pushproxy.store import StoreUnavailable, Vault
 from pushproxy.store.postgres import PostgresStore
+from tests.support.extension_host import ExtensionHost
 from tests.support.relay import TcpRelay
 from tests.support.waiting import async_wait_for
 
 T1, T2 = "openpgp:" + "A" * 60, "openpgp:" + "B" * 60
 CAROL = MessageInfo(5, envelope=envelope_from_fields(None, "s", "carol@example.org", None))
-
-
-class _Host:
-    def __init__(self, store: PostgresStore, config: Config) -> None:
-        self.store, self.config = store, config
-
-    async def registration_changed(self, account: str, session_id: str | None = None) -> None:
-        pass
-
-    def relist_subscribed(self, account: str) -> None:
-        pass
 
 
 @pytest.fixture
@@ -79,7 +69,7 @@ async def test_notify_uses_the_current_tokens_while_postgresql_is_away(
     config = Config(deltachat={"enabled": True, "notify_url": url})
     ext = DeltaChat()
     assert ext.configure(config)
-    ext.attach(_Host(a, config))  # type: ignore[arg-type]
+    ext.attach(ExtensionHost(a, config))  # type: ignore[arg-type]
     ext.cfg = DeltaChatConfig(notify_url=url, coalesce=0)
     await ext.start()
     try:

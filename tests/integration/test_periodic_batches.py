@@ -40,6 +40,7 @@ from pushproxy.store import SqliteStore, SqlStore, StoreUnavailable, Vault
 from pushproxy.store.batches import in_batches
 from pushproxy.store.schema import SqlConn
 from pushproxy.store.tables import parts_of_extensions
+from tests.support.extension_host import ExtensionHost
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -259,17 +260,6 @@ async def test_a_web_push_sweep_cut_short_by_the_store_is_finished_by_the_next(s
 # --- APNs and Delta Chat housekeeping, the push ledger ---------------------------------------------------
 
 
-class Host:
-    def __init__(self, store: SqlStore, config: Config) -> None:
-        self.store, self.config = store, config
-
-    async def registration_changed(self, account: str, session_id: str | None = None) -> None:
-        pass
-
-    def relist_subscribed(self, account: str) -> None:
-        pass
-
-
 CONFIG = Config(store=StoreConfig(housekeeping_batch=BATCH), deltachat=DeltaChatConfig(enabled=True))
 
 
@@ -296,7 +286,7 @@ async def test_the_apns_housekeeping_expires_in_batches_and_counts_without_decry
     )
     ext = XApplePush()
     ext.config = CONFIG
-    ext.attach(Host(store, CONFIG))  # type: ignore[arg-type]
+    ext.attach(ExtensionHost(store, CONFIG))  # type: ignore[arg-type]
     statements, before = Statements(store), decrypts(store)
     await ext.expire_devices()
     assert decrypts(store) == before
@@ -330,7 +320,7 @@ async def test_the_delta_chat_housekeeping_expires_in_batches_and_counts_without
             for i in range(2500)
         ),
     )
-    ext.attach(Host(store, CONFIG))  # type: ignore[arg-type]
+    ext.attach(ExtensionHost(store, CONFIG))  # type: ignore[arg-type]
     statements, before = Statements(store), decrypts(store)
     await ext.expire_tokens()
     assert decrypts(store) == before

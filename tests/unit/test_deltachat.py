@@ -36,6 +36,7 @@ from pushproxy.imap.metadata import (
 )
 from pushproxy.imap.parse import Command, ParseError, StatusResponse, parse_command
 from pushproxy.store import SqliteStore, StoreUnavailable, Vault
+from tests.support.extension_host import ExtensionHost
 from tests.support.sessions import FakeIO, new_session, settle
 from tests.support.waiting import async_assert_quiet, async_wait_for
 
@@ -163,19 +164,6 @@ class Ctx:
         return untagged, StatusResponse(b"PPX1", status, None, -1, -1)
 
 
-class Host:
-    def __init__(self, store: SqliteStore, config: Config) -> None:
-        self.store = store
-        self.config = config
-        self.changed: list[str] = []
-
-    async def registration_changed(self, account: str, session_id: str | None = None) -> None:
-        self.changed.append(account)
-
-    def relist_subscribed(self, account: str) -> None:
-        pass
-
-
 @pytest.fixture
 async def ext(tmp_path: Path) -> AsyncIterator[DeltaChat]:
     store = SqliteStore(tmp_path / "state" / "pushproxy.db", Vault.generate())
@@ -183,7 +171,7 @@ async def ext(tmp_path: Path) -> AsyncIterator[DeltaChat]:
     config = Config(deltachat={"enabled": True, "max_tokens_per_account": 2, "max_smtp_recipients": 50})
     e = DeltaChat()
     assert e.configure(config)
-    e.attach(Host(store, config))  # type: ignore[arg-type]
+    e.attach(ExtensionHost(store, config))  # type: ignore[arg-type]
     yield e
     await store.close()
 
